@@ -1,0 +1,168 @@
+"""Per-coordinate dynamical systems (``Cell``) and the adapter that makes any of them optax.
+
+A component-wise optimizer keeps a hidden state ``h ∈ R^H`` for every scalar parameter and
+applies the same map to each one::
+
+    h' = step(h, g)        # one scalar gradient in
+    Δx = readout(h')       # one scalar update out (added to the parameter; no built-in minus)
+
+``Cell(init_state, step, readout)`` holds those pure functions. Its fields are
+:class:`jax.tree_util.Partial` objects that carry the cell's parameters as pytree leaves, so a
+``Cell`` can be passed to a jitted function as an argument: a new ``theta`` (or a new momentum
+coefficient) re-uses the compiled program instead of baking constants into a new one.
+
+:func:`cell_optimizer` turns any Cell into an ``optax.GradientTransformationExtraArgs``; a learned
+optimizer's ``optimizer(theta)`` is exactly that adapter applied to ``cell(theta)``, so probes
+and training see the very same dynamics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+from jax.tree_util import Partial
+
+
+class Cell(NamedTuple):
+    """The per-coordinate dynamical system every probe works on.
+
+    Attributes:
+        init_state: ``init_state() -> h0``, the initial state, shape ``(H,)``.
+        step: ``step(h, g) -> h'`` for one scalar gradient ``g``.
+        readout: ``readout(h') -> Δx``, a scalar update read from the *new* state.
+    """
+
+    init_state: Callable[[], jax.Array]
+    step: Callable[[jax.Array, jax.Array], jax.Array]
+    readout: Callable[[jax.Array], jax.Array]
+
+
+def make_cell(
+    params: Any,
+    init_state: Callable[[Any], jax.Array],
+    step: Callable[[Any, jax.Array, jax.Array], jax.Array],
+    readout: Callable[[Any, jax.Array], jax.Array],
+) -> Cell:
+    """Binds ``params`` as the first argument of three functions, giving a jittable Cell.
+
+    Args:
+        params: a pytree of arrays (weights or hyperparameters); it becomes the Cell's leaves.
+        init_state: ``init_state(params) -> (H,)``.
+        step: ``step(params, h, g) -> h'``.
+        readout: ``readout(params, h') -> Δx``.
+
+    Returns:
+        A :class:`Cell` whose functions are ``Partial``s over ``params``.
+    """
+    return Cell(Partial(init_state, params), Partial(step, params), Partial(readout, params))
+
+
+def apply_cell(cell: Cell, hidden: jax.Array, grads: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """One step of ``cell`` on a batch of coordinates.
+
+    Args:
+        cell: the cell.
+        hidden: states, shape ``(P, H)``.
+        grads: scalar gradients, shape ``(P,)``.
+
+    Returns:
+        ``(new_hidden (P, H), updates (P,))``. ``vmap`` over the coordinates turns the cell's
+        matrix-vector products into one matrix-matrix product per step.
+    """
+    new_hidden = jax.vmap(cell.step)(hidden, grads)
+    return new_hidden, jax.vmap(cell.readout)(new_hidden)
+
+
+class CellOptimizerState(NamedTuple):
+    """State of :func:`cell_optimizer`.
+
+    Attributes:
+        count: number of updates applied (skipped steps excluded), ``int32``.
+        hidden: the per-coordinate states of all parameter leaves, flattened in
+            ``jax.tree.leaves`` order into one ``(P, H)`` float32 array.
+        skipped: number of steps skipped because a gradient was not finite, ``int32``.
+    """
+
+    count: jax.Array
+    hidden: jax.Array
+    skipped: jax.Array
+
+
+def _flatten(tree: Any) -> jax.Array:
+    leaves = jax.tree.leaves(tree)
+    return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
+
+
+def _unflatten_like(flat: jax.Array, like: Any) -> Any:
+    leaves, treedef = jax.tree.flatten(like)
+    sizes = [math.prod(x.shape) for x in leaves]
+    offsets = [sum(sizes[:i]) for i in range(len(sizes))]
+    out = [
+        flat[o : o + s].reshape(x.shape).astype(x.dtype)
+        for o, s, x in zip(offsets, sizes, leaves, strict=True)
+    ]
+    return jax.tree.unflatten(treedef, out)
+
+
+def cell_optimizer(
+    cell: Cell, *, skip_nonfinite: bool = True
+) -> optax.GradientTransformationExtraArgs:
+    """Applies ``cell`` independently to every scalar parameter of a pytree.
+
+    All leaves are flattened into one batch of ``P`` coordinates, so the hot path is one large
+    matrix product per step rather than one small one per leaf. Computation is in float32;
+    updates are cast back to each leaf's dtype.
+
+    Args:
+        cell: the per-coordinate dynamics.
+        skip_nonfinite: if a gradient has any NaN or infinity, skip the whole step: the update
+            is zero, the hidden state is left unchanged, and ``state.skipped`` counts it. One
+            bad batch then cannot poison the recurrent state for the rest of training. With
+            ``False`` the non-finite values flow through (useful to study divergence).
+
+    Returns:
+        An ``optax.GradientTransformationExtraArgs`` whose state is a
+        :class:`CellOptimizerState` (hidden state under the field ``hidden``).
+
+    Example:
+        >>> import jax.numpy as jnp, lopt
+        >>> tx = lopt.cell_optimizer(lopt.cells.momentum(learning_rate=0.1, beta=0.9))
+        >>> state = tx.init({"w": jnp.zeros(3)})
+        >>> updates, state = tx.update({"w": jnp.ones(3)}, state)
+    """
+
+    def init_fn(params):
+        size = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
+        h0 = jnp.asarray(cell.init_state(), jnp.float32)
+        zero = jnp.zeros([], jnp.int32)
+        return CellOptimizerState(
+            count=zero, hidden=jnp.broadcast_to(h0, (size, *h0.shape)), skipped=zero
+        )
+
+    def update_fn(updates, state, params=None, *, value=None, **extra_args):
+        del params, value, extra_args
+        if not jax.tree.leaves(updates):
+            return updates, state
+        grads = _flatten(updates)
+        if skip_nonfinite:
+            finite = jnp.all(jnp.isfinite(grads))
+            # Zero the gradients before the step so that no NaN enters the computation at all
+            # (a `where` after the fact would still give NaN gradients in meta-training).
+            grads = jnp.where(finite, grads, 0.0)
+            hidden, delta = apply_cell(cell, state.hidden, grads)
+            hidden = jnp.where(finite, hidden, state.hidden)
+            delta = jnp.where(finite, delta, 0.0)
+            count = jnp.where(finite, optax.safe_increment(state.count), state.count)
+            skipped = jnp.where(finite, state.skipped, optax.safe_increment(state.skipped))
+        else:
+            hidden, delta = apply_cell(cell, state.hidden, grads)
+            count, skipped = optax.safe_increment(state.count), state.skipped
+        new_state = CellOptimizerState(count=count, hidden=hidden, skipped=skipped)
+        return _unflatten_like(delta, updates), new_state
+
+    return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -1,0 +1,1 @@
+"""Probes: dissect optimizers into known mechanisms (momentum, clipping, schedules, adaptation)."""

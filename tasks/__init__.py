@@ -1,0 +1,25 @@
+"""Task families: distributions of optimisation problems that learned optimizers train on.
+
+``tasks.get(name, **overrides)`` builds a family; ``tasks.names()`` lists them. See
+:mod:`tasks.base` for the contract and :func:`tasks.custom` for families of your own.
+"""
+
+from tasks.base import CustomFamily, TaskError, TaskFamily, custom, get, names, pytree_family
+from tasks.base import register as register
+from tasks.base import static as static
+from tasks.linear_regression import LinearRegression
+
+register("linear_regression", LinearRegression)
+
+__all__ = [
+    "CustomFamily",
+    "LinearRegression",
+    "TaskError",
+    "TaskFamily",
+    "custom",
+    "get",
+    "names",
+    "pytree_family",
+    "register",
+    "static",
+]
