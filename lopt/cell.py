@@ -84,7 +84,8 @@ class CellOptimizerState(NamedTuple):
     Attributes:
         count: number of updates applied (skipped steps excluded), ``int32``.
         hidden: the per-coordinate states of all parameter leaves, flattened in
-            ``jax.tree.leaves`` order into one ``(P, H)`` float32 array.
+            ``jax.tree.leaves`` order into one ``(P, H)`` array (float32, or float64 for a
+            float64 cell).
         skipped: number of steps skipped because a gradient was not finite, ``int32``.
     """
 
@@ -93,9 +94,9 @@ class CellOptimizerState(NamedTuple):
     skipped: jax.Array
 
 
-def _flatten(tree: Any) -> jax.Array:
+def _flatten(tree: Any, dtype: jnp.dtype) -> jax.Array:
     leaves = jax.tree.leaves(tree)
-    return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in leaves])
+    return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
 
 
 def _unflatten_like(flat: jax.Array, like: Any) -> Any:
@@ -115,8 +116,8 @@ def cell_optimizer(
     """Applies ``cell`` independently to every scalar parameter of a pytree.
 
     All leaves are flattened into one batch of ``P`` coordinates, so the hot path is one large
-    matrix product per step rather than one small one per leaf. Computation is in float32;
-    updates are cast back to each leaf's dtype.
+    matrix product per step rather than one small one per leaf. Computation is in float32
+    (float64 for a float64 cell); updates are cast back to each leaf's dtype.
 
     Args:
         cell: the per-coordinate dynamics.
@@ -138,7 +139,10 @@ def cell_optimizer(
 
     def init_fn(params):
         size = sum(math.prod(x.shape) for x in jax.tree.leaves(params))
-        h0 = jnp.asarray(cell.init_state(), jnp.float32)
+        h0 = jnp.asarray(cell.init_state())
+        # At least float32 whatever the parameters' dtype (bf16 params keep an f32 state);
+        # float64 when the cell itself is float64 (x64 finite-difference checks).
+        h0 = h0.astype(jnp.promote_types(h0.dtype, jnp.float32))
         zero = jnp.zeros([], jnp.int32)
         return CellOptimizerState(
             count=zero, hidden=jnp.broadcast_to(h0, (size, *h0.shape)), skipped=zero
@@ -148,7 +152,7 @@ def cell_optimizer(
         del params, value, extra_args
         if not jax.tree.leaves(updates):
             return updates, state
-        grads = _flatten(updates)
+        grads = _flatten(updates, state.hidden.dtype)
         if skip_nonfinite:
             finite = jnp.all(jnp.isfinite(grads))
             # Zero the gradients before the step so that no NaN enters the computation at all

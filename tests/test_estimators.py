@@ -1,0 +1,149 @@
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tiny import TinyMomentum
+
+import tasks
+from lopt import estimators
+
+OPT = TinyMomentum()
+FAMILY = tasks.get("linear_regression", dim=3, log10_min=-1.0, num_steps=12)
+KEY = jax.random.key(3)
+THETA = OPT.init(KEY)
+
+
+def _flat(tree):
+    return np.concatenate([np.ravel(np.asarray(x, np.float64)) for x in jax.tree.leaves(tree)])
+
+
+def _cosine(a, b):
+    a, b = _flat(a), _flat(b)
+    return a @ b / np.linalg.norm(a) / np.linalg.norm(b)
+
+
+def _grad(est, theta=THETA, key=KEY, state_key=KEY):
+    state = jax.jit(est.init)(theta, state_key)
+    return jax.jit(est.grad)(theta, state, key)
+
+
+def test_objective_terms():
+    losses = jnp.array([4.0, 2.0, 1.0, 3.0])
+    np.testing.assert_allclose(
+        estimators.objective_terms(losses, 4.0, "mean_normalized").mean(), 10 / 16
+    )
+    np.testing.assert_allclose(estimators.objective_terms(losses, 4.0, "final").mean(), 0.75)
+    np.testing.assert_allclose(estimators.objective_terms(losses, 4.0, "min").mean(), 0.25)
+    np.testing.assert_allclose(
+        estimators.objective_terms(losses, 4.0, "log").mean(),
+        np.mean(np.log([1, 0.5, 0.25, 0.75])),
+        rtol=1e-6,
+    )
+
+
+def test_full_bptt_matches_finite_differences_in_float64():
+    with jax.enable_x64(True):
+        theta = jax.tree.map(lambda x: jnp.asarray(x, jnp.float64), THETA)
+        est = estimators.full_bptt(OPT, FAMILY, num_problems=4, horizon=12)
+        grad = jax.jit(est.grad)
+        loss_fn = lambda t: grad(t, (), KEY)[0]  # noqa: E731
+        _, g, _, info = grad(theta, (), KEY)
+        assert int(info.num_valid) == 4
+        for name in theta:
+            e = 1e-6
+            up = dict(theta, **{name: theta[name] + e})
+            down = dict(theta, **{name: theta[name] - e})
+            fd = (loss_fn(up) - loss_fn(down)) / (2 * e)
+            np.testing.assert_allclose(g[name], fd, rtol=1e-5, atol=1e-9)
+
+
+def test_truncated_with_truncation_equal_to_horizon_is_full_bptt():
+    full = estimators.full_bptt(OPT, FAMILY, num_problems=4, horizon=12)
+    tbptt = estimators.truncated_bptt(
+        OPT, FAMILY, num_problems=4, horizon=12, truncation=12, stagger=False
+    )
+    lf, gf, _, _ = _grad(full)
+    lt, gt, state, info = _grad(tbptt)
+    np.testing.assert_allclose(lt, lf, rtol=1e-6)
+    for name in gf:
+        np.testing.assert_allclose(gt[name], gf[name], rtol=1e-5)
+    # Every slot reached the horizon and was replaced by its next problem.
+    assert int(info.resets) == 4
+    np.testing.assert_array_equal(state.episode, 1)
+    np.testing.assert_array_equal(state.inner.step, 0)
+
+
+def test_truncated_windows_continue_and_reset_at_the_horizon():
+    tbptt = estimators.truncated_bptt(
+        OPT, FAMILY, num_problems=8, horizon=12, truncation=4, stagger=True
+    )
+    state = jax.jit(tbptt.init)(THETA, KEY)
+    steps = np.asarray(state.inner.step)
+    assert set(steps) <= {0, 4, 8} and len(set(steps)) > 1  # staggered, on window boundaries
+    grad = jax.jit(tbptt.grad)
+    _, g, state2, info = grad(THETA, state, KEY)
+    expected = np.where(steps + 4 >= 12, 0, steps + 4)
+    np.testing.assert_array_equal(state2.inner.step, expected)
+    assert int(info.resets) == int(np.sum(steps + 4 >= 12))
+    assert np.all(np.isfinite(_flat(g)))
+
+
+@pytest.mark.parametrize("name", ["es", "pes"])
+def test_antithetic_estimates_agree_with_the_exact_gradient(name):
+    # Full-horizon windows: ES and PES are both unbiased here; with 2048 pairs and a smooth
+    # 3-parameter objective the sampling error is a few percent, so a cosine of 0.95 leaves
+    # margin while any sign or scale error (cosine ~0 or negative) fails.
+    exact = estimators.full_bptt(OPT, FAMILY, num_problems=2048, horizon=12)
+    _, g_exact, _, _ = _grad(exact)
+    kwargs = dict(num_pairs=2048, horizon=12, truncation=12, sigma=0.01)
+    est = getattr(estimators, name)(OPT, FAMILY, **kwargs)
+    _, g_est, _, info = _grad(est, key=jax.random.key(7))
+    assert int(info.num_valid) == 2048
+    assert _cosine(g_est, g_exact) > 0.95
+    np.testing.assert_allclose(
+        np.linalg.norm(_flat(g_est)), np.linalg.norm(_flat(g_exact)), rtol=0.15
+    )
+
+
+def test_pes_is_unbiased_under_truncation_where_es_is_not():
+    # Over a whole episode of 3 windows, PES's accumulated perturbations recover the
+    # full-horizon gradient of the same problems; truncated ES credits only the last window.
+    exact = estimators.full_bptt(OPT, FAMILY, num_problems=2048, horizon=12)
+    _, g_exact, _, _ = _grad(exact)
+    results = {}
+    for name in ("es", "pes"):
+        est = getattr(estimators, name)(
+            OPT, FAMILY, num_pairs=2048, horizon=12, truncation=4, sigma=0.01, stagger=False
+        )
+        state = jax.jit(est.init)(THETA, KEY)
+        grad = jax.jit(est.grad)
+        total = None
+        for i in range(3):
+            _, g, state, _ = grad(THETA, state, jax.random.key(100 + i))
+            total = g if total is None else jax.tree.map(jnp.add, total, g)
+        results[name] = jax.tree.map(lambda x: x / 3, total)
+    assert _cosine(results["pes"], g_exact) > 0.95
+    assert _cosine(results["pes"], g_exact) > _cosine(results["es"], g_exact)
+
+
+def test_nonfinite_problems_are_masked_and_counted():
+    # A huge learning rate makes some problems diverge; the estimate stays finite and counts them.
+    theta = dict(THETA, log_lr=jnp.asarray(np.log(30.0), jnp.float32))
+    full = estimators.full_bptt(
+        OPT, tasks.get("linear_regression", dim=3, num_steps=60), num_problems=16, horizon=60
+    )
+    loss, g, _, info = _grad(full, theta=theta)
+    assert int(info.num_nonfinite) > 0
+    assert int(info.num_valid) + int(info.num_nonfinite) == 16
+    assert np.all(np.isfinite(_flat(g))) and np.isfinite(float(loss))
+
+
+def test_bad_settings_fail_fast():
+    with pytest.raises(ValueError, match="must divide"):
+        estimators.truncated_bptt(OPT, FAMILY, num_problems=2, horizon=12, truncation=5)
+    with pytest.raises(ValueError, match="needs the whole horizon"):
+        estimators.truncated_bptt(
+            OPT, FAMILY, num_problems=2, horizon=12, truncation=4, objective="final"
+        )
+    with pytest.raises(ValueError, match="unknown estimator"):
+        estimators.make_estimator("reinforce", OPT, FAMILY)
