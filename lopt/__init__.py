@@ -4,7 +4,9 @@ The public names are re-exported here; see the README for a tour.
 """
 
 from lopt import cells
+from lopt.baselines import SearchSpace, baseline, baseline_names, search_space
 from lopt.cell import Cell, CellOptimizerState, apply_cell, cell_optimizer, make_cell
+from lopt.tune import TuneResult, heldout_key, tune
 from lopt.unroll import (
     InnerState,
     StepRecord,
@@ -31,4 +33,11 @@ __all__ = [
     "normalized_loss",
     "summarize",
     "unroll",
+    "SearchSpace",
+    "TuneResult",
+    "baseline",
+    "baseline_names",
+    "heldout_key",
+    "search_space",
+    "tune",
 ]
