@@ -8,14 +8,23 @@ from tasks.base import CustomFamily, TaskError, TaskFamily, custom, get, names, 
 from tasks.base import register as register
 from tasks.base import static as static
 from tasks.linear_regression import LinearRegression
+from tasks.mnist import Mnist
+from tasks.rosenbrock import Rosenbrock
+from tasks.two_moons import TwoMoons
 
 register("linear_regression", LinearRegression)
+register("mnist", Mnist.load)
+register("rosenbrock", Rosenbrock)
+register("two_moons", TwoMoons)
 
 __all__ = [
     "CustomFamily",
     "LinearRegression",
+    "Mnist",
+    "Rosenbrock",
     "TaskError",
     "TaskFamily",
+    "TwoMoons",
     "custom",
     "get",
     "names",
