@@ -79,6 +79,19 @@ class Estimator(NamedTuple):
     grad: Callable[[Any, Any, jax.Array], tuple[jax.Array, Any, Any, EstimateInfo]]
 
 
+def batch_constraint(sharding: Any) -> Callable[[Any], Any]:
+    """A function that lays a pytree's leading (problem) axis out along ``sharding``.
+
+    ``sharding`` is a ``NamedSharding`` over a 1-d mesh with the spec ``P("batch")``, or
+    ``None`` for a single device (then the function is the identity). XLA propagates the
+    layout through the vmapped unrolls, so each device trains its share of the problems and
+    the mean over problems becomes an all-reduce.
+    """
+    if sharding is None:
+        return lambda tree: tree
+    return lambda tree: jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
+
+
 def _all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
@@ -185,6 +198,7 @@ def full_bptt(
     horizon: int,
     objective: str = "mean_normalized",
     checkpoint: bool = True,
+    shard: Any = None,
 ) -> Estimator:
     """Exact meta-gradient through ``horizon`` inner steps on fresh problems (the paper's).
 
@@ -196,11 +210,14 @@ def full_bptt(
         objective: see :func:`objective_terms`.
         checkpoint: rematerialise the scan body (memory ``O(T)`` carries instead of every
             intermediate).
+        shard: a ``NamedSharding`` to spread the problems over devices (see
+            :func:`batch_constraint`); ``None`` on one device.
 
     Returns:
         An :class:`Estimator` with an empty state.
     """
     _check(objective, horizon, horizon)
+    constrain = batch_constraint(shard)
 
     def per_problem(theta, key):
         tx = opt.optimizer(theta)
@@ -214,7 +231,7 @@ def full_bptt(
 
     def grad(theta, state, key):
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(problem_keys(key, num_problems), 0)
-        loss, g, n, _ = _masked_mean_grad(per_problem, theta, keys)
+        loss, g, n, _ = _masked_mean_grad(per_problem, theta, constrain(keys))
         zero = jnp.zeros([], jnp.int32)
         return loss, g, state, EstimateInfo(n, num_problems - n, zero)
 
@@ -286,6 +303,7 @@ def truncated_bptt(
     objective: str = "mean_normalized",
     stagger: bool = True,
     checkpoint: bool = True,
+    shard: Any = None,
 ) -> Estimator:
     """Truncated backpropagation through time over persistent inner states.
 
@@ -306,14 +324,18 @@ def truncated_bptt(
             ``truncation == horizon``.
         stagger: spread the problems' start iterations over the horizon at initialisation.
         checkpoint: rematerialise the scan body.
+        shard: a ``NamedSharding`` to spread the problems over devices; ``None`` on one.
 
     Returns:
         An :class:`Estimator` whose state is a :class:`TruncatedState`.
     """
     _check(objective, horizon, truncation)
+    constrain = batch_constraint(shard)
 
     def init(theta, key):
-        return _init_slots(opt, family, theta, key, num_problems, horizon, truncation, stagger)
+        return constrain(
+            _init_slots(opt, family, theta, key, num_problems, horizon, truncation, stagger)
+        )
 
     def per_problem(theta, item):
         inner, f0 = item
@@ -325,11 +347,12 @@ def truncated_bptt(
 
     def grad(theta, state, key):
         del key  # problems come from the per-slot keys, so resumed runs see the same ones
-        loss, g, n, final = _masked_mean_grad(per_problem, theta, (state.inner, state.f0))
+        batch = constrain((state.inner, state.f0))
+        loss, g, n, final = _masked_mean_grad(per_problem, theta, batch)
         bad = ~jax.vmap(_all_finite)(final.params)
         state = state._replace(inner=final)
         state, resets = _advance(opt, family, jax.lax.stop_gradient(theta), state, horizon, bad)
-        return loss, g, state, EstimateInfo(n, num_problems - n, resets)
+        return loss, g, constrain(state), EstimateInfo(n, num_problems - n, resets)
 
     return Estimator(init, grad)
 
@@ -343,14 +366,15 @@ class AntitheticState(NamedTuple):
 
 
 def _antithetic(
-    opt, family, *, num_pairs, horizon, truncation, sigma, objective, stagger, persistent
+    opt, family, *, num_pairs, horizon, truncation, sigma, objective, stagger, persistent, shard
 ) -> Estimator:
     _check(objective, horizon, truncation)
+    constrain = batch_constraint(shard)
 
     def init(theta, key):
         slots = _init_slots(opt, family, theta, key, num_pairs, horizon, truncation, stagger)
         acc = jax.tree.map(lambda x: jnp.zeros((num_pairs, *x.shape), x.dtype), theta)
-        return AntitheticState(slots, slots, acc)
+        return constrain(AntitheticState(slots, slots, acc))
 
     def window(theta, inner, f0):
         tx = opt.optimizer(theta)
@@ -394,7 +418,8 @@ def _antithetic(
         acc = jax.tree.map(
             lambda x: jnp.where(done.reshape((-1,) + (1,) * (x.ndim - 1)), 0.0, x), xi
         )
-        return loss, g, AntitheticState(pos, neg, acc), EstimateInfo(n, num_pairs - n, r)
+        new = constrain(AntitheticState(pos, neg, acc))
+        return loss, g, new, EstimateInfo(n, num_pairs - n, r)
 
     return Estimator(init, grad)
 
@@ -409,6 +434,7 @@ def es(
     sigma: float = 0.01,
     objective: str = "mean_normalized",
     stagger: bool = True,
+    shard: Any = None,
 ) -> Estimator:
     """Antithetic evolution strategies: ``g ≈ Σ_i (L(θ+ε_i) - L(θ-ε_i)) ε_i / (2σ²N)``.
 
@@ -426,6 +452,7 @@ def es(
         objective=objective,
         stagger=stagger and truncation < horizon,
         persistent=False,
+        shard=shard,
     )
 
 
@@ -439,6 +466,7 @@ def pes(
     sigma: float = 0.01,
     objective: str = "mean_normalized",
     stagger: bool = True,
+    shard: Any = None,
 ) -> Estimator:
     """Persistent evolution strategies (Vicol, Metz, Sohl-Dickstein 2021).
 
@@ -456,6 +484,7 @@ def pes(
         objective=objective,
         stagger=stagger,
         persistent=True,
+        shard=shard,
     )
 
 

@@ -1,0 +1,113 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from tiny import TinyMomentum
+
+import lopt
+import tasks
+from lopt import rundir
+from lopt.meta_train import ConfigError, MetaTrainConfig, MetaTrainDiverged, meta_train
+
+FAMILY = tasks.get("linear_regression", dim=3, num_steps=8)
+OPT = lopt.RNNOptimizer(hidden_size=4)
+CONFIG = MetaTrainConfig(
+    num_problems=4, num_steps=6, log_every=2, checkpoint_every=3, learning_rate=1e-2, seed=1
+)
+
+
+def _leaves(tree):
+    return [np.asarray(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.mark.parametrize("estimator", ["full_bptt", "tbptt", "pes"])
+def test_resume_is_bitwise_exact(tmp_path, estimator):
+    config = MetaTrainConfig(**{**CONFIG.to_dict(), "estimator": estimator})
+    if estimator != "full_bptt":
+        config = MetaTrainConfig(**{**config.to_dict(), "truncation": 4})
+    full = meta_train(OPT, FAMILY, config, out_dir=tmp_path / "a", progress=False)
+    first = MetaTrainConfig(**{**config.to_dict(), "num_steps": 3})
+    meta_train(OPT, FAMILY, first, out_dir=tmp_path / "b", progress=False)
+    resumed = meta_train(OPT, FAMILY, config, out_dir=tmp_path / "b", resume=True, progress=False)
+    assert resumed.step == full.step == 6
+    for a, b in zip(_leaves(full.theta), _leaves(resumed.theta), strict=True):
+        np.testing.assert_array_equal(a, b)
+    # Metrics of the resumed run continue the first part's without duplicates.
+    steps = [r["step"] for r in lopt.meta_train_metrics(tmp_path / "b")]
+    assert steps == [2, 3, 4, 6]
+
+
+def test_run_directory_contents(tmp_path):
+    result = meta_train(OPT, FAMILY, CONFIG, out_dir=tmp_path, progress=False)
+    cfg = json.loads((tmp_path / "config.json").read_text())
+    assert cfg["task"]["name"] == "linear_regression"
+    assert cfg["task"]["settings"]["dim"] == 3
+    assert cfg["optimizer"] == OPT.config()
+    assert MetaTrainConfig.from_dict(cfg["meta_train"]).num_problems == 4
+    opt, theta, meta = lopt.load(tmp_path / "theta.npz")
+    assert opt.config() == OPT.config() and meta["step"] == 6
+    for a, b in zip(_leaves(theta), _leaves(result.theta), strict=True):
+        np.testing.assert_array_equal(a, b)
+    rows = lopt.meta_train_metrics(tmp_path)
+    assert [r["step"] for r in rows] == [2, 4, 6]
+    assert all(np.isfinite(r["meta_loss"]) for r in rows)
+
+
+def test_meta_training_lowers_the_meta_loss():
+    config = MetaTrainConfig(num_problems=8, num_steps=60, log_every=10, learning_rate=1e-2)
+    result = meta_train(OPT, FAMILY, config, progress=False)
+    assert result.metrics[-1]["meta_loss"] < 0.8 * result.metrics[0]["meta_loss"]
+
+
+class _Exploding(TinyMomentum):
+    def init(self, key):
+        return dict(super().init(key), log_lr=jnp.asarray(np.log(1e4), jnp.float32))
+
+
+def test_all_nonfinite_steps_stop_the_run_with_theta_intact(tmp_path):
+    opt = _Exploding()
+    family = tasks.get("linear_regression", dim=3, num_steps=40)
+    config = MetaTrainConfig(num_problems=4, num_steps=20, log_every=1, max_nonfinite_steps=3)
+    with pytest.raises(MetaTrainDiverged, match="3 consecutive"):
+        meta_train(opt, family, config, out_dir=tmp_path, progress=False)
+    rows = lopt.meta_train_metrics(tmp_path)
+    assert [r["skipped"] for r in rows] == [1, 1, 1]
+    assert all(r["num_nonfinite"] == 4 for r in rows)
+    state = (
+        rundir.read_npz(tmp_path / "state.npz", "lopt.meta_train.state/1")
+        if (tmp_path / "state.npz").exists()
+        else None
+    )
+    assert state is None  # no checkpoint was due; nothing non-finite was written
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"estimator": "sgd"}, "unknown estimator"),
+        ({"truncation": 16}, "longer than the horizon"),
+        ({"estimator": "tbptt", "truncation": 3}, "must divide"),
+        ({"num_problems": 0}, "num_problems must be a positive integer"),
+        ({"learning_rate": -1.0}, "learning_rate must be a positive number"),
+        ({"objective": "loss"}, "unknown objective"),
+        ({"estimator": "tbptt", "truncation": 4, "objective": "final"}, "needs the whole horizon"),
+    ],
+)
+def test_bad_configs_fail_fast(change, message):
+    with pytest.raises(ConfigError, match=message):
+        MetaTrainConfig(**{**CONFIG.to_dict(), **change}).resolved(FAMILY)
+
+
+def test_unknown_config_keys_are_rejected():
+    with pytest.raises(ConfigError, match="unknown meta-training setting"):
+        MetaTrainConfig.from_dict({"num_problem": 3})
+
+
+def test_resume_from_a_corrupted_state_is_a_clear_error(tmp_path):
+    meta_train(OPT, FAMILY, CONFIG, out_dir=tmp_path, progress=False)
+    data = (tmp_path / "state.npz").read_bytes()
+    (tmp_path / "state.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(lopt.CheckpointError, match="state.npz"):
+        meta_train(OPT, FAMILY, CONFIG, out_dir=tmp_path, resume=True, progress=False)
