@@ -225,8 +225,10 @@ def tune(
         refine: run the refinement stage around the best coarse point.
         vectorize: ``vmap`` over candidates (chunks of ``chunk_size``); ``False`` runs one
             candidate at a time (same compiled program with one candidate; for comparison).
-        chunk_size: candidates per batched call; by default as many as fit in
-            ``memory_budget`` bytes (estimated from the inner step's intermediates).
+        chunk_size: candidates per batched call (the last chunk of a stage is padded, so
+            every call has the same shape and compiles once); by default the refinement
+            grid's size, or fewer if they would not fit in ``memory_budget`` bytes (estimated
+            from the inner step's intermediates).
         memory_budget: bytes for one chunk when ``chunk_size`` is ``None``.
         eval_key: if given, also evaluate the winner on ``eval_problems`` held-out problems
             drawn from this key (:func:`lopt.evaluate` + :func:`lopt.summarize`).
@@ -265,6 +267,10 @@ def tune(
         chunk = 1
     elif chunk_size is None:
         chunk = _auto_chunk(name, family, keys[0], num_problems, int(memory_budget))
+        # One chunk size for both stages means one compilation per tuning. The refinement
+        # grid is the smaller stage: the coarse one then takes a few chunks of its size.
+        n_refine = len(space.refine_lr_log10) * (len(space.refine_other_log10) or 1)
+        chunk = min(chunk, n_refine if refine else len(space.coarse()["learning_rate"]))
     else:
         chunk = _positive_int("chunk_size", chunk_size)
 
@@ -275,7 +281,7 @@ def tune(
         n = len(cands["learning_rate"])
         desc = f"{name} {'coarse' if stage == 0 else 'refine'}"
         norm, final, finite = _run_stage(
-            name, family, keys, cands, num_steps, min(chunk, n), progress, desc
+            name, family, keys, cands, num_steps, chunk, progress, desc
         )
         score, diverged = _score(norm, final, finite, metric)
         for k in names:

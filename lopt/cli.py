@@ -1,0 +1,268 @@
+"""The ``lopt`` command line.
+
+One function per subcommand (``_cmd_<name>``), each registered by ``_add_<name>``; the parser
+reports user mistakes as a single line ``lopt: error: ...`` and exit status 2, never a
+traceback (set ``LOPT_DEBUG=1`` to get the traceback).
+
+Example:
+    $ lopt tune --task linear_regression --optimizer all --out runs/tune-lr
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
+
+PROG = "lopt"
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argument parser whose errors are one line (no usage dump) and exit status 2."""
+
+    def error(self, message: str) -> NoReturn:  # noqa: D102
+        self.exit(2, f"{PROG}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _nonnegative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
+    return value
+
+
+def write_json_atomic(path: str, obj: Any) -> None:
+    """Writes ``obj`` as JSON to ``path`` atomically.
+
+    The JSON goes to a temporary file in the same folder, which then replaces ``path``
+    (``os.replace``), so readers never see a half-written file.
+    """
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
+    try:
+        with os.fdopen(fd, "w") as f:
+            json.dump(obj, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+# ---------------------------------------------------------------------------------------------
+# lopt tune
+
+
+def _add_tune(sub: argparse._SubParsersAction) -> None:
+    from lopt.baselines import baseline_names
+    from lopt.tune import METRICS
+
+    p = sub.add_parser(
+        "tune",
+        help="tune hand-designed baselines on a task family and evaluate them held-out",
+        description=(
+            "Grid-search each baseline's learning rate and one more hyperparameter on "
+            "training problems, then evaluate the winners on held-out problems drawn from a "
+            "fixed key (the same for every optimizer and every seed)."
+        ),
+    )
+    p.add_argument("--task", required=True, help="task family name (see tasks.names())")
+    p.add_argument(
+        "--optimizer",
+        default="all",
+        choices=[*baseline_names(), "all"],
+        help="which baseline to tune (default: all)",
+    )
+    p.add_argument("--out", help="folder for tune.json (created if missing)")
+    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the tuning key")
+    p.add_argument(
+        "--num-problems", type=_positive_int, default=32, help="training problems per candidate"
+    )
+    p.add_argument(
+        "--num-steps", type=_positive_int, help="updates per problem (default: the family's)"
+    )
+    p.add_argument(
+        "--eval-problems", type=_positive_int, default=128, help="held-out problems (128)"
+    )
+    p.add_argument("--metric", choices=METRICS, default="normalized", help="selection metric")
+    p.add_argument("--no-refine", action="store_true", help="coarse grid only")
+    p.add_argument(
+        "--chunk-size", type=_positive_int, help="candidates per batched call (default: auto)"
+    )
+    p.set_defaults(func=_cmd_tune)
+
+
+def _fmt(x: float, spec: str = ".4g") -> str:
+    return format(x, spec) if math.isfinite(x) else str(x)
+
+
+def _table(rows: list[list[str]], header: list[str]) -> str:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    line = lambda r: "  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True))  # noqa: E731
+    return "\n".join([line(header), line(["-" * w for w in widths]), *map(line, rows)])
+
+
+def _cmd_tune(args: argparse.Namespace) -> int:
+    import jax
+    from tqdm.auto import tqdm
+
+    import tasks
+    from lopt.baselines import baseline_names
+    from lopt.tune import HELDOUT_SEED, heldout_key, tune
+
+    family = tasks.get(args.task)
+    names = baseline_names() if args.optimizer == "all" else [args.optimizer]
+    if args.out is not None:
+        os.makedirs(args.out, exist_ok=True)
+    key = jax.random.fold_in(jax.random.key(args.seed), 0)
+    results = []
+    for name in tqdm(names, desc=f"tune {family.name}", unit="opt", disable=len(names) < 2):
+        results.append(
+            tune(
+                name,
+                family,
+                key,
+                num_problems=args.num_problems,
+                num_steps=args.num_steps,
+                metric=args.metric,
+                refine=not args.no_refine,
+                chunk_size=args.chunk_size,
+                eval_key=heldout_key(),
+                eval_problems=args.eval_problems,
+                progress=True,
+            )
+        )
+
+    header = ["optimizer", "hyperparams", "held-out metric ± s.e.m.", "final loss", "diverged"]
+    rows = []
+    for r in results:
+        hp = ", ".join(f"{k}={v:.3g}" for k, v in r.hyperparams.items())
+        h = r.heldout
+        rows.append(
+            [
+                r.name + (" *" if r.at_edge else ""),
+                hp,
+                f"{_fmt(h.metric)} ± {_fmt(h.sem, '.2g')}",
+                _fmt(h.final),
+                f"{h.diverged}/{args.eval_problems}",
+            ]
+        )
+    num_steps = results[0].num_steps
+    print(
+        f"{family.name} (data: {family.data_source}): {args.metric} metric over "
+        f"{args.eval_problems} held-out problems, {num_steps} steps; "
+        f"tuned on {args.num_problems} problems (seed {args.seed})"
+    )
+    print(_table(rows, header))
+    if any(r.at_edge for r in results):
+        print("* best learning rate at the edge of the grid: the grid may be too narrow")
+    if args.out is not None:
+        import importlib.metadata
+
+        import optax
+
+        try:
+            version = importlib.metadata.version("lopt")
+        except importlib.metadata.PackageNotFoundError:
+            version = None
+        path = os.path.join(args.out, "tune.json")
+        write_json_atomic(
+            path,
+            {
+                "command": "tune",
+                "task": family.name,
+                "task_settings": family.settings(),
+                "data_source": family.data_source,
+                "settings": {
+                    "seed": args.seed,
+                    "num_problems": args.num_problems,
+                    "num_steps": num_steps,
+                    "metric": args.metric,
+                    "refine": not args.no_refine,
+                    "eval_problems": args.eval_problems,
+                    "eval_seed": HELDOUT_SEED,
+                    "tune_key": f"fold_in(key({args.seed}), 0)",
+                },
+                "versions": {"lopt": version, "jax": jax.__version__, "optax": optax.__version__},
+                "results": {r.name: r.to_json() for r in results},
+            },
+        )
+        print(f"wrote {path}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Parser and entry point
+
+#: Subcommands: each adds its parser (and sets ``func``). Later subcommands (meta-train,
+#: evaluate, distill) add an ``_add_<name>`` here.
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_tune]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``lopt`` argument parser with every subcommand."""
+    parser = _Parser(prog=PROG, description="Learned optimizers in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for add in _SUBCOMMANDS:
+        add(sub)
+    return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from tasks import TaskError
+
+    # TaskError subclasses ValueError; listed for clarity. OSError covers missing files and
+    # unwritable output folders.
+    return (TaskError, ValueError, OSError)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Runs the ``lopt`` command line; returns the exit status.
+
+    Args:
+        argv: the arguments (without the program name); defaults to ``sys.argv[1:]``.
+
+    Returns:
+        0 on success. User mistakes print one line ``lopt: error: ...`` to stderr and exit
+        with status 2 (``SystemExit``) unless ``LOPT_DEBUG=1``, which re-raises.
+    """
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except _user_errors() as e:
+        if os.environ.get("LOPT_DEBUG", "") not in ("", "0"):
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if isinstance(e, OSError) and e.filename is not None and str(e.filename) not in msg:
+            msg = f"{msg}: {e.filename}"
+        print(f"{PROG}: error: {msg}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except KeyboardInterrupt:
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
+
+
+if __name__ == "__main__":
+    sys.exit(main())
