@@ -4,8 +4,12 @@ The public names are re-exported here; see the README for a tour.
 """
 
 from lopt import cells
+from lopt.base import LearnedOptimizer, from_config
 from lopt.baselines import SearchSpace, baseline, baseline_names, search_space
 from lopt.cell import Cell, CellOptimizerState, apply_cell, cell_optimizer, make_cell
+from lopt.checkpoint import CheckpointError, load, save
+from lopt.mlp_optimizer import MLPOptimizer, MLPOptimizerState
+from lopt.rnn import RNNOptimizer
 from lopt.tune import TuneResult, heldout_key, tune
 from lopt.unroll import (
     InnerState,
@@ -40,4 +44,12 @@ __all__ = [
     "heldout_key",
     "search_space",
     "tune",
+    "CheckpointError",
+    "LearnedOptimizer",
+    "MLPOptimizer",
+    "MLPOptimizerState",
+    "RNNOptimizer",
+    "from_config",
+    "load",
+    "save",
 ]
