@@ -27,27 +27,38 @@ from tasks.base import PyTree, TaskError, TaskFamily, pytree_family, static
 _ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
-def make_moons(key: jax.Array, num_points: int, noise: float) -> tuple[jax.Array, jax.Array]:
-    """Draws a balanced two-moons data set.
+def make_moons(
+    key: jax.Array, num_points: int, noise: float, num_test: int = 0
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Draws balanced two-moons training and held-out sets.
 
     Args:
         key: PRNG key.
-        num_points: an even number of points; half are in each class.
+        num_points: an even number of training points; half are in each class.
         noise: standard deviation of the Gaussian noise added to every coordinate.
+        num_test: an even number of held-out points drawn alongside (default none).
 
     Returns:
-        ``(x, y)``: points ``x[N, 2]`` (centred) and labels ``y[N]`` in ``{0., 1.}``, the first
-        half of class 0 and the second half of class 1.
+        ``(x, y, x_test, y_test)``: points ``[N, 2]`` (centred) and labels ``[N]`` in
+        ``{0., 1.}``, the first half of each set in class 0 and the second half in class 1.
     """
-    half = num_points // 2
+    # One draw of angles and one of noise for both sets and both classes: fewer random calls
+    # keep the compiled program small.
+    half, half_test = num_points // 2, num_test // 2
+    n = half + half_test
     k_angle, k_noise = jax.random.split(key)
-    theta = jax.random.uniform(k_angle, (2, half), minval=0.0, maxval=math.pi)
+    theta = jax.random.uniform(k_angle, (2, n), minval=0.0, maxval=math.pi)
     upper = jnp.stack([jnp.cos(theta[0]), jnp.sin(theta[0])], axis=-1)
     lower = jnp.stack([1.0 - jnp.cos(theta[1]), 0.5 - jnp.sin(theta[1])], axis=-1)
-    x = jnp.concatenate([upper, lower]) - jnp.array([0.5, 0.25])
-    x = x + noise * jax.random.normal(k_noise, x.shape)
-    y = jnp.concatenate([jnp.zeros(half), jnp.ones(half)])
-    return x, y
+    points = jnp.stack([upper, lower]) - jnp.array([0.5, 0.25])  # [class, n, 2]
+    points = points + noise * jax.random.normal(k_noise, points.shape)
+
+    def split(lo, hi):
+        x = points[:, lo:hi].reshape(-1, 2)
+        y = jnp.repeat(jnp.arange(2.0), hi - lo)
+        return x, y
+
+    return (*split(0, half), *split(half, n))
 
 
 def mlp_init(key: jax.Array, sizes: list[int]) -> list[dict[str, jax.Array]]:
@@ -141,9 +152,7 @@ class TwoMoons(TaskFamily):
             positive_int("batch_size", self.batch_size)
 
     def sample(self, key):  # noqa: D102
-        k_train, k_test = jax.random.split(key)
-        x, y = make_moons(k_train, self.num_points, self.noise)
-        x_test, y_test = make_moons(k_test, self.num_test, self.noise)
+        x, y, x_test, y_test = make_moons(key, self.num_points, self.noise, self.num_test)
         return {"x": x, "y": y, "x_test": x_test, "y_test": y_test}
 
     def init(self, task, key):  # noqa: D102
