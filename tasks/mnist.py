@@ -24,7 +24,7 @@ Model: three 3×3 convolutions with ``channels × (1, 2, 2)`` output channels (d
 conv weights, LeCun-normal dense weights, zero biases. Loss: mean softmax cross-entropy over a
 minibatch of ``batch_size`` training images (default 32) drawn with replacement by the loss
 key; ``batch_size=None`` means the full training set. Horizon: 500 updates (a quarter epoch of
-MNIST, about nine epochs of the 8×8 fallback).
+MNIST, about ten epochs of the 8×8 fallback).
 Reference: Maheswaranathan et al. (2021), section 3 (architecture details left open).
 """
 
@@ -349,7 +349,8 @@ class Mnist(TaskFamily):
     The data arrays are leaves of the family (so they reach jitted code as arguments); every
     problem shares them, so the task is empty and problems differ in their initial parameters
     and minibatch order. Build it with ``tasks.get("mnist", ...)`` (which finds the data, see
-    the module docstring) or directly from arrays.
+    the module docstring) or directly from arrays (pass ``jax.Array``s: NumPy leaves would be
+    copied to the device on every jitted call).
 
     Attributes:
         train_x: training images ``[N, H, W, 1]`` float32 in ``[0, 1]``.
@@ -421,7 +422,7 @@ class Mnist(TaskFamily):
             raise TaskError(f"mnist: data_dir must be a path, got {data_dir!r}")
         arrays, source, resolved = find_data(data_dir)
         if source == FALLBACK_SOURCE:
-            logger.warning("mnist: no MNIST files given; data source is %s", source)
+            logger.warning("mnist: no MNIST files found; data source is %s", source)
         else:
             logger.info("mnist: data source is %s", source)
         arrays = {k: jnp.asarray(v) for k, v in arrays.items()}
