@@ -143,9 +143,11 @@ def cell_optimizer(
         # At least float32 whatever the parameters' dtype (bf16 params keep an f32 state);
         # float64 when the cell itself is float64 (x64 finite-difference checks).
         h0 = h0.astype(jnp.promote_types(h0.dtype, jnp.float32))
-        zero = jnp.zeros([], jnp.int32)
+        # Distinct arrays for the two counters, so the state can be donated to a jitted step.
         return CellOptimizerState(
-            count=zero, hidden=jnp.broadcast_to(h0, (size, *h0.shape)), skipped=zero
+            count=jnp.zeros([], jnp.int32),
+            hidden=jnp.broadcast_to(h0, (size, *h0.shape)),
+            skipped=jnp.zeros([], jnp.int32),
         )
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):

@@ -182,12 +182,12 @@ class MLPOptimizer(LearnedOptimizer):
 
         def init_fn(params):
             size = sum(x.size for x in jax.tree.leaves(params))
-            zero = jnp.zeros([], jnp.int32)
+            # Distinct arrays for the counters, so the state can be donated to a jitted step.
             return MLPOptimizerState(
-                count=zero,
+                count=jnp.zeros([], jnp.int32),
                 momentum=jnp.zeros((size, decays.shape[0]), jnp.float32),
                 rms=jnp.zeros((size,), jnp.float32),
-                skipped=zero,
+                skipped=jnp.zeros([], jnp.int32),
             )
 
         def update_fn(updates, state, params=None, *, value=None, **extra_args):

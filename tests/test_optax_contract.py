@@ -90,6 +90,22 @@ def test_no_recompilation_on_second_update_or_new_theta(name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_state_can_be_donated(name):
+    opt, theta = OPTIMIZERS[name]
+    tx = opt.optimizer(theta)
+
+    def step(params, state):
+        updates, state = tx.update(_grads(params), state, params)
+        return optax.apply_updates(params, updates), state
+
+    step = jax.jit(step, donate_argnums=(0, 1))
+    params = _params()
+    params, state = step(params, tx.init(params))  # no buffer appears twice in the state
+    params, state = step(params, state)
+    assert int(state.count) == 2
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_works_in_chain_after_clipping(name):
     opt, theta = OPTIMIZERS[name]
     tx = opt.optimizer(theta)
