@@ -3,11 +3,19 @@
 The public names are re-exported here; see the README for a tour.
 """
 
-from lopt import cells
+from lopt import cells, estimators
 from lopt.base import LearnedOptimizer, from_config
 from lopt.baselines import SearchSpace, baseline, baseline_names, search_space
 from lopt.cell import Cell, CellOptimizerState, apply_cell, cell_optimizer, make_cell
 from lopt.checkpoint import CheckpointError, load, save
+from lopt.meta_train import (
+    ConfigError,
+    MetaTrainConfig,
+    MetaTrainDiverged,
+    MetaTrainResult,
+    meta_train,
+    meta_train_metrics,
+)
 from lopt.mlp_optimizer import MLPOptimizer, MLPOptimizerState
 from lopt.rnn import RNNOptimizer
 from lopt.tune import TuneResult, heldout_key, tune
@@ -23,6 +31,13 @@ from lopt.unroll import (
 )
 
 __all__ = [
+    "ConfigError",
+    "MetaTrainConfig",
+    "MetaTrainDiverged",
+    "MetaTrainResult",
+    "estimators",
+    "meta_train",
+    "meta_train_metrics",
     "Cell",
     "CellOptimizerState",
     "InnerState",
