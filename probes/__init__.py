@@ -1,1 +1,31 @@
-"""Probes: dissect optimizers into known mechanisms (momentum, clipping, schedules, adaptation)."""
+"""Probes: dissect optimizers into known mechanisms (momentum, clipping, schedules, adaptation).
+
+Building blocks (jitted, batched, the cell passed as an argument): :func:`update_function`,
+:func:`effective_lr`, :func:`trajectories`, :func:`fixed_points`, :func:`linearize`. Detectors:
+:func:`analyze` (a learned optimizer), :func:`analyze_cell` (any :class:`lopt.Cell`),
+:func:`analyze_optax` (any coordinate-wise optax transformation, black box).
+"""
+
+from probes.analysis import Analysis, analyze, analyze_cell, analyze_optax
+from probes.fixed_points import Branch, FixedPoints, continuation, fixed_points
+from probes.linearize import Linearization, linearize
+from probes.trajectories import Trajectories, pca, trajectories
+from probes.update_function import effective_lr, update_function
+
+__all__ = [
+    "Analysis",
+    "Branch",
+    "FixedPoints",
+    "Linearization",
+    "Trajectories",
+    "analyze",
+    "analyze_cell",
+    "analyze_optax",
+    "continuation",
+    "effective_lr",
+    "fixed_points",
+    "linearize",
+    "pca",
+    "trajectories",
+    "update_function",
+]

@@ -15,8 +15,9 @@ The search minimises ``q(h) = ½‖F(h, g*) - h‖²`` for every (input, seed) p
 3. **Polish**: damped Newton on ``r(h) = F(h) - h`` with a Gauss–Newton (Cauchy point)
    fallback. Each iteration builds the dense Jacobian ``J = ∂F/∂h - I`` (forward mode, ``H``
    JVPs), tries the Newton step ``-J⁻¹r`` at lengths 1, ½, ¼ and the Cauchy point of the
-   Gauss–Newton model (see :func:`polish`), and keeps the
-   trial with the smallest ``q`` if it improves ``q``. Newton converges quadratically near a regular root, so true fixed points reach
+   Gauss–Newton model (see :func:`polish`), and keeps the trial with the smallest ``q`` if it
+   improves ``q``; chord steps re-use each LU factorisation. Newton converges quadratically
+   near a regular root, so true fixed points reach
    the float32 floor ``‖F(h)-h‖∞ ≤ 10·ε·(1+‖h‖∞)``, ``ε = 2⁻²³``; the per-candidate mask stops
    a candidate at the floor or after ``stall_steps`` iterations without progress. Polishing
    only the de-duplicated representatives keeps the cubic cost of dense solves bounded
@@ -44,6 +45,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from lopt.cell import Cell
+from probes._cells import canonical
 
 FIXED, SLOW, FAILED = 0, 1, 2
 KIND_NAMES = ("fixed", "slow", "failed")
@@ -453,7 +455,7 @@ def fixed_points(
         raise ValueError(f"seeds must be (S, H) or (N, S, H) with N = {inputs.shape[0]}")
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     return _fixed_points(
-        cell,
+        canonical(cell),
         inputs,
         seeds,
         None if typical_step is None else f32(typical_step),
@@ -579,7 +581,7 @@ def continuation(
     """
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     return _continuation(
-        cell,
+        canonical(cell),
         f32(inputs).reshape(-1),
         f32(h_start),
         jnp.int32(polish_steps),

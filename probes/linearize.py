@@ -26,6 +26,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from lopt.cell import Cell
+from probes._cells import canonical
 
 
 class Linearization(NamedTuple):
@@ -119,7 +120,7 @@ def linearize(cell: Cell, h: ArrayLike, g: float = 0.0) -> Linearization:
     """
     h = jnp.asarray(h, jnp.float32)
     g = jnp.asarray(g, jnp.float32)
-    J_h, J_g, rg, w, vr, vl, alpha, tau, a_eff = _linearize(cell, h, g)
+    J_h, J_g, rg, w, vr, vl, alpha, tau, a_eff = _linearize(canonical(cell), h, g)
     return Linearization(
         h, g, J_h, J_g, rg, w, vr, vl, alpha, tau, jnp.asarray(_pairs(np.asarray(w))), a_eff
     )
@@ -147,7 +148,7 @@ def steady_response(
         for a stable fixed point and ``δ`` small enough for the linearisation to hold).
     """
     return _steady(
-        cell,
+        canonical(cell),
         jnp.asarray(h, jnp.float32),
         jnp.float32(g),
         jnp.float32(delta),

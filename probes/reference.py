@@ -128,8 +128,8 @@ def gru_params(
 def gru_cell(params: dict[str, jax.Array]) -> Cell:
     """The GRU of METHOD.md §2 as a Cell (``u, r, c`` gates, readout from the new state).
 
-    ``params`` holds ``W (3, H, H)``, ``A (3, H, 1)``, ``bias (3, H)``, ``w (H,)``, ``b``, ``h0 (H,)``,
-    ``input_scale`` and ``output_scale`` (see :func:`gru_params`).
+    ``params`` holds ``W (3, H, H)``, ``A (3, H, 1)``, ``bias (3, H)``, ``w (H,)``, ``b``,
+    ``h0 (H,)``, ``input_scale`` and ``output_scale`` (see :func:`gru_params`).
     """
     return make_cell(params, _param_init_state, _gru_step, _gru_readout)
 

@@ -57,7 +57,7 @@ def _hidden(opt_state: Any) -> jax.Array | None:
 
 
 def as_transformation(opt_or_tx: Any, theta: Any = None) -> optax.GradientTransformationExtraArgs:
-    """An optax transformation from a transformation, a :class:`lopt.Cell`, or ``opt`` + ``theta``."""
+    """An optax transformation from a transformation, a :class:`lopt.Cell` or ``opt``+``theta``."""
     if isinstance(opt_or_tx, Cell):
         return cell_optimizer(opt_or_tx)
     if hasattr(opt_or_tx, "optimizer") and callable(opt_or_tx.optimizer):
@@ -139,7 +139,7 @@ def trajectories(
 
 
 def typical_step(hidden: jax.Array) -> jax.Array:
-    """Median ``‖h_{t+1} - h_t‖₂`` over problems, steps and coordinates of ``hidden (B, T, C, H)``."""
+    """Median ``‖h_{t+1} - h_t‖₂`` over problems, steps, coordinates of ``hidden (B, T, C, H)``."""
     steps = jnp.linalg.norm(jnp.diff(hidden, axis=1), axis=-1)
     return jnp.median(steps)
 

@@ -15,6 +15,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from lopt.cell import Cell
+from probes._cells import canonical
 
 
 def update(cell: Cell, h: jax.Array, g: jax.Array) -> jax.Array:
@@ -71,6 +72,7 @@ def update_function(cell: Cell, h: ArrayLike, gs: ArrayLike) -> jax.Array:
         >>> [round(float(x), 6) for x in u]
         [-0.1, -0.2]
     """
+    cell = canonical(cell)
     h = jnp.asarray(h, jnp.float32)
     gs = jnp.asarray(gs, jnp.float32).reshape(-1)
     if h.ndim == 1:
@@ -80,7 +82,9 @@ def update_function(cell: Cell, h: ArrayLike, gs: ArrayLike) -> jax.Array:
 
 def update_slope(cell: Cell, h: ArrayLike, gs: ArrayLike) -> jax.Array:
     """``∂U/∂g`` at each gradient in ``gs`` for the state ``h (H,)``; shape ``(G,)``."""
-    return _slope(cell, jnp.asarray(h, jnp.float32), jnp.asarray(gs, jnp.float32).reshape(-1))
+    return _slope(
+        canonical(cell), jnp.asarray(h, jnp.float32), jnp.asarray(gs, jnp.float32).reshape(-1)
+    )
 
 
 def effective_lr(cell: Cell, h: ArrayLike, *, secant: float | None = None) -> jax.Array:
@@ -96,6 +100,7 @@ def effective_lr(cell: Cell, h: ArrayLike, *, secant: float | None = None) -> ja
     Returns:
         ``α_eff`` with the batch shape of ``h``.
     """
+    cell = canonical(cell)
     h = jnp.asarray(h, jnp.float32)
     flat = h.reshape(-1, h.shape[-1])
     if secant is None:

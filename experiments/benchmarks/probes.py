@@ -1,0 +1,153 @@
+"""Benchmark (BENCHMARKS.md §4): input-conditioned fixed points and a full analysis.
+
+Fixed points for ``--inputs`` constant gradients × ``--seeds`` seeds on a GRU cell of
+``--hidden`` units, with the residual reached, compile time separate (median of ``--repeats``
+runs after compilation), a matmul roofline measured in the same process, and a full
+``probes.analyze_cell`` timing. One JSON object per line on stdout.
+
+The cell is random with sensible scales (``probes.reference.gru_params``) unless ``--theta``
+names a ``lopt.save`` file of a trained GRU optimizer (``lopt.load``, when it exists). The CPU is
+shared: numbers are noisy; compare ratios measured in the same run.
+
+    python experiments/benchmarks/probes.py [--hidden 256 --inputs 101 --seeds 32]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import probes
+from probes import reference
+from probes.fixed_points import FIXED
+
+
+def _median_time(fn, repeats):
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - t0)
+    return float(np.median(times)), [round(t, 3) for t in times]
+
+
+def _cell(args):
+    if args.theta:
+        import lopt
+
+        opt, theta, _ = lopt.load(args.theta)
+        return opt.cell(theta), f"trained:{args.theta}"
+    return reference.random_gru_cell(jax.random.key(args.seed), args.hidden), "random"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--hidden", type=int, default=256)
+    p.add_argument("--inputs", type=int, default=101)
+    p.add_argument("--seeds", type=int, default=32)
+    p.add_argument("--max-unique", type=int, default=2)
+    p.add_argument("--first-order-steps", type=int, default=30)
+    p.add_argument("--repeats", type=int, default=5)
+    p.add_argument("--theta", default=None, help="a lopt.save file (default: random GRU)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--skip-analyze", action="store_true")
+    args = p.parse_args()
+
+    env = {"cpus": os.cpu_count(), "backend": jax.default_backend(), "shared_machine": True}
+    a = jnp.ones((2048, 2048), jnp.float32)
+    mm = jax.jit(lambda a: a @ a)
+    jax.block_until_ready(mm(a))
+    t_mm, _ = _median_time(lambda: mm(a), 5)
+    roofline = 2 * 2048**3 / t_mm / 1e9
+    print(json.dumps({"name": "matmul_roofline", "gflops": round(roofline, 1), **env}), flush=True)
+
+    cell, source = _cell(args)
+    H = int(cell.init_state().shape[0])
+    inputs = jnp.linspace(-3.0, 3.0, args.inputs)
+
+    # Seeds: states visited while iterating F(·, g*) from h0 (every 4th of 4·S steps) + noise.
+    def visit(g):
+        def body(h, _):
+            h = cell.step(h, g)
+            return h, h
+
+        return jax.lax.scan(body, cell.init_state(), None, length=4 * args.seeds)[1][::4]
+
+    visited = jax.jit(jax.vmap(visit))(inputs)
+    seeds = visited + 0.05 * jax.random.normal(jax.random.key(1), visited.shape)
+    kw = dict(max_unique=args.max_unique, first_order_steps=args.first_order_steps)
+
+    t0 = time.perf_counter()
+    fp = jax.block_until_ready(probes.fixed_points(cell, inputs, seeds, **kw))
+    first = time.perf_counter() - t0
+    t_run, times = _median_time(
+        lambda: probes.fixed_points(cell, inputs, seeds, **kw), args.repeats
+    )
+    mask = np.asarray(fp.mask)
+    kind = np.asarray(fp.kind)
+    fixed = mask & (kind == FIXED)
+    ratio = np.asarray(fp.residual) / np.asarray(fp.floor)
+    print(
+        json.dumps(
+            {
+                "name": "fixed_points",
+                "cell": source,
+                "hidden": H,
+                "inputs": args.inputs,
+                "seeds": args.seeds,
+                "max_unique": args.max_unique,
+                "first_order_steps_cap": args.first_order_steps,
+                "compile_s": round(first - t_run, 2),
+                "run_s_median": round(t_run, 3),
+                "run_s_all": times,
+                "target_run_s": 10.0,
+                "points": int(mask.sum()),
+                "fixed": int(fixed.sum()),
+                "slow": int((mask & (kind == 1)).sum()),
+                "failed": int((mask & (kind == 2)).sum()),
+                "inputs_with_fixed_point": int(fixed.any(1).sum()),
+                "seeds_dropped": int((np.asarray(fp.seed_cluster) < 0).sum()),
+                "max_residual_over_floor_fixed": float(ratio[fixed].max()) if fixed.any() else None,
+                "max_residual_inf": float(np.asarray(fp.residual)[mask].max()),
+                "first_order_iters_median": float(np.median(np.asarray(fp.first_order_steps))),
+                **env,
+            }
+        ),
+        flush=True,
+    )
+
+    if not args.skip_analyze:
+        t0 = time.perf_counter()
+        an = probes.analyze_cell(cell)
+        first = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        an = probes.analyze_cell(cell)
+        second = time.perf_counter() - t0
+        print(
+            json.dumps(
+                {
+                    "name": "analyze_cell",
+                    "cell": source,
+                    "hidden": H,
+                    "first_call_s_incl_compile": round(first, 2),
+                    "second_call_s": round(second, 2),
+                    "target_s_incl_compile": 60.0,
+                    "momentum": [an.momentum.detected, an.momentum.beta, an.momentum.share],
+                    "clipping": [an.clipping.detected, an.clipping.threshold],
+                    "schedule": an.schedule.shape,
+                    "adaptation": [an.adaptation.detected, an.adaptation.slope],
+                    **env,
+                }
+            ),
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()

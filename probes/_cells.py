@@ -1,0 +1,26 @@
+"""Canonical cells: one compiled program per kind of cell."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from jax.tree_util import Partial
+
+from lopt.cell import Cell
+
+
+def _constant(h0: jax.Array) -> jax.Array:
+    return h0
+
+
+def canonical(cell: Cell) -> Cell:
+    """``cell`` with ``init_state`` replaced by a module-level ``Partial`` over its value.
+
+    A ``Partial``'s function is part of the pytree structure, so factories that build a fresh
+    closure for ``init_state`` on every call (``lopt.cells`` does) would otherwise make every new
+    cell a new jit cache key. ``step`` and ``readout`` are left alone (module-level there).
+    """
+    if isinstance(cell.init_state, Partial) and cell.init_state.func is _constant:
+        return cell
+    h0 = jnp.asarray(cell.init_state(), jnp.float32)
+    return cell._replace(init_state=Partial(_constant, h0))

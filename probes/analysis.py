@@ -1,0 +1,500 @@
+"""``analyze_cell``, ``analyze`` and ``analyze_optax``: the four mechanism questions, answered.
+
+For a :class:`lopt.Cell` (white box, METHOD.md §5):
+
+* **momentum**: linearise at the convergence point (the fixed point at ``g* = 0`` reached by
+  most seeds taken along the autonomous trajectory from ``h0``) and take the dominant mode
+  (:func:`probes.detectors.detect_momentum`). Without a fixed point (a step counter in the state:
+  scheduled SGD, Adam) the end of the autonomous trajectory is used instead.
+* **clipping**: ``U(h0, g)`` and ``∂U/∂g`` on a symmetric log grid; the threshold is refined by
+  two rounds of a 64-point linear sub-grid between the bracketing grid points.
+* **schedule**: ``α_eff(h_t)`` along ``h_{t+1} = F(h_t, 0)``.
+* **adaptation**: ``α_eff`` at the steady state ``h*(g*)`` of each constant gradient (the
+  fixed point reached by most seeds; seeds are the states visited while iterating ``F(·, g*)``
+  from ``h0``); if none is fixed or slow, the iterated state itself.
+
+For any optax transformation acting coordinate-wise (black box, :func:`analyze_optax`) on one
+scalar coordinate, with exact linear responses from ``jax.jvp`` through the update sequence:
+
+* **momentum**: impulse response ``r_k = ∂u_{W+k}/∂g_W`` after ``W`` steps of a background
+  gradient ``b`` (``b = 0``; if that is not finite, e.g. Adam's ``√ν`` at ``ν = 0``,
+  ``b = gradient_scale``), fitted with modes (:func:`probes.detectors.fit_modes`). Expected:
+  ``sgd(α)``: one mode ``λ = 0``, ``α``; ``sgd(α, momentum=β)``: ``(β, α)``; ``rmsprop``: a
+  dominant ``λ = 0`` mode (no momentum); ``adam(α, b1, b2)`` on background ``b``:
+  ``r_k = -(α/|b|)[(1-b1)b1^k - c(1-b2)b2^k]`` with ``c = 1/(1-b2^{W+k+1}) ≈ 1`` for a long
+  ``W``, so the dominant mode is ``β = b1``, ``α = α(1-b1)/|b|`` (share ≈ ``(1-b1)/(2-b1-b2)``)
+  and the ``b2`` mode has the opposite sign: the steady response
+  ``-Σ α_j/(1-λ_j) = -α(1-c)/|b| ≈ 0``
+  (Adam's update is invariant to the gradient's scale; ``c - 1 ≈ 0.16`` at ``W = 2000``).
+* **clipping**: the first update from a fresh state, ``u_0(g)``, as for cells. ``adam``'s first
+  update is ``-α g/(|g| + ε)``: a sign step, which this probe reports as clipping at ``≈ ε``.
+* **schedule**: ``-∂u_t/∂g_t`` after ``t`` zero gradients (a secant at ``±10⁻³·scale`` where the
+  derivative is not finite).
+* **adaptation**: ``-∂u_W/∂g_W`` at ``g_W = 0`` after ``W`` steps of constant ``g*``. Expected:
+  constant for sgd/momentum/clip; ``α/√(ρ g*² + ε)`` for rmsprop and
+  ``≈ α(1-b1)/(√b2 |g*|)`` for adam (log-log slope ``-1``).
+
+Shapes: ``T`` steps, ``G`` gradient values, ``M`` magnitudes, ``H`` hidden units.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt.cell import Cell
+from probes import detectors
+from probes._cells import canonical
+from probes.detectors import Adaptation, Clipping, Momentum, Schedule, _num
+from probes.fixed_points import FAILED, FIXED, KIND_NAMES, SLOW, fixed_points
+from probes.linearize import linearize
+from probes.update_function import effective_lr, update
+
+SCHEMA_VERSION = 1
+
+
+@dataclasses.dataclass
+class Analysis:
+    """What :func:`analyze_cell` / :func:`analyze_optax` found.
+
+    Attributes:
+        momentum, clipping, schedule, adaptation: the four detector results.
+        source: ``"cell"`` or ``"optax"``.
+        meta: settings and context (gradient scale, typical step, ...).
+    """
+
+    momentum: Momentum
+    clipping: Clipping
+    schedule: Schedule
+    adaptation: Adaptation
+    source: str
+    meta: dict[str, Any]
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict with ``schema_version``; every number finite or ``None``."""
+        out = {
+            "schema_version": SCHEMA_VERSION,
+            "source": self.source,
+            "meta": _num(self.meta),
+            "momentum": self.momentum.to_json(),
+            "clipping": self.clipping.to_json(),
+            "schedule": self.schedule.to_json(),
+            "adaptation": self.adaptation.to_json(),
+        }
+        json.dumps(out, allow_nan=False)  # fails loudly if anything non-finite slipped through
+        return out
+
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def _log_grid(scale: float, lo: float, hi: float, num: int) -> np.ndarray:
+    return scale * np.logspace(np.log10(lo), np.log10(hi), num)
+
+
+def _clipping(
+    slope_fn: Callable[[np.ndarray], np.ndarray],
+    update_fn: Callable[[np.ndarray], np.ndarray],
+    magnitudes: np.ndarray,
+    gradient_samples: np.ndarray | None,
+    fraction: float,
+) -> Clipping:
+    """Clipping evidence and threshold from vectorised ``∂U/∂g`` and ``U`` (see module doc)."""
+    slope0 = float(slope_fn(np.zeros(1))[0])
+    thresholds = {}
+    for sign in (1.0, -1.0):
+        s = slope_fn(sign * magnitudes)
+        t, j = detectors.one_sided_threshold(magnitudes, s, slope0, fraction)
+        if j > 0:  # refine between the bracketing grid points
+            lo, hi = magnitudes[j - 1], magnitudes[j]
+            for _ in range(2):
+                sub = np.linspace(lo, hi, 64)
+                ts, k = detectors.one_sided_threshold(sub, slope_fn(sign * sub), slope0, fraction)
+                if k <= 0:
+                    break
+                lo, hi, t = sub[k - 1], sub[k], ts
+        thresholds[sign] = t
+    grid = np.concatenate([-magnitudes[::-1], [0.0], magnitudes])
+    updates = update_fn(grid)
+    slopes = slope_fn(grid)
+    if gradient_samples is not None and np.size(gradient_samples):
+        gs = np.asarray(gradient_samples, np.float64).reshape(-1)
+        gs = gs[np.isfinite(gs)]
+        counts, edges = np.histogram(gs, bins=64)
+    else:
+        counts, edges = np.zeros(0), np.zeros(0)
+    tp, tn = thresholds[1.0], thresholds[-1.0]
+    if not (np.isfinite(slope0) and slope0 != 0.0):
+        tp = tn = float("inf")
+    detected = bool(slope0 != 0.0 and np.isfinite(min(tp, tn)))
+    return Clipping(
+        detected,
+        float(min(tp, tn)),
+        float(tp),
+        float(tn),
+        float(updates[-1]),
+        float(updates[0]),
+        slope0,
+        grid,
+        np.asarray(updates),
+        np.asarray(slopes),
+        counts,
+        edges,
+    )
+
+
+def _gradient_scale(gradient_samples: Any, default: float = 1.0) -> float:
+    if gradient_samples is None:
+        return default
+    g = np.abs(np.asarray(gradient_samples, np.float64).reshape(-1))
+    g = g[np.isfinite(g) & (g > 0)]
+    return float(np.median(g)) if g.size else default
+
+
+# ----------------------------------------------------------------------------- cells
+
+
+@jax.jit
+def _autonomous(cell, steps_like):
+    def body(h, _):
+        return cell.step(h, jnp.zeros([], jnp.float32)), h
+
+    h0 = jnp.asarray(cell.init_state(), jnp.float32)
+    return jax.lax.scan(body, h0, steps_like)[1]
+
+
+@jax.jit
+def _driven(cell, inputs, steps_like):
+    def run(g):
+        def body(h, _):
+            h = cell.step(h, g)
+            return h, h
+
+        h0 = jnp.asarray(cell.init_state(), jnp.float32)
+        return jax.lax.scan(body, h0, steps_like)[1]
+
+    return jax.vmap(run)(inputs)
+
+
+_PAD = 384  # every grid evaluation is padded to this length: one compilation per cell kind
+
+
+def _padded(fn: Callable, gs: np.ndarray) -> np.ndarray:
+    gs = np.asarray(gs, np.float32).reshape(-1)
+    out = []
+    for i in range(0, gs.size, _PAD):
+        chunk = gs[i : i + _PAD]
+        out.append(np.asarray(fn(jnp.asarray(np.pad(chunk, (0, _PAD - chunk.size)))))[: chunk.size])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+@jax.jit
+def _u_vec(cell, h, gs):
+    return jax.vmap(lambda g: update(cell, h, g))(gs)
+
+
+@jax.jit
+def _slope_vec(cell, h, gs):
+    return jax.vmap(jax.grad(lambda g: update(cell, h, g)))(gs)
+
+
+def _best_point(fp, i: int) -> tuple[int, int]:
+    """Slot of the point most seeds reached for input ``i`` (fixed first, then slow) and kind."""
+    kind = np.asarray(fp.kind[i])
+    count = np.asarray(fp.count[i])
+    mask = np.asarray(fp.mask[i])
+    for wanted in (FIXED, SLOW):
+        ok = mask & (kind == wanted)
+        if ok.any():
+            return int(np.argmax(np.where(ok, count, -1))), wanted
+    return -1, FAILED
+
+
+def analyze_cell(
+    cell: Cell,
+    *,
+    gradient_samples: Any = None,
+    typical_step: float | None = None,
+    gradient_scale: float | None = None,
+    schedule_steps: int = 100,
+    num_seeds: int = 16,
+    num_magnitudes: int = 9,
+    magnitude_range: tuple[float, float] = (1e-2, 1e1),
+    clip_range: tuple[float, float] = (1e-4, 1e4),
+    clip_points: int = 161,
+    steady_steps: int = 200,
+    key: jax.Array | None = None,
+    fixed_point_options: dict[str, Any] | None = None,
+) -> Analysis:
+    """Runs the four detectors on a cell (see the module docstring for the method).
+
+    Args:
+        cell: the cell.
+        gradient_samples: gradients seen in training (any shape); their median magnitude sets
+            the gradient scale and their histogram is kept for the clipping figure.
+        typical_step: step size of the state along trajectories (fixed vs slow points).
+        gradient_scale: overrides the scale from ``gradient_samples`` (default 1).
+        schedule_steps: ``T`` of the autonomous trajectory.
+        num_seeds: seeds per input for the fixed-point searches.
+        num_magnitudes: ``M`` gradient magnitudes per arm for adaptation.
+        magnitude_range: the magnitudes span ``scale × [lo, hi]`` (log-spaced).
+        clip_range: the clipping grid spans ``scale × [lo, hi]`` per side (log-spaced).
+        clip_points: grid points per side.
+        steady_steps: iterations of ``F(·, g*)`` from ``h0`` that provide the seeds (and the
+            fallback steady state).
+        key: for the seed noise (default ``key(0)``).
+        fixed_point_options: extra keyword arguments for :func:`probes.fixed_points`.
+
+    Returns:
+        An :class:`Analysis`.
+    """
+    cell = canonical(cell)
+    key = jax.random.key(0) if key is None else key
+    scale = gradient_scale if gradient_scale is not None else _gradient_scale(gradient_samples)
+    fp_opts = dict(fixed_point_options or {})
+    h0 = jnp.asarray(cell.init_state(), jnp.float32)
+    H = h0.shape[0]
+    k_mom = key
+
+    # Schedule: autonomous dynamics from h0.
+    traj = _autonomous(cell, jnp.zeros(schedule_steps))
+    alpha_t = np.asarray(effective_lr(cell, traj, secant=1e-3 * scale))
+    schedule = detectors.detect_schedule(alpha_t)
+
+    # One fixed-point search (one compilation): g* = 0 (momentum) and the adaptation inputs.
+    # Seeds for g* = 0 are states along the autonomous trajectory; for g* ≠ 0 the states
+    # visited while iterating F(·, g*) from h0; all with 1% noise, the last state kept exact.
+    m = _log_grid(scale, *magnitude_range, num_magnitudes)
+    inputs = jnp.asarray(np.concatenate([m, -m]), jnp.float32)
+    driven = _driven(cell, inputs, jnp.zeros(steady_steps))  # (2M, steady_steps, H)
+    seeds = jnp.concatenate(
+        [
+            traj[None, np.linspace(0, schedule_steps - 1, num_seeds).astype(int)],
+            driven[:, np.linspace(0, steady_steps - 1, num_seeds).astype(int)],
+        ]
+    )
+    noise = 0.01 * (1.0 + jnp.abs(seeds)) * jax.random.normal(k_mom, seeds.shape)
+    seeds = seeds + noise.at[:, -1].set(0.0)
+    all_inputs = jnp.concatenate([jnp.zeros(1), inputs])
+    fp = fixed_points(cell, all_inputs, seeds, typical_step=typical_step, **fp_opts)
+
+    # Momentum: the convergence point at g* = 0.
+    slot, kind = _best_point(fp, 0)
+    if slot >= 0:
+        h_star, point_kind = fp.points[0, slot], KIND_NAMES[kind]
+    else:
+        h_star, point_kind = traj[-1], "trajectory end"
+    lin = linearize(cell, h_star)
+    momentum = detectors.detect_momentum(
+        np.asarray(lin.eigenvalues), np.asarray(lin.alpha), point_kind=point_kind
+    )
+
+    # Clipping: U(h0, g).
+    def slope_fn(gs):
+        return _padded(lambda x: _slope_vec(cell, h0, x), gs)
+
+    def update_fn(gs):
+        return _padded(lambda x: _u_vec(cell, h0, x), gs)
+
+    mags = _log_grid(scale, *clip_range, clip_points)
+    clipping = _clipping(slope_fn, update_fn, mags, gradient_samples, detectors.SLOPE_FRACTION)
+
+    # Adaptation: α_eff at the steady state of each constant gradient.
+    states, kinds = [], []
+    for i in range(1, all_inputs.shape[0]):
+        slot, kind = _best_point(fp, i)
+        if slot >= 0:
+            states.append(fp.points[i, slot])
+            kinds.append(KIND_NAMES[kind])
+        else:
+            states.append(driven[i - 1, -1])
+            kinds.append("iterated")
+    a = np.asarray(effective_lr(cell, jnp.stack(states), secant=1e-3 * scale))
+    M = len(m)
+    adaptation = detectors.detect_adaptation(
+        m, a[:M], a[M:], point_kind={"pos": kinds[:M], "neg": kinds[M:]}
+    )
+    meta = {
+        "hidden_size": int(H),
+        "gradient_scale": scale,
+        "typical_step": typical_step,
+        "linearized_at": point_kind,
+        "alpha_eff_h0": float(effective_lr(cell, h0, secant=1e-3 * scale)),
+        "fixed_points_at_zero": int(np.sum(np.asarray(fp.mask[0]) & (np.asarray(fp.kind[0]) == 0))),
+    }
+    return Analysis(momentum, clipping, schedule, adaptation, "cell", meta)
+
+
+def analyze(opt: Any, theta: Any, family: Any = None, key: jax.Array | None = None, **kwargs):
+    """Analyses a learned optimizer at ``theta``.
+
+    Uses ``opt.cell(theta)`` (white box). With ``family`` and ``key`` it first records
+    trajectories (:func:`probes.trajectories`) for the gradient histogram, the gradient scale
+    and the typical step of the state. An optimizer without a cell (``cell`` raises
+    ``TypeError``, e.g. the per-parameter MLP optimizer) is analysed as a black box with
+    :func:`analyze_optax` on ``opt.optimizer(theta)``.
+
+    Args:
+        opt: a learned optimizer (``cell``, ``optimizer``).
+        theta: its meta-parameters.
+        family: optional task family for trajectories.
+        key: PRNG key for the trajectories.
+        **kwargs: passed to :func:`analyze_cell` / :func:`analyze_optax`.
+
+    Returns:
+        An :class:`Analysis`.
+    """
+    from probes.trajectories import trajectories
+    from probes.trajectories import typical_step as _typical
+
+    samples, step = None, None
+    if family is not None and key is not None:
+        tr = trajectories(opt, family, key, theta=theta)
+        samples = np.asarray(tr.grads)
+        if tr.hidden is not None:
+            step = float(_typical(tr.hidden))
+    try:
+        cell = opt.cell(theta)
+    except TypeError:
+        if samples is not None and "gradient_scale" not in kwargs:
+            kwargs["gradient_scale"] = _gradient_scale(samples)
+        return analyze_optax(opt.optimizer(theta), **kwargs)
+    return analyze_cell(cell, gradient_samples=samples, typical_step=step, **kwargs)
+
+
+# ----------------------------------------------------------------------------- optax
+
+
+def _scalar_updates(tx: optax.GradientTransformation) -> Callable[[jax.Array], jax.Array]:
+    """``gs (T,) -> updates (T,)`` for one scalar parameter trained by ``tx`` (params advance)."""
+
+    def run(gs):
+        p0 = jnp.zeros([], jnp.float32)
+        state0 = tx.init(p0)
+
+        def body(c, g):
+            p, s = c
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), u
+
+        return jax.lax.scan(body, (p0, state0), gs)[1]
+
+    return run
+
+
+def analyze_optax(
+    tx: optax.GradientTransformation,
+    *,
+    gradient_scale: float = 1.0,
+    gradient_samples: Any = None,
+    impulse_steps: int = 200,
+    warmup: int = 2000,
+    schedule_steps: int = 100,
+    num_magnitudes: int = 9,
+    magnitude_range: tuple[float, float] = (1e-2, 1e1),
+    clip_range: tuple[float, float] = (1e-4, 1e4),
+    clip_points: int = 161,
+) -> Analysis:
+    """The four detectors for any coordinate-wise optax transformation, by behaviour alone.
+
+    See the module docstring for each probe and the number every optax optimizer should give.
+
+    Args:
+        tx: the transformation (acting on each coordinate independently).
+        gradient_scale: the typical gradient magnitude (background, grids).
+        gradient_samples: gradients seen in training (histogram only).
+        impulse_steps: lags ``T`` of the impulse response.
+        warmup: ``W``, steps of background / constant gradient before probing.
+        schedule_steps: steps of the schedule probe.
+        num_magnitudes: ``M`` per arm for adaptation.
+        magnitude_range: ``scale × [lo, hi]`` for adaptation.
+        clip_range: ``scale × [lo, hi]`` for the clipping grid.
+        clip_points: grid points per side.
+
+    Returns:
+        An :class:`Analysis` (``momentum.point_kind == "impulse response"``).
+    """
+    run = _scalar_updates(tx)
+    scale = float(gradient_scale)
+
+    @jax.jit
+    def impulse(background):
+        gs = jnp.full(warmup + impulse_steps, background, jnp.float32)
+        tangent = jnp.zeros_like(gs).at[warmup].set(1.0)
+        return jax.jvp(run, (gs,), (tangent,))[1][warmup:]
+
+    response = np.asarray(impulse(jnp.float32(0.0)))
+    background = 0.0
+    if not np.all(np.isfinite(response)):
+        background = scale
+        response = np.asarray(impulse(jnp.float32(background)))
+    lams, alphas = detectors.fit_modes(response)
+    momentum = detectors.detect_momentum(lams, alphas, point_kind="impulse response")
+
+    @jax.jit
+    def first_update(gs):
+        return jax.vmap(lambda g: run(g[None])[0])(gs)
+
+    @jax.jit
+    def first_slope(gs):
+        return jax.vmap(jax.grad(lambda g: run(g[None])[0]))(gs)
+
+    mags = _log_grid(scale, *clip_range, clip_points)
+    clipping = _clipping(
+        lambda g: np.asarray(first_slope(jnp.asarray(g, jnp.float32))),
+        lambda g: np.asarray(first_update(jnp.asarray(g, jnp.float32))),
+        mags,
+        gradient_samples,
+        detectors.SLOPE_FRACTION,
+    )
+
+    delta = 1e-3 * scale
+
+    @jax.jit
+    def schedule_lr():
+        def at(t):
+            gs = jnp.zeros(schedule_steps, jnp.float32)
+            tangent = (jnp.arange(schedule_steps) == t).astype(jnp.float32)
+            d = -jax.jvp(run, (gs,), (tangent,))[1][t]
+            plus = run(gs.at[t].set(delta))[t]
+            minus = run(gs.at[t].set(-delta))[t]
+            return jnp.where(jnp.isfinite(d), d, -(plus - minus) / (2 * delta))
+
+        return jax.vmap(at)(jnp.arange(schedule_steps))
+
+    schedule = detectors.detect_schedule(np.asarray(schedule_lr()))
+
+    m = _log_grid(scale, *magnitude_range, num_magnitudes)
+
+    @jax.jit
+    def steady_lr(gstar):
+        def one(g):
+            gs = jnp.concatenate([jnp.full(warmup, g, jnp.float32), jnp.zeros(1, jnp.float32)])
+            tangent = jnp.zeros_like(gs).at[-1].set(1.0)
+            return -jax.jvp(run, (gs,), (tangent,))[1][-1]
+
+        return jax.vmap(one)(gstar)
+
+    a_pos = np.asarray(steady_lr(jnp.asarray(m, jnp.float32)))
+    a_neg = np.asarray(steady_lr(jnp.asarray(-m, jnp.float32)))
+    M = len(m)
+    adaptation = detectors.detect_adaptation(
+        m, a_pos, a_neg, point_kind={"pos": ["iterated"] * M, "neg": ["iterated"] * M}
+    )
+    meta = {
+        "gradient_scale": scale,
+        "impulse_background": background,
+        "impulse_response": response,
+        # -Σ α_j/(1-λ_j) from the fitted modes (the lags recorded may be shorter than the
+        # slowest mode): Adam ≈ 0 (only the bias-correction factor of the ν mode remains).
+        "steady_response": float(-np.real(np.sum(alphas / (1.0 - lams)))),
+        "warmup": warmup,
+    }
+    return Analysis(momentum, clipping, schedule, adaptation, "optax", meta)

@@ -1,0 +1,330 @@
+"""Mechanism detectors: momentum, clipping, schedule, adaptation (METHOD.md §5.4–5.7).
+
+Each detector turns evidence arrays (computed by :mod:`probes.analysis`) into a small result
+with ``detected``, its numbers and the evidence itself (for figures). The thresholds are module
+constants, documented where they are used; the analysis functions let callers override them.
+
+Shapes: ``H`` modes, ``G`` gradient values, ``T`` steps, ``M`` gradient magnitudes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+
+#: Momentum: the dominant mode must decay no faster than this per step (``λ ≥ MIN_BETA``); an
+#: SGD-like mode has ``λ = 0``.
+MIN_BETA = 0.05
+#: Momentum: the dominant mode must carry at least this share ``|α_i| / Σ_j |α_j|``.
+MIN_SHARE = 0.5
+#: Clipping: the threshold is where the local slope ``|∂U/∂g|`` first falls to this fraction
+#: of its value at ``g = 0`` (METHOD.md §5.5).
+SLOPE_FRACTION = 0.5
+#: Schedule: relative rise / fall of ``α_eff(t)`` (w.r.t. its maximum) counted as a warm-up /
+#: decay; below it on both sides the schedule is constant.
+SCHEDULE_TOL = 0.05
+#: Adaptation: detected if the log-log slope of ``α_eff`` against ``|g*|`` is at most this
+#: (RMSProp/Adam: ``-1``; SGD/momentum: ``0``) on at least one arm ...
+ADAPT_SLOPE = -0.2
+#: ... and ``α_eff`` falls by at least this fraction from the smallest to the largest ``|g*|``.
+ADAPT_DROP = 0.2
+
+
+def _num(x: Any) -> Any:
+    """JSON-safe conversion: arrays to lists, non-finite to ``None``, complex to ``[re, im]``."""
+    if isinstance(x, dict):
+        return {k: _num(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_num(v) for v in x]
+    if isinstance(x, np.ndarray) or hasattr(x, "__array__") and not isinstance(x, str | bool):
+        arr = np.asarray(x)
+        if arr.ndim == 0:
+            return _num(arr.item())
+        return [_num(v) for v in arr.tolist()]
+    if isinstance(x, bool | np.bool_):
+        return bool(x)
+    if isinstance(x, int | np.integer):
+        return int(x)
+    if isinstance(x, complex | np.complexfloating):
+        return [_num(float(x.real)), _num(float(x.imag))]
+    if isinstance(x, float | np.floating):
+        x = float(x)
+        return x if np.isfinite(x) else None
+    return x
+
+
+class _Result:
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (non-finite numbers become ``None``, complex ``[re, im]``)."""
+        return {f.name: _num(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+
+# ----------------------------------------------------------------------------- momentum
+
+
+@dataclasses.dataclass
+class Momentum(_Result):
+    """Momentum as the dominant linear mode at the convergence point.
+
+    Attributes:
+        detected: the dominant mode is real, ``MIN_BETA ≤ β < 1`` and ``share ≥ MIN_SHARE``.
+        beta: ``β`` of the dominant mode (largest ``|α_i|``; conjugate pairs count together).
+        alpha: its learning rate ``α_i``.
+        timescale: ``τ = -1/ln|β|`` steps.
+        share: ``|α_i| / Σ_j |α_j|``.
+        is_real: whether the dominant mode is real.
+        eigenvalues: all ``λ_i`` (evidence), complex.
+        alphas: all ``α_i`` (evidence), complex.
+        point_kind: where it was linearised (``fixed``, ``slow``, ``failed``, ``trajectory end``
+            or ``impulse response`` for black-box optimizers).
+    """
+
+    detected: bool
+    beta: float
+    alpha: float
+    timescale: float
+    share: float
+    is_real: bool
+    eigenvalues: np.ndarray
+    alphas: np.ndarray
+    point_kind: str
+
+
+def detect_momentum(
+    eigenvalues: np.ndarray,
+    alphas: np.ndarray,
+    *,
+    point_kind: str,
+    min_beta: float = MIN_BETA,
+    min_share: float = MIN_SHARE,
+) -> Momentum:
+    """Picks the dominant mode (largest ``|α_i|``) and decides whether it is momentum."""
+    lam = np.asarray(eigenvalues, np.complex128).reshape(-1)
+    al = np.asarray(alphas, np.complex128).reshape(-1)
+    mag = np.where(np.isfinite(np.abs(al)), np.abs(al), 0.0)
+    total = float(np.sum(mag))
+    if lam.size == 0 or total <= 0.0:
+        return Momentum(False, 0.0, 0.0, 0.0, 0.0, True, lam, al, point_kind)
+    i = int(np.argmax(mag))
+    tol = 1e-6 * max(1.0, abs(lam[i]))
+    is_real = abs(lam[i].imag) <= tol
+    # A complex mode's partner carries the conjugate α: count the pair together.
+    share = mag[i] / total * (1.0 if is_real else 2.0)
+    beta = float(lam[i].real) if is_real else float(abs(lam[i]))
+    absb = abs(beta)
+    tau = float("inf") if absb >= 1 else (0.0 if absb == 0 else -1.0 / np.log(absb))
+    alpha = float(al[i].real) if is_real else float(2 * al[i].real)
+    detected = bool(is_real and min_beta <= beta < 1.0 and share >= min_share)
+    return Momentum(detected, beta, alpha, tau, float(share), bool(is_real), lam, al, point_kind)
+
+
+# ----------------------------------------------------------------------------- clipping
+
+
+@dataclasses.dataclass
+class Clipping(_Result):
+    """Saturation of the update function ``U(h0, g)``.
+
+    Attributes:
+        detected: on at least one side the slope falls to ``SLOPE_FRACTION`` of its value at 0
+            within the probed range (and the slope at 0 is not zero).
+        threshold: the smaller of the two one-sided thresholds (``inf`` if none).
+        threshold_pos: where the slope first falls for ``g > 0`` (``inf`` if never).
+        threshold_neg: the same for ``g < 0`` (a positive number).
+        asymptote_pos: ``U(h0, +g_max)``.
+        asymptote_neg: ``U(h0, -g_max)`` (asymmetric asymptotes are allowed).
+        slope0: ``∂U/∂g`` at 0.
+        gradients: the probed grid, ``(G,)``; ``updates``, ``slopes``: ``U`` and ``∂U/∂g`` there.
+        histogram_counts, histogram_edges: histogram of gradients seen in training (or empty).
+    """
+
+    detected: bool
+    threshold: float
+    threshold_pos: float
+    threshold_neg: float
+    asymptote_pos: float
+    asymptote_neg: float
+    slope0: float
+    gradients: np.ndarray
+    updates: np.ndarray
+    slopes: np.ndarray
+    histogram_counts: np.ndarray
+    histogram_edges: np.ndarray
+
+
+def one_sided_threshold(
+    magnitudes: np.ndarray, slopes: np.ndarray, slope0: float, fraction: float = SLOPE_FRACTION
+) -> tuple[float, int]:
+    """First magnitude where ``|slope| ≤ fraction·|slope0|`` and its index (``inf, -1`` if none)."""
+    below = np.abs(slopes) <= fraction * abs(slope0)
+    if not below.any():
+        return float("inf"), -1
+    j = int(np.argmax(below))
+    return float(magnitudes[j]), j
+
+
+# ----------------------------------------------------------------------------- schedule
+
+
+@dataclasses.dataclass
+class Schedule(_Result):
+    """The learning-rate schedule seen along the autonomous dynamics.
+
+    Attributes:
+        detected: the shape is not ``constant``.
+        shape: ``constant``, ``warm-up``, ``decay`` or ``warm-up-then-decay``.
+        effective_lr: ``α_eff`` at each step, ``(T,)``.
+        rise: ``(max - α_0)/max``; fall: ``(max - α_{T-1})/max``; peak_step: argmax.
+    """
+
+    detected: bool
+    shape: str
+    effective_lr: np.ndarray
+    rise: float
+    fall: float
+    peak_step: int
+
+
+def detect_schedule(effective_lr: np.ndarray, *, tol: float = SCHEDULE_TOL) -> Schedule:
+    """Classifies ``α_eff(t)`` as constant, warm-up, decay or warm-up-then-decay.
+
+    A rise ≥ ``tol`` (relative to the peak) before the peak is a warm-up, a fall ≥ ``tol``
+    after it a decay.
+    """
+    a = np.asarray(effective_lr, np.float64)
+    finite = np.isfinite(a)
+    if not finite.any():
+        return Schedule(False, "constant", a, 0.0, 0.0, 0)
+    mag = np.where(finite, np.abs(a), -np.inf)
+    peak = int(np.argmax(mag))
+    top = mag[peak]
+    if top <= 0:
+        return Schedule(False, "constant", a, 0.0, 0.0, peak)
+    first = mag[np.argmax(finite)]
+    last = mag[len(a) - 1 - np.argmax(finite[::-1])]
+    rise, fall = float((top - first) / top), float((top - last) / top)
+    warm, decay = rise >= tol, fall >= tol
+    shape = {
+        (False, False): "constant",
+        (True, False): "warm-up",
+        (False, True): "decay",
+        (True, True): "warm-up-then-decay",
+    }[(warm, decay)]
+    return Schedule(shape != "constant", shape, a, rise, fall, peak)
+
+
+# ----------------------------------------------------------------------------- adaptation
+
+
+@dataclasses.dataclass
+class Adaptation(_Result):
+    """Learning-rate adaptation: ``α_eff`` at the steady state of each constant gradient.
+
+    Attributes:
+        detected: on at least one arm the log-log slope ``≤ ADAPT_SLOPE`` and ``α_eff`` drops by
+            ``≥ ADAPT_DROP`` across the probed magnitudes.
+        magnitudes: ``|g*|``, ``(M,)``.
+        lr_vs_magnitude: ``{"pos": α_eff (M,), "neg": α_eff (M,)}``.
+        slope_pos, slope_neg: least-squares slopes of ``log|α_eff|`` against ``log|g*|``.
+        slope: the more negative of the two.
+        point_kind: for each arm, the kind of steady state used (``fixed``/``slow``/
+            ``iterated``: no fixed point, e.g. a step counter in the state), ``{"pos", "neg"}``.
+    """
+
+    detected: bool
+    magnitudes: np.ndarray
+    lr_vs_magnitude: dict[str, np.ndarray]
+    slope_pos: float
+    slope_neg: float
+    slope: float
+    point_kind: dict[str, list[str]]
+
+
+def _loglog_slope(m: np.ndarray, a: np.ndarray) -> tuple[float, float]:
+    a = np.abs(np.asarray(a, np.float64))
+    ok = np.isfinite(a) & (a > 0)
+    if ok.sum() < 2:
+        return 0.0, 0.0
+    x, y = np.log(m[ok]), np.log(a[ok])
+    slope = float(np.polyfit(x, y, 1)[0])
+    drop = float(1.0 - a[ok][-1] / a[ok][0])
+    return slope, drop
+
+
+def detect_adaptation(
+    magnitudes: np.ndarray,
+    lr_pos: np.ndarray,
+    lr_neg: np.ndarray,
+    *,
+    point_kind: dict[str, list[str]] | None = None,
+    max_slope: float = ADAPT_SLOPE,
+    min_drop: float = ADAPT_DROP,
+) -> Adaptation:
+    """Fits ``log α_eff = s·log|g*| + c`` per arm; adaptation when ``s`` is clearly negative."""
+    m = np.asarray(magnitudes, np.float64)
+    sp, dp = _loglog_slope(m, lr_pos)
+    sn, dn = _loglog_slope(m, lr_neg)
+    detected = (sp <= max_slope and dp >= min_drop) or (sn <= max_slope and dn >= min_drop)
+    return Adaptation(
+        bool(detected),
+        m,
+        {"pos": np.asarray(lr_pos), "neg": np.asarray(lr_neg)},
+        sp,
+        sn,
+        min(sp, sn),
+        point_kind or {},
+    )
+
+
+# ----------------------------------------------------------------------------- impulse responses
+
+
+def fit_modes(
+    response: np.ndarray, *, max_modes: int = 2, rel_floor: float = 1e-5, fit_tol: float = 1e-3
+) -> tuple[np.ndarray, np.ndarray]:
+    """Fits ``r_k = Σ_j c_j λ_j^k`` to an impulse response (Prony's method) and returns modes.
+
+    A mode with ``λ = 0`` only touches lag 0, so exponentials are fitted to lags ``≥ 1`` and the
+    ``λ = 0`` mode takes what is left at lag 0. One exponential is used when its relative
+    residual is below ``fit_tol``, otherwise ``max_modes``. Lags where ``|r_k|`` has fallen below
+    ``rel_floor`` of the peak are dropped (float32 noise).
+
+    Args:
+        response: ``r_k = ∂u_{t+k}/∂g_t``, ``(T,)``.
+        max_modes: at most this many exponentials.
+        rel_floor: see above.
+        fit_tol: see above.
+
+    Returns:
+        ``(eigenvalues, alphas)`` with ``α_j = -c_j`` (the update has no built-in minus), so
+        heavy-ball momentum ``-α Σ β^k g`` gives ``(β, α)``.
+    """
+    r = np.asarray(response, np.float64)
+    peak = np.max(np.abs(r)) if r.size else 0.0
+    if peak == 0 or not np.all(np.isfinite(r)):
+        return np.zeros(1, complex), np.array([-r[0] if r.size else 0.0], complex)
+    keep = np.nonzero(np.abs(r) >= rel_floor * peak)[0]
+    s = r[1 : keep[-1] + 1]
+    lams, cs = np.zeros(0, complex), np.zeros(0, complex)
+    for M in range(1, max_modes + 1):
+        if s.size < 2 * M + 1:
+            break
+        rows = s.size - M
+        A = np.stack([s[M - 1 - j : M - 1 - j + rows] for j in range(M)], axis=1)
+        p = np.linalg.lstsq(A, s[M : M + rows], rcond=None)[0]
+        roots = np.roots(np.concatenate([[1.0], -p])).astype(complex)
+        V = roots[None, :] ** np.arange(s.size)[:, None]
+        c = np.linalg.lstsq(V, s.astype(complex), rcond=None)[0]
+        err = np.linalg.norm(V @ c - s) / max(np.linalg.norm(s), 1e-300)
+        # s_k = r_{k+1} = Σ c_j λ_j^{k+1}: the weights at lag 0 are c_j/λ_j.
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c0 = np.where(np.abs(roots) > 0, c / roots, 0.0)
+        lams, cs = roots, c0
+        if err <= fit_tol:
+            break
+    zero_mode = r[0] - np.real(np.sum(cs))
+    lams = np.concatenate([np.zeros(1, complex), lams])
+    cs = np.concatenate([[zero_mode], cs])
+    return lams, -cs

@@ -1,0 +1,146 @@
+"""Detectors recover known hyperparameters of hand-designed cells and optax optimizers."""
+
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt
+import probes
+from lopt.cells import schedule_value
+
+
+def _corr(a, b):
+    return float(np.corrcoef(np.asarray(a, np.float64), np.asarray(b, np.float64))[0, 1])
+
+
+@pytest.mark.parametrize("lr,beta", [(0.1, 0.9), (0.03, 0.5), (1.0, 0.97)])
+def test_momentum_recovered_from_cell(lr, beta):
+    a = probes.analyze_cell(lopt.cells.momentum(lr, beta))
+    assert a.momentum.detected
+    assert abs(a.momentum.beta - beta) <= 0.01
+    assert abs(a.momentum.alpha - lr) <= 0.02 * lr
+    assert not a.clipping.detected and not a.schedule.detected and not a.adaptation.detected
+    json.dumps(a.to_json(), allow_nan=False)
+
+
+def test_plain_sgd_only_has_a_learning_rate():
+    a = probes.analyze_cell(lopt.cells.sgd(0.3))
+    assert not (a.momentum.detected or a.clipping.detected or a.schedule.detected)
+    assert not a.adaptation.detected
+    assert abs(a.momentum.alpha - 0.3) <= 1e-6 and a.momentum.beta == 0.0
+    np.testing.assert_allclose(a.schedule.effective_lr, 0.3, rtol=1e-6)
+    assert a.to_json()["schema_version"] == 1
+
+
+@pytest.mark.parametrize("threshold", [0.05, 0.7, 3.0])
+def test_clip_threshold_recovered(threshold):
+    a = probes.analyze_cell(lopt.cells.clipped_sgd(0.1, threshold))
+    assert a.clipping.detected
+    assert abs(a.clipping.threshold - threshold) <= 0.05 * threshold
+    np.testing.assert_allclose(a.clipping.asymptote_pos, -0.1 * threshold, rtol=1e-5)
+    np.testing.assert_allclose(a.clipping.asymptote_neg, 0.1 * threshold, rtol=1e-5)
+    assert not a.momentum.detected and not a.adaptation.detected
+
+
+@pytest.mark.parametrize(
+    "warmup,decay,shape",
+    [
+        (1.0, 1.0, "constant"),
+        (30.0, 1.0, "warm-up"),
+        (1.0, 0.97, "decay"),
+        (20.0, 0.98, "warm-up-then-decay"),
+    ],
+)
+def test_schedule_shape(warmup, decay, shape):
+    a = probes.analyze_cell(lopt.cells.scheduled_sgd(0.1, warmup, decay))
+    assert a.schedule.shape == shape and a.schedule.detected == (shape != "constant")
+    p = {
+        k: jnp.float32(v)
+        for k, v in dict(learning_rate=0.1, warmup_steps=warmup, decay_rate=decay).items()
+    }
+    true = np.asarray([schedule_value(p, float(t)) for t in range(len(a.schedule.effective_lr))])
+    if shape == "constant":
+        np.testing.assert_allclose(a.schedule.effective_lr, true, rtol=1e-5)
+    else:
+        assert _corr(a.schedule.effective_lr, true) >= 0.99
+
+
+@pytest.mark.parametrize(
+    "cell", [lopt.cells.rmsprop(0.01, 0.9), lopt.cells.rmsprop(0.1, 0.99), lopt.cells.adam(0.01)]
+)
+def test_adaptation_detected_for_adaptive_cells(cell):
+    a = probes.analyze_cell(cell)
+    assert a.adaptation.detected
+    assert -1.1 <= a.adaptation.slope <= -0.9
+    json.dumps(a.to_json(), allow_nan=False)
+
+
+def test_rmsprop_lr_vs_magnitude_matches_closed_form():
+    lr, rho = 0.01, 0.9
+    a = probes.analyze_cell(lopt.cells.rmsprop(lr, rho))
+    m = a.adaptation.magnitudes
+    expected = lr / np.sqrt(rho * m**2 + 1e-8)
+    np.testing.assert_allclose(a.adaptation.lr_vs_magnitude["pos"], expected, rtol=1e-3)
+    np.testing.assert_allclose(a.adaptation.lr_vs_magnitude["neg"], expected, rtol=1e-3)
+
+
+# ----------------------------------------------------------------------------- black box
+
+
+@pytest.mark.parametrize("lr,beta", [(0.1, 0.9), (0.03, 0.6)])
+def test_optax_momentum(lr, beta):
+    a = probes.analyze_optax(optax.sgd(lr, momentum=beta))
+    assert a.momentum.detected and abs(a.momentum.beta - beta) <= 0.01
+    assert abs(a.momentum.alpha - lr) <= 0.02 * lr
+    assert not (a.clipping.detected or a.schedule.detected or a.adaptation.detected)
+
+
+def test_optax_sgd_only_learning_rate():
+    a = probes.analyze_optax(optax.sgd(0.2))
+    assert not (
+        a.momentum.detected or a.clipping.detected or a.schedule.detected or a.adaptation.detected
+    )
+    assert abs(a.momentum.alpha - 0.2) <= 1e-6
+
+
+@pytest.mark.parametrize("c", [0.1, 2.0])
+def test_optax_clip(c):
+    a = probes.analyze_optax(optax.chain(optax.clip(c), optax.sgd(0.1)))
+    assert a.clipping.detected and abs(a.clipping.threshold - c) <= 0.05 * c
+    assert not a.momentum.detected and not a.adaptation.detected
+
+
+def test_optax_schedule():
+    sched = optax.schedules.warmup_exponential_decay_schedule(0.0, 0.1, 20, 1, 0.97)
+    a = probes.analyze_optax(optax.sgd(sched))
+    assert a.schedule.shape == "warm-up-then-decay"
+    true = np.asarray([sched(t) for t in range(len(a.schedule.effective_lr))])
+    assert _corr(a.schedule.effective_lr, true) >= 0.99
+
+
+def test_optax_rmsprop():
+    lr, rho = 0.01, 0.9
+    a = probes.analyze_optax(optax.rmsprop(lr, decay=rho))
+    assert a.adaptation.detected and -1.1 <= a.adaptation.slope <= -0.9
+    assert not a.momentum.detected
+    m = a.adaptation.magnitudes
+    np.testing.assert_allclose(
+        a.adaptation.lr_vs_magnitude["pos"], lr / np.sqrt(rho * m**2 + 1e-8), rtol=1e-2
+    )
+
+
+def test_optax_adam_mixes_b1_and_b2_on_a_background():
+    lr, b1, b2 = 0.01, 0.9, 0.999
+    a = probes.analyze_optax(optax.adam(lr, b1=b1, b2=b2))
+    # A bare impulse at zero background is not finite (√ν at ν = 0): a background is used.
+    assert a.meta["impulse_background"] == 1.0
+    assert a.momentum.detected and abs(a.momentum.beta - b1) <= 0.01
+    assert abs(a.momentum.alpha - lr * (1 - b1)) <= 0.02 * lr * (1 - b1)
+    lams = np.real(a.momentum.eigenvalues)
+    assert np.min(np.abs(lams - b2)) <= 2e-3  # the ν mode, with the opposite sign
+    assert abs(a.meta["steady_response"]) <= 0.2 * lr  # scale invariance: Σ r_k ≈ 0
+    assert a.adaptation.detected and -1.1 <= a.adaptation.slope <= -0.9
+    json.dumps(a.to_json(), allow_nan=False)
