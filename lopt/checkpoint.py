@@ -18,10 +18,8 @@ that ``opt.init`` produces for the stored config (checked with ``jax.eval_shape`
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 import zipfile
 from typing import Any
 
@@ -30,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.base import LearnedOptimizer, from_config
+from lopt.rundir import CheckpointError, atomic_write, checksum
 
 FORMAT_VERSION = 1
 _THETA = "theta:"
@@ -38,20 +37,10 @@ _FORMAT = "__format__"
 _SHA = "__sha256__"
 
 
-class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, tampered with, or does not match its config."""
-
-
 def _digest(arrays: dict[str, np.ndarray]) -> np.ndarray:
-    h = hashlib.sha256()
-    for name in sorted(arrays):
-        if name == _SHA:
-            continue
-        a = np.ascontiguousarray(arrays[name])
-        h.update(name.encode())
-        h.update(b"\0" + a.dtype.str.encode() + b"\0" + repr(a.shape).encode() + b"\0")
-        h.update(a.tobytes())
-    return np.frombuffer(h.digest(), np.uint8)
+    return np.frombuffer(
+        bytes.fromhex(checksum({k: v for k, v in arrays.items() if k != _SHA})), np.uint8
+    )
 
 
 def _leaf_names(tree: Any) -> list[str]:
@@ -108,28 +97,7 @@ def save(path: str | os.PathLike, opt: LearnedOptimizer, theta: Any, **metadata:
     arrays[_JSON] = np.frombuffer(text.encode(), np.uint8)
     arrays[_FORMAT] = np.array([FORMAT_VERSION], np.int64)
     arrays[_SHA] = _digest(arrays)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".npz")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-    try:  # make the rename itself durable (not possible on every platform)
-        dir_fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)
+    atomic_write(path, lambda f: np.savez(f, **arrays))
 
 
 def load(path: str | os.PathLike) -> tuple[LearnedOptimizer, Any, dict[str, Any]]:

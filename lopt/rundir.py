@@ -45,6 +45,16 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    try:  # make the rename itself durable where the platform allows it
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(dir_fd)
+    except OSError:
+        pass
+    finally:
+        os.close(dir_fd)
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> None:
