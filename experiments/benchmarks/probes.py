@@ -17,15 +17,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
-import jax
-import jax.numpy as jnp
-import numpy as np
+# This script is named like the package it measures: keep its own folder off the import path.
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path[:] = [p for p in sys.path if os.path.abspath(p or ".") != _HERE]
 
-import probes
-from probes import reference
-from probes.fixed_points import FIXED
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+
+import probes  # noqa: E402
+from probes import reference  # noqa: E402
+from probes.fixed_points import FIXED  # noqa: E402
 
 
 def _median_time(fn, repeats):

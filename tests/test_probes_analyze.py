@@ -1,0 +1,43 @@
+"""analyze() on the project's learned optimizers (random theta; the meta-trained test is slow)."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import lopt
+import probes
+import tasks
+
+FAMILY = tasks.get("linear_regression", num_steps=20)
+
+
+def _theta(opt):
+    theta = opt.init(jax.random.key(0))
+    # The readout starts at zero (no updates): give it a random direction so U is not flat.
+    w = theta["readout"]["w"] if "readout" in theta else None
+    if w is not None:
+        theta["readout"]["w"] = 0.1 * jax.random.normal(jax.random.key(1), w.shape)
+    return theta
+
+
+def test_analyze_rnn_optimizer_with_trajectories():
+    opt = lopt.RNNOptimizer(hidden_size=8)
+    theta = _theta(opt)
+    a = probes.analyze(opt, theta, FAMILY, jax.random.key(2))
+    assert a.source == "cell" and a.meta["hidden_size"] == 8
+    assert a.clipping.histogram_counts.sum() > 0
+    out = json.dumps(a.to_json(), allow_nan=False)
+    assert '"schema_version": 1' in out
+    # the momentum number is the dominant mode of the linearisation at the convergence point
+    lin = probes.linearize(opt.cell(theta), jnp.zeros(8))
+    assert np.isfinite(np.asarray(lin.alpha)).all()
+
+
+def test_analyze_falls_back_to_black_box_without_a_cell():
+    opt = lopt.MLPOptimizer()
+    theta = opt.init(jax.random.key(0))
+    a = probes.analyze(opt, theta)
+    assert a.source == "optax"
+    json.dumps(a.to_json(), allow_nan=False)
