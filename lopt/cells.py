@@ -18,12 +18,17 @@ Degenerate cases, stated once:
 
 from __future__ import annotations
 
+import functools
+
 import jax.numpy as jnp
 
 from lopt.cell import Cell, make_cell
 
 
+@functools.cache
 def _zeros(size: int):
+    # Cached: a Partial's function is part of the Cell's pytree structure, so a fresh closure
+    # per cell would make jitted probes recompile for every new hyperparameter value.
     def init_state(params):
         del params
         return jnp.zeros((size,), jnp.float32)

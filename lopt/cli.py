@@ -11,13 +11,11 @@ Example:
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import sys
-import tempfile
 from collections.abc import Callable, Sequence
-from typing import Any, NoReturn
+from typing import NoReturn
 
 PROG = "lopt"
 
@@ -47,28 +45,6 @@ def _nonnegative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
     return value
-
-
-def write_json_atomic(path: str, obj: Any) -> None:
-    """Writes ``obj`` as JSON to ``path`` atomically.
-
-    The JSON goes to a temporary file in the same folder, which then replaces ``path``
-    (``os.replace``), so readers never see a half-written file.
-    """
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=folder)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp makes it private; results are meant to be shared
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
 
 
 # ---------------------------------------------------------------------------------------------
@@ -130,6 +106,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     import tasks
     from lopt.baselines import baseline_names
+    from lopt.rundir import write_json
     from lopt.tune import HELDOUT_SEED, heldout_key, tune
 
     family = tasks.get(args.task)
@@ -188,7 +165,7 @@ def _cmd_tune(args: argparse.Namespace) -> int:
         except importlib.metadata.PackageNotFoundError:
             version = None
         path = os.path.join(args.out, "tune.json")
-        write_json_atomic(
+        write_json(
             path,
             {
                 "command": "tune",
@@ -214,11 +191,146 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# lopt meta-train
+
+
+def _add_meta_train(sub: argparse._SubParsersAction) -> None:
+    from lopt.estimators import ESTIMATORS
+
+    p = sub.add_parser(
+        "meta-train",
+        help="meta-train a learned optimizer on a task family",
+        description="Meta-train a learned optimizer into a run directory (config.json, "
+        "theta.npz, state.npz, metrics.jsonl). Ctrl-C writes a checkpoint; --resume continues "
+        "exactly where the run stopped.",
+    )
+    p.add_argument("--task", help="task family (see 'tasks.names()'); not needed with --resume")
+    p.add_argument("--preset", choices=["quick", "paper"], default="quick")
+    p.add_argument("--out", required=True, help="run directory")
+    p.add_argument("--steps", type=_positive_int, help="meta-steps (overrides the preset)")
+    p.add_argument("--estimator", choices=ESTIMATORS, help="gradient estimator override")
+    p.add_argument("--truncation", type=_positive_int, help="inner steps per truncation")
+    p.add_argument("--seed", type=_nonnegative_int, help="PRNG seed (overrides the preset)")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=_cmd_meta_train)
+
+
+def _cmd_meta_train(args: argparse.Namespace) -> int:
+    import dataclasses
+
+    import tasks
+    from lopt.base import from_config
+    from lopt.meta_train import MetaTrainConfig, MetaTrainDiverged, meta_train
+    from lopt.presets import preset
+    from lopt.rundir import read_json
+
+    out = args.out
+    has_state = os.path.exists(os.path.join(out, "state.npz"))
+    if args.resume:
+        if not has_state:
+            raise ValueError(f"{out}: nothing to resume (no state.npz); start without --resume")
+        cfg = read_json(os.path.join(out, "config.json"))
+        opt = from_config(cfg["optimizer"])
+        family = tasks.get(cfg["task"]["name"], **cfg["task"].get("settings", {}))
+        config = MetaTrainConfig.from_dict(cfg["meta_train"])
+        if args.task is not None and args.task != family.name:
+            raise ValueError(f"{out} is a {family.name} run, not {args.task}")
+    else:
+        if has_state:
+            raise ValueError(f"{out} already holds a run; use --resume, or another --out")
+        if args.task is None:
+            raise ValueError("--task is required (unless --resume)")
+        tasks.get(args.task)  # an unknown task is reported with the list of valid ones
+        p = preset(args.task, args.preset)
+        family = tasks.get(args.task, **p.task_settings)
+        opt, config = p.build()
+    changes = {
+        k: v
+        for k, v in {
+            "num_steps": args.steps,
+            "estimator": args.estimator,
+            "truncation": args.truncation,
+            "seed": None if args.resume else args.seed,
+        }.items()
+        if v is not None
+    }
+    config = dataclasses.replace(config, **changes)
+    if args.estimator and args.truncation is None:
+        config = dataclasses.replace(config, truncation=None)
+    config.resolved(family)  # a bad combination fails here, before anything is written
+    print(
+        f"meta-training {opt.config()['type']} on {family.name} "
+        f"(data: {family.data_source}) into {out}",
+        file=sys.stderr,
+    )
+    try:
+        result = meta_train(
+            opt, family, config, out_dir=out, resume=args.resume, progress=not args.quiet
+        )
+    except MetaTrainDiverged as e:
+        print(f"{PROG}: error: {e}", file=sys.stderr)
+        return 1
+    last = result.metrics[-1] if result.metrics else {}
+    loss = last.get("meta_loss", float("nan"))
+    if result.interrupted:
+        print(
+            f"interrupted at step {result.step}; checkpoint written. Continue with: "
+            f"lopt meta-train --out {out} --resume",
+            file=sys.stderr,
+        )
+        return 130
+    print(f"done: {result.step} meta-steps, meta-loss {_fmt(loss)}; run directory {out}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# lopt evaluate
+
+
+def _add_evaluate(sub: argparse._SubParsersAction) -> None:
+    from lopt.baselines import baseline_names
+
+    p = sub.add_parser(
+        "evaluate",
+        help="compare a meta-trained optimizer with tuned baselines (writes RUN/eval.json)",
+        description="Tune the baselines on the run's task family, evaluate them and the learned "
+        "optimizer on the same held-out problems at the training horizon and at twice it, and "
+        "write RUN/eval.json.",
+    )
+    p.add_argument("run", help="run directory written by 'lopt meta-train'")
+    p.add_argument(
+        "--baselines", nargs="+", choices=baseline_names(), default=["momentum", "rmsprop", "adam"]
+    )
+    p.add_argument("--num-problems", type=_positive_int, default=128)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_evaluate)
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from lopt.compare import evaluate_run, format_table
+
+    result = evaluate_run(
+        args.run, baselines=args.baselines, num_problems=args.num_problems, progress=not args.quiet
+    )
+    print(
+        f"{result['task']['name']} (data: {result['task']['data_source']}), "
+        f"meta-step {result['meta_step']}"
+    )
+    print(format_table(result))
+    print(f"wrote {os.path.join(args.run, 'eval.json')}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Parser and entry point
 
-#: Subcommands: each adds its parser (and sets ``func``). Later subcommands (meta-train,
-#: evaluate, distill) add an ``_add_<name>`` here.
-_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_tune]
+#: Subcommands: each adds its parser (and sets ``func``).
+_SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
+    _add_tune,
+    _add_meta_train,
+    _add_evaluate,
+]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,232 @@
+"""Learned optimizer versus tuned baselines, on the same held-out problems.
+
+:func:`compare` evaluates any set of optax optimizers on ``num_problems`` problems drawn from
+one fixed evaluation key (so every optimizer sees the same problems and the comparison is
+paired), at the family's horizon and at twice it (generalisation beyond the training horizon).
+:func:`evaluate_run` does that for a meta-training run directory and writes ``eval.json``.
+
+"Beats" is decided on paired differences: for each problem, the learned optimizer's mean
+normalised loss minus the baseline's; the learned optimizer beats the baseline if the mean
+difference is below ``-2`` standard errors of that difference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import optax
+from tqdm.auto import tqdm
+
+import tasks
+from lopt import rundir
+from lopt.tune import heldout_key, tune
+from lopt.unroll import evaluate, summarize
+
+EVAL_SCHEMA = "lopt.eval/1"
+DEFAULT_BASELINES = ("momentum", "rmsprop", "adam")
+
+
+def per_problem_metric(losses: np.ndarray) -> np.ndarray:
+    """Per-problem mean normalised loss ``mean_t f_t/f_0`` (``inf`` for diverged problems)."""
+    losses = np.asarray(losses, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        m = np.mean(losses / losses[:, :1], axis=1)
+    return np.where(np.all(np.isfinite(losses), axis=1), m, np.inf)
+
+
+def paired(learned: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
+    """Paired comparison of two per-problem metrics (``learned - baseline``)."""
+    d = learned - baseline
+    if not np.all(np.isfinite(d)):
+        return {
+            "diff": None,
+            "diff_sem": None,
+            "beats": False,
+            "finite_pairs": int(np.isfinite(d).sum()),
+        }
+    sem = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    return {
+        "diff": float(np.mean(d)),
+        "diff_sem": sem,
+        "beats": bool(np.mean(d) < -2 * sem),
+        "finite_pairs": int(len(d)),
+    }
+
+
+def _summary_json(losses: np.ndarray) -> dict[str, Any]:
+    return summarize(losses).to_json()
+
+
+def compare(
+    optimizers: Mapping[str, optax.GradientTransformation],
+    family: tasks.TaskFamily,
+    *,
+    learned: str | None = None,
+    key: jax.Array | None = None,
+    num_problems: int = 128,
+    horizons: Sequence[int] | None = None,
+    hyperparams: Mapping[str, Mapping[str, float]] | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Evaluates ``optimizers`` on the same held-out problems and compares them.
+
+    Args:
+        optimizers: name -> optax transformation.
+        family: the task family.
+        learned: the name of the optimizer compared against all others (paired differences).
+        key: the evaluation key; defaults to :func:`lopt.heldout_key`.
+        num_problems: held-out problems.
+        horizons: inner-step counts to evaluate at; default ``(T, 2T)`` with ``T`` the
+            family's ``num_steps``.
+        hyperparams: name -> hyperparameters, recorded with the results.
+        progress: show a progress bar.
+
+    Returns:
+        A JSON-able dict: ``{"horizons": {str(T): {"optimizers": {name: summary},
+        "versus": {baseline: paired}, "best_baseline": name}}}`` where each summary is
+        :meth:`Summary.to_json` plus ``hyperparams``.
+    """
+    key = heldout_key() if key is None else key
+    horizons = tuple(horizons or (family.num_steps, 2 * family.num_steps))
+    out: dict[str, Any] = {"num_problems": num_problems, "learned": learned, "horizons": {}}
+    jobs = [(t, n) for t in horizons for n in optimizers]
+    per: dict[tuple[int, str], np.ndarray] = {}
+    bar = tqdm(jobs, desc="evaluate", disable=not progress, dynamic_ncols=True)
+    for t, name in bar:
+        bar.set_postfix_str(f"{name} T={t}")
+        losses = np.asarray(evaluate(optimizers[name], family, key, num_problems, t))
+        per[t, name] = losses
+    for t in horizons:
+        block: dict[str, Any] = {"optimizers": {}, "versus": {}}
+        for name in optimizers:
+            s = _summary_json(per[t, name])
+            s["hyperparams"] = dict((hyperparams or {}).get(name, {}))
+            block["optimizers"][name] = s
+        if learned is not None:
+            mine = per_problem_metric(per[t, learned])
+            others = [n for n in optimizers if n != learned]
+            for name in others:
+                block["versus"][name] = paired(mine, per_problem_metric(per[t, name]))
+            finite = {n: block["optimizers"][n]["metric"] for n in others}
+            finite = {n: m for n, m in finite.items() if m is not None}
+            block["best_baseline"] = min(finite, key=finite.get) if finite else None
+            block["beats_all"] = bool(others) and all(block["versus"][n]["beats"] for n in others)
+        out["horizons"][str(t)] = block
+    return out
+
+
+def tune_baselines(
+    family: tasks.TaskFamily,
+    names: Sequence[str] = DEFAULT_BASELINES,
+    *,
+    key: jax.Array | None = None,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Tunes each baseline on training problems (a key apart from the held-out one)."""
+    key = jax.random.key(0) if key is None else key
+    out = {}
+    bar = tqdm(names, desc="tune baselines", disable=not progress, dynamic_ncols=True)
+    for name in bar:
+        bar.set_postfix_str(name)
+        out[name] = tune(name, family, jax.random.fold_in(key, len(out)))
+    return out
+
+
+def family_from_config(cfg: Mapping[str, Any]) -> tasks.TaskFamily:
+    """Rebuilds the task family recorded in a run's ``config.json``."""
+    task = cfg.get("task") or {}
+    if "name" not in task:
+        raise rundir.CheckpointError("config.json: no task recorded")
+    return tasks.get(task["name"], **task.get("settings", {}))
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    baselines: Sequence[str] = DEFAULT_BASELINES,
+    num_problems: int = 128,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluates a meta-training run against tuned baselines and writes ``eval.json``.
+
+    The baselines are tuned on the run's task family (training problems), then the learned
+    optimizer and the tuned baselines are evaluated on the same ``num_problems`` held-out
+    problems at the training horizon and at twice it.
+
+    Returns:
+        The dict written to ``run_dir/eval.json`` (schema ``lopt.eval/1``).
+    """
+    from lopt.checkpoint import load
+
+    run = Path(run_dir)
+    cfg = rundir.read_json(run / "config.json")
+    opt, theta, meta = load(run / "theta.npz")
+    family = family_from_config(cfg)
+    tuned = tune_baselines(family, baselines, progress=progress)
+    optimizers = {"learned": opt.optimizer(theta), **{n: r.tx for n, r in tuned.items()}}
+    hyper = {n: r.hyperparams for n, r in tuned.items()}
+    horizon = cfg.get("meta_train", {}).get("horizon") or family.num_steps
+    result = compare(
+        optimizers,
+        family,
+        learned="learned",
+        num_problems=num_problems,
+        horizons=(horizon, 2 * horizon),
+        hyperparams=hyper,
+        progress=progress,
+    )
+    result.update(
+        schema=EVAL_SCHEMA,
+        task={
+            "name": family.name,
+            "settings": family.settings(),
+            "data_source": getattr(family, "data_source", "synthetic"),
+        },
+        meta_step=meta.get("step"),
+        horizon=horizon,
+    )
+    rundir.write_json(run / "eval.json", _finite_json(result))
+    return result
+
+
+def _finite_json(x: Any) -> Any:
+    """Replaces non-finite floats by ``None`` so the file is strict JSON."""
+    if isinstance(x, dict):
+        return {k: _finite_json(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite_json(v) for v in x]
+    if isinstance(x, float) and not np.isfinite(x):
+        return None
+    return x
+
+
+def format_table(result: Mapping[str, Any]) -> str:
+    """A plain-text table of an :func:`compare` result (one block per horizon)."""
+    lines = []
+    for t, block in result["horizons"].items():
+        lines.append(f"horizon {t} steps, {result['num_problems']} held-out problems")
+        lines.append(
+            f"  {'optimizer':<10} {'metric':>10} {'± s.e.m.':>9} {'final loss':>11} "
+            f"{'diverged':>8}  {'vs learned':>22}  hyperparameters"
+        )
+        for name, s in block["optimizers"].items():
+            metric = "inf" if s["metric"] is None else f"{s['metric']:.4f}"
+            sem = "-" if s["sem"] is None else f"{s['sem']:.4f}"
+            final = "inf" if s["final"] is None else f"{s['final']:.3g}"
+            v = block.get("versus", {}).get(name)
+            if v is None:
+                vs = ""
+            elif v["diff"] is None:
+                vs = "diverged runs"
+            else:
+                verdict = "beaten" if v["beats"] else "not beaten"
+                vs = f"{-v['diff']:+.4f}±{v['diff_sem']:.4f} {verdict}"
+            hp = ", ".join(f"{k}={val:.3g}" for k, val in s.get("hyperparams", {}).items())
+            lines.append(
+                f"  {name:<10} {metric:>10} {sem:>9} {final:>11} {s['diverged']:>8}  {vs:>22}  {hp}"
+            )
+    return "\n".join(lines)

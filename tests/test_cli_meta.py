@@ -1,0 +1,110 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from lopt.cli import main
+
+ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
+
+
+def _run(*args, timeout=300):
+    return subprocess.run(
+        [sys.executable, "-m", "lopt.cli", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
+
+
+def test_meta_train_and_resume_through_the_cli(tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert (
+        main(["meta-train", "--task", "linear_regression", "--out", out, "--steps", "2", "--quiet"])
+        == 0
+    )
+    cfg = json.load(open(os.path.join(out, "config.json")))
+    assert cfg["meta_train"]["estimator"] == "tbptt" and cfg["meta_train"]["num_steps"] == 2
+    assert main(["meta-train", "--out", out, "--resume", "--steps", "3", "--quiet"]) == 0
+    rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
+    assert rows[-1]["step"] == 3
+    # A second fresh start into the same directory would overwrite the run: refused.
+    with pytest.raises(SystemExit) as e:
+        main(["meta-train", "--task", "linear_regression", "--out", out, "--steps", "2"])
+    assert e.value.code == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["meta-train", "--task", "nope", "--out", "X"], "unknown task 'nope'"),
+        (["meta-train", "--out", "X"], "--task is required"),
+        (["meta-train", "--out", "X", "--resume"], "nothing to resume"),
+        (
+            ["meta-train", "--task", "linear_regression", "--out", "X", "--steps", "0"],
+            "positive integer",
+        ),
+        (
+            ["meta-train", "--task", "linear_regression", "--out", "X", "--truncation", "5"],
+            "must divide",
+        ),
+        (["evaluate", "does-not-exist"], "no such file"),
+    ],
+)
+def test_user_mistakes_are_one_line(tmp_path, capsys, args, message):
+    args = [a if a != "X" else str(tmp_path / "x") for a in args]
+    args = [a if a != "does-not-exist" else str(tmp_path / "missing") for a in args]
+    with pytest.raises(SystemExit) as e:
+        main(args)
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and message in err and "Traceback" not in err
+
+
+def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path):
+    out = str(tmp_path / "run")
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "lopt.cli",
+            "meta-train",
+            "--task",
+            "linear_regression",
+            "--out",
+            out,
+            "--steps",
+            "100000",
+            "--quiet",
+        ],
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.time() + 240
+        metrics = os.path.join(out, "metrics.jsonl")
+        while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+            assert proc.poll() is None and time.time() < deadline, (
+                proc.stderr.read() if proc.poll() else "timeout"
+            )
+            time.sleep(0.2)
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "checkpoint written" in err and "Traceback" not in err
+    stopped = json.load(open(os.path.join(out, "config.json")))
+    assert stopped["meta_train"]["num_steps"] == 100000
+    step = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))][-1]["step"]
+    done = _run("meta-train", "--out", out, "--resume", "--steps", str(step + 1), "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert f"{step + 1} meta-steps" in done.stdout

@@ -1,0 +1,61 @@
+import json
+
+import jax
+import numpy as np
+import optax
+
+import lopt
+import tasks
+from lopt.compare import compare, evaluate_run, format_table, paired, per_problem_metric
+from lopt.meta_train import MetaTrainConfig, meta_train
+
+FAMILY = tasks.get("linear_regression", dim=3, num_steps=10)
+
+
+def test_paired_difference_decides_beats():
+    base = np.array([1.0, 2.0, 3.0, 4.0])
+    better = base - np.array([0.5, 0.6, 0.4, 0.5])
+    v = paired(better, base)
+    np.testing.assert_allclose(v["diff"], -0.5)
+    np.testing.assert_allclose(v["diff_sem"], np.std([0.5, 0.6, 0.4, 0.5], ddof=1) / 2)
+    assert v["beats"]
+    noisy = base + np.array([-1.0, 1.0, -1.0, 0.9])
+    assert not paired(noisy, base)["beats"]
+    assert paired(np.array([np.inf, 1.0]), np.array([1.0, 1.0]))["beats"] is False
+
+
+def test_per_problem_metric_marks_divergence():
+    losses = np.array([[2.0, 1.0], [1.0, np.nan]])
+    np.testing.assert_allclose(per_problem_metric(losses), [0.75, np.inf])
+
+
+def test_compare_is_paired_and_covers_both_horizons():
+    opts = {"good": optax.sgd(1.0, momentum=0.5), "bad": optax.sgd(0.01), "diverge": optax.sgd(1e3)}
+    res = compare(opts, FAMILY, learned="good", num_problems=16, key=jax.random.key(0))
+    assert set(res["horizons"]) == {"10", "20"}
+    block = res["horizons"]["10"]
+    assert block["versus"]["bad"]["beats"]
+    assert block["versus"]["diverge"]["diff"] is None and not block["versus"]["diverge"]["beats"]
+    assert block["best_baseline"] == "bad" and not block["beats_all"]
+    assert block["optimizers"]["diverge"]["diverged"] > 0
+    # The same key gives the same problems: f0 agrees, so curves start at exactly 1.
+    assert block["optimizers"]["good"]["curve_mean"][0] == 1.0
+    assert "good" in format_table(res)
+
+
+def test_evaluate_run_writes_eval_json(tmp_path):
+    opt = lopt.RNNOptimizer(hidden_size=4)
+    config = MetaTrainConfig(num_problems=4, num_steps=2, log_every=1)
+    meta_train(opt, FAMILY, config, out_dir=tmp_path, progress=False)
+    res = evaluate_run(tmp_path, baselines=("momentum",), num_problems=8, progress=False)
+    saved = json.loads((tmp_path / "eval.json").read_text())
+    assert saved["schema"] == "lopt.eval/1"
+    assert (
+        saved["task"]["name"] == "linear_regression" and saved["task"]["data_source"] == "synthetic"
+    )
+    assert saved["meta_step"] == 2 and saved["horizon"] == 10
+    assert set(saved["horizons"]["10"]["optimizers"]) == {"learned", "momentum"}
+    hp = saved["horizons"]["10"]["optimizers"]["momentum"]["hyperparams"]
+    assert set(hp) == {"learning_rate", "momentum"}
+    assert len(saved["horizons"]["20"]["optimizers"]["learned"]["curve_mean"]) == 20
+    assert res["horizons"]["10"]["versus"]["momentum"]["beats"] is False  # 2 meta-steps: no
