@@ -34,7 +34,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
-from lopt import estimators, rundir
+from lopt import distributed, estimators, rundir
 from tasks import TaskFamily
 
 STATE_FORMAT = "lopt.meta_train.state/1"
@@ -208,7 +208,11 @@ class MetaTrainDiverged(RuntimeError):
 
 
 def batch_sharding() -> NamedSharding | None:
-    """A 1-d mesh over every visible device along the problem axis (``None`` on one device)."""
+    """A 1-d mesh over every visible device along the problem axis (``None`` on one device).
+
+    After :func:`lopt.distributed.initialize`, ``jax.devices()`` lists the devices of every
+    process, so the mesh spans all hosts.
+    """
     devices = jax.devices()
     if len(devices) == 1:
         return None
@@ -269,7 +273,11 @@ def make_meta_step(opt, config: MetaTrainConfig, meta_tx: optax.GradientTransfor
 
     The estimator is built inside the traced function, so the family's data arrays reach the
     compiled program as arguments, not constants. With several devices the problem batch is
-    sharded over a 1-d mesh and the meta-gradient's mean becomes an all-reduce.
+    sharded over a 1-d mesh and the meta-gradient's mean becomes an all-reduce. With several
+    processes (:mod:`lopt.distributed`) the initialiser takes each process's (identical) host
+    values of ``family``, ``theta`` and ``key`` as one replicated global array each, so the
+    whole train state is made of global arrays: theta and the meta-optimizer state replicated,
+    the estimator's persistent problems sharded over every process's devices.
     """
     sharding = batch_sharding()
 
@@ -318,6 +326,9 @@ def make_meta_step(opt, config: MetaTrainConfig, meta_tx: optax.GradientTransfor
         }
         return new_state, metrics
 
+    if sharding is not None and jax.process_count() > 1:
+        replicated = NamedSharding(sharding.mesh, P())
+        return jax.jit(init, in_shardings=replicated), jax.jit(step, donate_argnums=1)
     return jax.jit(init), jax.jit(step, donate_argnums=1)
 
 
@@ -349,8 +360,14 @@ def run_config(opt, family: TaskFamily, config: MetaTrainConfig, **extra: Any) -
 
 
 def save_state(out_dir: Path, opt, state: TrainState, family: TaskFamily) -> None:
-    """Writes ``state.npz`` then ``theta.npz`` (both atomic)."""
-    host = jax.device_get(state)
+    """Writes ``state.npz`` then ``theta.npz`` (both atomic); only process 0 writes.
+
+    With several processes every process must call it: the estimator's sharded state is
+    gathered with a collective (:func:`lopt.distributed.to_host`).
+    """
+    host = distributed.to_host(state)
+    if not distributed.is_main_process():
+        return
     rundir.save_tree(out_dir / "state.npz", host, STATE_FORMAT)
     try:
         from lopt.checkpoint import save
@@ -399,15 +416,21 @@ def meta_train(
     init_fn, step_fn = _meta_step_for(opt, config, meta_optimizer)
 
     theta = opt.init(k_theta)
+    # With several processes (lopt.distributed) every process runs this loop; only process 0
+    # writes files.
+    writer = out is not None and distributed.is_main_process()
     if resume:
         if out is None:
             raise ConfigError("resume needs a run directory")
         template = jax.eval_shape(init_fn, family, theta, k_run)
         state = rundir.load_tree(out / "state.npz", template, STATE_FORMAT)
-        rundir.truncate_jsonl(out / "metrics.jsonl", lambda r: r.get("step", 0) <= int(state.step))
+        if writer:
+            rundir.truncate_jsonl(
+                out / "metrics.jsonl", lambda r: r.get("step", 0) <= int(state.step)
+            )
     else:
         state = init_fn(family, theta, k_run)
-        if out is not None:
+        if writer:
             out.mkdir(parents=True, exist_ok=True)
             rundir.write_json(out / "config.json", run_config(opt, family, config))
             (out / "metrics.jsonl").unlink(missing_ok=True)
@@ -446,7 +469,7 @@ def meta_train(
         }
         pending = []
         history.append(row)
-        if out is not None:
+        if writer:
             rundir.append_jsonl(out / "metrics.jsonl", [row])
         bar.set_postfix(meta_loss=f"{row['meta_loss']:.4g}", refresh=False)
         return [row]
