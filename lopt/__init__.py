@@ -3,7 +3,7 @@
 The public names are re-exported here; see the README for a tour.
 """
 
-from lopt import cells, estimators
+from lopt import cells, distributed, estimators
 from lopt.base import LearnedOptimizer, from_config
 from lopt.baselines import SearchSpace, baseline, baseline_names, search_space
 from lopt.cell import Cell, CellOptimizerState, apply_cell, cell_optimizer, make_cell
@@ -35,6 +35,7 @@ __all__ = [
     "MetaTrainConfig",
     "MetaTrainDiverged",
     "MetaTrainResult",
+    "distributed",
     "estimators",
     "meta_train",
     "meta_train_metrics",
