@@ -661,3 +661,15 @@ def test_families_are_jit_arguments_and_do_not_recompile_for_new_data():
     assert traces == ["Mnist", "CustomFamily", "CustomFamily"]
     leaves = jax.tree.leaves(tasks.Mnist(*digits(1)))
     assert len(leaves) == 4  # data arrays are leaves; settings are not
+
+
+@pytest.mark.parametrize("size, stride", [(8, 2), (4, 1), (28, 2), (7, 2)])
+def test_conv3x3_equals_lax_convolution(size, stride):
+    from tasks.mnist import conv3x3
+
+    x = jax.random.normal(jax.random.key(0), (2, size, size, 3))
+    w = jax.random.normal(jax.random.key(1), (3, 3, 3, 5))
+    ref = jax.lax.conv_general_dilated(
+        x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    np.testing.assert_allclose(conv3x3(x, w, stride), ref, rtol=1e-5, atol=1e-5)
