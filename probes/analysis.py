@@ -55,7 +55,7 @@ from probes._cells import canonical
 from probes.detectors import Adaptation, Clipping, Momentum, Schedule, _num
 from probes.fixed_points import FAILED, FIXED, KIND_NAMES, SLOW, fixed_points
 from probes.linearize import linearize
-from probes.update_function import effective_lr, update
+from probes.update_function import _slope, _update_function, effective_lr
 
 SCHEMA_VERSION = 1
 
@@ -195,16 +195,6 @@ def _padded(fn: Callable, gs: np.ndarray) -> np.ndarray:
     return np.concatenate(out) if out else np.zeros(0)
 
 
-@jax.jit
-def _u_vec(cell, h, gs):
-    return jax.vmap(lambda g: update(cell, h, g))(gs)
-
-
-@jax.jit
-def _slope_vec(cell, h, gs):
-    return jax.vmap(jax.grad(lambda g: update(cell, h, g)))(gs)
-
-
 def _best_point(fp, i: int) -> tuple[int, int]:
     """Slot of the point most seeds reached for input ``i`` (fixed first, then slow) and kind."""
     kind = np.asarray(fp.kind[i])
@@ -298,10 +288,10 @@ def analyze_cell(
 
     # Clipping: U(h0, g).
     def slope_fn(gs):
-        return _padded(lambda x: _slope_vec(cell, h0, x), gs)
+        return _padded(lambda x: _slope(cell, h0, x), gs)
 
     def update_fn(gs):
-        return _padded(lambda x: _u_vec(cell, h0, x), gs)
+        return _padded(lambda x: _update_function(cell, h0, x), gs)
 
     mags = _log_grid(scale, *clip_range, clip_points)
     clipping = _clipping(slope_fn, update_fn, mags, gradient_samples, detectors.SLOPE_FRACTION)
