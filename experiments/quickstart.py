@@ -5,7 +5,8 @@ Runs the whole pipeline on one task family (default: ``linear_regression``, ``qu
 1. meta-train a component-wise GRU optimizer into ``OUT`` (``lopt meta-train``);
 2. tune momentum, RMSProp and Adam on the same family and evaluate all four optimizers on the
    same 128 held-out problems, at the training horizon and at twice it (``lopt evaluate``);
-3. analyse the learned optimizer's dynamics (``probes``) when that package is installed;
+3. analyse the learned optimizer's dynamics (``probes analyze``: momentum, clipping, schedule,
+   adaptation) and write ``analysis.json``;
 
 and prints where everything was written. Usage::
 
@@ -65,26 +66,15 @@ def main(argv: list[str] | None = None) -> int:
     print(format_table(evaluation))
     t_eval = time.perf_counter() - t0 - t_train
 
-    print("[3/3] analysis", flush=True)
-    try:
-        import probes
-        from lopt.checkpoint import load
-    except ImportError:
-        print("  probes not available; skipped")
-    else:
-        if hasattr(probes, "analyze"):
-            import json
+    print("[3/3] analysing the learned optimizer's dynamics", flush=True)
+    from probes.cli import analyze_run, describe
 
-            opt, theta, _ = load(out / "theta.npz")
-            analysis = probes.analyze(opt, theta, family=family)
-            (out / "analysis.json").write_text(json.dumps(analysis.to_json(), indent=2))
-            print(f"  wrote {out / 'analysis.json'}")
-        else:
-            print("  probes.analyze not available yet; skipped")
+    for line in describe(analyze_run(out)):
+        print(f"  {line}")
     total = time.perf_counter() - t0
     print(
         f"done in {total:.0f} s (meta-training {t_train:.0f} s, evaluation {t_eval:.0f} s); "
-        f"results in {out}/ (config.json, theta.npz, metrics.jsonl, eval.json)"
+        f"results in {out}/ (config.json, theta.npz, metrics.jsonl, eval.json, analysis.json)"
     )
     return 0
 

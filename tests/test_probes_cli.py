@@ -1,0 +1,38 @@
+import json
+
+import pytest
+
+import lopt
+import tasks
+from lopt.meta_train import MetaTrainConfig, meta_train
+from probes.cli import main
+
+
+def test_probes_analyze_writes_analysis_json(tmp_path, capsys):
+    family = tasks.get("linear_regression", dim=3, num_steps=8)
+    meta_train(
+        lopt.RNNOptimizer(hidden_size=4),
+        family,
+        MetaTrainConfig(num_problems=4, num_steps=2),
+        out_dir=tmp_path,
+        progress=False,
+    )
+    assert main(["analyze", str(tmp_path)]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line.split(":")[0] for line in out[:4]] == [
+        "momentum",
+        "clipping",
+        "schedule",
+        "adaptation",
+    ]
+    result = json.loads((tmp_path / "analysis.json").read_text())
+    assert result["schema_version"] == 1 and result["source"] == "cell"
+    assert set(result) >= {"momentum", "clipping", "schedule", "adaptation"}
+
+
+def test_probes_analyze_missing_run_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["analyze", str(tmp_path / "nope")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("probes: error:") and "\n" not in err and "config.json" in err
