@@ -18,6 +18,7 @@ Wall-clock counts meta-training only, compilation included. One JSON object per 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 
@@ -28,6 +29,7 @@ import tasks
 from lopt.compare import DEFAULT_BASELINES, paired, per_problem_metric, tune_baselines
 from lopt.meta_train import make_meta_step
 from lopt.presets import preset
+from lopt.rnn import RNNOptimizer
 from lopt.tune import heldout_key
 from lopt.unroll import evaluate, init_inner, unroll
 
@@ -41,12 +43,24 @@ def main() -> None:
     parser.add_argument("--num-problems", type=int, default=128)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--until", choices=["below", "beats", "end"], default="beats")
+    parser.add_argument(
+        "--optimizer",
+        type=json.loads,
+        default={},
+        help="RNNOptimizer overrides as JSON, e.g. '{\"output_scale\": 0.03}'",
+    )
+    parser.add_argument(
+        "--config",
+        type=json.loads,
+        default={},
+        help="MetaTrainConfig overrides as JSON, e.g. '{\"learning_rate\": 1e-3}'",
+    )
     args = parser.parse_args()
 
     p = preset(args.task, args.preset)
     family = tasks.get(args.task, **p.task_settings)
-    opt, config = p.build()
-    config = config.resolved(family)
+    opt = RNNOptimizer(**{**p.optimizer, **args.optimizer})
+    config = dataclasses.replace(p.config, **args.config).resolved(family)
     max_steps = args.max_steps or config.num_steps
     key = heldout_key()
     common = {
@@ -55,6 +69,8 @@ def main() -> None:
         "preset": args.preset,
         "data_source": family.data_source,
         "devices": jax.device_count(),
+        "optimizer_overrides": args.optimizer,
+        "config_overrides": args.config,
     }
 
     t0 = time.perf_counter()
