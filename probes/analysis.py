@@ -3,9 +3,13 @@
 For a :class:`lopt.Cell` (white box, METHOD.md §5):
 
 * **momentum**: linearise at the convergence point (the fixed point at ``g* = 0`` reached by
-  most seeds taken along the autonomous trajectory from ``h0``) and take the dominant mode
-  (:func:`probes.detectors.detect_momentum`). Without a fixed point (a step counter in the state:
-  scheduled SGD, Adam) the end of the autonomous trajectory is used instead.
+  most seeds taken along the autonomous trajectory from ``h0``), compute its impulse response
+  ``r_k = ∇readout·J_hᵏ J_g`` (:func:`probes.linearize.impulse_response`), fit it with at most
+  two exponentials plus ``λ = 0`` (:func:`probes.detectors.fit_modes`, as for optax) and take
+  the dominant fitted mode (:func:`probes.detectors.detect_momentum`); the raw eigenmodes are
+  kept as evidence (a trained GRU spreads momentum over many of them, with cancelling ``α_i``).
+  Without a fixed point (a step counter in the state: scheduled SGD, Adam) the end of the
+  autonomous trajectory is used instead.
 * **clipping**: ``U(h0, g)`` and ``∂U/∂g`` on a symmetric log grid; the threshold is refined by
   two rounds of a 64-point linear sub-grid between the bracketing grid points.
 * **schedule**: ``α_eff(h_t)`` along ``h_{t+1} = F(h_t, 0)``.
@@ -54,7 +58,7 @@ from probes import detectors
 from probes._cells import canonical
 from probes.detectors import Adaptation, Clipping, Momentum, Schedule, _num
 from probes.fixed_points import FAILED, FIXED, KIND_NAMES, SLOW, fixed_points
-from probes.linearize import linearize
+from probes.linearize import impulse_response, linearize
 from probes.update_function import _slope, _update_function, effective_lr
 
 SCHEMA_VERSION = 1
@@ -214,6 +218,7 @@ def analyze_cell(
     typical_step: float | None = None,
     gradient_scale: float | None = None,
     schedule_steps: int = 100,
+    impulse_steps: int = 200,
     num_seeds: int = 16,
     num_magnitudes: int = 9,
     magnitude_range: tuple[float, float] = (1e-2, 1e1),
@@ -232,6 +237,7 @@ def analyze_cell(
         typical_step: step size of the state along trajectories (fixed vs slow points).
         gradient_scale: overrides the scale from ``gradient_samples`` (default 1).
         schedule_steps: ``T`` of the autonomous trajectory.
+        impulse_steps: lags of the linearised impulse response fitted for momentum.
         num_seeds: seeds per input for the fixed-point searches.
         num_magnitudes: ``M`` gradient magnitudes per arm for adaptation.
         magnitude_range: the magnitudes span ``scale × [lo, hi]`` (log-spaced).
@@ -283,7 +289,10 @@ def analyze_cell(
         h_star, point_kind = traj[-1], "trajectory end"
     lin = linearize(cell, h_star)
     momentum = detectors.detect_momentum(
-        np.asarray(lin.eigenvalues), np.asarray(lin.alpha), point_kind=point_kind
+        np.asarray(lin.eigenvalues),
+        np.asarray(lin.alpha),
+        point_kind=point_kind,
+        response=impulse_response(lin, impulse_steps),
     )
 
     # Clipping: U(h0, g).

@@ -126,6 +126,28 @@ def linearize(cell: Cell, h: ArrayLike, g: float = 0.0) -> Linearization:
     )
 
 
+def impulse_response(lin: Linearization, steps: int = 200) -> np.ndarray:
+    """The linearised impulse response ``r_k = ∂U_{t+k}/∂g_t = ∇readout·J_hᵏ J_g``, ``k < steps``.
+
+    Computed by repeated products with ``J_h`` in float64, without the eigendecomposition, so
+    it stays exact where the eigenvectors are ill-conditioned (near-degenerate eigenvalues
+    whose individual ``α_i`` are large and cancel). Equals ``-Σ_i α_i λ_iᵏ`` where that is well
+    conditioned; heavy-ball momentum gives ``r_k = -α βᵏ``.
+
+    Returns:
+        ``(steps,)`` float64.
+    """
+    J_h = np.asarray(lin.J_h, np.float64)
+    v = np.asarray(lin.J_g, np.float64)
+    w = np.asarray(lin.readout_grad, np.float64)
+    out = np.empty(int(steps), np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        for k in range(int(steps)):
+            out[k] = w @ v
+            v = J_h @ v
+    return out
+
+
 def predicted_steady_response(lin: Linearization) -> jax.Array:
     """``-Σ α_i/(1-λ_i)``: the change of the update per unit of a small constant gradient."""
     return -jnp.real(jnp.sum(lin.alpha / (1.0 - lin.eigenvalues)))
