@@ -33,7 +33,7 @@ def describe(result: dict[str, Any]) -> list[str]:
     lines = [
         f"momentum: {'detected' if m['detected'] else 'not detected'} (dominant mode β = "
         f"{num(m['beta'])}, α = {num(m['alpha'])}, timescale {num(m['timescale'])} steps, "
-        f"{num(m['share'], '.0%')} of Σ|α|)",
+        f"{num(m['share'], '.0%')} of the fitted impulse response)",
         f"clipping: {'detected' if c['detected'] else 'not detected'} (threshold |g| ≈ "
         f"{num(c['threshold'])}; update saturates at {num(c['asymptote_neg'])} for g → -∞ and "
         f"{num(c['asymptote_pos'])} for g → +∞)",
