@@ -307,7 +307,11 @@ def test_two_moons_loss_is_logistic_plus_l2_and_minibatches_follow_the_key():
 
 def test_two_moons_mlp_separates_the_classes():
     fam = tasks.get("two_moons", num_points=256, num_test=512, num_steps=150)
-    tx = optax.with_extra_args_support(optax.adam(0.03))
+    # Adam tuned on the family (a small grid keeps the test fast), then trained on new problems.
+    space = lopt.SearchSpace("adam", (0.003, 0.01, 0.03, 0.1), "b1", (0.9,))
+    tuned = lopt.tune("adam", fam, jax.random.key(1), num_problems=4, space=space, refine=False)
+    assert tuned.hyperparams["learning_rate"] in (0.01, 0.03, 0.1)
+    tx = optax.with_extra_args_support(tuned.tx)
 
     @jax.jit
     def train(family, key):
