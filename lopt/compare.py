@@ -24,18 +24,10 @@ from tqdm.auto import tqdm
 import tasks
 from lopt import rundir
 from lopt.tune import heldout_key, tune
-from lopt.unroll import evaluate, summarize
+from lopt.unroll import evaluate, per_problem_metric, summarize
 
 EVAL_SCHEMA = "lopt.eval/1"
 DEFAULT_BASELINES = ("momentum", "rmsprop", "adam")
-
-
-def per_problem_metric(losses: np.ndarray) -> np.ndarray:
-    """Per-problem mean normalised loss ``mean_t f_t/f_0`` (``inf`` for diverged problems)."""
-    losses = np.asarray(losses, np.float64)
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
-        m = np.mean(losses / losses[:, :1], axis=1)
-    return np.where(np.all(np.isfinite(losses), axis=1), m, np.inf)
 
 
 def paired(learned: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:

@@ -92,7 +92,8 @@ def batch_constraint(sharding: Any) -> Callable[[Any], Any]:
     return lambda tree: jax.tree.map(lambda x: jax.lax.with_sharding_constraint(x, sharding), tree)
 
 
-def _all_finite(tree: Any) -> jax.Array:
+def all_finite(tree: Any) -> jax.Array:
+    """Whether every entry of every leaf of ``tree`` is finite (a device boolean)."""
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
@@ -130,7 +131,7 @@ def _masked_mean_grad(per_problem: Callable, theta: Any, batch: Any) -> tuple:
             return value, g
 
         losses, grads = jax.vmap(one)(batch)
-        ok = jnp.isfinite(losses) & jax.vmap(_all_finite)(grads)
+        ok = jnp.isfinite(losses) & jax.vmap(all_finite)(grads)
         m = jnp.sum(ok)
         g = jax.tree.map(
             lambda x: (
@@ -142,7 +143,7 @@ def _masked_mean_grad(per_problem: Callable, theta: Any, batch: Any) -> tuple:
         return jnp.sum(jnp.where(ok, losses, 0.0)) / jnp.maximum(m, 1), g, m
 
     loss, grad, n = jax.lax.cond(
-        _all_finite(grad), lambda _: (loss, grad, n), per_item, operand=None
+        all_finite(grad), lambda _: (loss, grad, n), per_item, operand=None
     )
     return loss, grad, n, aux
 
@@ -349,7 +350,7 @@ def truncated_bptt(
         del key  # problems come from the per-slot keys, so resumed runs see the same ones
         batch = constrain((state.inner, state.f0))
         loss, g, n, final = _masked_mean_grad(per_problem, theta, batch)
-        bad = ~jax.vmap(_all_finite)(final.params)
+        bad = ~jax.vmap(all_finite)(final.params)
         state = state._replace(inner=final)
         state, resets = _advance(opt, family, jax.lax.stop_gradient(theta), state, horizon, bad)
         return loss, g, constrain(state), EstimateInfo(n, num_problems - n, resets)

@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from lopt import distributed, estimators, rundir
+from lopt.checkpoint import save
 from tasks import TaskFamily
 
 STATE_FORMAT = "lopt.meta_train.state/1"
@@ -219,10 +220,6 @@ def batch_sharding() -> NamedSharding | None:
     return NamedSharding(Mesh(np.asarray(devices), ("batch",)), P("batch"))
 
 
-def _all_finite(tree: Any) -> jax.Array:
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
-
-
 def _build_estimator(opt, family, c: MetaTrainConfig, sharding):
     kw: dict[str, Any] = {"horizon": c.horizon, "objective": c.objective}
     if c.estimator == "full_bptt":
@@ -306,7 +303,7 @@ def make_meta_step(opt, config: MetaTrainConfig, meta_tx: optax.GradientTransfor
         theta = optax.apply_updates(state.theta, updates)
         # theta never becomes non-finite: a step with no finite problem, or one that would
         # produce a non-finite theta, leaves theta and the meta-optimizer state untouched.
-        ok = (info.num_valid > 0) & _all_finite(theta)
+        ok = (info.num_valid > 0) & estimators.all_finite(theta)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
         new_state = TrainState(
             step=state.step + 1,
@@ -369,10 +366,6 @@ def save_state(out_dir: Path, opt, state: TrainState, family: TaskFamily) -> Non
     if not distributed.is_main_process():
         return
     rundir.save_tree(out_dir / "state.npz", host, STATE_FORMAT)
-    try:
-        from lopt.checkpoint import save
-    except ImportError:  # pragma: no cover - checkpoint module always present in a release
-        return
     save(out_dir / "theta.npz", opt, host.theta, step=int(host.step), task=family.name)
 
 

@@ -182,6 +182,14 @@ def _mean_sem(x: np.ndarray, axis: int = 0) -> tuple[np.ndarray, np.ndarray]:
     return np.mean(x, axis=axis), sem
 
 
+def per_problem_metric(losses: np.ndarray) -> np.ndarray:
+    """Per-problem mean normalised loss ``mean_t f_t/f_0`` (``inf`` for diverged problems)."""
+    losses = np.asarray(losses, np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        m = np.mean(losses / losses[:, :1], axis=1)
+    return np.where(np.all(np.isfinite(losses), axis=1), m, np.inf)
+
+
 def summarize(losses: jax.Array) -> Summary:
     """The headline numbers of an evaluation.
 
@@ -193,9 +201,8 @@ def summarize(losses: jax.Array) -> Summary:
     losses = np.asarray(losses, np.float64)
     finite = np.all(np.isfinite(losses), axis=1)
     with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        metric, sem = _mean_sem(per_problem_metric(losses))
         norm = losses / losses[:, :1]
-        per_problem = np.where(finite, norm.mean(axis=1), np.inf)
-        metric, sem = _mean_sem(per_problem)
         final = np.where(finite, losses[:, -1], np.inf)
         final_mean, final_sem = _mean_sem(final)
     # Curves describe the runs that stayed finite; `diverged` says how many did not.
