@@ -29,6 +29,7 @@ from lopt.unroll import (
     summarize,
     unroll,
 )
+from lopt.zoo import pretrained, pretrained_names
 
 __all__ = [
     "ConfigError",
@@ -68,4 +69,6 @@ __all__ = [
     "from_config",
     "load",
     "save",
+    "pretrained",
+    "pretrained_names",
 ]
