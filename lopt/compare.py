@@ -142,12 +142,21 @@ def evaluate_run(
     baselines: Sequence[str] = DEFAULT_BASELINES,
     num_problems: int = 128,
     progress: bool = True,
+    tuned: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluates a meta-training run against tuned baselines and writes ``eval.json``.
 
     The baselines are tuned on the run's task family (training problems), then the learned
     optimizer and the tuned baselines are evaluated on the same ``num_problems`` held-out
     problems at the training horizon and at twice it.
+
+    Args:
+        run_dir: the run directory.
+        baselines: baseline names to tune.
+        num_problems: held-out problems.
+        progress: show progress bars.
+        tuned: results of :func:`tune_baselines` on the same family, to reuse (tuning is
+            deterministic, so several runs on one family can share it); tuned here if absent.
 
     Returns:
         The dict written to ``run_dir/eval.json`` (schema ``lopt.eval/1``).
@@ -158,7 +167,9 @@ def evaluate_run(
     cfg = rundir.read_json(run / "config.json")
     opt, theta, meta = load(run / "theta.npz")
     family = family_from_config(cfg)
-    tuned = tune_baselines(family, baselines, progress=progress)
+    if tuned is None:
+        tuned = tune_baselines(family, baselines, progress=progress)
+    tuned = {n: tuned[n] for n in baselines}
     optimizers = {"learned": opt.optimizer(theta), **{n: r.tx for n, r in tuned.items()}}
     hyper = {n: r.hyperparams for n, r in tuned.items()}
     horizon = cfg.get("meta_train", {}).get("horizon") or family.num_steps
