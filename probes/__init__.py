@@ -9,6 +9,7 @@ Building blocks (jitted, batched, the cell passed as an argument): :func:`update
 from probes.analysis import Analysis, analyze, analyze_cell, analyze_optax
 from probes.fixed_points import Branch, FixedPoints, continuation, fixed_points
 from probes.linearize import Linearization, linearize
+from probes.report import report_run, write_report
 from probes.trajectories import Trajectories, pca, trajectories
 from probes.update_function import effective_lr, update_function
 
@@ -26,6 +27,8 @@ __all__ = [
     "fixed_points",
     "linearize",
     "pca",
+    "report_run",
     "trajectories",
     "update_function",
+    "write_report",
 ]

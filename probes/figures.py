@@ -1,0 +1,552 @@
+"""Figures of an interpretation report (METHOD.md §6), drawn with seaborn on matplotlib's Agg.
+
+Every function takes plain NumPy data and returns a :class:`matplotlib.figure.Figure` built
+without ``pyplot`` (so no global backend is switched and nothing is shown); :func:`png` renders
+one to PNG bytes. Colours are fixed per optimizer (:func:`color`) so that "learned" has the same
+colour in every figure of a report. The report module (:mod:`probes.report`) decides which
+figures exist and writes them; this module only draws.
+
+Shapes: ``T`` steps, ``G`` gradient values, ``A`` perturbation amounts, ``M`` magnitudes,
+``H`` modes, ``L`` trajectory lines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import matplotlib
+import matplotlib.ticker
+import numpy as np
+import seaborn as sns
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.collections import LineCollection
+from matplotlib.figure import Figure
+
+#: One colour per optimizer name, shared by every figure (seaborn's colour-blind palette).
+_CB = sns.color_palette("colorblind", 10).as_hex()
+COLORS: dict[str, str] = {
+    "learned": _CB[0],
+    "momentum": _CB[1],
+    "rmsprop": _CB[2],
+    "adam": _CB[3],
+    "sgd": _CB[4],
+    "distilled": _CB[9],
+    "distilled_retuned": _CB[7],
+}
+#: Accent colours for things that are not optimizers.
+POS, NEG, MARK, GREY = _CB[0], _CB[3], "#222222", "#9a9a9a"
+DPI = 110
+
+
+def color(name: str) -> str:
+    """The colour of optimizer ``name`` (unknown names get a stable colour from the palette)."""
+    if name in COLORS:
+        return COLORS[name]
+    return _CB[5 + sum(map(ord, name)) % 3]
+
+
+@contextlib.contextmanager
+def _style() -> Iterator[None]:
+    rc = {
+        "font.family": ["DejaVu Sans"],
+        "axes.titlesize": 11,
+        "axes.titleweight": "semibold",
+        "axes.labelsize": 10,
+        "legend.fontsize": 8.5,
+        "legend.frameon": False,
+        "xtick.labelsize": 8.5,
+        "ytick.labelsize": 8.5,
+        "axes.spines.top": False,
+        "axes.spines.right": False,
+    }
+    with sns.axes_style("whitegrid", {"grid.color": "#e6e6e6"}), matplotlib.rc_context(rc):
+        yield
+
+
+def _figure(ncols: int = 1, width: float = 6.0, height: float = 3.9):
+    with _style():
+        fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
+        FigureCanvasAgg(fig)
+        axes = [fig.add_subplot(1, ncols, i + 1) for i in range(ncols)]
+    return fig, axes
+
+
+def png(fig: Figure) -> bytes:
+    """PNG bytes of a figure (Agg)."""
+    buf = io.BytesIO()
+    with _style():
+        fig.savefig(buf, format="png", dpi=DPI, facecolor="white")
+    return buf.getvalue()
+
+
+def _arr(x: Any) -> np.ndarray:
+    return np.asarray([np.nan if v is None else v for v in np.ravel(np.asarray(x, object))], float)
+
+
+def _symlog(ax, axis: str, values: np.ndarray) -> None:
+    v = np.abs(values[np.isfinite(values) & (values != 0)])
+    if v.size:
+        getattr(ax, f"set_{axis}scale")("symlog", linthresh=float(np.min(v)) * 1.5)
+
+
+# ----------------------------------------------------------------------------- 1. loss curves
+
+
+def loss_curves(panels: Sequence[Mapping[str, Any]]) -> Figure:
+    """Normalised loss ``f_t/f_0`` against step, mean ± s.e.m. band, one panel per horizon.
+
+    Args:
+        panels: ``[{"title": str, "curves": {name: {"mean": (T,), "sem": (T,)}}}]``.
+    """
+    fig, axes = _figure(len(panels), width=5.2 * len(panels), height=3.9)
+    for ax, panel in zip(axes, panels, strict=True):
+        for name, c in panel["curves"].items():
+            mean, sem = _arr(c["mean"]), _arr(c.get("sem", np.zeros_like(c["mean"])))
+            t = np.arange(mean.size)
+            col = color(name)
+            lw = 2.2 if name == "learned" else 1.5
+            style = "--" if name.startswith("distilled") else "-"
+            ax.plot(t, mean, color=col, lw=lw, ls=style, label=name)
+            lo = np.clip(mean - sem, 1e-300, None)
+            ax.fill_between(t, lo, mean + sem, color=col, alpha=0.2, lw=0)
+        ax.set_yscale("log")
+        ax.set_xlabel("step")
+        ax.set_ylabel("normalised loss $f_t/f_0$")
+        ax.set_title(panel["title"])
+        ax.legend(loc="best")
+    return fig
+
+
+# ----------------------------------------------------------------------------- 2. momentum
+
+
+def state_trajectories(
+    lines: np.ndarray,
+    fixed_point: np.ndarray,
+    start: np.ndarray | None,
+    explained: Sequence[float],
+) -> Figure:
+    """Hidden-state trajectories projected on two principal components, coloured by step.
+
+    Args:
+        lines: ``(L, T, 2)`` projected states.
+        fixed_point: ``(2,)`` the convergence point ``h*``.
+        start: ``(2,)`` the initial state ``h0`` (or ``None``).
+        explained: variance ratio of the two components.
+    """
+    fig, (ax,) = _figure(width=5.6, height=4.4)
+    lines = np.asarray(lines, float)
+    L, T, _ = lines.shape
+    cmap = sns.color_palette("crest", as_cmap=True)
+    for line in lines:
+        seg = np.stack([line[:-1], line[1:]], axis=1)
+        lc = LineCollection(seg, cmap=cmap, lw=1.1, alpha=0.75)
+        lc.set_array(np.arange(T - 1))
+        lc.set_clim(0, T - 1)
+        ax.add_collection(lc)
+    sm = matplotlib.cm.ScalarMappable(cmap=cmap, norm=matplotlib.colors.Normalize(0, T - 1))
+    fig.colorbar(sm, ax=ax, label="step", shrink=0.85)
+    if start is not None:
+        ax.plot(*start, "o", ms=8, mfc="white", mec=MARK, mew=1.5, label="$h_0$", zorder=5)
+    ax.plot(*fixed_point, "*", ms=16, color=NEG, mec="white", label="$h^*$ (g = 0)", zorder=6)
+    ax.autoscale_view()
+    ev = [f"{100 * e:.0f}%" for e in explained]
+    ax.set_xlabel(f"PC 1 ({ev[0]} var.)")
+    ax.set_ylabel(f"PC 2 ({ev[1] if len(ev) > 1 else '0%'} var.)")
+    ax.set_title("States converge to the fixed point")
+    ax.legend(loc="best")
+    return fig
+
+
+def update_functions(
+    gradients: np.ndarray,
+    updates: np.ndarray,
+    amounts: np.ndarray,
+    *,
+    title: str,
+    amount_label: str,
+    reference_slope: float | None = None,
+    log_color: bool = False,
+) -> Figure:
+    """A family of update functions ``U(h, g)`` over ``g``, one per state, coloured by amount.
+
+    Args:
+        gradients: ``(G,)``.
+        updates: ``(A, G)``.
+        amounts: ``(A,)``, what distinguishes the states (colour bar).
+        title: axes title.
+        amount_label: colour-bar label.
+        reference_slope: draws ``U = slope·g`` (the linear update at the reference state).
+        log_color: colour on a symmetric log scale (amounts spanning decades).
+    """
+    fig, (ax,) = _figure(width=5.6, height=4.2)
+    g = _arr(gradients)
+    amounts = _arr(amounts)
+    cmap = sns.color_palette("icefire", as_cmap=True)
+    lim = float(np.nanmax(np.abs(amounts))) or 1.0
+    norm = matplotlib.colors.Normalize(-lim, lim)
+    if log_color:
+        small = np.abs(amounts[np.isfinite(amounts) & (amounts != 0)])
+        lt = float(small.min()) if small.size else 1.0
+        norm = matplotlib.colors.SymLogNorm(lt, vmin=-lim, vmax=lim)
+    elif np.nanmin(amounts) >= 0:
+        cmap = sns.color_palette("flare", as_cmap=True)
+        norm = matplotlib.colors.Normalize(float(np.nanmin(amounts)), lim)
+    for a, u in zip(amounts, np.asarray(updates, float), strict=True):
+        ax.plot(g, u, color=cmap(norm(a)), lw=1.6)
+    if reference_slope is not None and np.isfinite(reference_slope):
+        centre = np.asarray(updates, float)[int(np.nanargmin(np.abs(amounts)))]
+        u0 = float(np.interp(0.0, g, centre))
+        ax.plot(g, u0 + reference_slope * g, color=GREY, ls=":", lw=1.4, label="slope at h*")
+        ax.legend(loc="best")
+    ax.axhline(0, color="#bbbbbb", lw=0.8, zorder=0)
+    ax.axvline(0, color="#bbbbbb", lw=0.8, zorder=0)
+    sm = matplotlib.cm.ScalarMappable(cmap=cmap, norm=norm)
+    cb = fig.colorbar(sm, ax=ax, label=amount_label, shrink=0.85)
+    if log_color:
+        decades = 10.0 ** np.arange(np.ceil(np.log10(lt)), np.floor(np.log10(lim)) + 1)
+        cb.set_ticks(np.concatenate([-decades[::-1], [0.0], decades]))
+    ax.set_xlabel("gradient g")
+    ax.set_ylabel("update U(h, g)")
+    ax.set_title(title)
+    return fig
+
+
+def eigenvalues(
+    eigs: np.ndarray,
+    alphas: np.ndarray,
+    fit_eigs: np.ndarray | None = None,
+    dominant: complex | None = None,
+) -> Figure:
+    """Eigenvalues of ``∂F/∂h`` in the complex plane with the unit circle, coloured by ``Re α_i``.
+
+    Left: the whole unit disc; right: a zoom on the eigenvalues (when they are clustered).
+
+    Args:
+        eigs: complex ``(H,)``.
+        alphas: complex ``(H,)``.
+        fit_eigs: fitted modes (drawn as open squares).
+        dominant: the dominant fitted mode (a star).
+    """
+    eigs = np.asarray(eigs, complex)
+    ok = np.isfinite(eigs)
+    span = np.ptp(eigs.real[ok]) if ok.any() else 2.0
+    span = max(span, np.ptp(eigs.imag[ok]) if ok.any() else 0.0)
+    zoom = span < 0.8
+    fig, axes = _figure(2 if zoom else 1, width=9.8 if zoom else 5.4, height=4.4)
+    al = np.real(np.asarray(alphas, complex))
+    lim = float(np.nanmax(np.abs(al))) if al.size and np.isfinite(al).any() else 1.0
+    norm = matplotlib.colors.Normalize(-(lim or 1.0), lim or 1.0)
+    cmap = sns.color_palette("vlag", as_cmap=True)
+    th = np.linspace(0, 2 * np.pi, 720)
+    for i, ax in enumerate(axes):
+        ax.plot(np.cos(th), np.sin(th), color=GREY, lw=1, ls="--", label="unit circle")
+        sc = ax.scatter(
+            eigs.real, eigs.imag, c=al, cmap=cmap, norm=norm, s=46, ec="#333333", lw=0.6, zorder=3
+        )
+        if fit_eigs is not None and len(fit_eigs):
+            f = np.asarray(fit_eigs, complex)
+            ax.scatter(
+                f.real,
+                f.imag,
+                marker="s",
+                s=80,
+                fc="none",
+                ec=MARK,
+                lw=1.3,
+                zorder=4,
+                label="fitted modes",
+            )
+        if dominant is not None:
+            ax.plot(
+                dominant.real,
+                dominant.imag,
+                "*",
+                ms=15,
+                color=NEG,
+                mec="white",
+                zorder=5,
+                label=f"dominant β = {dominant.real:.3g}",
+            )
+        ax.set_xlabel("Re λ")
+        ax.set_ylabel("Im λ")
+        if i == 0:
+            ax.set_aspect("equal")
+            ax.set_xlim(-1.15, 1.15)
+            ax.set_ylim(-1.15, 1.15)
+            ax.set_title("Eigenvalues at the convergence point")
+            ax.legend(loc="lower left")
+        else:
+            cx = 0.5 * (eigs.real[ok].min() + max(eigs.real[ok].max(), 1.0))
+            half = 0.55 * max(max(eigs.real[ok].max(), 1.0) - eigs.real[ok].min(), 0.1)
+            ax.set_xlim(cx - half, cx + half)
+            ax.set_ylim(-half, half)
+            ax.set_aspect("equal")
+            ax.set_title("Zoom")
+    fig.colorbar(sc, ax=axes, label="Re $\\alpha_i$ (mode learning rate)", shrink=0.85)
+    return fig
+
+
+def alpha_beta(
+    modes: Sequence[Mapping[str, Any]],
+    points: Sequence[Mapping[str, Any]],
+) -> Figure:
+    """Learning rate ``α`` against momentum ``β``: fitted modes and reference points.
+
+    Args:
+        modes: ``[{"beta", "alpha", "label", "kind": "fit"|"eig"}]``.
+        points: marked points ``[{"beta", "alpha", "label", "color", "marker"}]`` (the dominant
+            mode, the heavy-ball optimum, a tuned baseline).
+    """
+    fig, (ax,) = _figure(width=5.4, height=4.2)
+    eig = [m for m in modes if m.get("kind") == "eig"]
+    fit = [m for m in modes if m.get("kind") != "eig"]
+    if eig:
+        ax.scatter(
+            [m["beta"] for m in eig],
+            [m["alpha"] for m in eig],
+            s=16,
+            color=GREY,
+            alpha=0.7,
+            label="eigenmodes (real λ)",
+            zorder=2,
+        )
+    if fit:
+        ax.scatter(
+            [m["beta"] for m in fit],
+            [m["alpha"] for m in fit],
+            s=60,
+            marker="s",
+            fc="none",
+            ec=MARK,
+            lw=1.2,
+            label="fitted modes",
+            zorder=3,
+        )
+    for p in points:
+        ax.plot(
+            p["beta"],
+            p["alpha"],
+            p.get("marker", "o"),
+            ms=13 if p.get("marker") == "*" else 9,
+            color=p.get("color", MARK),
+            mec="white",
+            label=p["label"],
+            zorder=5,
+        )
+    ax.axhline(0, color="#bbbbbb", lw=0.8, zorder=0)
+    ax.set_xlim(-0.05, 1.05)
+    ax.set_xlabel("momentum β (decay per step)")
+    ax.set_ylabel("learning rate α")
+    ax.set_title("Momentum modes: α against β")
+    ax.legend(loc="best")
+    return fig
+
+
+def impulse_response(response: np.ndarray, fitted: np.ndarray | None = None) -> Figure:
+    """``|r_k|`` on a log scale (dotted where ``-r_k < 0``) and the fit by exponential modes.
+
+    ``-r_k`` is the update caused by a unit gradient ``k`` steps earlier; heavy-ball momentum
+    gives ``α βᵏ``, a straight line.
+    """
+    fig, (ax,) = _figure(width=5.6, height=3.9)
+    r = -_arr(response)
+    k = np.arange(r.size)
+    mag = np.abs(r)
+    nz = mag[np.isfinite(mag) & (mag > 0)]
+    peak = float(nz.max()) if nz.size else 1.0
+    floor = max(1e-7 * peak, float(nz.min()) / 2 if nz.size else 0.0)
+    col = color("learned")
+    ax.plot(k, np.where(r > 0, mag, np.nan), color=col, lw=2.2, label="measured, positive")
+    if (r < 0).any():
+        ax.plot(
+            k, np.where(r < 0, mag, np.nan), color=col, lw=1.6, ls=":", label="measured, negative"
+        )
+    if fitted is not None:
+        f = np.abs(_arr(fitted))
+        ax.plot(k, np.where(f > floor, f, np.nan), color=NEG, lw=1.3, ls="--", label="fitted modes")
+    if nz.size:
+        ax.set_yscale("log")
+        ax.set_ylim(floor, peak * 2)
+    ax.set_xlabel("lag k (steps)")
+    ax.set_ylabel("|update per unit gradient k steps ago|")
+    ax.set_title("Impulse response")
+    ax.legend(loc="best")
+    return fig
+
+
+# ----------------------------------------------------------------------------- 3. clipping
+
+
+def clipping(
+    gradients: np.ndarray,
+    updates: np.ndarray,
+    *,
+    slope0: float,
+    threshold_pos: float | None,
+    threshold_neg: float | None,
+    hist_counts: np.ndarray | None,
+    hist_edges: np.ndarray | None,
+    xlim: float,
+) -> Figure:
+    """``U(h0, g)`` over the histogram of training gradients, with the clip thresholds."""
+    fig, (ax,) = _figure(width=6.4, height=4.2)
+    g, u = _arr(gradients), _arr(updates)
+    keep = np.abs(g) <= xlim
+    if hist_counts is not None and len(hist_counts):
+        counts, edges = _arr(hist_counts), _arr(hist_edges)
+        ax2 = ax.twinx()
+        ax2.bar(
+            edges[:-1],
+            counts,
+            width=np.diff(edges),
+            align="edge",
+            color=GREY,
+            alpha=0.35,
+            lw=0,
+            label="training gradients",
+        )
+        ax2.set_ylabel("gradients seen (count)", color="#777777")
+        ax2.tick_params(axis="y", colors="#777777")
+        ax2.grid(False)
+        if counts.size and np.max(counts) > 0:
+            ax2.set_yscale("log")
+            ax2.set_ylim(0.8, float(np.max(counts)) * 3)
+        ax.set_zorder(ax2.get_zorder() + 1)
+        ax.patch.set_visible(False)
+    ax.plot(g[keep], slope0 * g[keep], color=GREY, ls=":", lw=1.3, label="linear (no clipping)")
+    ax.plot(g[keep], u[keep], color=color("learned"), lw=2.2, label="U(h0, g)")
+    for t, lab in ((threshold_pos, "+"), (threshold_neg, "-")):
+        if t is not None and np.isfinite(t) and t <= xlim:
+            x = t if lab == "+" else -t
+            ax.axvline(x, color=NEG, ls="--", lw=1.2)
+            ax.annotate(
+                f"{x:.3g}",
+                (x, 0.03),
+                xycoords=("data", "axes fraction"),
+                ha="center",
+                va="bottom",
+                fontsize=8,
+                color=NEG,
+                bbox={"fc": "white", "ec": "none", "pad": 1.5},
+            )
+    ax.axhline(0, color="#bbbbbb", lw=0.8, zorder=0)
+    ax.set_xlim(-xlim, xlim)
+    ulim = float(np.nanmax(np.abs(u[keep]))) if keep.any() else 1.0
+    ax.set_ylim(-1.25 * ulim, 1.25 * ulim)
+    ax.set_xlabel("gradient g")
+    ax.set_ylabel("first update U(h0, g)")
+    ax.set_title("Update function at the initial state")
+    ax.legend(loc="upper right")
+    return fig
+
+
+# ----------------------------------------------------------------------------- 4. schedule
+
+
+def schedule(alpha: np.ndarray, *, peak: int | None, shape: str) -> Figure:
+    """``α_eff(h_t)`` along the autonomous trajectory ``h_{t+1} = F(h_t, 0)``."""
+    fig, (ax,) = _figure(width=5.6, height=3.9)
+    a = _arr(alpha)
+    t = np.arange(a.size)
+    ax.plot(t, a, color=color("learned"), lw=2.2)
+    ax.fill_between(t, 0, a, color=color("learned"), alpha=0.1, lw=0)
+    if peak is not None and 0 <= peak < a.size:
+        ax.plot(peak, a[peak], "o", ms=8, color=NEG, mec="white", label=f"peak at step {peak}")
+        ax.legend(loc="best")
+    ax.set_xlabel("step t (zero gradients)")
+    ax.set_ylabel("effective learning rate $\\alpha_{eff}$")
+    ax.set_title(f"Learning-rate schedule: {shape}")
+    ax.set_ylim(bottom=min(0.0, float(np.nanmin(a)) * 1.1) if np.isfinite(a).any() else 0)
+    return fig
+
+
+# ----------------------------------------------------------------------------- 5. adaptation
+
+
+def s_curve(arms: Sequence[Mapping[str, Any]], *, ylabel: str) -> Figure:
+    """Fixed points ``h*(g*)`` (first principal component) against ``g*``, one line per sweep.
+
+    Args:
+        arms: ``[{"inputs": (N,), "pc": (N,), "label", "color", "dashed": bool,
+            "fold": (N,) bool}]``.
+        ylabel: the y label.
+    """
+    fig, (ax,) = _figure(width=5.8, height=4.2)
+    allg = []
+    for arm in arms:
+        g, y = _arr(arm["inputs"]), _arr(arm["pc"])
+        allg.append(g)
+        ax.plot(
+            g,
+            y,
+            color=arm["color"],
+            lw=1.4 if arm.get("dashed") else 2.2,
+            ls="--" if arm.get("dashed") else "-",
+            marker=".",
+            ms=4,
+            label=arm["label"],
+        )
+        fold = np.asarray(arm.get("fold", []), bool)
+        if fold.any():
+            ax.plot(g[fold], y[fold], "x", color=MARK, ms=8, mew=1.6)
+    ax.plot([], [], "x", color=MARK, label="fold (jump)")
+    g = np.abs(np.concatenate(allg)) if allg else np.zeros(1)
+    g = g[np.isfinite(g) & (g > 0)]
+    if g.size:
+        lt = max(float(g.min()), float(g.max()) * 1e-4)
+        ax.set_xscale("symlog", linthresh=lt, linscale=0.5)
+        decades = 10.0 ** np.arange(np.ceil(np.log10(lt)), np.floor(np.log10(g.max())) + 1)
+        ax.xaxis.set_major_locator(
+            matplotlib.ticker.FixedLocator(np.concatenate([-decades[::-1], [0.0], decades]))
+        )
+    ax.set_xlabel("constant gradient g*")
+    ax.set_ylabel(ylabel)
+    ax.set_title("Fixed points h*(g*): the S-curve")
+    ax.legend(loc="best")
+    return fig
+
+
+def adaptation_lr(series: Sequence[Mapping[str, Any]], *, reference: float | None) -> Figure:
+    """``α_eff`` at the steady state against ``|g*|``, log-log, one series per arm/sweep.
+
+    Args:
+        series: ``[{"magnitudes": (M,), "alpha": (M,), "label", "color", "style": "line"|"dots"}]``.
+        reference: draws a slope ``-1`` guide (RMSProp-like adaptation) through this ``α``.
+    """
+    fig, (ax,) = _figure(width=5.6, height=4.2)
+    allm = []
+    for s in series:
+        m, a = _arr(s["magnitudes"]), np.abs(_arr(s["alpha"]))
+        ok = np.isfinite(m) & np.isfinite(a) & (m > 0) & (a > 0)
+        allm.append(m[ok])
+        if s.get("style") == "dots":
+            ax.plot(m[ok], a[ok], "o", ms=6, mfc="none", mec=s["color"], mew=1.4, label=s["label"])
+        else:
+            ax.plot(
+                m[ok],
+                a[ok],
+                color=s["color"],
+                lw=1.4 if s.get("dashed") else 2.2,
+                ls="--" if s.get("dashed") else "-",
+                label=s["label"],
+            )
+    m = np.concatenate(allm) if allm else np.zeros(0)
+    ys = [np.abs(_arr(s["alpha"])) for s in series]
+    ys = np.concatenate(ys) if ys else np.zeros(0)
+    ys = ys[np.isfinite(ys) & (ys > 0)]
+    if ys.size:
+        ax.set_ylim(ys.min() / 4, ys.max() * 4)
+    if reference is not None and m.size and np.isfinite(reference) and reference > 0:
+        x = np.geomspace(m.min(), m.max(), 20)
+        ax.plot(x, reference * x[0] / x, color=GREY, ls=":", lw=1.2, label="slope −1 (RMSProp)")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel("|g*| (constant gradient)")
+    ax.set_ylabel("$\\alpha_{eff}$ at the steady state")
+    ax.set_title("Learning rate against gradient magnitude")
+    ax.legend(loc="best")
+    return fig
