@@ -323,6 +323,39 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
+# lopt distill
+
+
+def _add_distill(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "distill",
+        help="turn the learned optimizer's detected mechanisms into an optax chain "
+        "(writes RUN/distill.json)",
+        description="Build an interpretable optax chain (clipping, momentum, schedule, "
+        "adaptation) from RUN/analysis.json, evaluate it on the held-out problems of "
+        "RUN/eval.json, report the fraction of the learned optimizer's gain over the best tuned "
+        "baseline that it recovers, and write RUN/distill.json.",
+    )
+    p.add_argument("run", help="run directory written by 'lopt meta-train'")
+    p.add_argument(
+        "--no-retune", action="store_true", help="skip the re-tuned variant (global factors)"
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress lines")
+    p.set_defaults(func=_cmd_distill)
+
+
+def _cmd_distill(args: argparse.Namespace) -> int:
+    from lopt.distill import distill_run, format_report
+
+    if not os.path.isdir(args.run):
+        raise FileNotFoundError(f"no run directory {args.run}")
+    result = distill_run(args.run, retune=not args.no_retune, progress=not args.quiet)
+    print(format_report(result))
+    print(f"wrote {os.path.join(args.run, 'distill.json')}")
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
 # Parser and entry point
 
 #: Subcommands: each adds its parser (and sets ``func``).
@@ -330,6 +363,7 @@ _SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [
     _add_tune,
     _add_meta_train,
     _add_evaluate,
+    _add_distill,
 ]
 
 

@@ -1,0 +1,899 @@
+"""Mechanism distillation: the probes' findings as an interpretable optax chain.
+
+:func:`distill` reads what the probes detected in a run's learned optimizer
+(``RUN/analysis.json``, see :mod:`probes.analysis`) and writes it down as a chain of ordinary
+transformations, each one a mechanism of the paper (Maheswaranathan et al., 2021, §5):
+
+1. **clipping** → :func:`soft_clip` of the *gradient*, ``g ↦ g / (1 + |g|/c)``, with
+   ``c = threshold / (√2 − 1)``. Why a saturating map and not ``optax.clip``: the probes define
+   the threshold as the gradient where the slope of ``U(h0, g)`` has halved (METHOD.md §5.5).
+   A hard clip at that threshold drops the slope to 0 there and saturates at ``α·threshold``,
+   about half of the asymptotes the learned update actually reaches; this map has slope
+   ``1/(1 + |g|/c)²``, which halves exactly at ``(√2 − 1)c``, and saturates at ``±c`` (times the
+   learning rate). On the quickstart GRU it puts the asymptote at ``9.0 × 1.72 = 15.5``, the
+   measured ``U(h0, −∞)``. Both maps are scored against the measured ``U(h0, g)`` (relative
+   RMS error over the range of training gradients) and the better one is used; the scores are
+   recorded in ``distill.json`` (``clip_fit``).
+2. **momentum** → ``optax.trace(decay=β)`` with the dominant fitted mode's ``β``.
+3. **learning rate and schedule** → ``optax.scale_by_learning_rate`` with the dominant mode's
+   ``α`` (the learned update has no built-in minus sign; ``α > 0`` means descent, and
+   ``scale_by_learning_rate`` supplies the minus). If a schedule was detected, ``α`` is
+   multiplied by ``α_eff(t) / α_eff(h*)``: the probed effective learning rate along the
+   autonomous dynamics, divided by its value at the convergence point, so that the multiplier
+   tends to 1 and the steady-state learning rate is the mode's ``α``. It is interpolated
+   piecewise-linearly between knots (:func:`interpolated_schedule`) and, after the last probed
+   step, approaches 1 geometrically at the rate of the probed tail.
+4. **adaptation** (only if detected) → ``optax.scale_by_rms`` whose ``ε`` puts the half-point of
+   ``α_eff(|g*|)`` where the probes found it; ``α`` is multiplied by ``√ε`` so the small-gradient
+   learning rate is unchanged (the decay, which the steady-state probe cannot see, is 0.9).
+
+Mechanisms that were not detected are left out; without momentum the learning rate is
+``α_eff(h*)`` (plain, possibly scheduled, SGD). A chain is a JSON list of dicts
+(``{"transform": name, <parameters>}``); :func:`build_chain` turns it back into an optax
+transformation, so ``distill.json`` is enough to train with the distilled optimizer.
+
+:func:`distill` evaluates the chain on the held-out problems of ``RUN/eval.json`` (same key,
+same number of problems, same horizon), compares it with the learned optimizer and the best
+tuned baseline problem by problem, and reports the fraction of the learned optimizer's gain it
+recovers, ``(best_baseline − distilled)/(best_baseline − learned)``, with a 95% paired bootstrap
+interval over problems (fixed seed). A *re-tuned* variant (same structure, the learning rate and
+clip scale multiplied by global factors chosen on the training problems the baselines were
+tuned on, never on the held-out ones) is reported next to it, clearly labelled.
+
+Example:
+    >>> import lopt, optax
+    >>> tx = lopt.distill.build_chain([{"transform": "trace", "decay": 0.9},
+    ...                                {"transform": "scale_by_learning_rate",
+    ...                                 "learning_rate": 0.1}])   # = optax.sgd(0.1, momentum=0.9)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from lopt import rundir
+
+SCHEMA = "lopt.distill/1"
+
+#: ``soft_clip``'s slope ``1/(1+|g|/c)²`` halves at ``|g| = (√2 − 1)c``.
+_HALF_SLOPE = math.sqrt(2.0) - 1.0
+#: Schedule knots are kept until piecewise-linear interpolation is within this relative error.
+KNOT_TOL = 2e-3
+#: Paired bootstrap resamples and seed for the fraction's interval.
+BOOTSTRAP_SAMPLES = 10_000
+BOOTSTRAP_SEED = 0
+#: Re-tuning grid: the learning rate times ``10**(k/8)``, ``k = -4 … 4`` (± half a decade) ...
+RETUNE_LR_LOG10 = tuple(k / 8 for k in range(-4, 5))
+#: ... and, when the chain clips, the clip scale times these factors.
+RETUNE_CLIP = (0.25, 0.5, 1.0, 2.0, 4.0)
+#: Training problems per re-tuning candidate (as for the baselines).
+RETUNE_PROBLEMS = 32
+
+_META_KEYS = {"mechanism", "note"}
+
+
+class DistillError(ValueError):
+    """A run directory cannot be distilled (missing or unusable analysis / evaluation)."""
+
+
+# ----------------------------------------------------------------------------- transformations
+
+
+def soft_clip(scale: float | jax.Array) -> optax.GradientTransformation:
+    """Saturates each gradient entry: ``g ↦ g / (1 + |g|/c)`` (``c = scale``).
+
+    Linear with slope 1 near 0, slope ``1/(1 + |g|/c)²`` (half at ``|g| = (√2 − 1)c``), and
+    saturating at ``±c``: a smooth gradient clip. Stateless.
+
+    Args:
+        scale: ``c > 0``.
+
+    Returns:
+        The transformation.
+    """
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def one(g):
+            g32 = jnp.asarray(g, jnp.float32)
+            return (g32 / (1.0 + jnp.abs(g32) / scale)).astype(jnp.asarray(g).dtype)
+
+        return jax.tree.map(one, updates), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def interpolated_schedule(
+    learning_rate: float | jax.Array,
+    steps: Sequence[int],
+    values: Sequence[float],
+    tail_ratio: float = 0.0,
+) -> optax.Schedule:
+    """``learning_rate × m(t)`` with ``m`` piecewise-linear through ``(steps, values)``.
+
+    After the last knot ``m`` approaches 1 geometrically: ``m(t) = 1 + (m_last − 1)·ρ^(t − t_last)``
+    with ``ρ = tail_ratio`` (``0``: jump to 1; ``1``: stay at ``m_last``).
+
+    Args:
+        learning_rate: the steady-state learning rate (may be a traced scalar).
+        steps: increasing knot steps, starting at 0.
+        values: multipliers at the knots.
+        tail_ratio: ``ρ`` in ``[0, 1]``.
+
+    Returns:
+        An optax schedule (a function of the step count).
+    """
+    xs = jnp.asarray(steps, jnp.float32)
+    ys = jnp.asarray(values, jnp.float32)
+    last = float(steps[-1])
+
+    def schedule(count):
+        t = jnp.asarray(count, jnp.float32)
+        inside = jnp.interp(t, xs, ys)
+        tail = 1.0 + (ys[-1] - 1.0) * jnp.float32(tail_ratio) ** jnp.maximum(t - last, 0.0)
+        return learning_rate * jnp.where(t <= last, inside, tail)
+
+    return schedule
+
+
+def _transform(entry: Mapping[str, Any], scales: Mapping[str, Any]) -> optax.GradientTransformation:
+    kind = entry.get("transform")
+    params = {k: v for k, v in entry.items() if k != "transform" and k not in _META_KEYS}
+
+    def need(*names: str, optional: tuple[str, ...] = ()) -> None:
+        missing = [n for n in names if n not in params]
+        extra = sorted(set(params) - set(names) - set(optional))
+        if missing or extra:
+            raise ValueError(
+                f"chain entry {kind!r}: "
+                + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(extra)}")
+            )
+
+    if kind == "clip":
+        need("max_delta")
+        return optax.clip(params["max_delta"] * scales.get("clip", 1.0))
+    if kind == "soft_clip":
+        need("scale")
+        return soft_clip(params["scale"] * scales.get("clip", 1.0))
+    if kind == "trace":
+        need("decay")
+        return optax.trace(decay=params["decay"])
+    if kind == "scale_by_rms":
+        need("decay", "eps")
+        return optax.scale_by_rms(decay=params["decay"], eps=params["eps"])
+    if kind == "scale_by_learning_rate":
+        need("learning_rate", optional=("schedule",))
+        lr = params["learning_rate"] * scales.get("lr", 1.0)
+        sched = params.get("schedule")
+        if sched is None:
+            return optax.scale_by_learning_rate(lr)
+        s = {k: v for k, v in sched.items() if k not in _META_KEYS}
+        missing = {"steps", "values"} - set(s)
+        if missing or len(s["steps"]) != len(s["values"]) or not s["steps"]:
+            raise ValueError("chain entry 'scale_by_learning_rate': bad schedule")
+        return optax.scale_by_learning_rate(
+            interpolated_schedule(lr, s["steps"], s["values"], s.get("tail_ratio", 0.0))
+        )
+    raise ValueError(
+        f"unknown chain transform {kind!r}; known: clip, soft_clip, trace, scale_by_rms, "
+        "scale_by_learning_rate"
+    )
+
+
+def build_chain(
+    chain: Sequence[Mapping[str, Any]], *, scales: Mapping[str, Any] | None = None
+) -> optax.GradientTransformation:
+    """Builds the optax transformation described by a distilled chain (``distill.json``).
+
+    Args:
+        chain: a list of ``{"transform": name, <parameters>}`` dicts, applied in order:
+            ``clip`` (``max_delta``: ``optax.clip``), ``soft_clip`` (``scale``:
+            :func:`soft_clip`), ``trace`` (``decay``: ``optax.trace``), ``scale_by_rms``
+            (``decay``, ``eps``), ``scale_by_learning_rate`` (``learning_rate`` and optional
+            ``schedule``: ``{"steps", "values", "tail_ratio"}``, see
+            :func:`interpolated_schedule`). Keys ``mechanism`` and ``note`` are ignored.
+        scales: optional global factors (may be traced): ``lr`` multiplies the learning rate,
+            ``clip`` the clip threshold/scale (used by re-tuning).
+
+    Returns:
+        ``optax.chain`` of the transformations.
+
+    Raises:
+        ValueError: for an unknown transform or missing/unknown parameters.
+
+    Example:
+        >>> import json, lopt
+        >>> d = json.load(open("runs/quickstart/distill.json"))  # doctest: +SKIP
+        >>> tx = lopt.distill.build_chain(d["chain"])  # doctest: +SKIP
+    """
+    if isinstance(chain, Mapping) or not all(isinstance(e, Mapping) for e in chain):
+        raise ValueError("a chain is a list of {'transform': ..., ...} dicts")
+    return optax.chain(*(_transform(e, scales or {}) for e in chain))
+
+
+def _g(x: float) -> str:
+    return repr(float(f"{float(x):.6g}"))
+
+
+def chain_code(chain: Sequence[Mapping[str, Any]]) -> str:
+    """The chain as one Python expression (``optax.chain(...)``; ``lopt.distill`` for extras)."""
+    parts = []
+    for e in chain:
+        kind = e["transform"]
+        if kind == "clip":
+            parts.append(f"optax.clip({_g(e['max_delta'])})")
+        elif kind == "soft_clip":
+            parts.append(f"lopt.distill.soft_clip({_g(e['scale'])})")
+        elif kind == "trace":
+            parts.append(f"optax.trace(decay={_g(e['decay'])})")
+        elif kind == "scale_by_rms":
+            parts.append(f"optax.scale_by_rms(decay={_g(e['decay'])}, eps={_g(e['eps'])})")
+        elif kind == "scale_by_learning_rate":
+            lr, s = _g(e["learning_rate"]), e.get("schedule")
+            if s is None:
+                parts.append(f"optax.scale_by_learning_rate({lr})")
+            else:
+                steps = "[" + ", ".join(str(int(t)) for t in s["steps"]) + "]"
+                values = "[" + ", ".join(_g(v) for v in s["values"]) + "]"
+                tail = _g(s.get("tail_ratio", 0.0))
+                parts.append(
+                    "optax.scale_by_learning_rate(lopt.distill.interpolated_schedule("
+                    f"{lr}, {steps}, {values}, tail_ratio={tail}))"
+                )
+        else:
+            raise ValueError(f"unknown chain transform {kind!r}")
+    return "optax.chain(" + ", ".join(parts) + ")"
+
+
+# ----------------------------------------------------------------------------- from the analysis
+
+
+def _knots(values: np.ndarray, tol: float = KNOT_TOL) -> list[int]:
+    """Fewest greedy knots whose linear interpolation stays within ``tol`` (relative)."""
+    n = len(values)
+    if n <= 2:
+        return list(range(n))
+    scale = max(float(np.max(np.abs(values))), 1e-30)
+    knots, i = [0], 0
+    while i < n - 1:
+        j = i + 1
+        while j + 1 < n:
+            t = np.arange(i, j + 2)
+            line = np.interp(t, [i, j + 1], [values[i], values[j + 1]])
+            if np.max(np.abs(line - values[i : j + 2])) > tol * scale:
+                break
+            j += 1
+        knots.append(j)
+        i = j
+    return knots
+
+
+def _tail_ratio(m: np.ndarray, window: int = 10) -> float:
+    """Per-step ratio of ``m_t − 1`` over the last ``window`` steps, clipped to ``[0, 1]``.
+
+    ``0`` (jump to 1 after the last knot) when the tail does not approach 1 monotonically.
+    """
+    if len(m) <= window:
+        return 0.0
+    a, b = m[-1 - window] - 1.0, m[-1] - 1.0
+    if a == 0 or b / a <= 0:
+        return 0.0
+    return float(min(1.0, (b / a) ** (1.0 / window)))
+
+
+def _clip_fit(clipping: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Scores ``soft_clip`` and ``optax.clip`` against the measured ``U(h0, g)``.
+
+    Both are scaled by the measured slope at 0 (``U ≈ slope0 · map(g)``) after removing
+    ``U(h0, 0)`` (a bias the chain does not model), over the range of training gradients (the
+    histogram's edges; the whole grid if there is none). Returns relative RMS errors.
+    """
+    g = np.asarray(clipping.get("gradients") or [], np.float64)
+    u = np.asarray([np.nan if x is None else x for x in clipping.get("updates") or []], np.float64)
+    slope0, thr = clipping.get("slope0"), clipping.get("threshold")
+    if g.size == 0 or g.size != u.size or not slope0 or not thr:
+        return None
+    edges = np.asarray(clipping.get("histogram_edges") or [], np.float64)
+    lim = float(np.max(np.abs(edges))) if edges.size else float(np.max(np.abs(g)))
+    sel = (np.abs(g) <= lim) & np.isfinite(u)
+    if sel.sum() < 3:
+        return None
+    g, u = g[sel], u[sel] - np.interp(0.0, g[sel], u[sel])
+    c = thr / _HALF_SLOPE
+    models = {"soft_clip": g / (1.0 + np.abs(g) / c), "clip": np.clip(g, -thr, thr)}
+    norm = max(float(np.sqrt(np.mean(u**2))), 1e-30)
+    err = {k: float(np.sqrt(np.mean((slope0 * v - u) ** 2)) / norm) for k, v in models.items()}
+    return {"range": lim, "relative_rms_error": err, "chosen": min(err, key=err.get)}
+
+
+def chain_from_analysis(
+    analysis: Mapping[str, Any], *, clip_form: str = "auto"
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Turns an ``Analysis.to_json()`` dict into a chain (see the module docstring).
+
+    Args:
+        analysis: the probes' result (``analysis.json``).
+        clip_form: ``"auto"`` (the map closer to the measured ``U(h0, g)``), ``"soft_clip"``
+            or ``"clip"``.
+
+    Returns:
+        ``(chain, notes)``: the chain (JSON-able) and what was derived how (JSON-able).
+
+    Raises:
+        DistillError: if the analysis lacks the four mechanisms.
+    """
+    for k in ("momentum", "clipping", "schedule", "adaptation"):
+        if not isinstance(analysis.get(k), Mapping):
+            raise DistillError(f"analysis has no {k!r} result; re-run 'probes analyze'")
+    mom, clip, sch, ada = (analysis[k] for k in ("momentum", "clipping", "schedule", "adaptation"))
+    notes: dict[str, Any] = {
+        "detected": {
+            k: bool(analysis[k].get("detected"))
+            for k in ("momentum", "clipping", "schedule", "adaptation")
+        }
+    }
+    chain: list[dict[str, Any]] = []
+
+    # α_eff at the convergence point: the impulse response at lag 0 (= Σ α_i), else the end of
+    # the schedule probe, else the slope of U(h0, g) at 0.
+    resp = [x for x in (mom.get("impulse_response") or []) if x is not None]
+    fit_alphas = mom.get("fit_alphas") or []
+    eff = sch.get("effective_lr") or []
+    if resp:
+        alpha_star, src = -float(resp[0]), "impulse response at lag 0"
+    elif fit_alphas:
+        alpha_star, src = float(sum(a[0] for a in fit_alphas)), "sum of fitted α_i"
+    elif eff and eff[-1] is not None:
+        alpha_star, src = float(eff[-1]), "end of the schedule probe"
+    else:
+        alpha_star, src = -float(clip.get("slope0") or 0.0), "slope of U(h0, g) at 0"
+    notes["alpha_eff_steady"] = {"value": alpha_star, "source": src}
+
+    if clip.get("detected") and clip.get("threshold"):
+        thr = float(clip["threshold"])
+        fit = _clip_fit(clip)
+        notes["clip_fit"] = fit
+        form = clip_form if clip_form != "auto" else (fit["chosen"] if fit else "soft_clip")
+        if form == "soft_clip":
+            chain.append(
+                {
+                    "transform": "soft_clip",
+                    "scale": thr / _HALF_SLOPE,
+                    "mechanism": f"clipping (slope halves at the detected |g| = {thr:.4g})",
+                }
+            )
+        elif form == "clip":
+            chain.append(
+                {
+                    "transform": "clip",
+                    "max_delta": thr,
+                    "mechanism": f"clipping at the detected |g| = {thr:.4g}",
+                }
+            )
+        else:
+            raise ValueError(f"clip_form must be auto, soft_clip or clip, got {clip_form!r}")
+
+    lr = alpha_star
+    if ada.get("detected"):
+        m = np.asarray(ada.get("magnitudes") or [], np.float64)
+        arms = ada.get("lr_vs_magnitude") or {}
+        arm = "pos" if (ada.get("slope_pos") or 0) <= (ada.get("slope_neg") or 0) else "neg"
+        a = np.abs(np.asarray([np.nan if x is None else x for x in arms.get(arm, [])], float))
+        ok = np.isfinite(a) & (a > 0)
+        decay = 0.9
+        if ok.sum() >= 2 and m.size == a.size:
+            # RMSProp's steady α_eff ∝ 1/√(ρ g*² + ε) halves at ρ g*² = 3ε.
+            half = float(np.interp(0.5, (a[ok] / a[ok][0])[::-1], m[ok][::-1]))
+            eps = decay * half**2 / 3.0
+        else:
+            eps = 1e-8
+        chain.append(
+            {
+                "transform": "scale_by_rms",
+                "decay": decay,
+                "eps": eps,
+                "mechanism": "adaptation (α_eff falls with |g*|)",
+            }
+        )
+        lr = lr * math.sqrt(eps)
+    if mom.get("detected"):
+        chain.append(
+            {
+                "transform": "trace",
+                "decay": float(mom["beta"]),
+                "mechanism": f"momentum (dominant mode, timescale "
+                f"{float(mom.get('timescale') or 0):.3g} steps)",
+            }
+        )
+        lr = float(mom["alpha"]) * (lr / alpha_star if alpha_star else 1.0)
+    entry: dict[str, Any] = {
+        "transform": "scale_by_learning_rate",
+        "learning_rate": lr,
+        "schedule": None,
+        "mechanism": "learning rate",
+    }
+    knots: list[int] = []
+    if sch.get("detected") and eff and alpha_star:
+        e = np.asarray([np.nan if x is None else x for x in eff], np.float64)
+        if not np.all(np.isfinite(e)):  # keep the finite prefix
+            e = e[: int(np.argmax(~np.isfinite(e)))]
+        mult = e / alpha_star
+        knots = _knots(mult)
+    if sch.get("detected") and eff and alpha_star and knots:
+        entry["schedule"] = {
+            "steps": knots,
+            "values": [float(mult[k]) for k in knots],
+            "tail_ratio": _tail_ratio(mult),
+        }
+        entry["mechanism"] = f"learning rate with a {sch.get('shape')} schedule"
+    chain.append(entry)
+    return chain, notes
+
+
+# ----------------------------------------------------------------------------- re-tuning
+
+
+def _scale_grid(chain: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
+    lrs = 10.0 ** np.asarray(RETUNE_LR_LOG10)
+    clips = np.asarray(
+        RETUNE_CLIP if any(e["transform"] in ("clip", "soft_clip") for e in chain) else (1.0,)
+    )
+    lr, cl = np.meshgrid(lrs, clips, indexing="ij")
+    return {"lr": lr.reshape(-1), "clip": cl.reshape(-1)}
+
+
+def retune_chain(
+    chain: Sequence[Mapping[str, Any]],
+    family: Any,
+    key: jax.Array,
+    *,
+    num_problems: int = RETUNE_PROBLEMS,
+    num_steps: int | None = None,
+    grid: Mapping[str, Sequence[float]] | None = None,
+) -> tuple[dict[str, float], float, dict[str, np.ndarray]]:
+    """Chooses global factors on the learning rate and clip scale on training problems.
+
+    Every candidate trains the same ``num_problems`` problems, ``jax.random.split(key,
+    num_problems)``, as :func:`lopt.tune` does, ``vmap``-ped over candidates (one compilation);
+    it is scored by the mean normalised loss, and candidates with any non-finite loss are
+    rejected (:func:`lopt.tune` 's rule).
+
+    Args:
+        chain: the distilled chain.
+        family: the task family.
+        key: the training key (never the held-out key).
+        num_problems: training problems per candidate.
+        num_steps: updates per problem (default: the family's).
+        grid: ``{"lr": factors[C], "clip": factors[C]}``; default ``RETUNE_LR_LOG10`` ×
+            ``RETUNE_CLIP`` (the clip factor only if the chain clips).
+
+    Returns:
+        ``(factors, training metric, grid with "metric" and "diverged")``.
+    """
+    from lopt.tune import _score
+    from lopt.unroll import init_inner, normalized_loss, unroll
+
+    num_steps = family.num_steps if num_steps is None else num_steps
+    grid = {k: np.asarray(v, np.float64) for k, v in (grid or _scale_grid(chain)).items()}
+    keys = jax.random.split(key, num_problems)
+
+    @jax.jit
+    def run(family, scales, keys):
+        def one_candidate(s):
+            tx = optax.with_extra_args_support(build_chain(chain, scales=s))
+
+            def one_problem(k):
+                return unroll(tx, family, init_inner(tx, family, k), num_steps)[1]
+
+            losses = jax.vmap(one_problem)(keys)
+            return normalized_loss(losses), losses[:, -1], jnp.all(jnp.isfinite(losses), -1)
+
+        return jax.vmap(one_candidate)(scales)
+
+    scales = {k: jnp.asarray(v, jnp.float32) for k, v in grid.items()}
+    norm, final, finite = (np.asarray(x) for x in run(family, scales, keys))
+    score, diverged = _score(norm.astype(np.float64), final, finite, "normalized")
+    i = int(np.argmin(score))
+    if not np.isfinite(score[i]):
+        raise DistillError("re-tuning: every candidate diverged on the training problems")
+    out = {**grid, "metric": score, "diverged": diverged}
+    return {k: float(v[i]) for k, v in grid.items()}, float(score[i]), out
+
+
+def scaled_chain(chain: Sequence[Mapping[str, Any]], factors: Mapping[str, float]) -> list[dict]:
+    """The chain with the re-tuning factors folded into its numbers (same structure)."""
+    out = []
+    for e in chain:
+        e = dict(e)
+        if e["transform"] == "clip":
+            e["max_delta"] = e["max_delta"] * factors.get("clip", 1.0)
+        elif e["transform"] == "soft_clip":
+            e["scale"] = e["scale"] * factors.get("clip", 1.0)
+        elif e["transform"] == "scale_by_learning_rate":
+            e["learning_rate"] = e["learning_rate"] * factors.get("lr", 1.0)
+        out.append(e)
+    return out
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def _mean_sem(x: np.ndarray) -> tuple[float, float]:
+    x = np.asarray(x, np.float64)
+    sem = float(np.std(x, ddof=1) / np.sqrt(x.size)) if x.size > 1 else float("inf")
+    return float(np.mean(x)), sem
+
+
+def recovered_fraction(
+    learned: np.ndarray,
+    baseline: np.ndarray,
+    distilled: np.ndarray,
+    *,
+    samples: int = BOOTSTRAP_SAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> dict[str, Any] | None:
+    """``(mean B − mean D)/(mean B − mean L)`` with a 95% paired bootstrap interval.
+
+    Problems are resampled with replacement (the same indices for all three optimizers, so the
+    pairing is kept), ``samples`` times with ``numpy.random.default_rng(seed)``; the interval is
+    the 2.5% and 97.5% percentiles of the resampled ratios. ``None`` if a metric is not finite.
+
+    Args:
+        learned: per-problem metrics ``[B]`` of the learned optimizer.
+        baseline: the best baseline's, on the same problems.
+        distilled: the distilled chain's, on the same problems.
+        samples: bootstrap resamples.
+        seed: the resampling seed.
+
+    Returns:
+        ``{"mean", "ci": [lo, hi], "method", "samples", "seed"}`` or ``None``.
+    """
+    L, B, D = (np.asarray(x, np.float64) for x in (learned, baseline, distilled))
+    if not all(np.all(np.isfinite(x)) for x in (L, B, D)) or np.mean(B - L) == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, L.size, size=(samples, L.size))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratios = np.mean(B[idx] - D[idx], 1) / np.mean(B[idx] - L[idx], 1)
+    ratios = ratios[np.isfinite(ratios)]
+    lo, hi = np.percentile(ratios, [2.5, 97.5]) if ratios.size else (np.nan, np.nan)
+    return {
+        "mean": float(np.mean(B - D) / np.mean(B - L)),
+        "ci": [float(lo), float(hi)],
+        "method": "paired bootstrap over problems, 95% percentile interval",
+        "samples": int(samples),
+        "seed": int(seed),
+    }
+
+
+def fraction_report(
+    learned: np.ndarray,
+    baseline: np.ndarray,
+    distilled: np.ndarray,
+    distilled_retuned: np.ndarray | None = None,
+) -> dict[str, Any]:
+    """Gain of the learned optimizer over the baseline, its significance, recovered fractions.
+
+    The gain is the paired difference ``baseline − learned`` (mean and s.e.m. over problems); it
+    is significant when it exceeds 2 s.e.m. (the rule of ``lopt.compare.paired``). Fractions are
+    reported only then; otherwise they are ``None`` and ``reason`` says why.
+    """
+    L, B = np.asarray(learned, np.float64), np.asarray(baseline, np.float64)
+    d = B - L
+    if not np.all(np.isfinite(d)):
+        return {
+            "gain": None,
+            "significant": False,
+            "fraction": None,
+            "fraction_retuned": None,
+            "reason": "non-finite metrics (a diverged run): the gain is undefined",
+        }
+    mean, sem = _mean_sem(d)
+    out: dict[str, Any] = {"gain": {"mean": mean, "sem": sem}, "significant": bool(mean > 2 * sem)}
+    if not out["significant"]:
+        out.update(
+            fraction=None,
+            fraction_retuned=None,
+            reason=f"the learned optimizer's gain over the best baseline ({mean:.3g} ± "
+            f"{sem:.2g}) is not above 2 s.e.m. of the paired difference",
+        )
+        return out
+    out["fraction"] = recovered_fraction(L, B, distilled)
+    out["fraction_retuned"] = (
+        None if distilled_retuned is None else recovered_fraction(L, B, distilled_retuned)
+    )
+    out["reason"] = None if out["fraction"] is not None else "the distilled chain diverged"
+    return out
+
+
+@dataclasses.dataclass
+class Distillation:
+    """A distilled optimizer and how it fares (see :func:`distill`).
+
+    Attributes:
+        chain: the chain (JSON-able list of dicts); :func:`build_chain` rebuilds ``tx``.
+        tx: the optax transformation.
+        chain_retuned: the re-tuned chain (same structure) or ``None``.
+        tx_retuned: its transformation or ``None``.
+        results: ``learned``, ``best_baseline``, ``distilled``, ``distilled_retuned``.
+        gain, significant, fraction, fraction_retuned, reason: see :func:`fraction_report`.
+        curves: per-step mean and s.e.m. of ``f_t/f_0`` for the distilled chains.
+        notes: how the numbers were derived, the re-tuning grid, evaluation settings.
+    """
+
+    chain: list[dict[str, Any]]
+    tx: optax.GradientTransformation
+    chain_retuned: list[dict[str, Any]] | None = None
+    tx_retuned: optax.GradientTransformation | None = None
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    gain: dict[str, float] | None = None
+    significant: bool = False
+    fraction: dict[str, Any] | None = None
+    fraction_retuned: dict[str, Any] | None = None
+    reason: str | None = None
+    curves: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        """The ``distill.json`` dict (schema ``lopt.distill/1``; strict JSON, no NaN)."""
+        from lopt.compare import _finite_json
+
+        out = {
+            "schema": SCHEMA,
+            "chain": self.chain,
+            "optax_code": chain_code(self.chain),
+            "chain_retuned": self.chain_retuned,
+            "optax_code_retuned": None
+            if self.chain_retuned is None
+            else chain_code(self.chain_retuned),
+            "results": self.results,
+            "gain": self.gain,
+            "significant": self.significant,
+            "fraction": self.fraction,
+            "fraction_retuned": self.fraction_retuned,
+            "reason": self.reason,
+            "curves": self.curves,
+            "notes": self.notes,
+        }
+        return _finite_json(_plain(out))
+
+
+def _plain(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, np.ndarray):
+        return _plain(x.tolist())
+    if isinstance(x, np.bool_ | bool):
+        return bool(x)
+    if isinstance(x, np.integer):
+        return int(x)
+    if isinstance(x, np.floating):
+        return float(x)
+    return x
+
+
+def _summary(losses: np.ndarray) -> tuple[dict[str, Any], dict[str, Any], np.ndarray]:
+    from lopt.unroll import per_problem_metric, summarize
+
+    s = summarize(losses)
+    metric = {"metric": s.metric, "sem": s.sem, "final": s.final, "diverged": s.diverged}
+    curve = {"mean": list(map(float, s.curve_mean)), "sem": list(map(float, s.curve_sem))}
+    return metric, curve, per_problem_metric(losses)
+
+
+def distill(run_dir: str | Path, *, retune: bool = True, progress: bool = True) -> Distillation:
+    """Distils a run's learned optimizer into an optax chain and evaluates it.
+
+    Reads ``RUN/analysis.json`` (computed with ``probes analyze`` if missing) and
+    ``RUN/eval.json`` (computed with :func:`lopt.compare.evaluate_run` if missing), builds the
+    chain (:func:`chain_from_analysis`), optionally re-tunes its global learning-rate and clip
+    factors on training problems (:func:`retune_chain`; the tuning key of the momentum baseline in
+    :func:`lopt.compare.tune_baselines`), and evaluates the learned optimizer, the best tuned
+    baseline of ``eval.json`` (with its recorded hyperparameters) and the chains on the same
+    held-out problems as ``eval.json`` (:func:`lopt.heldout_key`, its number of problems, its
+    horizon).
+
+    Args:
+        run_dir: the run directory.
+        retune: also report the re-tuned variant.
+        progress: print progress lines to stderr.
+
+    Returns:
+        A :class:`Distillation`.
+
+    Raises:
+        DistillError: if the run cannot be distilled (no learned optimizer, no baseline).
+        OSError: if the run directory or its files are missing.
+    """
+    import sys
+
+    from lopt.baselines import baseline
+    from lopt.checkpoint import load
+    from lopt.compare import evaluate_run, family_from_config
+    from lopt.tune import heldout_key
+    from lopt.unroll import evaluate
+
+    def say(msg: str) -> None:
+        if progress:
+            print(f"distill: {msg}", file=sys.stderr, flush=True)
+
+    run = Path(run_dir)
+    cfg = rundir.read_json(run / "config.json")
+    family = family_from_config(cfg)
+    if (run / "analysis.json").exists():
+        analysis = rundir.read_json(run / "analysis.json")
+    else:
+        # The only place lopt reaches into probes (DESIGN.md: probes depends on lopt): lazily,
+        # to produce the analysis the distillation is built from.
+        from probes.cli import analyze_run
+
+        say("no analysis.json: analysing the learned optimizer (probes analyze)")
+        analysis = analyze_run(run)
+    if (run / "eval.json").exists():
+        ev = rundir.read_json(run / "eval.json")
+    else:
+        say("no eval.json: tuning and evaluating the baselines (lopt evaluate)")
+        ev = evaluate_run(run, progress=progress)
+    horizon = int(ev.get("horizon") or family.num_steps)
+    block = (ev.get("horizons") or {}).get(str(horizon))
+    if not block or not block.get("best_baseline"):
+        raise DistillError(f"{run / 'eval.json'}: no best baseline at horizon {horizon}")
+    best = block["best_baseline"]
+    best_hp = block["optimizers"][best].get("hyperparams") or {}
+    num_problems = int(ev.get("num_problems") or 128)
+
+    chain, notes = chain_from_analysis(analysis)
+    tx = build_chain(chain)
+    chain_rt = tx_rt = None
+    if retune:
+        say("re-tuning the chain's learning-rate and clip factors on training problems")
+        # The momentum baseline's tuning problems in lopt.compare.tune_baselines.
+        tune_key = jax.random.fold_in(jax.random.key(0), 0)
+        factors, train_metric, grid = retune_chain(chain, family, tune_key, num_steps=horizon)
+        chain_rt = scaled_chain(chain, factors)
+        tx_rt = build_chain(chain_rt)
+        notes["retune"] = {
+            "factors": factors,
+            "train_metric": train_metric,
+            "num_problems": RETUNE_PROBLEMS,
+            "tune_key": "fold_in(key(0), 0)",
+            "grid": {k: list(map(float, v)) for k, v in grid.items()},
+        }
+
+    opt, theta, _ = load(run / "theta.npz")
+    key = heldout_key()
+    optimizers = {"learned": opt.optimizer(theta), best: baseline(best, **best_hp), "distilled": tx}
+    if tx_rt is not None:
+        optimizers["distilled_retuned"] = tx_rt
+    metrics, curves, per = {}, {}, {}
+    for name, t in optimizers.items():
+        say(f"evaluating {name} on {num_problems} held-out problems, {horizon} steps")
+        metrics[name], curves[name], per[name] = _summary(
+            np.asarray(evaluate(t, family, key, num_problems, horizon))
+        )
+    recorded = block["optimizers"]["learned"].get("metric")
+    if recorded is not None and not math.isclose(
+        metrics["learned"]["metric"], recorded, rel_tol=1e-3
+    ):
+        say(
+            f"warning: learned metric {metrics['learned']['metric']:.5g} differs from "
+            f"eval.json's {recorded:.5g}"
+        )
+    rep = fraction_report(per["learned"], per[best], per["distilled"], per.get("distilled_retuned"))
+    results = {
+        "learned": metrics["learned"],
+        "best_baseline": {"name": best, **metrics[best], "hyperparameters": best_hp},
+        "distilled": metrics["distilled"],
+        "distilled_retuned": metrics.get("distilled_retuned"),
+    }
+    for name in ("distilled", "distilled_retuned"):
+        if name in per:
+            d = per[best] - per[name]
+            results[name]["vs_best_baseline"] = (
+                dict(zip(("mean", "sem"), _mean_sem(d), strict=True))
+                if np.all(np.isfinite(d))
+                else None
+            )
+            dl = per[name] - per["learned"]
+            results[name]["vs_learned"] = (
+                dict(zip(("mean", "sem"), _mean_sem(dl), strict=True))
+                if np.all(np.isfinite(dl))
+                else None
+            )
+    if tx_rt is not None:
+        results["distilled_retuned"]["hyperparameters"] = {
+            f"{k}_factor": v for k, v in notes["retune"]["factors"].items()
+        }
+        results["distilled_retuned"]["label"] = "re-tuned on training problems (not held-out)"
+    notes["evaluation"] = {
+        "key": "lopt.heldout_key()",
+        "num_problems": num_problems,
+        "horizon": horizon,
+        "gain": "paired difference best_baseline − learned (mean normalised loss)",
+    }
+    return Distillation(
+        chain=chain,
+        tx=tx,
+        chain_retuned=chain_rt,
+        tx_retuned=tx_rt,
+        results=results,
+        gain=rep["gain"],
+        significant=rep["significant"],
+        fraction=rep["fraction"],
+        fraction_retuned=rep["fraction_retuned"],
+        reason=rep["reason"],
+        curves={k: curves[k] for k in ("distilled", "distilled_retuned") if k in curves},
+        notes=notes,
+    )
+
+
+def distill_run(run: str | Path, *, retune: bool = True, progress: bool = True) -> dict[str, Any]:
+    """:func:`distill` and write ``RUN/distill.json`` atomically; returns the written dict."""
+    result = distill(run, retune=retune, progress=progress).to_json()
+    rundir.write_json(Path(run) / "distill.json", result)
+    return result
+
+
+def format_report(result: Mapping[str, Any]) -> str:
+    """Plain-text summary of a ``distill.json`` dict: chain, table, fraction."""
+    lines = ["distilled chain:"]
+    for e in result["chain"]:
+        params = ", ".join(
+            f"{k}={_g(v)}" if isinstance(v, int | float) else f"{k}=<{len(v['steps'])} knots>"
+            for k, v in e.items()
+            if k not in ("transform", *_META_KEYS) and v is not None
+        )
+        lines.append(f"  {e['transform']}({params})  # {e.get('mechanism', '')}")
+    lines.append(
+        f"  = {result['optax_code'][:200]}{'…' if len(result['optax_code']) > 200 else ''}"
+    )
+    r = result["results"]
+    lines.append(f"{'optimizer':<30} {'metric':>8} {'± s.e.m.':>9}  vs best baseline")
+    rows = [
+        ("learned", r["learned"]),
+        (f"best baseline ({r['best_baseline']['name']})", r["best_baseline"]),
+        ("distilled", r["distilled"]),
+    ]
+    if r.get("distilled_retuned"):
+        rows.append(("distilled, re-tuned", r["distilled_retuned"]))
+    for name, s in rows:
+        m = "inf" if s["metric"] is None else f"{s['metric']:.4f}"
+        e = "-" if s["sem"] is None else f"{s['sem']:.4f}"
+        v = s.get("vs_best_baseline")
+        vs = "" if v is None else f"{v['mean']:+.4f} ± {v['sem']:.4f}"
+        lines.append(f"{name:<30} {m:>8} {e:>9}  {vs}")
+    if r.get("distilled_retuned"):
+        hp = ", ".join(f"{k}={v:.3g}" for k, v in r["distilled_retuned"]["hyperparameters"].items())
+        lines.append(f"  re-tuned on training problems: {hp}")
+    g = result["gain"]
+    if g is not None:
+        lines.append(
+            f"learned gain over the best baseline: {g['mean']:.4f} ± {g['sem']:.4f} "
+            f"({'significant' if result['significant'] else 'not significant'})"
+        )
+    for label, key in (("distilled", "fraction"), ("re-tuned", "fraction_retuned")):
+        f = result.get(key)
+        if f is not None:
+            lines.append(
+                f"fraction of the gain recovered ({label}): {f['mean']:.1%} "
+                f"(95% CI {f['ci'][0]:.1%} … {f['ci'][1]:.1%})"
+            )
+    if result.get("reason"):
+        lines.append(f"fraction: n/a ({result['reason']})")
+    return "\n".join(lines)
