@@ -13,9 +13,15 @@ For a :class:`lopt.Cell` (white box, METHOD.md §5):
 * **clipping**: ``U(h0, g)`` and ``∂U/∂g`` on a symmetric log grid; the threshold is refined by
   two rounds of a 64-point linear sub-grid between the bracketing grid points.
 * **schedule**: ``α_eff(h_t)`` along ``h_{t+1} = F(h_t, 0)``.
-* **adaptation**: ``α_eff`` at the steady state ``h*(g*)`` of each constant gradient (the
-  fixed point reached by most seeds; seeds are the states visited while iterating ``F(·, g*)``
-  from ``h0``); if none is fixed or slow, the iterated state itself.
+* **adaptation**: ``α_eff`` along the fixed-point branch ``h*(g*)``, one arm per sign of ``g*``
+  (METHOD.md §5.7). Each arm is traced with :func:`probes.continuation` from the convergence
+  point ``h*(0)``, stepping outward in ``|g*|`` over a log grid that covers the gradients seen in
+  training (percentiles 1% to 99.9% of ``|g|`` when ``gradient_samples`` are given, otherwise
+  ``scale × magnitude_range``). Folds (where the branch jumps to another stable branch) split
+  each arm into segments with their own log-log slopes; ``detected`` is decided on the whole
+  arm over the training range (:func:`probes.detectors.detect_adaptation`). Without a
+  convergence point (a step counter in the state: scheduled SGD, Adam) ``α_eff`` is taken at
+  the state reached after ``steady_steps`` iterations of ``F(·, g*)`` from ``h0`` instead.
 
 For any optax transformation acting coordinate-wise (black box, :func:`analyze_optax`) on one
 scalar coordinate, with exact linear responses from ``jax.jvp`` through the update sequence:
@@ -57,7 +63,7 @@ from lopt.cell import Cell
 from probes import detectors
 from probes._cells import canonical
 from probes.detectors import Adaptation, Clipping, Momentum, Schedule, _num
-from probes.fixed_points import FAILED, FIXED, KIND_NAMES, SLOW, fixed_points
+from probes.fixed_points import FAILED, FIXED, KIND_NAMES, SLOW, continuation, fixed_points
 from probes.linearize import impulse_response, linearize
 from probes.update_function import _slope, _update_function, effective_lr
 
@@ -162,6 +168,46 @@ def _gradient_scale(gradient_samples: Any, default: float = 1.0) -> float:
     return float(np.median(g)) if g.size else default
 
 
+#: Percentiles of the training ``|g|`` spanned by the adaptation grid.
+GRADIENT_PERCENTILES = (1.0, 99.9)
+
+
+def gradient_range(
+    gradient_samples: Any, scale: float, magnitude_range: tuple[float, float]
+) -> tuple[float, float, str]:
+    """``(lo, hi, source)``: the ``|g*|`` covered by the adaptation grid.
+
+    The percentiles ``GRADIENT_PERCENTILES`` of the non-zero finite ``|g|`` seen in training, or
+    ``scale × magnitude_range`` without samples.
+    """
+    if gradient_samples is not None:
+        g = np.abs(np.asarray(gradient_samples, np.float64).reshape(-1))
+        g = g[np.isfinite(g) & (g > 0)]
+        if g.size >= 2:
+            lo, hi = np.percentile(g, GRADIENT_PERCENTILES)
+            if hi > lo > 0:
+                p0, p1 = GRADIENT_PERCENTILES
+                return float(lo), float(hi), f"training |g| percentiles {p0:g}%-{p1:g}%"
+    lo, hi = magnitude_range
+    return scale * lo, scale * hi, "gradient scale x magnitude_range"
+
+
+def _principal_plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Projection of ``points (n, H)`` on their first two principal components, and the ratios."""
+    x = np.asarray(points, np.float64)
+    ok = np.all(np.isfinite(x), axis=1)
+    if ok.sum() < 2:
+        return np.zeros((x.shape[0], 2)), np.zeros(2)
+    mean = x[ok].mean(0)
+    _, sv, vt = np.linalg.svd(x[ok] - mean, full_matrices=False)
+    comps = np.zeros((2, x.shape[1]))
+    comps[: min(2, vt.shape[0])] = vt[:2]
+    var = sv**2
+    ratio = np.zeros(2)
+    ratio[: min(2, var.size)] = (var / max(var.sum(), 1e-300))[:2]
+    return np.where(ok[:, None], (x - mean) @ comps.T, np.nan), ratio
+
+
 # ----------------------------------------------------------------------------- cells
 
 
@@ -220,33 +266,36 @@ def analyze_cell(
     schedule_steps: int = 100,
     impulse_steps: int = 200,
     num_seeds: int = 16,
-    num_magnitudes: int = 9,
+    num_magnitudes: int = 48,
     magnitude_range: tuple[float, float] = (1e-2, 1e1),
     clip_range: tuple[float, float] = (1e-4, 1e4),
     clip_points: int = 161,
     steady_steps: int = 200,
     key: jax.Array | None = None,
     fixed_point_options: dict[str, Any] | None = None,
+    continuation_options: dict[str, Any] | None = None,
 ) -> Analysis:
     """Runs the four detectors on a cell (see the module docstring for the method).
 
     Args:
         cell: the cell.
         gradient_samples: gradients seen in training (any shape); their median magnitude sets
-            the gradient scale and their histogram is kept for the clipping figure.
+            the gradient scale, their percentiles the range of the adaptation grid, and their
+            histogram is kept for the clipping figure.
         typical_step: step size of the state along trajectories (fixed vs slow points).
         gradient_scale: overrides the scale from ``gradient_samples`` (default 1).
         schedule_steps: ``T`` of the autonomous trajectory.
         impulse_steps: lags of the linearised impulse response fitted for momentum.
-        num_seeds: seeds per input for the fixed-point searches.
-        num_magnitudes: ``M`` gradient magnitudes per arm for adaptation.
-        magnitude_range: the magnitudes span ``scale × [lo, hi]`` (log-spaced).
+        num_seeds: seeds for the fixed-point search at ``g* = 0``.
+        num_magnitudes: ``M``, grid points per arm along the fixed-point branch (log-spaced).
+        magnitude_range: without ``gradient_samples`` the grid spans ``scale × [lo, hi]``.
         clip_range: the clipping grid spans ``scale × [lo, hi]`` per side (log-spaced).
         clip_points: grid points per side.
-        steady_steps: iterations of ``F(·, g*)`` from ``h0`` that provide the seeds (and the
-            fallback steady state).
+        steady_steps: iterations of ``F(·, g*)`` from ``h0`` giving the steady state of a cell
+            without a convergence point (adaptation fallback).
         key: for the seed noise (default ``key(0)``).
         fixed_point_options: extra keyword arguments for :func:`probes.fixed_points`.
+        continuation_options: extra keyword arguments for :func:`probes.continuation`.
 
     Returns:
         An :class:`Analysis`.
@@ -257,29 +306,18 @@ def analyze_cell(
     fp_opts = dict(fixed_point_options or {})
     h0 = jnp.asarray(cell.init_state(), jnp.float32)
     H = h0.shape[0]
-    k_mom = key
 
     # Schedule: autonomous dynamics from h0.
     traj = _autonomous(cell, jnp.zeros(schedule_steps))
     alpha_t = np.asarray(effective_lr(cell, traj, secant=1e-3 * scale))
     schedule = detectors.detect_schedule(alpha_t)
 
-    # One fixed-point search (one compilation): g* = 0 (momentum) and the adaptation inputs.
-    # Seeds for g* = 0 are states along the autonomous trajectory; for g* ≠ 0 the states
-    # visited while iterating F(·, g*) from h0; all with 1% noise, the last state kept exact.
-    m = _log_grid(scale, *magnitude_range, num_magnitudes)
-    inputs = jnp.asarray(np.concatenate([m, -m]), jnp.float32)
-    driven = _driven(cell, inputs, jnp.zeros(steady_steps))  # (2M, steady_steps, H)
-    seeds = jnp.concatenate(
-        [
-            traj[None, np.linspace(0, schedule_steps - 1, num_seeds).astype(int)],
-            driven[:, np.linspace(0, steady_steps - 1, num_seeds).astype(int)],
-        ]
-    )
-    noise = 0.01 * (1.0 + jnp.abs(seeds)) * jax.random.normal(k_mom, seeds.shape)
-    seeds = seeds + noise.at[:, -1].set(0.0)
-    all_inputs = jnp.concatenate([jnp.zeros(1), inputs])
-    fp = fixed_points(cell, all_inputs, seeds, typical_step=typical_step, **fp_opts)
+    # The convergence point: fixed points at g* = 0 from states along the autonomous
+    # trajectory (1% noise, the last state kept exact).
+    seeds = traj[np.linspace(0, schedule_steps - 1, num_seeds).astype(int)]
+    noise = 0.01 * (1.0 + jnp.abs(seeds)) * jax.random.normal(key, seeds.shape)
+    seeds = seeds + noise.at[-1].set(0.0)
+    fp = fixed_points(cell, jnp.zeros(1), seeds[None], typical_step=typical_step, **fp_opts)
 
     # Momentum: the convergence point at g* = 0.
     slot, kind = _best_point(fp, 0)
@@ -305,20 +343,22 @@ def analyze_cell(
     mags = _log_grid(scale, *clip_range, clip_points)
     clipping = _clipping(slope_fn, update_fn, mags, gradient_samples, detectors.SLOPE_FRACTION)
 
-    # Adaptation: α_eff at the steady state of each constant gradient.
-    states, kinds = [], []
-    for i in range(1, all_inputs.shape[0]):
-        slot, kind = _best_point(fp, i)
-        if slot >= 0:
-            states.append(fp.points[i, slot])
-            kinds.append(KIND_NAMES[kind])
-        else:
-            states.append(driven[i - 1, -1])
-            kinds.append("iterated")
-    a = np.asarray(effective_lr(cell, jnp.stack(states), secant=1e-3 * scale))
-    M = len(m)
-    adaptation = detectors.detect_adaptation(
-        m, a[:M], a[M:], point_kind={"pos": kinds[:M], "neg": kinds[M:]}
+    # Adaptation: α_eff along the fixed-point branches traced from the convergence point.
+    lo, hi, range_source = gradient_range(gradient_samples, scale, magnitude_range)
+    m = np.logspace(np.log10(lo), np.log10(hi), num_magnitudes)
+    step = float(fp.typical_step) if typical_step is None else float(typical_step)
+    adaptation = _adaptation_along_branches(
+        cell,
+        h0,
+        h_star if slot >= 0 else None,
+        m,
+        step=step,
+        scale=scale,
+        steady_steps=steady_steps,
+        gradient_samples=gradient_samples,
+        gradient_range=(lo, hi),
+        range_source=range_source,
+        options=dict(continuation_options or {}),
     )
     meta = {
         "hidden_size": int(H),
@@ -329,6 +369,78 @@ def analyze_cell(
         "fixed_points_at_zero": int(np.sum(np.asarray(fp.mask[0]) & (np.asarray(fp.kind[0]) == 0))),
     }
     return Analysis(momentum, clipping, schedule, adaptation, "cell", meta)
+
+
+def _adaptation_along_branches(
+    cell: Cell,
+    h0: jax.Array,
+    h_star: jax.Array | None,
+    m: np.ndarray,
+    *,
+    step: float,
+    scale: float,
+    steady_steps: int,
+    gradient_samples: Any,
+    gradient_range: tuple[float, float],
+    range_source: str,
+    options: dict[str, Any],
+) -> Adaptation:
+    """Traces both arms from ``h_star`` (or iterates from ``h0`` without it); see module doc."""
+    M = m.shape[0]
+    arms = {}
+    if h_star is not None:
+        opts = {"typical_step": max(step, 1e-30), **options}
+        for name, sign in (("pos", 1.0), ("neg", -1.0)):
+            br = continuation(cell, np.concatenate([[0.0], sign * m]), h_star, **opts)
+            arms[name] = {
+                "method": "continuation",
+                "points": np.asarray(br.points),
+                "kind": [KIND_NAMES[k] for k in np.asarray(br.kind)],
+                "jump": np.asarray(br.jump),
+                "jump_ratio": np.asarray(br.jump_ratio),
+                "fold": np.asarray(br.fold),
+            }
+    else:
+        inputs = jnp.asarray(np.concatenate([m, -m]), jnp.float32)
+        ends = np.asarray(_driven(cell, inputs, jnp.zeros(steady_steps))[:, -1])
+        start = np.asarray(h0)[None]
+        for name, part in (("pos", ends[:M]), ("neg", ends[M:])):
+            pts = np.concatenate([start, part])
+            jump = np.concatenate([[0.0], np.max(np.abs(np.diff(pts, axis=0)), axis=1)])
+            arms[name] = {
+                "method": "iterated",
+                "points": pts,
+                "kind": ["initial"] + ["iterated"] * M,
+                "jump": jump,
+                "jump_ratio": np.zeros(M + 1),
+                "fold": np.zeros(M + 1, bool),
+            }
+    both = np.concatenate([arms["pos"]["points"], arms["neg"]["points"]])
+    pc, explained = _principal_plane(both)
+    a = np.asarray(effective_lr(cell, jnp.asarray(both, jnp.float32), secant=1e-3 * scale))
+    evidence = {}
+    for i, (name, sign) in enumerate((("pos", 1.0), ("neg", -1.0))):
+        arm = arms.pop(name)
+        del arm["points"]
+        sl = slice(i * (M + 1), (i + 1) * (M + 1))
+        evidence[name] = {
+            "inputs": np.concatenate([[0.0], sign * m]),
+            "alpha_eff": a[sl],
+            "states_pc": pc[sl],
+            "states_pc_explained": explained,
+            **arm,
+        }
+    return detectors.detect_adaptation(
+        m,
+        evidence["pos"]["alpha_eff"][1:],
+        evidence["neg"]["alpha_eff"][1:],
+        point_kind={k: evidence[k]["kind"][1:] for k in evidence},
+        folds={k: evidence[k]["fold"][1:] for k in evidence},
+        evidence=evidence,
+        gradient_samples=gradient_samples,
+        gradient_range=gradient_range,
+        gradient_range_source=range_source,
+    )
 
 
 def analyze(opt: Any, theta: Any, family: Any = None, key: jax.Array | None = None, **kwargs):
@@ -485,7 +597,17 @@ def analyze_optax(
     a_neg = np.asarray(steady_lr(jnp.asarray(-m, jnp.float32)))
     M = len(m)
     adaptation = detectors.detect_adaptation(
-        m, a_pos, a_neg, point_kind={"pos": ["iterated"] * M, "neg": ["iterated"] * M}
+        m,
+        a_pos,
+        a_neg,
+        point_kind={"pos": ["iterated"] * M, "neg": ["iterated"] * M},
+        evidence={
+            "pos": {"method": "iterated", "inputs": m, "alpha_eff": a_pos},
+            "neg": {"method": "iterated", "inputs": -m, "alpha_eff": a_neg},
+        },
+        gradient_samples=gradient_samples,
+        gradient_range=(float(m[0]), float(m[-1])),
+        gradient_range_source="gradient scale x magnitude_range",
     )
     meta = {
         "gradient_scale": scale,

@@ -25,10 +25,12 @@ SLOPE_FRACTION = 0.5
 #: Schedule: relative rise / fall of ``α_eff(t)`` (w.r.t. its maximum) counted as a warm-up /
 #: decay; below it on both sides the schedule is constant.
 SCHEDULE_TOL = 0.05
-#: Adaptation: detected if the log-log slope of ``α_eff`` against ``|g*|`` is at most this
-#: (RMSProp/Adam: ``-1``; SGD/momentum: ``0``) on at least one arm ...
+#: Adaptation: detected if, along the traced branch over the gradient range (the training
+#: ``|g|`` percentiles 1%–99.9%), the least-squares log-log slope of ``α_eff`` against ``|g*|``
+#: is at most this (RMSProp/Adam: ``-1``; SGD/momentum: ``0``) on at least one arm ...
 ADAPT_SLOPE = -0.2
-#: ... and ``α_eff`` falls by at least this fraction from the smallest to the largest ``|g*|``.
+#: ... and ``α_eff`` at the largest ``|g*|`` is at least this fraction below its value at the
+#: smallest. The same two numbers mark each segment between folds that ``falls``.
 ADAPT_DROP = 0.2
 
 
@@ -256,17 +258,40 @@ def detect_schedule(effective_lr: np.ndarray, *, tol: float = SCHEDULE_TOL) -> S
 
 @dataclasses.dataclass
 class Adaptation(_Result):
-    """Learning-rate adaptation: ``α_eff`` at the steady state of each constant gradient.
+    """Learning-rate adaptation: ``α_eff`` along the steady states ``h*(g*)`` against ``|g*|``.
+
+    For a cell the steady states are the fixed-point branch traced from the convergence point
+    (one arm per sign of ``g*``, :func:`probes.continuation`); for a black box, the state after
+    ``W`` steps of constant ``g*``. A fold makes the branch jump to another stable branch; the
+    arm is then made of segments between folds, each with its own slope.
 
     Attributes:
-        detected: on at least one arm the log-log slope ``≤ ADAPT_SLOPE`` and ``α_eff`` drops by
-            ``≥ ADAPT_DROP`` across the probed magnitudes.
-        magnitudes: ``|g*|``, ``(M,)``.
-        lr_vs_magnitude: ``{"pos": α_eff (M,), "neg": α_eff (M,)}``.
-        slope_pos, slope_neg: least-squares slopes of ``log|α_eff|`` against ``log|g*|``.
+        detected: on at least one arm, over the gradient range, the least-squares log-log slope
+            of ``α_eff`` against ``|g*|`` is ``≤ ADAPT_SLOPE`` and ``α_eff`` at the largest
+            ``|g*|`` is at least ``ADAPT_DROP`` below its value at the smallest (measured along
+            the traced branch, folds included; failed points left out).
+        magnitudes: ``|g*|``, ``(M,)``, log-spaced over ``gradient_range``.
+        lr_vs_magnitude: ``{"pos": α_eff (M,), "neg": α_eff (M,)}`` along each arm.
+        slope_pos, slope_neg: the arms' least-squares slopes of ``log|α_eff|`` on ``log|g*|``.
         slope: the more negative of the two.
-        point_kind: for each arm, the kind of steady state used (``fixed``/``slow``/
-            ``iterated``: no fixed point, e.g. a step counter in the state), ``{"pos", "neg"}``.
+        point_kind: for each arm, the kind of each steady state (``fixed``/``slow``/``failed``
+            on a traced branch; ``iterated`` without a fixed point, e.g. a step counter in the
+            state), ``{"pos", "neg"}``.
+        gradient_range: ``(lo, hi)`` of ``|g*|``: percentiles 1% and 99.9% of the training
+            ``|g|`` when samples were given.
+        gradient_range_source: where ``gradient_range`` came from.
+        branches: per arm (``"pos"``, ``"neg"``) a dict: ``slope``, ``drop``
+            (``1 - α_last/α_first``) and ``detected`` of the arm; ``fold_indices`` into
+            ``magnitudes`` (a fold between ``j-1`` and ``j``; ``0``: between ``g* = 0`` and the
+            first magnitude) and ``fold_magnitudes``; ``segments``: the stretches between folds,
+            each with ``start``/``stop`` (indices into ``magnitudes``, ``stop`` exclusive),
+            ``magnitude_range``, ``alpha_first``/``alpha_last``, ``slope``, ``drop``,
+            ``falls`` (``slope ≤ ADAPT_SLOPE`` and ``drop ≥ ADAPT_DROP``) and
+            ``training_fraction`` (the share of training ``|g|`` closest to this segment, or
+            ``None``); and the evidence from the analysis: ``inputs`` (``g*``, starting at 0),
+            ``alpha_eff``, ``kind``, ``jump``, ``jump_ratio``, ``fold`` (each ``(M+1,)``) and
+            ``states_pc`` (the states projected on the two principal components of both arms,
+            ``(M+1, 2)``), ``method`` (``continuation`` or ``iterated``).
     """
 
     detected: bool
@@ -276,6 +301,9 @@ class Adaptation(_Result):
     slope_neg: float
     slope: float
     point_kind: dict[str, list[str]]
+    gradient_range: tuple[float, float] = (float("nan"), float("nan"))
+    gradient_range_source: str = ""
+    branches: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
 
 
 def _loglog_slope(m: np.ndarray, a: np.ndarray) -> tuple[float, float]:
@@ -289,28 +317,113 @@ def _loglog_slope(m: np.ndarray, a: np.ndarray) -> tuple[float, float]:
     return slope, drop
 
 
+def _segments(
+    m: np.ndarray,
+    a: np.ndarray,
+    valid: np.ndarray,
+    fold: np.ndarray,
+    samples: np.ndarray | None,
+    max_slope: float,
+    min_drop: float,
+) -> list[dict[str, Any]]:
+    """Splits an arm at its folds; slope, drop and share of training gradients per segment."""
+    M = m.shape[0]
+    starts = [0] + [int(j) for j in np.nonzero(fold)[0] if j > 0]
+    stops = starts[1:] + [M]
+    out = []
+    for k, (i, j) in enumerate(zip(starts, stops, strict=True)):
+        aa = np.where(valid[i:j], a[i:j], np.nan)
+        slope, drop = _loglog_slope(m[i:j], aa)
+        ok = np.nonzero(np.isfinite(aa))[0]
+        fraction = None
+        if samples is not None and samples.size:
+            # |g| closer (in log) to this segment than to its neighbours.
+            lower = 0.0 if k == 0 else np.sqrt(m[i - 1] * m[i])
+            upper = np.inf if j == M else np.sqrt(m[j - 1] * m[j])
+            fraction = float(np.mean((samples >= lower) & (samples < upper)))
+        out.append(
+            {
+                "start": i,
+                "stop": j,
+                "magnitude_range": [float(m[i]), float(m[j - 1])],
+                "alpha_first": float(aa[ok[0]]) if ok.size else float("nan"),
+                "alpha_last": float(aa[ok[-1]]) if ok.size else float("nan"),
+                "slope": slope,
+                "drop": drop,
+                "falls": bool(ok.size >= 2 and slope <= max_slope and drop >= min_drop),
+                "training_fraction": fraction,
+            }
+        )
+    return out
+
+
 def detect_adaptation(
     magnitudes: np.ndarray,
     lr_pos: np.ndarray,
     lr_neg: np.ndarray,
     *,
     point_kind: dict[str, list[str]] | None = None,
+    folds: dict[str, np.ndarray] | None = None,
+    evidence: dict[str, dict[str, Any]] | None = None,
+    gradient_samples: Any = None,
+    gradient_range: tuple[float, float] | None = None,
+    gradient_range_source: str = "",
     max_slope: float = ADAPT_SLOPE,
     min_drop: float = ADAPT_DROP,
 ) -> Adaptation:
-    """Fits ``log α_eff = s·log|g*| + c`` per arm; adaptation when ``s`` is clearly negative."""
+    """Adaptation from ``α_eff`` along each arm (see :class:`Adaptation` for the rule).
+
+    Args:
+        magnitudes: ``|g*|``, increasing, ``(M,)``.
+        lr_pos: ``α_eff`` at ``+|g*|``, ``(M,)``.
+        lr_neg: ``α_eff`` at ``-|g*|``, ``(M,)``.
+        point_kind: per arm, the kind of each point (``failed`` points are left out).
+        folds: per arm, ``(M,)`` bools: a fold between ``j-1`` and ``j``.
+        evidence: per arm, extra arrays stored in ``branches`` (figures).
+        gradient_samples: training gradients (each segment's share of them).
+        gradient_range: the ``(lo, hi)`` the magnitudes span (default: their ends).
+        gradient_range_source: where it came from.
+        max_slope: see ``ADAPT_SLOPE``.
+        min_drop: see ``ADAPT_DROP``.
+    """
     m = np.asarray(magnitudes, np.float64)
-    sp, dp = _loglog_slope(m, lr_pos)
-    sn, dn = _loglog_slope(m, lr_neg)
-    detected = (sp <= max_slope and dp >= min_drop) or (sn <= max_slope and dn >= min_drop)
+    M = m.shape[0]
+    samples = None
+    if gradient_samples is not None:
+        samples = np.abs(np.asarray(gradient_samples, np.float64).reshape(-1))
+        samples = samples[np.isfinite(samples)]
+    kinds = point_kind or {}
+    branches, slopes, detected = {}, {}, False
+    for name, lr in (("pos", lr_pos), ("neg", lr_neg)):
+        a = np.asarray(lr, np.float64)
+        valid = np.array([k != "failed" for k in kinds.get(name, ["fixed"] * M)], bool)
+        fold = np.zeros(M, bool) if folds is None else np.asarray(folds[name], bool)
+        slope, drop = _loglog_slope(m, np.where(valid, a, np.nan))
+        arm = bool(valid.sum() >= 2 and slope <= max_slope and drop >= min_drop)
+        detected |= arm
+        slopes[name] = slope
+        fold_idx = [int(j) for j in np.nonzero(fold)[0]]
+        branches[name] = {
+            "slope": slope,
+            "drop": drop,
+            "detected": arm,
+            "fold_indices": fold_idx,
+            "fold_magnitudes": [float(m[j]) for j in fold_idx],
+            "segments": _segments(m, a, valid, fold, samples, max_slope, min_drop),
+            **(evidence or {}).get(name, {}),
+        }
+    lo, hi = gradient_range if gradient_range is not None else (float(m[0]), float(m[-1]))
     return Adaptation(
         bool(detected),
         m,
         {"pos": np.asarray(lr_pos), "neg": np.asarray(lr_neg)},
-        sp,
-        sn,
-        min(sp, sn),
-        point_kind or {},
+        slopes["pos"],
+        slopes["neg"],
+        min(slopes["pos"], slopes["neg"]),
+        kinds,
+        (float(lo), float(hi)),
+        gradient_range_source,
+        branches,
     )
 
 

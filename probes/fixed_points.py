@@ -28,8 +28,9 @@ The search minimises ``q(h) = ½‖F(h, g*) - h‖²`` for every (input, seed) p
    trajectories, an argument; by default the median ``‖F(s)-s‖₂`` over the seeds); else ``FAILED``.
 
 :func:`continuation` traces a branch ``h*(g*)`` across a grid of inputs instead (warm start from
-the neighbour, the same polish), flagging folds where the branch jumps or where ``det(I - J_h)``
-changes sign (a real eigenvalue crossing +1, i.e. a saddle-node bifurcation).
+the neighbour, the same polish), flagging folds where the branch jumps: a jump out of line with
+the neighbouring steps' (or a sign change of ``det(I - J_h)``, a real eigenvalue crossing +1)
+*and* a solve that left the previous basin (a saddle-node bifurcation, METHOD.md §5.7).
 
 Every entry point is jitted with the cell as an *argument*: a new ``theta`` re-uses the compiled
 program. Shapes: ``N`` inputs, ``S`` seeds, ``K`` kept points per input, ``H`` hidden units.
@@ -484,9 +485,14 @@ class Branch(NamedTuple):
         residual: ``‖F(h)-h‖∞``, ``(N,)``.
         kind: ``FIXED``/``SLOW``/``FAILED`` (speed relative to ``typical_step``), ``(N,)``.
         jump: ``‖h_i - h_{i-1}‖∞`` (0 at the start), ``(N,)``.
-        det_sign: sign of ``det(I - J_h)`` at each point, ``(N,)``.
-        fold: a fold between ``i-1`` and ``i``: the jump exceeds ``jump_factor`` times the
-            median jump, or ``det(I - J_h)`` changes sign (a real eigenvalue crossed +1), ``(N,)``.
+        det_sign: sign of ``det(I - J_h)`` at each point (``+1`` at every stable point), ``(N,)``.
+        fold: the branch jumps between ``i-1`` and ``i`` (see :func:`continuation`), ``(N,)``.
+        jump_ratio: the jump per unit input, ``jump_i/|g_i - g_{i-1}|``, over the median of the
+            same at the neighbouring steps (``≈ 1`` along a smooth branch), ``(N,)``.
+        left_basin: solving at ``g_{i-1}`` from ``h_i`` does not lead back to ``h_{i-1}``: the
+            two points lie on different branches, ``(N,)``.
+        relaxed: the warm-started Newton solve failed and the point was found by iterating
+            the dynamics first (the branch ended), ``(N,)``.
     """
 
     inputs: jax.Array
@@ -496,9 +502,24 @@ class Branch(NamedTuple):
     jump: jax.Array
     det_sign: jax.Array
     fold: jax.Array
+    jump_ratio: jax.Array
+    left_basin: jax.Array
+    relaxed: jax.Array
 
 
-@functools.partial(jax.jit, static_argnames=("stall_steps",))
+def _neighbour_median(x: jax.Array, window: int) -> jax.Array:
+    """Median of ``x[i-window:i+window+1]`` without ``x[i]`` and without ``x[0]``, per ``i``."""
+    N = x.shape[0]
+    idx = (
+        jnp.arange(N)[:, None]
+        + jnp.concatenate([jnp.arange(-window, 0), jnp.arange(1, window + 1)])[None, :]
+    )
+    ok = (idx >= 1) & (idx < N)
+    vals = jnp.where(ok, x[jnp.clip(idx, 0, N - 1)], jnp.nan)
+    return jnp.nanmedian(vals, axis=1)
+
+
+@functools.partial(jax.jit, static_argnames=("stall_steps", "window"))
 def _continuation(
     cell,
     inputs,
@@ -510,39 +531,67 @@ def _continuation(
     slow_speed,
     *,
     stall_steps,
+    window,
 ):
     H = h_start.shape[0]
 
+    def newton(h, g):
+        return polish(cell, h[None], g[None], steps=polish_steps, stall_steps=stall_steps)[0]
+
+    def at_floor(h, g):
+        return jnp.max(jnp.abs(residual(cell, h, g))) <= floor(h)
+
     def solve(h, g):
-        h = polish(cell, h[None], g[None], steps=polish_steps, stall_steps=stall_steps)[0]
-        r = residual(cell, h, g)
-        ok = jnp.max(jnp.abs(r)) <= floor(h)
+        h = newton(h, g)
+        ok = at_floor(h, g)
 
-        # Past a fold there is no root nearby: follow the dynamics to the other branch first.
+        # Past a fold there is no root nearby: follow the dynamics to the surviving stable
+        # branch (slowly near the ghost of the fold: iterate until the residual is small or
+        # at the cap), then polish.
         def relax(h):
-            h = jax.lax.fori_loop(0, relax_steps, lambda _, x: cell.step(x, g), h)
-            return polish(cell, h[None], g[None], steps=polish_steps, stall_steps=stall_steps)[0]
+            def cond(c):
+                it, x = c
+                r = jnp.max(jnp.abs(residual(cell, x, g)))
+                return (it < relax_steps) & (r > 1e-4 * (1.0 + jnp.max(jnp.abs(x))))
 
-        return jax.lax.cond(ok, lambda h: h, relax, h)
+            x = jax.lax.while_loop(cond, lambda c: (c[0] + 1, cell.step(c[1], g)), (0, h))[1]
+            return newton(x, g)
 
-    def body(h_prev, g):
-        h = solve(h_prev, g)
+        return jax.lax.cond(ok, lambda h: h, relax, h), ~ok
+
+    def body(c, g):
+        h_prev, g_prev = c
+        h, relaxed = solve(h_prev, g)
+        # Does the new point lead back to the previous one? On one branch, Newton at g_prev
+        # from h returns to h_prev; across a fold it converges on the other branch (which still
+        # exists at g_prev: hysteresis) or fails.
+        back = newton(h, g_prev)
+        back_dist = jnp.max(jnp.abs(back - h_prev))
         r = residual(cell, h, g)
         J = jax.jacfwd(cell.step)(h, g)
         sign, _ = jnp.linalg.slogdet(jnp.eye(H, dtype=h.dtype) - J)
-        return h, (h, jnp.max(jnp.abs(r)), jnp.linalg.norm(r), sign, jnp.max(jnp.abs(h - h_prev)))
+        jump = jnp.max(jnp.abs(h - h_prev))
+        out = (h, jnp.max(jnp.abs(r)), jnp.linalg.norm(r), sign, jump, back_dist, relaxed)
+        return (h, g), out
 
-    h0 = solve(h_start, inputs[0])
-    _, (pts, rinf, rnorm, sign, jump) = jax.lax.scan(body, h0, inputs)
+    h0, _ = solve(h_start, inputs[0])
+    _, (pts, rinf, rnorm, sign, jump, back_dist, relaxed) = jax.lax.scan(
+        body, (h0, inputs[0]), inputs
+    )
     jump = jump.at[0].set(0.0)
-    med = jnp.median(jump[1:]) if inputs.shape[0] > 2 else jnp.max(jump)
-    big = jump > jump_factor * jnp.maximum(med, EPS32)
+    dg = jnp.abs(jnp.diff(inputs, prepend=inputs[:1]))
+    rate = jnp.where(dg > 0, jump / jnp.maximum(dg, 1e-30), 0.0)
+    nbr = _neighbour_median(rate, window)
+    ratio = jnp.where(jnp.isfinite(nbr), rate / jnp.maximum(nbr, 1e-30), 1.0)
+    ratio = ratio.at[0].set(0.0)
+    left = (back_dist > 0.5 * jump) & (jump > 10.0 * floor(pts))
+    left = left.at[0].set(False)
     flip = jnp.concatenate([jnp.zeros(1, bool), sign[1:] * sign[:-1] < 0])
-    fold = (big | flip).at[0].set(False)
+    fold = left & ((ratio > jump_factor) | flip)
     kind = jnp.where(
         rinf <= floor(pts), FIXED, jnp.where(rnorm / typical_step <= slow_speed, SLOW, FAILED)
     )
-    return Branch(inputs, pts, rinf, kind.astype(jnp.int32), jump, sign, fold)
+    return Branch(inputs, pts, rinf, kind.astype(jnp.int32), jump, sign, fold, ratio, left, relaxed)
 
 
 def continuation(
@@ -551,9 +600,10 @@ def continuation(
     h_start: ArrayLike,
     *,
     polish_steps: int = 20,
-    relax_steps: int = 200,
+    relax_steps: int = 2000,
     stall_steps: int = 3,
-    jump_factor: float = 10.0,
+    jump_factor: float = 4.0,
+    window: int = 2,
     typical_step: float = 1.0,
     slow_speed: float = 1e-2,
 ) -> Branch:
@@ -561,23 +611,45 @@ def continuation(
 
     At each input the previous point is polished (Newton, see :func:`polish`). If that does
     not reach the float32 floor (the branch ended at a fold), the dynamics are iterated
-    ``relax_steps`` times from there (``h ← F(h, g*)``, which falls onto the surviving stable
-    branch) and polished again. Sweeping the inputs upwards and downwards traces both stable arms
-    of an S-curve with their hysteresis; :func:`fixed_points` finds the middle (saddle) arm.
+    (``h ← F(h, g*)``, which falls onto the surviving stable branch; at most ``relax_steps``
+    times, until ``‖F(h)-h‖∞ ≤ 10⁻⁴(1+‖h‖∞)``) and polished again. Sweeping the inputs upwards
+    and downwards traces both stable arms of an S-curve with their hysteresis;
+    :func:`fixed_points` finds the middle (saddle) arm.
+
+    **Folds.** A step ``i`` is a fold when both
+
+    * its jump is out of line with its neighbours': ``jump_i/|Δg_i|`` exceeds ``jump_factor``
+      times the median of the same rate over the ``window`` steps on either side (rates, not raw
+      jumps, so that uneven grids, e.g. ``0`` followed by a log grid, compare fairly; a fixed
+      global threshold over-fires on a log grid, where jumps grow with ``g``), or
+      ``det(I - J_h)`` changes sign (a real eigenvalue crossed +1); and
+    * the solve left the previous basin: Newton at ``g_{i-1}`` started from ``h_i`` does not come
+      back to within half the jump of ``h_{i-1}`` (across a saddle-node fold the other branch
+      still exists at ``g_{i-1}``: hysteresis). Steep but continuous stretches of a branch
+      (close to a fold, before it) pass this check.
 
     Args:
         cell: the cell.
         inputs: inputs in the order to trace, ``(N,)``.
         h_start: a state near the branch at ``inputs[0]``, ``(H,)``.
         polish_steps: Newton iteration cap per input.
-        relax_steps: iterations of the dynamics after a failed polish.
+        relax_steps: cap on iterations of the dynamics after a failed polish.
         stall_steps: see :func:`polish`.
-        jump_factor: a jump larger than ``jump_factor`` × the median jump flags a fold.
+        jump_factor: ``k`` above.
+        window: neighbouring steps on each side compared with each jump.
         typical_step: speeds are relative to it (see :func:`fixed_points`).
         slow_speed: speed threshold between ``SLOW`` and ``FAILED``.
 
     Returns:
         A :class:`Branch`.
+
+    Example:
+        >>> import jax.numpy as jnp, probes
+        >>> from probes.reference import saddle_cell
+        >>> br = probes.continuation(saddle_cell(k=2.0), jnp.linspace(-0.8, 0.8, 33),
+        ...                          jnp.array([-1.0, 0.0]))
+        >>> [round(float(g), 2) for g in br.inputs[br.fold]]
+        [0.2]
     """
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     return _continuation(
@@ -590,4 +662,5 @@ def continuation(
         f32(typical_step),
         f32(slow_speed),
         stall_steps=int(stall_steps),
+        window=int(window),
     )
