@@ -1,0 +1,227 @@
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import lopt
+import lopt.distill
+import probes
+import tasks
+from lopt.cli import main
+from lopt.distill import (
+    build_chain,
+    chain_code,
+    chain_from_analysis,
+    fraction_report,
+    soft_clip,
+)
+from lopt.meta_train import MetaTrainConfig, run_config
+from lopt.rundir import write_json
+
+
+def _updates(tx, grads):
+    """Updates of ``tx`` on one 3-vector parameter for a sequence of gradients ``[T, 3]``."""
+    params = jnp.zeros(3)
+    state = tx.init(params)
+    out = []
+    for g in grads:
+        u, state = tx.update(jnp.asarray(g, jnp.float32), state, params)
+        params = optax.apply_updates(params, u)
+        out.append(np.asarray(u))
+    return np.stack(out)
+
+
+GRADS = np.random.default_rng(0).normal(scale=0.8, size=(25, 3)).astype(np.float32)
+
+
+def _analysis(beta=0.9, alpha=0.1, *, clip=None, schedule=None, adaptation=False):
+    """A hand-built ``analysis.json`` dict with known mechanisms (the schema probes writes)."""
+    resp = [-alpha * (beta or 0.0) ** k for k in range(200)]
+    eff = schedule if schedule is not None else [alpha] * 100
+    return {
+        "schema_version": 1,
+        "source": "cell",
+        "momentum": {
+            "detected": beta is not None,
+            "beta": beta or 0.0,
+            "alpha": alpha,
+            "timescale": 9.5,
+            "fit_eigenvalues": [[0.0, 0.0], [beta or 0.0, 0.0]],
+            "fit_alphas": [[0.0, 0.0], [alpha, 0.0]],
+            "impulse_response": resp,
+        },
+        "clipping": {
+            "detected": clip is not None,
+            "threshold": clip,
+            "slope0": -alpha,
+            "gradients": [],
+            "updates": [],
+        },
+        "schedule": {
+            "detected": schedule is not None,
+            "shape": "decay" if schedule is not None else "constant",
+            "effective_lr": eff,
+        },
+        "adaptation": {"detected": adaptation},
+    }
+
+
+def test_build_chain_round_trips_through_json_and_the_code_string():
+    chain = [
+        {"transform": "soft_clip", "scale": 1.5, "mechanism": "clipping"},
+        {"transform": "clip", "max_delta": 2.0},
+        {"transform": "trace", "decay": 0.8},
+        {"transform": "scale_by_rms", "decay": 0.9, "eps": 1e-3},
+        {
+            "transform": "scale_by_learning_rate",
+            "learning_rate": 0.2,
+            "schedule": {"steps": [0, 3, 10], "values": [3.0, 2.0, 1.5], "tail_ratio": 0.9},
+        },
+    ]
+    again = json.loads(json.dumps(chain))
+    ref = _updates(build_chain(chain), GRADS)
+    np.testing.assert_array_equal(_updates(build_chain(again), GRADS), ref)
+    from_code = eval(chain_code(chain), {"optax": optax, "lopt": lopt})  # noqa: S307
+    np.testing.assert_allclose(_updates(from_code, GRADS), ref, rtol=1e-5)
+    with pytest.raises(ValueError, match="unknown chain transform"):
+        build_chain([{"transform": "nope"}])
+    with pytest.raises(ValueError, match="missing decay"):
+        build_chain([{"transform": "trace"}])
+
+
+def test_clip_momentum_chain_equals_hand_written_optax():
+    chain = [
+        {"transform": "clip", "max_delta": 0.5},
+        {"transform": "trace", "decay": 0.9},
+        {"transform": "scale_by_learning_rate", "learning_rate": 0.1},
+    ]
+    ref = optax.chain(optax.clip(0.5), optax.sgd(0.1, momentum=0.9))
+    np.testing.assert_allclose(_updates(build_chain(chain), GRADS), _updates(ref, GRADS), rtol=1e-6)
+
+
+def test_soft_clip_halves_the_slope_at_the_threshold_and_saturates():
+    c = 2.0
+    f = lambda g: soft_clip(c).update(g, optax.EmptyState())[0]  # noqa: E731
+    slope = jax.grad(f)(jnp.float32((np.sqrt(2) - 1) * c))
+    assert abs(float(slope) - 0.5) < 1e-5
+    assert abs(float(f(jnp.float32(1e6))) - c) < 1e-4 and float(f(jnp.float32(-1e6))) < -c + 1e-4
+
+
+def test_known_momentum_analysis_gives_momentum_chain():
+    chain, _ = chain_from_analysis(_analysis(0.9, 0.1))
+    assert [e["transform"] for e in chain] == ["trace", "scale_by_learning_rate"]
+    assert chain[0]["decay"] == 0.9 and abs(chain[1]["learning_rate"] - 0.1) < 1e-12
+    assert chain[1]["schedule"] is None
+    np.testing.assert_allclose(
+        _updates(build_chain(chain), GRADS),
+        _updates(optax.sgd(0.1, momentum=0.9), GRADS),
+        rtol=1e-5,
+    )
+
+
+def test_black_box_clip_momentum_is_distilled_back():
+    # probes.analyze_optax on optax's own clip + heavy ball: the chain is that optimizer again,
+    # and the hard clip is chosen over the soft one because it fits U(h0, g) better.
+    tx = optax.chain(optax.clip(0.5), optax.sgd(0.1, momentum=0.9))
+    analysis = probes.analyze_optax(tx, gradient_scale=0.1).to_json()
+    chain, notes = chain_from_analysis(analysis)
+    assert [e["transform"] for e in chain] == ["clip", "trace", "scale_by_learning_rate"]
+    assert notes["clip_fit"]["chosen"] == "clip"
+    got, want = _updates(build_chain(chain), GRADS), _updates(tx, GRADS)
+    np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)  # threshold found to 1e-5
+
+
+def test_schedule_is_normalised_to_the_steady_state_learning_rate():
+    eff = list(np.linspace(0.3, 0.1, 40)) + [0.1] * 60  # decay from 3× the steady rate
+    chain, _ = chain_from_analysis(_analysis(0.9, 0.1, schedule=eff))
+    sched = chain[-1]["schedule"]
+    assert sched["values"][0] == pytest.approx(3.0) and sched["values"][-1] == pytest.approx(1.0)
+    ref = optax.sgd(optax.linear_schedule(0.3, 0.1, 39), momentum=0.9)
+    np.testing.assert_allclose(_updates(build_chain(chain), GRADS), _updates(ref, GRADS), rtol=1e-4)
+
+
+def test_adaptation_adds_scale_by_rms_and_undetected_mechanisms_are_left_out():
+    a = _analysis(None, 0.2)
+    a["adaptation"] = {
+        "detected": True,
+        "magnitudes": [0.01, 0.1, 1.0, 10.0],
+        "lr_vs_magnitude": {"pos": [1.0, 0.9, 0.2, 0.02], "neg": [1.0, 0.9, 0.2, 0.02]},
+        "slope_pos": -0.6,
+        "slope_neg": -0.6,
+    }
+    chain, _ = chain_from_analysis(a)
+    assert [e["transform"] for e in chain] == ["scale_by_rms", "scale_by_learning_rate"]
+    assert 0 < chain[0]["eps"] < 1
+
+
+def test_fraction_is_null_when_the_gain_is_not_significant():
+    rng = np.random.default_rng(1)
+    base = rng.uniform(0.04, 0.06, 64)
+    learned = base + rng.normal(0, 0.01, 64)  # no systematic gain
+    rep = fraction_report(learned, base, base + 0.001)
+    assert rep["significant"] is False and rep["fraction"] is None and rep["reason"]
+    distilled = base - 0.005 + rng.normal(0, 0.002, 64)
+    rep = fraction_report(base - 0.01, base, distilled)
+    frac = rep["fraction"]
+    assert rep["significant"] and frac["mean"] == pytest.approx(np.mean(base - distilled) / 0.01)
+    lo, hi = frac["ci"]
+    assert lo < frac["mean"] < hi and 0.3 < lo and hi < 0.7
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    # A run directory written directly (no meta-training): an untrained GRU-4 (zero readout,
+    # so it makes no update and the gain over the baseline is negative: fraction null).
+    run = tmp_path_factory.mktemp("run")
+    family = tasks.get("linear_regression", dim=3, num_steps=8)
+    opt = lopt.RNNOptimizer(hidden_size=4)
+    lopt.save(run / "theta.npz", opt, opt.init(jax.random.key(0)), step=0)
+    write_json(run / "config.json", run_config(opt, family, MetaTrainConfig(num_steps=1)))
+    write_json(run / "analysis.json", _analysis(0.5, 0.05, clip=1.0))
+    write_json(
+        run / "eval.json",
+        {
+            "schema": "lopt.eval/1",
+            "horizon": 8,
+            "num_problems": 16,
+            "horizons": {
+                "8": {
+                    "best_baseline": "momentum",
+                    "optimizers": {
+                        "learned": {"metric": None},
+                        "momentum": {"hyperparams": {"learning_rate": 0.1, "momentum": 0.5}},
+                    },
+                }
+            },
+        },
+    )
+    return run
+
+
+def test_cli_distill_writes_distill_json(tiny_run, capsys):
+    assert main(["distill", str(tiny_run), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "distilled chain" in out and "soft_clip" in out
+    text = (tiny_run / "distill.json").read_text()
+    d = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    assert d["schema"] == "lopt.distill/1"
+    assert {"chain", "optax_code", "results", "gain", "significant", "fraction"} <= set(d)
+    assert {"fraction_retuned", "reason", "curves"} <= set(d)
+    assert [e["transform"] for e in d["chain"]] == ["soft_clip", "trace", "scale_by_learning_rate"]
+    r = d["results"]
+    assert r["best_baseline"]["name"] == "momentum" and r["distilled_retuned"] is not None
+    assert "hyperparameters" in r["distilled_retuned"]
+    assert len(d["curves"]["distilled"]["mean"]) == 8
+    assert d["significant"] is False and d["fraction"] is None and "not above" in d["reason"]
+    build_chain(d["chain"])  # what a user loads from distill.json trains
+
+
+def test_cli_distill_missing_run_is_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["distill", str(tmp_path / "nope")])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("lopt: error:") and "\n" not in err and "nope" in err
