@@ -1,0 +1,434 @@
+"""Several learned optimizers side by side: which mechanisms are universal, which idiosyncratic.
+
+:func:`compare_runs` reads each run's analysis (``RUN/analysis.json``, computed with
+:func:`probes.cli.analyze_run` and written there if missing) and, when present, its evaluation
+(``RUN/eval.json``), and writes to ``out_dir``:
+
+* ``compare.json`` (schema ``probes.compare/1``): one table row per run (detected mechanisms
+  and their numbers, fixed-point structure at ``g* = 0``, held-out results), and a summary:
+  mechanisms detected in every run (*universal*), in some (*idiosyncratic*, with the runs), in
+  none, and the spread (mean, standard deviation, range) of momentum ``β``, ``α``, the clip
+  threshold and the schedule's peak step across the runs that show them;
+* ``figures/*.png`` (seaborn on Agg, via :mod:`probes.figures`): the ``α``–``β`` spectra of every
+  run overlaid (fitted modes, dominant mode starred) next to the raw eigenvalues of the
+  linearisation in the complex plane; the effective-learning-rate schedules; the update
+  functions ``U(h0, g)``;
+* ``index.html``: self-contained (the PNGs are embedded as base64 data URIs).
+
+Typical uses: a GRU, an LSTM and a vanilla RNN trained on one task, or several seeds of one
+configuration. The default ``out_dir`` is ``compare/`` inside the runs' common parent directory
+(e.g. ``runs/compare`` for ``runs/a runs/b``); the ``probes compare`` command passes its own
+``--out`` (default ``./compare``).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SCHEMA = "probes.compare/1"
+MECHANISMS = ("momentum", "clipping", "schedule", "adaptation")
+
+
+def _f(x: Any) -> float | None:
+    try:
+        v = float(x)
+    except (TypeError, ValueError):
+        return None
+    return v if np.isfinite(v) else None
+
+
+def _complex(pairs: Any) -> np.ndarray:
+    out = []
+    for p in pairs or []:
+        if isinstance(p, list | tuple) and len(p) == 2:
+            out.append(complex(_f(p[0]) or 0.0, _f(p[1]) or 0.0))
+        elif _f(p) is not None:
+            out.append(complex(_f(p), 0.0))
+    return np.asarray(out, complex)
+
+
+def _names(runs: Sequence[Path]) -> list[str]:
+    """Short unique names: the directory names, with parents added where they collide."""
+    parts = [r.resolve().parts for r in runs]
+    depth = 1
+    while True:
+        names = [os.path.join(*p[-depth:]) for p in parts]
+        if len(set(names)) == len(names) or depth >= max(len(p) for p in parts):
+            break
+        depth += 1
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    return out
+
+
+def _load(run: Path) -> tuple[dict[str, Any], str, dict | None, dict | None]:
+    from lopt.rundir import read_json
+
+    if not run.is_dir():
+        raise ValueError(f"{run}: no such run directory")
+    if (run / "analysis.json").exists():
+        analysis, source = read_json(run / "analysis.json"), "analysis.json"
+    else:
+        from probes.cli import analyze_run
+
+        analysis, source = analyze_run(run), "computed (written to analysis.json)"
+    ev = read_json(run / "eval.json") if (run / "eval.json").exists() else None
+    cfg = read_json(run / "config.json") if (run / "config.json").exists() else None
+    return analysis, source, ev, cfg
+
+
+def _fixed_points(a: Mapping[str, Any]) -> dict[str, Any]:
+    meta = a.get("meta") or {}
+    eigs = _complex((a.get("momentum") or {}).get("eigenvalues"))
+    ok = eigs[np.isfinite(eigs)]
+    if ok.size:
+        i = int(np.argmax(np.abs(ok)))
+        dom, radius = ok[i], float(np.abs(ok[i]))
+    else:
+        dom, radius = None, None
+    return {
+        "at_zero": meta.get("fixed_points_at_zero"),
+        "linearized_at": meta.get("linearized_at") or (a.get("momentum") or {}).get("point_kind"),
+        "dominant_eigenvalue": None if dom is None else [float(dom.real), float(dom.imag)],
+        "spectral_radius": radius,
+        "stable": None if radius is None else bool(radius < 1.0),
+    }
+
+
+def _eval_row(ev: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not ev:
+        return None
+    horizon = str(ev.get("horizon") or next(iter(ev.get("horizons") or {}), ""))
+    block = (ev.get("horizons") or {}).get(horizon)
+    if not block:
+        return None
+    opts = block.get("optimizers") or {}
+    best = block.get("best_baseline")
+    learned = opts.get("learned") or {}
+    return {
+        "horizon": int(horizon),
+        "learned_metric": _f(learned.get("metric")),
+        "learned_sem": _f(learned.get("sem")),
+        "best_baseline": best,
+        "best_baseline_metric": _f((opts.get(best) or {}).get("metric")) if best else None,
+        "beats_all": block.get("beats_all"),
+    }
+
+
+def _row(name: str, a: Mapping[str, Any], ev: Mapping | None, cfg: Mapping | None) -> dict:
+    m, c, s, d = (a.get(k) or {} for k in MECHANISMS)
+    opt = (cfg or {}).get("optimizer") or {}
+    return {
+        "run": name,
+        "optimizer": opt.get("cell") or opt.get("type"),
+        "hidden_size": opt.get("hidden_size") or (a.get("meta") or {}).get("hidden_size"),
+        "momentum": {
+            "detected": bool(m.get("detected")),
+            "beta": _f(m.get("beta")),
+            "alpha": _f(m.get("alpha")),
+            "timescale": _f(m.get("timescale")),
+            "share": _f(m.get("share")),
+        },
+        "clipping": {
+            "detected": bool(c.get("detected")),
+            "threshold": _f(c.get("threshold")),
+            "asymptote_pos": _f(c.get("asymptote_pos")),
+            "asymptote_neg": _f(c.get("asymptote_neg")),
+        },
+        "schedule": {
+            "detected": bool(s.get("detected")),
+            "shape": s.get("shape"),
+            "peak_step": s.get("peak_step"),
+        },
+        "adaptation": {"detected": bool(d.get("detected")), "slope": _f(d.get("slope"))},
+        "fixed_points": _fixed_points(a),
+        "eval": _eval_row(ev),
+    }
+
+
+def _spread(values: list[float | None]) -> dict[str, Any] | None:
+    v = np.asarray([x for x in values if x is not None], float)
+    if not v.size:
+        return None
+    return {
+        "values": [float(x) for x in v],
+        "mean": float(v.mean()),
+        "std": float(v.std(ddof=1)) if v.size > 1 else 0.0,
+        "min": float(v.min()),
+        "max": float(v.max()),
+    }
+
+
+def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Universal / idiosyncratic / absent mechanisms and the spread of their numbers.
+
+    Args:
+        table: the rows of :func:`compare_runs` (``run`` and one dict per mechanism).
+
+    Returns:
+        ``{"universal": [...], "idiosyncratic": {mechanism: [runs]}, "absent": [...],
+        "spread": {...}, "text": [sentences]}``.
+    """
+    det = {k: [r["run"] for r in table if r[k]["detected"]] for k in MECHANISMS}
+    n = len(table)
+    universal = [k for k in MECHANISMS if n and len(det[k]) == n]
+    idio = {k: det[k] for k in MECHANISMS if 0 < len(det[k]) < n}
+    absent = [k for k in MECHANISMS if not det[k]]
+
+    def among(mech: str, field: str) -> dict | None:
+        return _spread([r[mech][field] for r in table if r[mech]["detected"]])
+
+    spread = {
+        "momentum_beta": among("momentum", "beta"),
+        "momentum_alpha": among("momentum", "alpha"),
+        "clipping_threshold": among("clipping", "threshold"),
+        "schedule_peak_step": among("schedule", "peak_step"),
+        "adaptation_slope": _spread([r["adaptation"]["slope"] for r in table]),
+    }
+    shapes = sorted({r["schedule"]["shape"] for r in table if r["schedule"]["detected"]})
+    text = [
+        f"{n} runs. Universal (detected in every run): {', '.join(universal) or 'none'}.",
+    ]
+    for k, runs in idio.items():
+        text.append(f"Idiosyncratic: {k} only in {', '.join(runs)}.")
+    if absent:
+        text.append(f"Detected in no run: {', '.join(absent)}.")
+    b = spread["momentum_beta"]
+    if b:
+        tau = [-1 / np.log(x) for x in b["values"] if 0 < x < 1]
+        tau_txt = f" (timescales {min(tau):.3g}–{max(tau):.3g} steps)" if tau else ""
+        text.append(
+            f"Momentum β = {b['mean']:.3g} ± {b['std']:.2g} (range {b['min']:.3g}–"
+            f"{b['max']:.3g}){tau_txt}."
+        )
+    t = spread["clipping_threshold"]
+    if t:
+        text.append(
+            f"Clip threshold |g| = {t['mean']:.3g} ± {t['std']:.2g} (range {t['min']:.3g}–"
+            f"{t['max']:.3g})."
+        )
+    if shapes:
+        text.append(f"Schedule shapes: {', '.join(shapes)}.")
+    fps = [r["fixed_points"]["at_zero"] for r in table]
+    stable = [r["fixed_points"]["stable"] for r in table]
+    text.append(
+        "Fixed points at g* = 0 per run: "
+        + ", ".join(f"{r['run']}: {fp}" for r, fp in zip(table, fps, strict=True))
+        + (
+            "; all linearisations stable (spectral radius < 1)."
+            if stable and all(x is True for x in stable)
+            else "."
+        )
+    )
+    return {
+        "universal": universal,
+        "idiosyncratic": idio,
+        "absent": absent,
+        "spread": spread,
+        "text": text,
+    }
+
+
+# ----------------------------------------------------------------------------- figures
+
+
+def _figures(names: Sequence[str], analyses: Sequence[Mapping[str, Any]]) -> dict[str, bytes]:
+    from probes import figures as F
+
+    out: dict[str, bytes] = {}
+    palette = __import__("seaborn").color_palette("colorblind", max(len(names), 3)).as_hex()
+
+    # α–β spectra: fitted modes (α against β) and raw eigenvalues in the complex plane.
+    fig, (ax1, ax2) = F._figure(2, width=10.5, height=4.4)
+    th = np.linspace(0, 2 * np.pi, 720)
+    ax2.plot(np.cos(th), np.sin(th), color=F.GREY, lw=1, ls="--")
+    for name, a, col in zip(names, analyses, palette, strict=False):
+        m = a.get("momentum") or {}
+        lam, al = _complex(m.get("fit_eigenvalues")), _complex(m.get("fit_alphas"))
+        if lam.size and lam.size == al.size:
+            ax1.scatter(lam.real, al.real, s=50, color=col, ec="#333333", lw=0.5, label=name)
+        if _f(m.get("beta")) is not None and _f(m.get("alpha")) is not None:
+            ax1.plot(m["beta"], m["alpha"], "*", ms=15, color=col, mec="#222222", mew=0.6)
+        eig = _complex(m.get("eigenvalues"))
+        if eig.size:
+            ax2.scatter(eig.real, eig.imag, s=22, color=col, alpha=0.75, label=name)
+    ax1.axhline(0, color=F.GREY, lw=0.8)
+    ax1.set_xlabel("β (mode eigenvalue)")
+    ax1.set_ylabel("α (mode learning rate)")
+    ax1.set_title("Fitted momentum modes (★ dominant)")
+    ax1.legend(loc="best")
+    ax2.set_aspect("equal")
+    ax2.set_xlim(-1.15, 1.15)
+    ax2.set_ylim(-1.15, 1.15)
+    ax2.set_xlabel("Re λ")
+    ax2.set_ylabel("Im λ")
+    ax2.set_title("Eigenvalues at the convergence point")
+    out["spectra"] = F.png(fig)
+
+    # Schedules: α_eff along the autonomous dynamics.
+    fig, (ax,) = F._figure(1, width=6.4, height=3.9)
+    for name, a, col in zip(names, analyses, palette, strict=False):
+        e = np.asarray(
+            [
+                np.nan if x is None else x
+                for x in (a.get("schedule") or {}).get("effective_lr") or []
+            ]
+        )
+        if e.size:
+            ax.plot(np.arange(e.size), e, color=col, lw=1.8, label=name)
+    ax.set_xlabel("step t (zero gradients from h0)")
+    ax.set_ylabel("α_eff(h_t)")
+    ax.set_title("Learning-rate schedules")
+    ax.legend(loc="best")
+    out["schedules"] = F.png(fig)
+
+    # Update functions U(h0, g).
+    fig, (ax,) = F._figure(1, width=6.4, height=3.9)
+    for name, a, col in zip(names, analyses, palette, strict=False):
+        c = a.get("clipping") or {}
+        g = np.asarray([np.nan if x is None else x for x in c.get("gradients") or []], float)
+        u = np.asarray([np.nan if x is None else x for x in c.get("updates") or []], float)
+        if g.size and g.size == u.size:
+            ax.plot(g, u, color=col, lw=1.8, label=name)
+            t = _f(c.get("threshold"))
+            if c.get("detected") and t is not None:
+                ax.axvline(-t, color=col, lw=0.8, ls=":")
+    ax.set_xscale("symlog", linthresh=1e-3)
+    ax.set_xlabel("gradient g")
+    ax.set_ylabel("U(h0, g)")
+    ax.set_title("Update functions at h0 (dotted: −threshold)")
+    ax.legend(loc="best")
+    out["update_functions"] = F.png(fig)
+    return out
+
+
+# ----------------------------------------------------------------------------- HTML
+
+
+def _fmt(x: Any, spec: str = ".3g") -> str:
+    v = _f(x)
+    return "–" if v is None else format(v, spec)
+
+
+def _html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
+    e = html.escape
+    rows = []
+    for r in result["table"]:
+        m, c, s, a, fp, ev = (
+            r[k] for k in ("momentum", "clipping", "schedule", "adaptation", "fixed_points", "eval")
+        )
+
+        def yes(d: Mapping[str, Any], text: str) -> str:
+            return f"<b>✓</b> {text}" if d["detected"] else f"<span class=no>✗</span> {text}"
+
+        mom_txt = f"β={_fmt(m['beta'])}, α={_fmt(m['alpha'])}"
+        clip_txt = f"|g|≈{_fmt(c['threshold'])}"
+        ada_txt = f"slope {_fmt(a['slope'])}"
+        ev_txt = (
+            "–"
+            if not ev
+            else f"{_fmt(ev['learned_metric'], '.4f')} vs {e(str(ev['best_baseline']))} "
+            f"{_fmt(ev['best_baseline_metric'], '.4f')}"
+        )
+        rows.append(
+            "<tr>"
+            f"<td>{e(r['run'])}</td><td>{e(str(r['optimizer'] or '–'))}</td>"
+            f"<td>{yes(m, mom_txt)}</td>"
+            f"<td>{yes(c, clip_txt)}</td>"
+            f"<td>{yes(s, e(str(s['shape'])))}</td>"
+            f"<td>{yes(a, ada_txt)}</td>"
+            f"<td>{e(str(fp['at_zero']))} ({e(str(fp['linearized_at']))}), "
+            f"ρ={_fmt(fp['spectral_radius'])}</td>"
+            f"<td>{ev_txt}</td></tr>"
+        )
+    figs = "".join(
+        f'<figure><img alt="{e(k)}" src="data:image/png;base64,'
+        f'{base64.b64encode(v).decode()}"><figcaption>{e(k)}</figcaption></figure>'
+        for k, v in images.items()
+    )
+    summary = "".join(f"<li>{e(t)}</li>" for t in result["summary"]["text"])
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>probes compare</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 0.9em; }}
+th, td {{ border-bottom: 1px solid #ddd; padding: 0.35em 0.6em; text-align: left; }}
+.no {{ color: #999; }} figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
+</style></head><body>
+<h1>Learned optimizers compared</h1>
+<h2>Universal vs idiosyncratic</h2><ul>{summary}</ul>
+<h2>Mechanisms per run</h2>
+<table><tr><th>run</th><th>cell</th><th>momentum</th><th>clipping</th><th>schedule</th>
+<th>adaptation</th><th>fixed points at g*=0</th><th>held-out (learned vs best)</th></tr>
+{"".join(rows)}</table>
+<h2>Figures</h2>{figs}
+</body></html>
+"""
+
+
+def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None):
+    """Compares the analyses of several runs and writes ``compare.json``, figures, ``index.html``.
+
+    Args:
+        runs: run directories (each with ``config.json`` and ``theta.npz``, or at least an
+            ``analysis.json``); analysed with ``probes analyze`` where ``analysis.json`` is
+            missing (and written there).
+        out_dir: where to write; default ``compare/`` in the runs' common parent directory.
+
+    Returns:
+        The ``compare.json`` dict (schema ``probes.compare/1``), with ``out_dir`` and the
+        paths of ``index.html`` and the figures.
+
+    Raises:
+        ValueError: no runs, or a run directory that does not exist.
+    """
+    from lopt.rundir import atomic_write, write_json
+
+    paths = [Path(r) for r in runs]
+    if not paths:
+        raise ValueError("compare needs at least one run directory")
+    if out_dir is None:
+        parents = [str(p.resolve().parent) for p in paths]
+        out_dir = Path(os.path.commonpath(parents)) / "compare"
+    out = Path(out_dir)
+    loaded = [_load(p) for p in paths]
+    names = _names(paths)
+    table = [_row(n, a, ev, cfg) for n, (a, _, ev, cfg) in zip(names, loaded, strict=True)]
+    images = _figures(names, [a for a, *_ in loaded])
+    for k, v in images.items():
+        atomic_write(out / "figures" / f"{k}.png", lambda f, v=v: f.write(v))
+    result: dict[str, Any] = {
+        "schema": SCHEMA,
+        "runs": [
+            {
+                "name": n,
+                "path": str(p),
+                "analysis": src,
+                "has_eval": ev is not None,
+                "task": ((cfg or {}).get("task") or {}).get("name"),
+                "optimizer": (cfg or {}).get("optimizer"),
+            }
+            for n, p, (_, src, ev, cfg) in zip(names, paths, loaded, strict=True)
+        ],
+        "table": table,
+        "summary": summarize(table),
+        "figures": {k: f"figures/{k}.png" for k in images},
+        "out_dir": str(out),
+        "index": str(out / "index.html"),
+    }
+    result = json.loads(json.dumps(result, allow_nan=False))  # strict JSON, plain types
+    write_json(out / "compare.json", result)
+    page = _html(result, images).encode()
+    atomic_write(out / "index.html", lambda f: f.write(page))
+    return result

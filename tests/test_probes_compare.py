@@ -1,0 +1,64 @@
+import base64
+import json
+import re
+
+import pytest
+
+import lopt
+import probes
+from lopt.rundir import write_json
+from probes.compare import compare_runs
+
+
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory):
+    """Two run directories holding only analysis.json: heavy ball with β = 0.9, and with
+    β = 0.5 plus a hard clip (so clipping is idiosyncratic and momentum universal)."""
+    root = tmp_path_factory.mktemp("runs")
+    cells = {
+        "beta09": lopt.cells.momentum(0.1, 0.9),
+        "beta05": lopt.cells.momentum(0.1, 0.5),
+    }
+    for name, cell in cells.items():
+        a = probes.analyze_cell(cell, gradient_scale=1.0).to_json()
+        write_json(root / name / "analysis.json", a)
+    # The second run clips: take the clipping result of a clipped-SGD cell.
+    clipped = probes.analyze_cell(lopt.cells.clipped_sgd(0.1, 0.7), gradient_scale=1.0).to_json()
+    a = json.loads((root / "beta05" / "analysis.json").read_text())
+    a["clipping"] = clipped["clipping"]
+    write_json(root / "beta05" / "analysis.json", a)
+    return root
+
+
+def test_compare_two_runs(two_runs, tmp_path):
+    runs = [two_runs / "beta09", two_runs / "beta05"]
+    result = compare_runs(runs, tmp_path / "cmp")
+    out = tmp_path / "cmp"
+    saved = json.loads((out / "compare.json").read_text())
+    assert saved["schema"] == "probes.compare/1" and saved == result
+    assert [r["run"] for r in saved["table"]] == ["beta09", "beta05"]
+    betas = [r["momentum"]["beta"] for r in saved["table"]]
+    assert betas == pytest.approx([0.9, 0.5], abs=0.01)
+    summary = saved["summary"]
+    assert summary["universal"] == ["momentum"]  # the intersection of detected mechanisms
+    assert summary["idiosyncratic"] == {"clipping": ["beta05"]}
+    assert set(summary["absent"]) == {"schedule", "adaptation"}
+    assert summary["spread"]["momentum_beta"]["max"] == pytest.approx(0.9, abs=0.01)
+    assert saved["table"][0]["fixed_points"]["stable"] is True
+    page = (out / "index.html").read_text()
+    embedded = re.findall(r'src="data:image/png;base64,([^"]+)"', page)
+    assert len(embedded) == len(saved["figures"]) >= 3
+    files = {(out / rel).read_bytes() for rel in saved["figures"].values()}
+    assert {base64.b64decode(data) for data in embedded} == files  # every figure, embedded
+    assert "http" not in page  # nothing fetched
+
+
+def test_default_out_dir_is_in_the_common_parent(two_runs):
+    result = compare_runs([two_runs / "beta09", two_runs / "beta05"])
+    assert (two_runs / "compare" / "index.html").exists()
+    assert result["out_dir"] == str(two_runs.resolve() / "compare")
+
+
+def test_missing_run_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match="no such run directory"):
+        compare_runs([tmp_path / "nope"], tmp_path / "out")
