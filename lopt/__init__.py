@@ -3,11 +3,12 @@
 The public names are re-exported here; see the README for a tour.
 """
 
-from lopt import cells, distributed, estimators
+from lopt import cells, distill, distributed, estimators
 from lopt.base import LearnedOptimizer, from_config
 from lopt.baselines import SearchSpace, baseline, baseline_names, search_space
 from lopt.cell import Cell, CellOptimizerState, apply_cell, cell_optimizer, make_cell
 from lopt.checkpoint import CheckpointError, load, save
+from lopt.distill import build_chain
 from lopt.meta_train import (
     ConfigError,
     MetaTrainConfig,
@@ -36,6 +37,8 @@ __all__ = [
     "MetaTrainConfig",
     "MetaTrainDiverged",
     "MetaTrainResult",
+    "build_chain",
+    "distill",
     "distributed",
     "estimators",
     "meta_train",
