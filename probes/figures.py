@@ -99,7 +99,8 @@ def loss_curves(panels: Sequence[Mapping[str, Any]]) -> Figure:
     """Normalised loss ``f_t/f_0`` against step, mean ± s.e.m. band, one panel per horizon.
 
     Args:
-        panels: ``[{"title": str, "curves": {name: {"mean": (T,), "sem": (T,)}}}]``.
+        panels: ``[{"title": str, "curves": {name: {"mean": (T,), "sem": (T,), "label"}}}]``
+            (``name`` picks the colour, ``label`` the legend text).
     """
     fig, axes = _figure(len(panels), width=5.2 * len(panels), height=3.9)
     for ax, panel in zip(axes, panels, strict=True):
@@ -109,7 +110,7 @@ def loss_curves(panels: Sequence[Mapping[str, Any]]) -> Figure:
             col = color(name)
             lw = 2.2 if name == "learned" else 1.5
             style = "--" if name.startswith("distilled") else "-"
-            ax.plot(t, mean, color=col, lw=lw, ls=style, label=name)
+            ax.plot(t, mean, color=col, lw=lw, ls=style, label=c.get("label", name))
             lo = np.clip(mean - sem, 1e-300, None)
             ax.fill_between(t, lo, mean + sem, color=col, alpha=0.2, lw=0)
         ax.set_yscale("log")

@@ -156,7 +156,8 @@ def heavy_ball_optimum(family: Any, key: Any = None, num_problems: int = 256) ->
     import jax
 
     key = jax.random.key(0) if key is None else key
-    batch = jax.vmap(family.sample)(jax.random.split(key, num_problems))
+    sample = jax.jit(jax.vmap(type(family).sample, in_axes=(None, 0)))
+    batch = sample(family, jax.random.split(key, num_problems))
     if not isinstance(batch, Mapping) or "eigenvalues" not in batch:
         return None
     lam = np.asarray(batch["eigenvalues"], np.float64)
@@ -215,6 +216,7 @@ def white_box_evidence(
     *,
     family: Any = None,
     key: Any = None,
+    trajectories: Any = None,
     num_problems: int = 8,
     max_lines: int = 24,
     num_amounts: int = 7,
@@ -224,23 +226,31 @@ def white_box_evidence(
 ) -> dict[str, Any]:
     """Evidence for the white-box figures, from a cell and its analysis (JSON-able dict).
 
-    * ``convergence``: the fixed point ``h*`` at ``g* = 0`` (:func:`probes.fixed_points`, seeded
-      with the autonomous trajectory and the last recorded states), its kind and residual.
+    * ``convergence``: the fixed point ``h*`` at ``g* = 0``: the state the autonomous dynamics
+      ``h ← F(h, 0)`` reach from ``h0`` in 200 steps, Newton-polished (the first point of the
+      continuation below), its kind, and the slowest real eigenvalue of ``∂F/∂h`` there
+      (:func:`probes.linearize`).
     * ``states``: hidden-state trajectories on ``num_problems`` problems of ``family``
       (:func:`probes.trajectories`) projected on their two principal components
       (:func:`probes.pca`), with ``h*`` and ``h0`` projected too (needs ``family``).
     * ``slow_mode``: ``U(h* + a·v, g)`` for the slowest real eigenvector ``v`` of ``∂F/∂h`` at
       ``h*`` (:func:`probes.update_function.perturbed_states`), ``a`` spanning the states visited.
     * ``s_curve``: branches of fixed points ``h*(g*)`` traced by :func:`probes.continuation`
-      from ``h*`` for ``g* > 0`` and ``g* < 0`` and back down (hysteresis), their first principal
-      component, ``α_eff`` along each, folds, and update functions at a few points per arm.
+      from ``h*`` for ``g* > 0`` and ``g* < 0`` and back (hysteresis), their first principal
+      component, ``α_eff`` along each, folds (with the log-log slope of ``α_eff`` before and
+      after the first one); ``s_curve_updates``: update functions at points evenly spaced
+      along each rising arm.
     * ``optimum``: :func:`heavy_ball_optimum` when ``family`` is ``linear_regression``.
+
+    Every probe of one kind runs as one batched call (one compilation each).
 
     Args:
         cell: the optimizer's :class:`lopt.Cell`.
         analysis: its :class:`probes.Analysis` (or ``to_json()`` dict): gradient scale, histogram.
         family: task family for trajectories and the optimum (optional).
         key: PRNG key for the trajectories (default ``key(0)``).
+        trajectories: already recorded :class:`probes.Trajectories` of this optimizer (then
+            ``family`` is only used for the optimum).
         num_problems: problems recorded.
         max_lines: at most this many (problem, coordinate) trajectories are kept for the figure.
         num_amounts: perturbation amounts along the slow mode.
@@ -256,7 +266,7 @@ def white_box_evidence(
 
     import probes
     from probes._cells import canonical
-    from probes.fixed_points import FIXED, KIND_NAMES, SLOW
+    from probes.fixed_points import FAILED, KIND_NAMES
     from probes.update_function import effective_lr, perturbed_states, update_function
 
     stage = _stage(progress)
@@ -268,62 +278,60 @@ def white_box_evidence(
     H = h0.shape[0]
     out: dict[str, Any] = {"hidden_size": int(H), "gradient_scale": scale}
 
-    grads = None
-    hidden = None
-    if family is not None:
+    tr = trajectories
+    if tr is None and family is not None:
         stage(f"recording trajectories on {num_problems} problems")
         tr = probes.trajectories(cell, family, key, num_problems=num_problems)
+    grads = hidden = None
+    if tr is not None:
         grads = np.asarray(tr.grads, np.float64).reshape(-1)
         grads = grads[np.isfinite(grads)]
-        if tr.hidden is not None:
+        if tr.hidden is not None and tr.initial_hidden is not None:
             hidden = np.concatenate(
                 [np.asarray(tr.initial_hidden)[:, None], np.asarray(tr.hidden)], axis=1
             )  # (B, T+1, C, H)
 
-    # Convergence point: most-visited fixed point at g* = 0.
-    stage("finding the convergence point")
-    auto = np.asarray(_autonomous(cell, 200))
-    seeds = [auto[np.linspace(0, 199, 16).astype(int)]]
-    if hidden is not None:
-        last = hidden[:, -1].reshape(-1, H)
-        seeds.append(last[np.linspace(0, last.shape[0] - 1, min(16, last.shape[0])).astype(int)])
-    seeds = np.concatenate(seeds)
-    noise = 0.01 * (1 + np.abs(seeds)) * np.asarray(jax.random.normal(key, seeds.shape))
-    noise[:: max(1, seeds.shape[0] // 4)] = 0.0  # keep some seeds exact
-    fp = probes.fixed_points(cell, jnp.zeros(1), jnp.asarray(seeds + noise)[None])
-    kind, count, mask = (np.asarray(x[0]) for x in (fp.kind, fp.count, fp.mask))
-    h_star, star_kind, residual = auto[-1], "trajectory end", None
-    for wanted in (FIXED, SLOW):
-        ok = mask & (kind == wanted)
-        if ok.any():
-            slot = int(np.argmax(np.where(ok, count, -1)))
-            h_star = np.asarray(fp.points[0, slot])
-            star_kind, residual = KIND_NAMES[wanted], float(fp.residual[0, slot])
-            break
-    out["convergence"] = {"kind": star_kind, "residual": residual}
+    # Gradient range of the update functions: the gradients actually seen, else the histogram.
+    edges = np.asarray(a.get("clipping", {}).get("histogram_edges") or [], float)
+    if grads is not None and grads.size:
+        g_max, g_top = float(np.percentile(np.abs(grads), 99.5)), float(np.max(np.abs(grads)))
+    else:
+        g_max = g_top = float(np.max(np.abs(edges))) if edges.size else 10 * scale
+    g_max = g_max if g_max > 0 else 10 * scale
+    gs = np.linspace(-g_max, g_max, num_gradients)
+    out["gradient_range"] = g_max
 
+    # Convergence point and S-curve: one continuation program for all four sweeps. The rising
+    # positive sweep starts at g* = 0 from the end of the autonomous trajectory, so its first
+    # point is the convergence point h*.
+    stage("tracing fixed points: convergence point and S-curve (continuation)")
+    auto = np.asarray(_autonomous(cell, 200))
+    lo, hi = 1e-2 * scale, max(1e3 * scale, 2.0 * g_top)
+    up = np.concatenate([[0.0], np.geomspace(lo, hi, continuation_points)])
+    branches = {"pos_up": probes.continuation(cell, up, auto[-1])}
+    h_star = np.asarray(branches["pos_up"].points[0])
+    star_kind = KIND_NAMES[int(branches["pos_up"].kind[0])]
+    if star_kind == "failed":
+        h_star, star_kind = auto[-1], "trajectory end"
+    branches["pos_down"] = probes.continuation(cell, up[::-1], branches["pos_up"].points[-1])
+    branches["neg_up"] = probes.continuation(cell, -up, h_star)
+    branches["neg_down"] = probes.continuation(cell, -up[::-1], branches["neg_up"].points[-1])
+
+    stage("linearising at the convergence point")
     lin = probes.linearize(cell, h_star)
     lam = np.asarray(lin.eigenvalues)
     real = np.abs(lam.imag) <= 1e-6 * np.maximum(1.0, np.abs(lam))
     i_slow = int(np.argmax(np.where(real, np.abs(lam), -1.0))) if real.any() else 0
     v = np.real(np.asarray(lin.right)[:, i_slow])
     v = v / max(float(np.linalg.norm(v)), 1e-30)
-    out["convergence"].update(
-        alpha_eff=float(lin.alpha_eff),
-        spectral_radius=float(np.max(np.abs(lam))) if lam.size else None,
-        slow_eigenvalue=complex(lam[i_slow]) if lam.size else None,
-        slow_timescale=float(np.asarray(lin.timescale)[i_slow]) if lam.size else None,
-    )
-
-    # Gradient range for update functions: the gradients actually seen, else the histogram.
-    if grads is not None and grads.size:
-        g_max = float(np.percentile(np.abs(grads), 99.5))
-    else:
-        edges = np.asarray(a.get("clipping", {}).get("histogram_edges") or [], float)
-        g_max = float(np.max(np.abs(edges))) if edges.size else 10 * scale
-    g_max = g_max if g_max > 0 else 10 * scale
-    gs = np.linspace(-g_max, g_max, num_gradients)
-    out["gradient_range"] = g_max
+    out["convergence"] = {
+        "kind": star_kind,
+        "residual": float(branches["pos_up"].residual[0]),
+        "alpha_eff": float(lin.alpha_eff),
+        "spectral_radius": float(np.max(np.abs(lam))),
+        "slow_eigenvalue": complex(lam[i_slow]),
+        "slow_timescale": float(np.asarray(lin.timescale)[i_slow]),
+    }
 
     # States near the convergence point: PCA of the recorded trajectories.
     if hidden is not None:
@@ -333,107 +341,88 @@ def white_box_evidence(
         lines = np.transpose(hidden, (0, 2, 1, 3)).reshape(B * C, T1, H)
         pick = np.linspace(0, B * C - 1, min(max_lines, B * C)).astype(int)
         steps = np.unique(np.linspace(0, T1 - 1, min(T1, 200)).astype(int))
-        proj = np.asarray(p.project(jnp.asarray(lines[pick][:, steps])))
+        comps, mean = np.asarray(p.components), np.asarray(p.mean)
         out["states"] = {
-            "lines": proj,
+            "lines": (lines[pick][:, steps] - mean) @ comps.T,
             "steps": steps,
-            "fixed_point": np.asarray(p.project(jnp.asarray(h_star))),
-            "start": np.asarray(p.project(jnp.asarray(h0))),
+            "fixed_point": (h_star - mean) @ comps.T,
+            "start": (h0 - mean) @ comps.T,
             "explained_ratio": np.asarray(p.explained_ratio),
             "num_problems": int(B),
             "num_coords": int(C),
         }
-        spread = np.abs((hidden.reshape(-1, H) - h_star) @ v)
-        reach = float(np.percentile(spread, 95))
+        reach = float(np.percentile(np.abs((hidden.reshape(-1, H) - h_star) @ v), 95))
     else:
         reach = float(abs((h0 - h_star) @ v))
     reach = reach if reach > 1e-6 else max(1.0, float(np.linalg.norm(h0 - h_star)))
-
-    stage("update functions along the slow mode")
     amounts = np.linspace(-reach, reach, num_amounts)
-    states = perturbed_states(h_star, v[None], amounts)[0]  # (A, H)
-    out["slow_mode"] = {
-        "eigenvalue": complex(lam[i_slow]) if lam.size else None,
-        "amounts": amounts,
-        "gradients": gs,
-        "updates": np.asarray(update_function(cell, states, gs)),
-        "alpha_eff": np.asarray(effective_lr(cell, states, secant=1e-3 * scale)),
-    }
+    slow_states = np.asarray(perturbed_states(h_star, v[None], amounts)[0])  # (A, H)
 
-    # S-curve: continuation from h* for both signs, then back down each arm.
-    stage("tracing the S-curve of fixed points (continuation)")
-    hist_max = g_max
-    if grads is not None and grads.size:
-        hist_max = float(np.max(np.abs(grads)))
-    lo, hi = 1e-2 * scale, max(1e3 * scale, 2.0 * hist_max)
-    up = np.concatenate([[0.0], np.geomspace(lo, hi, continuation_points)])
+    # First principal component of all fixed points found, oriented to rise with g* > 0.
     arms: dict[str, Any] = {}
-    up_points: dict[str, np.ndarray] = {}
-    all_pts = []
-    for sign, name in ((1.0, "pos"), (-1.0, "neg")):
-        br = probes.continuation(cell, sign * up, h_star)
-        down = probes.continuation(cell, sign * up[::-1], br.points[-1])
-        up_points[name] = np.asarray(br.points)
-        for label, b in ((f"{name}_up", br), (f"{name}_down", down)):
-            pts = np.asarray(b.points)
-            k = np.asarray(b.kind)
-            ok = k != 2
-            alpha = np.asarray(effective_lr(cell, jnp.asarray(pts), secant=1e-3 * scale))
-            arms[label] = {
-                "inputs": np.asarray(b.inputs),
-                "kind": [KIND_NAMES[int(x)] for x in k],
-                "fold": np.asarray(b.fold),
-                "alpha_eff": np.where(ok, alpha, np.nan),
-                "_points": pts,
-                "_ok": ok,
-            }
-            all_pts.append(pts[ok])
-    cloud = np.concatenate(all_pts) if all_pts else h_star[None]
-    pc = probes.pca(jnp.asarray(cloud), num_components=1)
-    sign_fix = 1.0
-    for arm in arms.values():
-        y = np.asarray(pc.project(jnp.asarray(arm.pop("_points"))))[:, 0]
-        arm["pc1"] = np.where(arm.pop("_ok"), y, np.nan)
-    # Orient PC 1 so that it increases with g* on the positive arm.
-    y = arms["pos_up"]["pc1"]
-    if np.isfinite(y[-1]) and np.isfinite(y[0]) and y[-1] < y[0]:
-        sign_fix = -1.0
-        for arm in arms.values():
-            arm["pc1"] = -arm["pc1"]
-    for name in ("pos", "neg"):
-        arm = arms[f"{name}_up"]
-        arm.update(
-            _fold_slopes(
-                arm["inputs"], arm["alpha_eff"], arm["fold"], np.isfinite(arm["alpha_eff"])
-            )
-        )
-    # Update functions at a few points of each rising arm.
-    picks, ustates = [], []
-    for name in ("pos", "neg"):
-        arm = arms[f"{name}_up"]
-        idx = np.nonzero(np.isfinite(arm["pc1"]) & (np.abs(arm["inputs"]) > 0))[0]
+    ok_pts = []
+    for name, b in branches.items():
+        ok = np.asarray(b.kind) != FAILED
+        arms[name] = {
+            "inputs": np.asarray(b.inputs),
+            "kind": [KIND_NAMES[int(x)] for x in np.asarray(b.kind)],
+            "fold": np.asarray(b.fold),
+        }
+        ok_pts.append(np.asarray(b.points)[ok])
+    cloud = np.concatenate(ok_pts)
+    pc = probes.pca(jnp.asarray(cloud if cloud.shape[0] > 1 else h_star[None]), num_components=1)
+    comp, mean = np.asarray(pc.components)[0], np.asarray(pc.mean)
+    y_up = (np.asarray(branches["pos_up"].points) - mean) @ comp
+    if y_up[-1] < y_up[0]:
+        comp = -comp
+
+    # Update functions at points evenly spaced along each rising arm (the S-curve bends in a
+    # narrow band of g*, so even spacing in g* would crowd them on the flat parts).
+    picks, pick_states = [], []
+    for name in ("pos_up", "neg_up"):
+        b = branches[name]
+        ok = (np.asarray(b.kind) != FAILED) & (np.abs(np.asarray(b.inputs)) > 0)
+        idx = np.nonzero(ok)[0]
         if idx.size:
-            # Evenly spaced along the curve (PC 1), not in g*: the S-curve bends in a narrow band.
-            y = np.asarray(arm["pc1"])[idx]
+            y = (np.asarray(b.points)[idx] - mean) @ comp
             chosen = {int(idx[np.argmin(np.abs(y - t))]) for t in np.linspace(y[0], y[-1], 5)}
             for j in sorted(chosen):
-                picks.append(float(arm["inputs"][j]))
-                ustates.append(up_points[name][j])
+                picks.append(float(b.inputs[j]))
+                pick_states.append(np.asarray(b.points[j]))
+
+    # α_eff and U for every state at once (one compilation each).
+    stage("update functions and effective learning rates")
+    arm_states = [np.asarray(b.points) for b in branches.values()]
+    all_states = np.concatenate([slow_states, *arm_states])
+    alpha = np.asarray(effective_lr(cell, jnp.asarray(all_states), secant=1e-3 * scale))
+    u_states = np.concatenate([slow_states, *(np.stack(pick_states)[None] if picks else [])])
+    updates = np.asarray(update_function(cell, jnp.asarray(u_states), gs))
+    A = slow_states.shape[0]
+    out["slow_mode"] = {
+        "eigenvalue": complex(lam[i_slow]),
+        "amounts": amounts,
+        "gradients": gs,
+        "updates": updates[:A],
+        "alpha_eff": alpha[:A],
+    }
+    n = A
+    for name, b, pts in zip(list(branches), branches.values(), arm_states, strict=True):
+        ok = np.asarray(b.kind) != FAILED
+        arm = arms[name]
+        arm["alpha_eff"] = np.where(ok, alpha[n : n + pts.shape[0]], np.nan)
+        arm["pc1"] = np.where(ok, (pts - mean) @ comp, np.nan)
+        n += pts.shape[0]
+        if name.endswith("_up"):
+            arm.update(_fold_slopes(arm["inputs"], arm["alpha_eff"], arm["fold"], ok))
     if picks:
         out["s_curve_updates"] = {
             "g_star": np.asarray(picks),
             "gradients": gs,
-            "updates": np.asarray(update_function(cell, jnp.asarray(np.stack(ustates)), gs)),
+            "updates": updates[A:],
         }
-    out["s_curve"] = {
-        "arms": arms,
-        "explained_ratio": float(np.asarray(pc.explained_ratio)[0]),
-        "pc_sign": sign_fix,
-    }
-
+    out["s_curve"] = {"arms": arms, "explained_ratio": float(np.asarray(pc.explained_ratio)[0])}
     if family is not None:
         out["optimum"] = heavy_ball_optimum(family)
-    stage("evidence done")
     return _clean(out)
 
 
@@ -510,7 +499,10 @@ def _results(evaluation: Mapping[str, Any] | None) -> dict[str, Any] | None:
     for key in sorted(evaluation["horizons"], key=lambda k: float(k)):
         block = evaluation["horizons"][key] or {}
         rows = []
-        for name, o in (block.get("optimizers") or {}).items():
+        optimizers = dict(block.get("optimizers") or {})
+        names = sorted(optimizers, key=lambda n: (n != learned, list(optimizers).index(n)))
+        for name in names:
+            o = optimizers[name]
             v = (block.get("versus") or {}).get(name) or {}
             diff = _finite(v.get("diff"))
             rows.append(
@@ -611,7 +603,11 @@ def _loss_section(b: _Builder, res: dict | None, distill: Mapping | None) -> dic
         curves = {}
         for r in h["rows"]:
             if r["curve_mean"]:
-                curves[r["name"]] = {"mean": r["curve_mean"], "sem": r["curve_sem"] or []}
+                curves[r["name"]] = {
+                    "mean": r["curve_mean"],
+                    "sem": r["curve_sem"] or [],
+                    "label": _label(r["name"]),
+                }
         if i == 0 and distill:
             for name, c in (distill.get("curves") or {}).items():
                 if isinstance(c, Mapping) and c.get("mean"):
@@ -750,7 +746,8 @@ def _momentum_section(b: _Builder, a: Mapping, ev: Mapping | None, res: dict | N
                 True,
             )
         )
-    r = np.asarray([np.nan if x is None else x for x in (m.get("impulse_response") or [])], float)
+    resp = m.get("impulse_response") or (a.get("meta") or {}).get("impulse_response") or []
+    r = np.asarray([np.nan if x is None else x for x in resp], float)
     if r.size:
         k = np.arange(r.size)
         fitted = np.real(-(fa[None, :] * fe[None, :] ** k[:, None]).sum(1)) if fe.size else None
@@ -1554,10 +1551,10 @@ def report_run(
     stage = _stage(progress)
     run = Path(run)
     out = run / "report" if out is None else Path(out)
-    stage(f"loading {run}")
     cfg = read_json(run / "config.json")
     opt, theta, _ = load(run / "theta.npz")
     family = family_from_config(cfg)
+    stage(f"loaded {run} ({family.name})")
     if not _stale(run / "analysis.json", run / "theta.npz"):
         stage("re-using analysis.json")
         analysis = read_json(run / "analysis.json")

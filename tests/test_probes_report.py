@@ -1,0 +1,234 @@
+"""Interpretation reports: ``probes.write_report``, ``probes.report_run``, ``probes report``.
+
+One tiny meta-training run (GRU-4, 2 meta-steps) is reported once through the command line and
+shared by the white-box checks; the black-box checks use optax optimizers and hand-made
+analyses, so the file stays fast (JAX compilation dominates).
+"""
+
+import base64
+import json
+import math
+import re
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import lopt
+import probes
+from lopt.rundir import write_json
+from probes.cli import main
+from probes.report import SCHEMA
+
+WHITE_BOX = {
+    "momentum_states.png",
+    "momentum_update_functions.png",
+    "momentum_eigenvalues.png",
+    "adaptation_s_curve.png",
+    "adaptation_update_functions.png",
+}
+
+
+def _strict_json(path):
+    def no_constant(name):
+        raise AssertionError(f"{path}: non-finite number {name}")
+
+    return json.loads(path.read_text(), parse_constant=no_constant)
+
+
+def _external_refs(page):
+    """URLs the browser would fetch: src/href/url() pointing at http(s) or protocol-relative."""
+    refs = re.findall(r"""(?:src|href)\s*=\s*["']([^"']+)["']""", page)
+    refs += re.findall(r"""url\(\s*["']?([^"')]+)""", page)
+    return [r for r in refs if re.match(r"(https?:)?//", r)]
+
+
+def _eval_json(T=6):
+    curve = list(np.geomspace(1.0, 1e-3, T))
+    opt = {
+        "metric": 0.04,
+        "sem": 0.002,
+        "final": 1e-3,
+        "final_sem": 1e-4,
+        "diverged": 0,
+        "curve_mean": curve,
+        "curve_sem": [0.01] * T,
+        "hyperparams": {},
+    }
+    horizon = {
+        "optimizers": {
+            "learned": opt,
+            "momentum": {
+                **opt,
+                "metric": 0.05,
+                "hyperparams": {"learning_rate": 3.6, "momentum": 0.9},
+            },
+            "adam": {**opt, "metric": None, "sem": None, "curve_mean": curve[:-1] + [None]},
+        },
+        "versus": {
+            "momentum": {"diff": -0.01, "diff_sem": 0.001, "beats": True, "finite_pairs": 8},
+            "adam": {"diff": None, "diff_sem": None, "beats": False, "finite_pairs": 7},
+        },
+        "best_baseline": "momentum",
+        "beats_all": False,
+    }
+    return {
+        "schema": "lopt.eval/1",
+        "horizon": T,
+        "num_problems": 8,
+        "learned": "learned",
+        "task": {"name": "linear_regression"},
+        "horizons": {str(T): horizon, str(2 * T): horizon},
+    }
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A run directory as ``lopt meta-train`` writes it (config.json, theta.npz) plus eval.json.
+
+    theta is a GRU-4 at initialisation with a random readout (meta-training would only cost
+    compilation time here; the report needs non-zero updates, not a good optimizer).
+    """
+    run = tmp_path_factory.mktemp("run")
+    opt = lopt.RNNOptimizer(hidden_size=4)
+    theta = opt.init(jax.random.key(0))
+    theta["readout"]["w"] = -0.3 * jax.random.normal(jax.random.key(1), (4,))
+    lopt.save(run / "theta.npz", opt, theta, step=0, task="linear_regression")
+    task = {"name": "linear_regression", "settings": {"dim": 3, "num_steps": 8}}
+    write_json(run / "config.json", {"optimizer": opt.config(), "task": task})
+    write_json(run / "eval.json", _eval_json(8))
+    return run
+
+
+def test_probes_report_cli_writes_a_white_box_report(tiny_run, capsys):
+    assert main(["report", str(tiny_run), "--quiet"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    index = tiny_run / "report" / "index.html"
+    assert out[-1] == f"wrote {index}" and index.exists()
+    assert (tiny_run / "analysis.json").exists()  # computed on the way, as `probes analyze` does
+    report = _strict_json(tiny_run / "report" / "report.json")
+    assert report["schema"] == SCHEMA and report["source"] == "cell" and report["white_box"]
+    pngs = {p.name for p in (tiny_run / "report" / "figures").glob("*.png")}
+    assert WHITE_BOX <= pngs
+    assert {f["file"].split("/")[-1] for f in report["figures"]} == pngs
+    # The numbers shown are the analysis numbers.
+    analysis = _strict_json(tiny_run / "analysis.json")
+    m = report["mechanisms"]["momentum"]["numbers"]
+    assert m["beta"]["value"] == analysis["momentum"]["beta"]
+    assert report["mechanisms"]["clipping"]["detected"] == analysis["clipping"]["detected"]
+    ev = report["evidence"]
+    assert ev["convergence"]["kind"] in ("fixed", "slow", "trajectory end")
+    assert set(ev["s_curve"]["arms"]) == {"pos_up", "pos_down", "neg_up", "neg_down"}
+    assert ev["optimum"]["beta"] == pytest.approx(0.8808, abs=0.01)  # linear_regression's β*
+    assert report["results"]["horizons"][0]["rows"][0]["name"] == "learned"
+    assert "loss_curves.png" in pngs
+
+
+def test_index_html_is_self_contained_and_embeds_every_figure(tiny_run):
+    if not (tiny_run / "report" / "index.html").exists():
+        assert main(["report", str(tiny_run), "--quiet"]) == 0
+    page = (tiny_run / "report" / "index.html").read_text()
+    figures = sorted((tiny_run / "report" / "figures").glob("*.png"))
+    assert figures
+    for png in figures:
+        assert base64.b64encode(png.read_bytes()).decode() in page, png.name
+    assert _external_refs(page) == []
+    assert "<script" not in page and "<link" not in page
+    report = _strict_json(tiny_run / "report" / "report.json")
+    for sentence in report["summary"]:
+        assert sentence.replace("&", "&amp;") in page or sentence in page
+
+
+def test_black_box_report_of_optax_momentum(tmp_path):
+    analysis = probes.analyze_optax(optax.sgd(0.1, momentum=0.9))
+    report = probes.write_report(analysis, tmp_path)
+    assert report["schema"] == SCHEMA and not report["white_box"] and report["source"] == "optax"
+    assert report["summary"][0].startswith("Momentum with β ≈ 0.90 ")
+    assert "β ≈ 0.90" in (tmp_path / "index.html").read_text()
+    beta = report["mechanisms"]["momentum"]["numbers"]["beta"]["value"]
+    assert beta == pytest.approx(0.9, abs=0.01) and beta == analysis.momentum.beta
+    pngs = {p.name for p in (tmp_path / "figures").glob("*.png")}
+    assert pngs and not pngs & WHITE_BOX
+    assert {"momentum_impulse_response.png", "clipping_update_function.png"} <= pngs
+    assert "schedule_alpha_eff.png" in pngs and "adaptation_alpha_eff.png" in pngs
+    assert not any(f["white_box"] for f in report["figures"])
+    # No clipping, no schedule, no adaptation for heavy-ball momentum, and the page says so.
+    assert not report["mechanisms"]["clipping"]["detected"]
+    assert any("clipping: not detected" in s for s in report["summary"])
+    assert any("adaptation: not detected" in s for s in report["summary"])
+    assert _strict_json(tmp_path / "report.json") == report
+    # Writing again into the same directory leaves no figure of an earlier report behind.
+    (tmp_path / "figures" / "stale.png").write_bytes(b"x")
+    probes.write_report(analysis, tmp_path)
+    assert not (tmp_path / "figures" / "stale.png").exists()
+
+
+def test_results_distillation_and_missing_keys(tmp_path):
+    analysis = probes.analyze_optax(optax.sgd(0.1, momentum=0.9)).to_json()
+    distill = {
+        "schema": "lopt.distill/1",
+        "chain": [{"transform": "trace", "decay": 0.9}, {"transform": "scale", "step_size": -0.1}],
+        "optax_code": "optax.chain(optax.trace(decay=0.9), optax.scale(-0.1))",
+        "results": {
+            "learned": {"metric": 0.04, "sem": 0.002},
+            "best_baseline": {"name": "momentum", "metric": 0.05, "sem": 0.002},
+            "distilled": {"metric": 0.045, "sem": 0.002},
+            "distilled_retuned": None,
+        },
+        "gain": {"mean": 0.01, "sem": 0.001},
+        "significant": True,
+        "fraction": {"mean": 0.5, "ci": [0.3, 0.7]},
+        "curves": {"distilled": {"mean": list(np.geomspace(1.0, 2e-3, 6)), "sem": [0.01] * 6}},
+    }
+    report = probes.write_report(analysis, tmp_path, evaluation=_eval_json(), distill=distill)
+    page = (tmp_path / "index.html").read_text()
+    assert "optax.chain(optax.trace(decay=0.9), optax.scale(-0.1))" in page
+    assert "trace(decay=0.9)" in page and "50%" in page
+    assert report["mechanisms"]["distill"]["numbers"]["fraction"]["value"] == [0.5, 0.3, 0.7]
+    assert "loss_curves.png" in {p.name for p in (tmp_path / "figures").glob("*.png")}
+    rows = report["results"]["horizons"][0]["rows"]
+    assert [r["name"] for r in rows] == ["learned", "momentum", "adam"]
+    assert rows[1]["diff_baseline_minus_learned"] == pytest.approx(0.01)
+    assert rows[2]["metric"] is None and "diverged" in page
+    assert report["results"]["horizons"][1]["multiple"] == 2
+    _strict_json(tmp_path / "report.json")
+    # A distill.json with almost nothing in it, and an eval.json without horizons, still render.
+    lean = probes.write_report(
+        analysis,
+        tmp_path / "lean",
+        evaluation={"schema": "lopt.eval/1"},
+        distill={"significant": False, "fraction": None},
+    )
+    assert lean["results"] is None
+    assert any("not reported" in n for n in lean["mechanisms"]["distill"]["notes"])
+
+
+def test_report_of_a_hand_made_analysis_dict_with_extra_fields(tmp_path):
+    analysis = probes.analyze_optax(optax.rmsprop(0.01)).to_json()
+    analysis["adaptation"]["branch_slope_pos"] = -0.9  # a field from a newer detector
+    report = probes.write_report(analysis, tmp_path, title="RMSProp & friends")
+    assert report["mechanisms"]["adaptation"]["detected"]
+    assert report["mechanisms"]["adaptation"]["numbers"]["branch_slope_pos"]["value"] == -0.9
+    slope = analysis["adaptation"]["slope"]
+    assert any(f"slope {slope:.2g}".replace("-", "−") in s for s in report["summary"])
+    assert "RMSProp &amp; friends" in (tmp_path / "index.html").read_text()
+    assert math.isfinite(report["mechanisms"]["adaptation"]["numbers"]["slope"]["value"])
+
+
+def test_probes_report_missing_run_is_one_line(tmp_path, capsys):
+    no_theta = tmp_path / "no_theta"
+    no_theta.mkdir()
+    write_json(no_theta / "config.json", {"task": {"name": "linear_regression"}})
+    cases = [
+        (tmp_path / "nope", "no such run directory"),
+        (tmp_path, "config.json"),
+        (no_theta, "theta.npz"),
+    ]
+    for run, message in cases:
+        with pytest.raises(SystemExit) as e:
+            main(["report", str(run)])
+        assert e.value.code == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("probes: error:") and "\n" not in err and "Traceback" not in err
+        assert message in err
