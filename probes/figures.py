@@ -516,7 +516,8 @@ def adaptation_lr(series: Sequence[Mapping[str, Any]], *, reference: float | Non
 
     Args:
         series: ``[{"magnitudes": (M,), "alpha": (M,), "label", "color", "style": "line"|"dots"}]``.
-        reference: draws a slope ``-1`` guide (RMSProp-like adaptation) through this ``α``.
+        reference: draws a one-decade slope ``-1`` guide (RMSProp-like adaptation) starting at
+            this ``α``, over the largest magnitudes.
     """
     fig, (ax,) = _figure(width=5.6, height=4.2)
     allm = []
@@ -542,8 +543,9 @@ def adaptation_lr(series: Sequence[Mapping[str, Any]], *, reference: float | Non
     if ys.size:
         ax.set_ylim(ys.min() / 4, ys.max() * 4)
     if reference is not None and m.size and np.isfinite(reference) and reference > 0:
-        x = np.geomspace(m.min(), m.max(), 20)
-        ax.plot(x, reference * x[0] / x, color=GREY, ls=":", lw=1.2, label="slope −1 (RMSProp)")
+        # A one-decade guide at the right end, starting at the reference level.
+        x = np.geomspace(max(m.min(), m.max() / 10), m.max(), 20)
+        ax.plot(x, reference * x[0] / x, color=GREY, ls=":", lw=1.4, label="slope −1 (RMSProp)")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel("|g*| (constant gradient)")

@@ -586,7 +586,14 @@ class _Builder:
         rel = f"figures/{name}.png"
         atomic_write(self.dir / f"{name}.png", lambda f: f.write(data))
         self.pngs[rel] = data
-        entry = {"file": rel, "caption": caption, "section": section, "white_box": white_box}
+        w, h = fig.get_size_inches()
+        entry = {
+            "file": rel,
+            "caption": caption,
+            "section": section,
+            "white_box": white_box,
+            "wide": bool(w / h > 1.8),
+        }
         self.figures.append(entry)
         return entry
 
@@ -1098,10 +1105,16 @@ def _adaptation_section(b: _Builder, a: Mapping, ev: Mapping | None) -> dict:
                     }
                 )
     if series:
+        # The guide starts where the curves are a decade before their largest |g*|.
         ref = None
-        vals = [abs(x) for x in (lrv.get("pos") or []) if _finite(x)]
-        if vals:
-            ref = vals[0]
+        for sr in series:
+            mm = np.asarray(sr["magnitudes"], float)
+            aa = np.abs(np.asarray(sr["alpha"], float))
+            ok = np.isfinite(mm) & np.isfinite(aa) & (mm > 0) & (aa > 0)
+            if ok.any():
+                at = np.nanmax(mm[ok]) / 10
+                ref = float(aa[ok][np.argmin(np.abs(np.log(mm[ok] / at)))])
+                break
         figs.append(
             b.add(
                 "adaptation_alpha_eff",
@@ -1244,11 +1257,14 @@ table { border-collapse:collapse; font-size:13.5px; font-variant-numeric:tabular
 th, td { padding:5px 12px; border-bottom:1px solid var(--line); text-align:right; }
 th { color:var(--muted); font-weight:600; background:var(--soft); }
 td:first-child, th:first-child { text-align:left; }
+table.numbers { width:100%; margin-top:0; }
 table.numbers td:first-child { color:var(--muted); } table.numbers td { text-align:left; }
 .swatch { display:inline-block; width:10px; height:10px; border-radius:2px; margin-right:7px; }
 .better { color:var(--ok); font-weight:600; } .worse { color:#b42318; font-weight:600; }
-.figs { display:grid; grid-template-columns:repeat(auto-fit, minmax(440px, 1fr)); gap:18px 22px; }
+.figs { display:grid; grid-template-columns:repeat(auto-fill, minmax(440px, 1fr)); gap:18px 22px;
+  grid-auto-flow:dense; }
 figure { margin:0; }
+figure.wide { grid-column:1 / -1; }
 figure img { width:100%; height:auto; border:1px solid var(--line); border-radius:6px; }
 figcaption { font-size:13px; color:var(--muted); margin-top:6px; }
 .note { font-size:14px; border-left:3px solid var(--line); padding:4px 12px; margin:8px 0; }
@@ -1272,7 +1288,8 @@ def _badge(detected: bool | None) -> str:
 def _fig_html(f: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
     data = base64.b64encode(pngs[f["file"]]).decode()
     return (
-        f'<figure><img alt="{_esc(f["caption"])}" src="data:image/png;base64,{data}">'
+        f'<figure class="{"wide" if f.get("wide") else "normal"}">'
+        f'<img alt="{_esc(f["caption"])}" src="data:image/png;base64,{data}">'
         f"<figcaption>{_esc(f['caption'])}</figcaption></figure>"
     )
 
@@ -1339,13 +1356,14 @@ def _section_html(sec: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
         parts.append(
             f"<table><tr><th>optimizer</th><th>mean f_t/f_0 ± s.e.m.</th></tr>{rows}</table>"
         )
-    parts.append(_numbers_html(sec.get("numbers") or []))
     for n in sec.get("notes") or []:
         parts.append(f'<p class="note">{_esc(n)}</p>')
-    if sec.get("figures"):
-        parts.append(
-            '<div class="figs">' + "".join(_fig_html(f, pngs) for f in sec["figures"]) + "</div>"
-        )
+    # The numbers table is the first cell of the figure grid: beside the first figure.
+    table = _numbers_html(sec.get("numbers") or [])
+    cells = [f'<div class="card">{table}</div>'] if table else []
+    cells += [_fig_html(f, pngs) for f in sec.get("figures") or []]
+    if cells:
+        parts.append('<div class="figs">' + "".join(cells) + "</div>")
     return "\n".join(parts)
 
 

@@ -140,8 +140,14 @@ def test_index_html_is_self_contained_and_embeds_every_figure(tiny_run):
         assert sentence.replace("&", "&amp;") in page or sentence in page
 
 
-def test_black_box_report_of_optax_momentum(tmp_path):
-    analysis = probes.analyze_optax(optax.sgd(0.1, momentum=0.9))
+@pytest.fixture(scope="module")
+def heavy_ball():
+    """The black-box analysis of ``optax.sgd(0.1, momentum=0.9)`` (β = 0.9, α = 0.1)."""
+    return probes.analyze_optax(optax.sgd(0.1, momentum=0.9))
+
+
+def test_black_box_report_of_optax_momentum(tmp_path, heavy_ball):
+    analysis = heavy_ball
     report = probes.write_report(analysis, tmp_path)
     assert report["schema"] == SCHEMA and not report["white_box"] and report["source"] == "optax"
     assert report["summary"][0].startswith("Momentum with β ≈ 0.90 ")
@@ -164,8 +170,8 @@ def test_black_box_report_of_optax_momentum(tmp_path):
     assert not (tmp_path / "figures" / "stale.png").exists()
 
 
-def test_results_distillation_and_missing_keys(tmp_path):
-    analysis = probes.analyze_optax(optax.sgd(0.1, momentum=0.9)).to_json()
+def test_results_distillation_and_missing_keys(tmp_path, heavy_ball):
+    analysis = heavy_ball.to_json()
     distill = {
         "schema": "lopt.distill/1",
         "chain": [{"transform": "trace", "decay": 0.9}, {"transform": "scale", "step_size": -0.1}],

@@ -60,3 +60,22 @@ def test_report_renders_in_headless_chromium(tmp_path):
     assert len(colours) > 200, len(colours)
     # The figures are drawn: the lower part of the page (figures) is not empty either.
     assert img[1000:].std() > 10.0
+
+
+@pytest.mark.slow
+def test_report_run_of_a_black_box_learned_optimizer(tmp_path):
+    """The per-parameter MLP optimizer has no cell: behavioural sections only."""
+    import jax
+
+    import lopt
+    from lopt.rundir import read_json, write_json
+
+    opt = lopt.MLPOptimizer()
+    lopt.save(tmp_path / "theta.npz", opt, opt.init(jax.random.key(0)), step=0)
+    task = {"name": "linear_regression", "settings": {"dim": 3, "num_steps": 8}}
+    write_json(tmp_path / "config.json", {"optimizer": opt.config(), "task": task})
+    index = probes.report_run(tmp_path, progress=False)
+    report = read_json(index.parent / "report.json")
+    assert report["source"] == "optax" and not report["white_box"]
+    assert report["figures"] and not any(f["white_box"] for f in report["figures"])
+    assert read_json(tmp_path / "analysis.json")["source"] == "optax"
