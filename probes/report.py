@@ -106,6 +106,12 @@ def _fmt(x: Any, spec: str = ".3g") -> str:
     return format(v, spec).replace("-", "−")
 
 
+def _slope(x: Any) -> str:
+    """A log-log slope: two significant digits, and ``0`` for float noise (``|s| < 5e-4``)."""
+    v = _finite(x)
+    return "–" if v is None else ("0" if abs(v) < 5e-4 else _fmt(v, ".2g"))
+
+
 def _pm(mean: Any, sem: Any, spec: str = ".4f") -> str:
     if _finite(mean) is None:
         return "diverged" if mean is None else "–"
@@ -466,7 +472,7 @@ def summary_sentences(a: Mapping[str, Any], evidence: Mapping[str, Any] | None =
     sched = _schedule_phrase(s)
     out.append(sched[0].upper() + sched[1:] + ".")
     slope = _finite(ad.get("slope"))
-    sl = f" (log-log slope {slope:.2g})" if slope is not None else ""
+    sl = f" (log-log slope {_slope(slope)})" if slope is not None else ""
     if ad.get("detected"):
         out.append(f"Adapts its learning rate: α_eff falls as gradients grow{sl}.")
     else:
@@ -966,9 +972,13 @@ _ADAPT_KNOWN = {
 def _adaptation_section(b: _Builder, a: Mapping, ev: Mapping | None) -> dict:
     d = a.get("adaptation") or {}
     nums = [
-        _num_row("slope_pos", "log-log slope, g* > 0", d.get("slope_pos")),
-        _num_row("slope_neg", "log-log slope, g* < 0", d.get("slope_neg")),
-        _num_row("slope", "slope used (RMSProp: −1)", d.get("slope")),
+        _num_row(
+            "slope_pos", "log-log slope, g* > 0", d.get("slope_pos"), _slope(d.get("slope_pos"))
+        ),
+        _num_row(
+            "slope_neg", "log-log slope, g* < 0", d.get("slope_neg"), _slope(d.get("slope_neg"))
+        ),
+        _num_row("slope", "slope used (RMSProp: −1)", d.get("slope"), _slope(d.get("slope"))),
     ]
     mags = np.asarray(d.get("magnitudes") or [], float)
     lrv = d.get("lr_vs_magnitude") or {}
@@ -1219,7 +1229,7 @@ def _distill_section(distill: Mapping | None) -> dict | None:
         "title": "Distillation: the mechanisms as a hand-written optimizer",
         "detected": None,
         "lead": "The detected mechanisms composed into an optax chain, evaluated on the same "
-        "held-out problems (written by `lopt distill`).",
+        "held-out problems (written by lopt distill).",
         "chain": _chain_text(distill.get("chain")),
         "code": distill.get("optax_code"),
         "rows": rows,

@@ -238,3 +238,22 @@ def test_probes_report_missing_run_is_one_line(tmp_path, capsys):
         err = capsys.readouterr().err.strip()
         assert err.startswith("probes: error:") and "\n" not in err and "Traceback" not in err
         assert message in err
+
+
+def test_probes_compare_is_wired_to_compare_runs(tmp_path, capsys, monkeypatch):
+    import sys
+    import types
+
+    calls = []
+    fake = types.ModuleType("probes.compare")
+    fake.compare_runs = lambda runs, out: calls.append((runs, out)) or out / "index.html"
+    monkeypatch.setitem(sys.modules, "probes.compare", fake)
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir()
+    b.mkdir()
+    assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
+    assert calls == [([a, b], tmp_path / "cmp")]
+    assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'cmp' / 'index.html'}"
+    with pytest.raises(SystemExit) as e:
+        main(["compare", str(a), str(tmp_path / "missing")])
+    assert e.value.code == 2 and "no such run directory" in capsys.readouterr().err
