@@ -31,8 +31,8 @@ COLORS: dict[str, str] = {
     "learned": _CB[0],
     "momentum": _CB[1],
     "rmsprop": _CB[2],
-    "adam": _CB[3],
-    "sgd": _CB[4],
+    "adam": _CB[4],
+    "sgd": _CB[5],
     "distilled": _CB[9],
     "distilled_retuned": _CB[7],
 }
@@ -45,7 +45,7 @@ def color(name: str) -> str:
     """The colour of optimizer ``name`` (unknown names get a stable colour from the palette)."""
     if name in COLORS:
         return COLORS[name]
-    return _CB[5 + sum(map(ord, name)) % 3]
+    return (_CB[6], _CB[8])[sum(map(ord, name)) % 2]
 
 
 @contextlib.contextmanager
@@ -104,6 +104,7 @@ def loss_curves(panels: Sequence[Mapping[str, Any]]) -> Figure:
     """
     fig, axes = _figure(len(panels), width=5.2 * len(panels), height=3.9)
     for ax, panel in zip(axes, panels, strict=True):
+        means = []
         for name, c in panel["curves"].items():
             mean, sem = _arr(c["mean"]), _arr(c.get("sem", np.zeros_like(c["mean"])))
             t = np.arange(mean.size)
@@ -111,9 +112,17 @@ def loss_curves(panels: Sequence[Mapping[str, Any]]) -> Figure:
             lw = 2.2 if name == "learned" else 1.5
             style = "--" if name.startswith("distilled") else "-"
             ax.plot(t, mean, color=col, lw=lw, ls=style, label=c.get("label", name))
-            lo = np.clip(mean - sem, 1e-300, None)
+            # On a log axis a band reaching zero would swamp the plot: where mean - sem ≤ 0 the
+            # lower edge mirrors the upper one in log space, mean² / (mean + sem).
+            with np.errstate(divide="ignore", invalid="ignore"):
+                lo = np.where(mean - sem > 0, mean - sem, mean**2 / (mean + sem))
             ax.fill_between(t, lo, mean + sem, color=col, alpha=0.2, lw=0)
+            means.append(mean)
         ax.set_yscale("log")
+        m = np.concatenate(means) if means else np.zeros(0)
+        m = m[np.isfinite(m) & (m > 0)]
+        if m.size:
+            ax.set_ylim(m.min() / 3, m.max() * 3)
         ax.set_xlabel("step")
         ax.set_ylabel("normalised loss $f_t/f_0$")
         ax.set_title(panel["title"])
