@@ -39,6 +39,8 @@ from lopt.checkpoint import save
 from tasks import TaskFamily
 
 STATE_FORMAT = "lopt.meta_train.state/1"
+#: Seed of the fixed validation problems (``MetaTrainConfig.validate_every``).
+VALIDATION_SEED = 2_000_029
 
 
 class ConfigError(ValueError):
@@ -74,6 +76,14 @@ class MetaTrainConfig:
         max_nonfinite_steps: stop after this many consecutive meta-steps in which every problem
             was non-finite (theta is never updated by such steps).
         seed: the run's PRNG seed (used when no key is passed).
+        validate_every: meta-steps between validations (``0``: never). A validation scores
+            theta by the paper's metric (mean normalised loss over the horizon) on
+            ``validation_problems`` fixed problems drawn from :data:`VALIDATION_SEED`, a key
+            that is neither the held-out key (:func:`lopt.heldout_key`) nor a tuning key. The
+            best-scoring theta is kept in ``best.npz`` and, once training ends, becomes the
+            run's result (``theta.npz``): meta-training is noisy and its last iterate is not
+            always its best (see the README's presets section).
+        validation_problems: problems per validation.
     """
 
     estimator: str = "full_bptt"
@@ -97,6 +107,8 @@ class MetaTrainConfig:
     checkpoint_every: int = 100
     max_nonfinite_steps: int = 10
     seed: int = 0
+    validate_every: int = 0
+    validation_problems: int = 64
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MetaTrainConfig:
@@ -127,7 +139,12 @@ class MetaTrainConfig:
             horizon=family.num_steps if self.horizon is None else self.horizon,
         )
         c = dataclasses.replace(c, truncation=c.horizon if c.truncation is None else c.truncation)
+        if not isinstance(c.validate_every, int) or c.validate_every < 0:
+            raise ConfigError(
+                f"validate_every must be a non-negative integer, got {c.validate_every!r}"
+            )
         ints = (
+            "validation_problems",
             "horizon",
             "truncation",
             "num_problems",
@@ -202,6 +219,7 @@ class MetaTrainResult(NamedTuple):
     metrics: list[dict[str, Any]]
     interrupted: bool
     out_dir: Path | None
+    selected_step: int | None = None
 
 
 class MetaTrainDiverged(RuntimeError):
@@ -245,6 +263,8 @@ _HOST_ONLY = {
     "checkpoint_every": 1,
     "max_nonfinite_steps": 1,
     "seed": 0,
+    "validate_every": 0,
+    "validation_problems": 64,
 }
 
 
@@ -431,6 +451,7 @@ def meta_train(
     step = int(state.step)
     history: list[dict[str, Any]] = []
     pending: list[dict[str, jax.Array]] = []
+    validate = _Validation(opt, family, config, out, resume, write=writer)
     interrupted = False
     bar = tqdm(
         total=config.num_steps,
@@ -461,6 +482,7 @@ def meta_train(
             "first_step": first,
         }
         pending = []
+        row.update(validate.pop_row())
         history.append(row)
         if writer:
             rundir.append_jsonl(out / "metrics.jsonl", [row])
@@ -473,6 +495,8 @@ def meta_train(
             step += 1
             pending.append(metrics)
             bar.update(1)
+            if validate.due(step):
+                validate(step, state.theta)
             if step % config.log_every == 0 or step == config.num_steps:
                 flush()
                 streak = int(state.nonfinite_streak)
@@ -491,7 +515,96 @@ def meta_train(
     flush()
     if out is not None:
         save_state(out, opt, state, family)
-    return MetaTrainResult(jax.device_get(state.theta), step, history, interrupted, out)
+    theta, selected = jax.device_get(state.theta), None
+    if validate.enabled and not interrupted and step >= config.num_steps and validate.best:
+        selected, theta = validate.best_step, validate.best_theta
+        if writer:
+            save(
+                out / "theta.npz",
+                opt,
+                theta,
+                step=step,
+                task=family.name,
+                selected_step=selected,
+                validation=validate.best,
+            )
+    return MetaTrainResult(theta, step, history, interrupted, out, selected)
+
+
+@functools.lru_cache(maxsize=8)
+def _validation_losses(opt, horizon: int):
+    """Jitted ``(family, theta, keys) -> losses[B, T]`` of ``opt.optimizer(theta)``."""
+    from lopt.unroll import init_inner, unroll
+
+    @jax.jit
+    def run(family, theta, keys):
+        tx = optax.with_extra_args_support(opt.optimizer(theta))
+
+        def one(k):
+            return unroll(tx, family, init_inner(tx, family, k), horizon)[1]
+
+        return jax.vmap(one)(keys)
+
+    return run
+
+
+class _Validation:
+    """Scores theta on fixed validation problems and keeps the best (``validate_every``).
+
+    The best theta is written to ``best.npz`` (atomic) whenever it improves, so a resumed run
+    knows the best so far; on resume the record is read back from that file.
+    """
+
+    def __init__(self, opt, family, config, out: Path | None, resume: bool, *, write: bool):
+        self.enabled = config.validate_every > 0
+        self.every, self.last = config.validate_every, config.num_steps
+        self.opt, self.family, self.out, self.write = opt, family, out, write
+        self.best: float | None = None
+        self.best_step: int | None = None
+        self.best_theta: Any = None
+        self._row: dict[str, Any] = {}
+        if not self.enabled:
+            return
+        try:
+            hash(opt)
+            self._fn = _validation_losses(opt, config.horizon)
+        except TypeError:
+            self._fn = _validation_losses.__wrapped__(opt, config.horizon)
+        self._keys = jax.random.split(jax.random.key(VALIDATION_SEED), config.validation_problems)
+        if resume and out is not None and (out / "best.npz").exists():
+            from lopt.checkpoint import load
+
+            _, self.best_theta, meta = load(out / "best.npz")
+            self.best, self.best_step = float(meta["validation"]), int(meta["step"])
+
+    def due(self, step: int) -> bool:
+        """Whether to validate after meta-step ``step``."""
+        return self.enabled and (step % self.every == 0 or step == self.last)
+
+    def __call__(self, step: int, theta: Any) -> float:
+        """Scores ``theta`` (``inf`` if any validation problem diverged); keeps the best."""
+        from lopt.unroll import per_problem_metric
+
+        theta = jax.device_get(distributed.to_host(theta))
+        losses = np.asarray(self._fn(self.family, theta, self._keys))
+        score = float(np.mean(per_problem_metric(losses)))
+        improved = bool(np.isfinite(score) and (self.best is None or score < self.best))
+        if improved:
+            self.best, self.best_step, self.best_theta = score, step, theta
+            if self.write:
+                save(self.out / "best.npz", self.opt, theta, step=step, validation=score)
+        self._row = {
+            "validation": score if np.isfinite(score) else None,
+            "validation_step": step,
+            "best_validation": self.best,
+            "best_step": self.best_step,
+        }
+        return score
+
+    def pop_row(self) -> dict[str, Any]:
+        """The latest validation's numbers for the next ``metrics.jsonl`` row (once)."""
+        row, self._row = self._row, {}
+        return row
 
 
 def meta_train_metrics(out_dir: str | Path) -> list[dict[str, Any]]:

@@ -111,3 +111,46 @@ def test_resume_from_a_corrupted_state_is_a_clear_error(tmp_path):
     (tmp_path / "state.npz").write_bytes(data[: len(data) // 2])
     with pytest.raises(lopt.CheckpointError, match="state.npz"):
         meta_train(OPT, FAMILY, CONFIG, out_dir=tmp_path, resume=True, progress=False)
+
+
+def test_validation_keeps_the_best_theta_and_resumes_exactly(tmp_path):
+    from lopt.meta_train import VALIDATION_SEED
+    from lopt.unroll import per_problem_metric
+
+    config = MetaTrainConfig(
+        **{**CONFIG.to_dict(), "learning_rate": 0.1, "validate_every": 2, "validation_problems": 4}
+    )
+    full = meta_train(OPT, FAMILY, config, out_dir=tmp_path / "a", progress=False)
+    rows = lopt.meta_train_metrics(tmp_path / "a")
+    scores = {r["validation_step"]: r["validation"] for r in rows if "validation" in r}
+    assert sorted(scores) == [2, 4, 6]
+    best_step = min(scores, key=scores.get)
+    assert full.selected_step == best_step
+    # theta.npz is the selected theta, best.npz the same, and its score is reproducible with
+    # lopt.evaluate on the validation problems.
+    _, theta, meta = lopt.load(tmp_path / "a" / "theta.npz")
+    _, best, best_meta = lopt.load(tmp_path / "a" / "best.npz")
+    assert meta["selected_step"] == best_meta["step"] == best_step and meta["step"] == 6
+    for a, b, c in zip(_leaves(theta), _leaves(best), _leaves(full.theta), strict=True):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    losses = lopt.evaluate(
+        OPT.optimizer(theta), FAMILY, jax.random.key(VALIDATION_SEED), 4, FAMILY.num_steps
+    )
+    np.testing.assert_allclose(
+        per_problem_metric(np.asarray(losses)).mean(), scores[best_step], rtol=1e-5
+    )
+    # Stopped after step 4 (both validations also happen in the full run) and resumed: the
+    # same selection, bitwise.
+    first = MetaTrainConfig(**{**config.to_dict(), "num_steps": 4})
+    part = meta_train(OPT, FAMILY, first, out_dir=tmp_path / "b", progress=False)
+    assert part.selected_step == min((2, 4), key=scores.get)
+    resumed = meta_train(OPT, FAMILY, config, out_dir=tmp_path / "b", resume=True, progress=False)
+    assert resumed.selected_step == full.selected_step
+    for a, b in zip(_leaves(full.theta), _leaves(resumed.theta), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_validate_every_must_be_non_negative():
+    with pytest.raises(ConfigError, match="validate_every"):
+        MetaTrainConfig(validate_every=-1).resolved(FAMILY)
