@@ -625,7 +625,8 @@ def _loss_section(b: _Builder, res: dict | None, distill: Mapping | None) -> dic
             for name, c in (distill.get("curves") or {}).items():
                 if isinstance(c, Mapping) and c.get("mean"):
                     key = name if str(name).startswith("distilled") else f"distilled ({name})"
-                    curves[key] = {"mean": c["mean"], "sem": c.get("sem") or []}
+                    label = key.replace("distilled_retuned", "distilled, re-tuned")
+                    curves[key] = {"mean": c["mean"], "sem": c.get("sem") or [], "label": label}
         if curves:
             mult = f" ({h['multiple']:.0f}× horizon)" if h.get("multiple") else ""
             panels.append({"title": f"{h['steps']} steps{mult}", "curves": curves})
@@ -1152,20 +1153,39 @@ def _adaptation_section(b: _Builder, a: Mapping, ev: Mapping | None) -> dict:
     }
 
 
-def _chain_text(chain: Any) -> list[str]:
+def _short(v: Any) -> str:
+    """A compact rendering of a chain parameter (long lists and dicts are summarised)."""
+    if _finite(v) is not None and not isinstance(v, bool):
+        return _fmt(v, ".4g")
+    if isinstance(v, list | tuple):
+        return f"[{len(v)} values]" if len(v) > 4 else "[" + ", ".join(_short(x) for x in v) + "]"
+    if isinstance(v, Mapping):
+        return "{" + ", ".join(f"{k}: {_short(x)}" for k, x in v.items()) + "}"
+    return str(v)
+
+
+def _chain_text(chain: Any) -> list[dict[str, str]]:
+    """``[{"call": "trace(decay=0.913)", "mechanism": "momentum (...)"}]`` from a distill chain."""
     out = []
     for step in chain or []:
         if isinstance(step, Mapping):
             name = step.get("transform", "?")
             args = ", ".join(
-                f"{k}={_fmt(v, '.4g') if _finite(v) is not None else v}"
-                for k, v in step.items()
-                if k != "transform"
+                f"{k}={_short(v)}" for k, v in step.items() if k not in ("transform", "mechanism")
             )
-            out.append(f"{name}({args})")
+            out.append({"call": f"{name}({args})", "mechanism": str(step.get("mechanism") or "")})
         else:
-            out.append(str(step))
+            out.append({"call": str(step), "mechanism": ""})
     return out
+
+
+def _fraction_row(key: str, label: str, frac: Any) -> dict[str, Any] | None:
+    if not isinstance(frac, Mapping) or _finite(frac.get("mean")) is None:
+        return None
+    ci = list(frac.get("ci") or [None, None])[:2]
+    ci += [None] * (2 - len(ci))
+    shown = f"{_fmt(frac.get('mean'), '.0%')} (95% CI {_fmt(ci[0], '.0%')} … {_fmt(ci[1], '.0%')})"
+    return _num_row(key, label, [frac.get("mean"), *ci], shown)
 
 
 def _distill_section(distill: Mapping | None) -> dict | None:
@@ -1183,16 +1203,19 @@ def _distill_section(distill: Mapping | None) -> dict | None:
         if not isinstance(r, Mapping):
             continue
         name = label or f"best baseline ({_label(str(r.get('name', '?')))})"
+        if r.get("label"):
+            name += f" ({r['label']})"
+        vs = r.get("vs_best_baseline") if isinstance(r.get("vs_best_baseline"), Mapping) else {}
         rows.append(
             {
                 "name": name,
                 "key": key,
                 "metric": _finite(r.get("metric")),
                 "sem": _finite(r.get("sem")),
+                "vs_best_baseline": _clean(vs) or None,
             }
         )
     gain = distill.get("gain") or {}
-    frac = distill.get("fraction")
     sig = distill.get("significant")
     nums = []
     if gain:
@@ -1206,24 +1229,31 @@ def _distill_section(distill: Mapping | None) -> dict | None:
         )
     if sig is not None:
         nums.append(_num_row("significant", "gain significant", bool(sig), "yes" if sig else "no"))
-    if isinstance(frac, Mapping) and _finite(frac.get("mean")) is not None:
-        ci = frac.get("ci") or [None, None]
-        nums.append(
-            _num_row(
-                "fraction",
-                "fraction of the gain recovered",
-                [frac.get("mean"), *ci],
-                f"{_fmt(frac.get('mean'), '.0%')} (CI {_fmt(ci[0], '.0%')} … {_fmt(ci[1], '.0%')})",
-            )
-        )
-        frac_note = None
+    notes = []
+    frac = _fraction_row("fraction", "fraction of the gain recovered", distill.get("fraction"))
+    if frac:
+        nums.append(frac)
     elif sig is False:
-        frac_note = (
+        notes.append(
             "The recovered fraction is not reported: the learned optimizer does not "
             "significantly beat the best tuned baseline, so there is no gain to share."
         )
     else:
-        frac_note = "The recovered fraction is not reported in distill.json."
+        notes.append("The recovered fraction is not reported in distill.json.")
+    frac_r = _fraction_row(
+        "fraction_retuned", "fraction recovered after re-tuning", distill.get("fraction_retuned")
+    )
+    if frac_r:
+        nums.append(frac_r)
+    if distill.get("reason"):
+        notes.append(str(distill["reason"]))
+    method = distill.get("fraction") if isinstance(distill.get("fraction"), Mapping) else {}
+    if method.get("method"):
+        notes.append(f"Interval of the recovered fraction: {method['method']}.")
+    code = [
+        ("distilled", distill.get("optax_code")),
+        ("re-tuned", distill.get("optax_code_retuned")),
+    ]
     return {
         "id": "distill",
         "title": "Distillation: the mechanisms as a hand-written optimizer",
@@ -1231,11 +1261,11 @@ def _distill_section(distill: Mapping | None) -> dict | None:
         "lead": "The detected mechanisms composed into an optax chain, evaluated on the same "
         "held-out problems (written by lopt distill).",
         "chain": _chain_text(distill.get("chain")),
-        "code": distill.get("optax_code"),
+        "code": [(k, c) for k, c in code if c],
         "rows": rows,
         "numbers": nums,
         "figures": [],
-        "notes": [frac_note] if frac_note else [],
+        "notes": notes,
     }
 
 
@@ -1278,7 +1308,10 @@ figure.wide { grid-column:1 / -1; }
 figure img { width:100%; height:auto; border:1px solid var(--line); border-radius:6px; }
 figcaption { font-size:13px; color:var(--muted); margin-top:6px; }
 .note { font-size:14px; border-left:3px solid var(--line); padding:4px 12px; margin:8px 0; }
-pre { background:#0f172a; color:#e2e8f0; padding:12px 14px; border-radius:6px; overflow-x:auto;
+.mech { color:var(--muted); font-size:13.5px; }
+.codelabel { margin:10px 0 2px; color:var(--muted); font-size:13px; }
+pre { white-space:pre-wrap; overflow-wrap:anywhere;
+  background:#0f172a; color:#e2e8f0; padding:12px 14px; border-radius:6px; overflow-x:auto;
   font:12.5px/1.5 ui-monospace, SFMono-Regular, Menlo, Consolas, "DejaVu Sans Mono", monospace; }
 code { font:12.5px ui-monospace, SFMono-Regular, Menlo, Consolas, "DejaVu Sans Mono", monospace; }
 footer { margin-top:48px; color:var(--muted); font-size:12.5px; }
@@ -1354,17 +1387,26 @@ def _section_html(sec: Mapping[str, Any], pngs: Mapping[str, bytes]) -> str:
     if sec.get("lead"):
         parts.append(f'<p class="lead">{_esc(sec["lead"])}</p>')
     if sec.get("chain"):
-        items = "".join(f"<li><code>{_esc(c)}</code></li>" for c in sec["chain"])
-        parts.append(f"<p>Chain of transformations:</p><ol>{items}</ol>")
-    if sec.get("code"):
-        parts.append(f"<pre>{_esc(sec['code'])}</pre>")
-    if sec.get("rows"):
-        rows = "".join(
-            f"<tr><td>{_esc(r['name'])}</td><td>{_pm(r['metric'], r['sem'])}</td></tr>"
-            for r in sec["rows"]
+        items = "".join(
+            f"<li><code>{_esc(c['call'])}</code>"
+            + (f' <span class="mech">— {_esc(c["mechanism"])}</span>' if c["mechanism"] else "")
+            + "</li>"
+            for c in sec["chain"]
         )
+        parts.append(f"<p>Chain of transformations:</p><ol>{items}</ol>")
+    for label, code in sec.get("code") or []:
+        parts.append(f'<p class="codelabel">{_esc(label)}</p><pre>{_esc(code)}</pre>')
+    if sec.get("rows"):
+        rows = []
+        for r in sec["rows"]:
+            vs = r.get("vs_best_baseline") or {}
+            rows.append(
+                f"<tr><td>{_esc(r['name'])}</td><td>{_pm(r['metric'], r['sem'])}</td>"
+                f"<td>{_pm(vs.get('mean'), vs.get('sem')) if vs else ''}</td></tr>"
+            )
         parts.append(
-            f"<table><tr><th>optimizer</th><th>mean f_t/f_0 ± s.e.m.</th></tr>{rows}</table>"
+            "<table><tr><th>optimizer</th><th>mean f_t/f_0 ± s.e.m.</th>"
+            f"<th>best baseline − this (paired)</th></tr>{''.join(rows)}</table>"
         )
     for n in sec.get("notes") or []:
         parts.append(f'<p class="note">{_esc(n)}</p>')
@@ -1523,7 +1565,7 @@ def write_report(
                 },
                 "notes": s.get("notes") or [],
                 **(
-                    {"chain": s["chain"], "code": s.get("code"), "rows": s["rows"]}
+                    {"chain": s["chain"], "code": dict(s.get("code") or []), "rows": s["rows"]}
                     if s["id"] == "distill"
                     else {}
                 ),
