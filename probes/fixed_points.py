@@ -649,7 +649,7 @@ def continuation(
         >>> br = probes.continuation(saddle_cell(k=2.0), jnp.linspace(-0.8, 0.8, 33),
         ...                          jnp.array([-1.0, 0.0]))
         >>> [round(float(g), 2) for g in br.inputs[br.fold]]
-        [0.2]
+        [0.55]
     """
     f32 = functools.partial(jnp.asarray, dtype=jnp.float32)
     return _continuation(

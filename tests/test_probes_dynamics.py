@@ -103,20 +103,54 @@ def test_update_function_and_effective_lr():
     np.testing.assert_allclose(along[:, 0], probes.effective_lr(gru, h), rtol=1e-6)
 
 
-def test_continuation_traces_branch_and_flags_fold():
-    # h' = tanh(2h + g): bistable for small |g|; sweeping g upward from the lower branch jumps at
-    # the fold g_f = 2·atanh(√(1/2))... = ±(2x - atanh(x)) with 1 - x² = 1/2.
+# h' = tanh(k·h + g) (the first coordinate of saddle_cell; the second is linear, h' = h/2 + g).
+# Its fixed points satisfy g = atanh(x) - k·x; a branch folds where dg/dx = 0, i.e.
+# 1/(1 - x²) = k: x_f = ±√(1 - 1/k), |g_f| = k·x_f - atanh(x_f) (0.5328 for k = 2). For k < 1
+# there is one fixed point for every g (no fold).
+def _fold_input(k):
+    x = np.sqrt(1.0 - 1.0 / k)
+    return np.arctanh(x) - k * x
+
+
+# One grid shape (0, then 40 log-spaced magnitudes: the analysis's layout) for every case, so
+# the continuation compiles once for these tests.
+_GRID = np.concatenate([[0.0], np.logspace(-3, np.log10(2.0), 40)])
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_continuation_flags_exactly_the_hysteresis_fold(sign):
     cell = reference.saddle_cell(k=2.0, a=0.5)
-    gs = jnp.linspace(-0.8, 0.8, 41)
-    br = probes.continuation(cell, gs, jnp.array([-1.0, 0.0]))
+    g_f = abs(_fold_input(2.0))  # 0.5328
+    # Start on the branch that ends at the fold: for g* > 0 the lower one (x < 0).
+    x0 = -sign * 0.9575040
+    br = probes.continuation(cell, sign * _GRID, jnp.array([x0, 0.0]))
     assert np.all(np.asarray(br.kind) == FIXED)
-    x = np.sqrt(0.5)
-    g_fold = np.arctanh(x) - 2 * x  # upper fold of the lower branch (negative x)
-    g_fold = -g_fold
-    folds = np.asarray(gs)[np.asarray(br.fold)]
-    assert folds.size >= 1
-    assert abs(folds[0] - g_fold) <= 0.05
-    assert np.asarray(br.points)[0, 0] < 0 < np.asarray(br.points)[-1, 0]
+    fold = np.asarray(br.fold)
+    assert fold.sum() == 1
+    j = int(np.argmax(fold))
+    assert _GRID[j - 1] < g_f <= _GRID[j]  # between the last grid point before and after
+    assert np.asarray(br.left_basin)[j] and np.asarray(br.jump_ratio)[j] > 4
+    pts = np.asarray(br.points)[:, 0]
+    assert np.all(sign * pts[:j] < 0) and np.all(sign * pts[j:] > 0)  # jumped to the other arm
+
+
+def test_continuation_on_the_other_arm_has_no_fold():
+    # Starting on the upper branch for g* > 0: it continues for every g* > 0.
+    br = probes.continuation(reference.saddle_cell(k=2.0, a=0.5), _GRID, jnp.array([0.96, 0.0]))
+    assert not np.asarray(br.fold).any()
+    assert np.all(np.asarray(br.kind) == FIXED)
+
+
+@pytest.mark.parametrize("k", [0.5, 0.95])
+def test_continuation_without_fold_flags_nothing(k):
+    # Monostable for k < 1; the jumps grow with g* on the log grid (and are uneven at the
+    # first step from 0): none is a fold. k = 0.95 is steep near 0 (slope 1/(1-k) = 20).
+    br = probes.continuation(reference.saddle_cell(k=k, a=0.5), _GRID, jnp.zeros(2))
+    assert not np.asarray(br.fold).any()
+    assert np.all(np.asarray(br.kind) == FIXED)
+    assert np.max(np.asarray(br.jump_ratio)) < 2.0
+    x = np.asarray(br.points)[:, 0]
+    np.testing.assert_allclose(x, np.tanh(k * x + _GRID), atol=1e-5)
 
 
 def test_trajectories_records_hidden_states_and_pca():
