@@ -28,6 +28,11 @@ def test_analyze_rnn_optimizer_with_trajectories():
     a = probes.analyze(opt, theta, FAMILY, jax.random.key(2))
     assert a.source == "cell" and a.meta["hidden_size"] == 8
     assert a.clipping.histogram_counts.sum() > 0
+    # The adaptation grid covers the gradients seen along the recorded trajectories.
+    assert a.adaptation.gradient_range_source.startswith("training")
+    assert set(a.adaptation.branches) == {"pos", "neg"}
+    for b in a.adaptation.branches.values():
+        assert len(b["alpha_eff"]) == len(a.adaptation.magnitudes) + 1
     out = json.dumps(a.to_json(), allow_nan=False)
     assert '"schema_version": 1' in out
     # the momentum number is the dominant mode of the linearisation at the convergence point

@@ -23,6 +23,7 @@ def test_momentum_recovered_from_cell(lr, beta):
     assert abs(a.momentum.beta - beta) <= 0.01
     assert abs(a.momentum.alpha - lr) <= 0.02 * lr
     assert not a.clipping.detected and not a.schedule.detected and not a.adaptation.detected
+    assert abs(a.adaptation.slope) <= 1e-3 and not a.adaptation.branches["pos"]["fold_indices"]
     json.dumps(a.to_json(), allow_nan=False)
 
 
@@ -85,6 +86,30 @@ def test_rmsprop_lr_vs_magnitude_matches_closed_form():
     expected = lr / np.sqrt(rho * m**2 + 1e-8)
     np.testing.assert_allclose(a.adaptation.lr_vs_magnitude["pos"], expected, rtol=1e-3)
     np.testing.assert_allclose(a.adaptation.lr_vs_magnitude["neg"], expected, rtol=1e-3)
+    # Traced along the fixed-point branch from the convergence point (v = 0): one smooth arm each.
+    for name in ("pos", "neg"):
+        b = a.adaptation.branches[name]
+        assert b["method"] == "continuation" and b["detected"]
+        assert all(k == "fixed" for k in b["kind"]) and b["fold_indices"] == []
+        assert len(b["segments"]) == 1 and b["segments"][0]["falls"]
+        assert b["inputs"][0] == 0.0 and np.asarray(b["states_pc"]).shape == (len(m) + 1, 2)
+    np.testing.assert_allclose(a.adaptation.gradient_range, [1e-2, 1e1], rtol=1e-6)
+
+
+def test_adaptation_grid_covers_the_training_gradients():
+    # With gradient samples the grid spans their |g| percentiles 1%–99.9%, and each segment
+    # reports the share of training gradients it covers.
+    samples = np.random.default_rng(0).lognormal(-3.0, 1.5, size=4000)
+    samples *= np.sign(np.random.default_rng(1).normal(size=samples.size))
+    a = probes.analyze_cell(lopt.cells.rmsprop(0.01, 0.9), gradient_samples=samples)
+    lo, hi = np.percentile(np.abs(samples), [1.0, 99.9])
+    np.testing.assert_allclose(a.adaptation.gradient_range, [lo, hi], rtol=1e-6)
+    np.testing.assert_allclose(a.adaptation.magnitudes[[0, -1]], [lo, hi], rtol=1e-5)
+    assert a.adaptation.gradient_range_source.startswith("training")
+    assert a.adaptation.detected
+    (seg,) = a.adaptation.branches["pos"]["segments"]
+    assert seg["training_fraction"] == 1.0
+    json.dumps(a.to_json(), allow_nan=False)
 
 
 # ----------------------------------------------------------------------------- black box
