@@ -1,0 +1,162 @@
+"""The probes on GRU optimizers meta-trained on linear regression (quick preset). Slow.
+
+Each seed is meta-trained once per session (about 30 s each on two cores) and analysed with
+:func:`probes.analyze` on its own task family. What is asserted, per seed:
+
+* **convergence point**: the fixed-point search at ``g* = 0`` (seeds: states visited on
+  training problems and along the autonomous trajectory) finds exactly one fixed point at the
+  float32 floor, it is stable (spectral radius < 1), and every seed iterated under ``F(·, 0)``
+  lands on it;
+* **momentum**: its dominant fitted mode is real with ``|λ|`` in ``[0.7, 0.97]``;
+* **clipping**: ``U(h0, g)`` saturates, with the threshold inside the probed grid and inside
+  the range of gradients seen in training;
+* **adaptation**, along the branches traced from the convergence point over the training range
+  (percentiles 1%–99.9% of ``|g|``): every branch point is a fixed point (at most one next to
+  a fold may be slow or failed: the ghost of the vanished branch); the branch connected
+  to ``h*(0)`` (where about 90% of the training gradients lie) has a flat ``α_eff`` (log-log
+  slope within ±0.1); each arm folds onto a second stable branch inside the training range, and
+  on the segment that reaches the largest training ``|g*|`` ``α_eff`` falls (slope ≤ -0.2, a drop
+  of ≥ 20%).
+
+The paper's claim as stated (``α_eff`` falls as ``|g*|`` grows over the range of gradients
+seen in training, on each arm) does **not** hold for these optimizers, because the branch past
+the fold starts far above the flat branch: ``test_alpha_eff_falls_over_the_whole_training_range``
+records it as an expected failure (strict, so it is noticed if training changes).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import lopt
+import probes
+import tasks
+from probes.detectors import ADAPT_DROP, ADAPT_SLOPE
+from probes.fixed_points import FIXED
+
+pytestmark = pytest.mark.slow
+
+SEEDS = (0, 1)
+
+
+@dataclasses.dataclass
+class Trained:
+    cell: lopt.Cell
+    analysis: probes.Analysis
+    hidden: np.ndarray  # (S, H) visited states
+    grads: np.ndarray
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> dict[int, Trained]:
+    from lopt.meta_train import meta_train
+    from lopt.presets import preset
+
+    p = preset("linear_regression", "quick")
+    family = tasks.get("linear_regression", **p.task_settings)
+    out = {}
+    for seed in SEEDS:
+        opt, config = p.build()
+        run = tmp_path_factory.mktemp(f"linear_regression_quick_seed{seed}")
+        meta_train(opt, family, dataclasses.replace(config, seed=seed), out_dir=run, progress=False)
+        opt, theta, _ = lopt.load(run / "theta.npz")
+        key = jax.random.key(0)
+        analysis = probes.analyze(opt, theta, family=family, key=key)
+        tr = probes.trajectories(opt, family, key, theta=theta)
+        hidden = np.asarray(tr.hidden)  # (B, T, C, H)
+        B, T, C, H = hidden.shape
+        steps = np.linspace(0, T - 1, 8).astype(int)
+        visited = hidden[:, steps, : min(C, 4)].reshape(-1, H)
+        out[seed] = Trained(opt.cell(theta), analysis, visited, np.asarray(tr.grads))
+    return out
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_one_stable_fixed_point_at_zero_reached_by_every_seed(trained, seed):
+    t = trained[seed]
+    cell = t.cell
+    h0 = jnp.asarray(cell.init_state(), jnp.float32)
+    auto = jax.lax.scan(lambda h, _: (cell.step(h, jnp.float32(0)), h), h0, None, length=100)[1]
+    seeds = np.concatenate([t.hidden, np.asarray(auto)[::10]])
+    fp = probes.fixed_points(cell, jnp.zeros(1), seeds[None], max_unique=8)
+    fixed = np.asarray(fp.mask[0]) & (np.asarray(fp.kind[0]) == FIXED)
+    assert fixed.sum() == 1, np.asarray(fp.kind[0])
+    h_star = np.asarray(fp.points[0])[np.argmax(fixed)]
+    lin = probes.linearize(cell, jnp.asarray(h_star))
+    assert np.max(np.abs(np.asarray(lin.eigenvalues))) < 1.0
+    # Every seed, left to the dynamics at g = 0, converges to it.
+    ends = jax.vmap(
+        lambda h: jax.lax.fori_loop(0, 2000, lambda _, x: cell.step(x, jnp.float32(0)), h)
+    )(jnp.asarray(seeds, jnp.float32))
+    assert np.max(np.abs(np.asarray(ends) - h_star)) <= 1e-4
+    # The analysis linearised at that point.
+    assert t.analysis.meta["linearized_at"] == "fixed"
+    assert t.analysis.meta["fixed_points_at_zero"] == 1
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_momentum_is_real_with_beta_near_the_heavy_ball_optimum(trained, seed):
+    m = trained[seed].analysis.momentum
+    assert m.detected and m.is_real
+    assert 0.7 <= abs(m.beta) <= 0.97, m.beta
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_update_saturates_within_the_probed_and_training_gradients(trained, seed):
+    t = trained[seed]
+    c = t.analysis.clipping
+    assert c.detected
+    grid = np.abs(c.gradients[c.gradients != 0])
+    assert grid.min() < c.threshold < grid.max()
+    assert c.threshold < np.percentile(np.abs(t.grads), 99.9)
+
+
+def _arms(trained, seed):
+    a = trained[seed].analysis.adaptation
+    assert a.gradient_range_source.startswith("training")
+    return a, a.branches
+
+
+@pytest.mark.parametrize("seed", SEEDS)
+def test_alpha_eff_along_the_branches(trained, seed):
+    a, branches = _arms(trained, seed)
+    for name in ("pos", "neg"):
+        b = branches[name]
+        assert b["method"] == "continuation"
+        # Every branch point is a fixed point, except at most one next to a fold, where the
+        # ghost of the vanished branch slows the relaxation onto the new one.
+        odd = [j for j, k in enumerate(b["kind"]) if k != "fixed"]
+        near = {j + d for j in b["fold_indices"] for d in (0, 1, 2)}  # fold_indices: magnitudes
+        assert len(odd) <= 1 and set(odd) <= near, (odd, b["fold_indices"], b["kind"])
+        first, last = b["segments"][0], b["segments"][-1]
+        # The branch of the convergence point: α_eff flat over most training gradients.
+        assert abs(first["slope"]) <= 0.1, first
+        assert first["training_fraction"] >= 0.5, first
+        # A fold inside the training range onto a branch where α_eff falls with |g*|.
+        assert 1 <= len(b["fold_indices"]) <= 3, b["fold_magnitudes"]
+        assert a.gradient_range[0] < b["fold_magnitudes"][0] < a.gradient_range[1]
+        assert last["stop"] == len(a.magnitudes)
+        assert last["slope"] <= ADAPT_SLOPE and last["drop"] >= ADAPT_DROP, last
+        assert last["falls"]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "α_eff along the traced branch does not fall from the smallest to the largest training "
+        "|g*| on each arm: it is flat (≈2.7 for seed 0, ≈3.1 for seed 1) up to a fold at "
+        "|g*| ≈ 0.09–0.17, jumps to ≈14–19 on the second branch and falls there to ≈3–7 at "
+        "the 99.9th percentile (seed 0: 2.72 → 6.1 (+) and 2.72 → 6.9 (−); seed 1: 3.08 → 3.01 "
+        "(+) and 3.08 → 7.05 (−)); the adaptation detector says not detected"
+    ),
+)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_alpha_eff_falls_over_the_whole_training_range(trained, seed):
+    a, branches = _arms(trained, seed)
+    for name in ("pos", "neg"):
+        alpha = branches[name]["alpha_eff"][1:]
+        assert alpha[-1] < alpha[0]
+    assert a.detected
