@@ -1,4 +1,4 @@
-"""The main job: meta-train a learned optimizer and compare it with tuned baselines.
+"""The main job: meta-train a learned optimizer, compare it with tuned baselines, explain it.
 
 Runs the whole pipeline on one task family (default: ``linear_regression``, ``quick`` preset):
 
@@ -7,6 +7,8 @@ Runs the whole pipeline on one task family (default: ``linear_regression``, ``qu
    same 128 held-out problems, at the training horizon and at twice it (``lopt evaluate``);
 3. analyse the learned optimizer's dynamics (``probes analyze``: momentum, clipping, schedule,
    adaptation) and write ``analysis.json``;
+4. distil the detected mechanisms into an optax chain and evaluate it (``lopt distill``);
+5. write the interpretation report ``OUT/report/index.html`` (``probes report``);
 
 and prints where everything was written. Usage::
 
@@ -51,7 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     resume = (out / "state.npz").exists()
     print(
-        f"[1/3] meta-training on {family.name} ({args.preset} preset) into {out}"
+        f"[1/5] meta-training on {family.name} ({args.preset} preset) into {out}"
         + (" (resuming)" if resume else ""),
         flush=True,
     )
@@ -61,20 +63,31 @@ def main(argv: list[str] | None = None) -> int:
         print(f"interrupted; resume by running the same command again ({out})")
         return 130
 
-    print("[2/3] tuning baselines and evaluating on 128 held-out problems", flush=True)
+    print("[2/5] tuning baselines and evaluating on 128 held-out problems", flush=True)
     evaluation = evaluate_run(out)
     print(format_table(evaluation))
     t_eval = time.perf_counter() - t0 - t_train
 
-    print("[3/3] analysing the learned optimizer's dynamics", flush=True)
+    print("[3/5] analysing the learned optimizer's dynamics", flush=True)
     from probes.cli import analyze_run, describe
 
     for line in describe(analyze_run(out)):
         print(f"  {line}")
+
+    print("[4/5] distilling the mechanisms into an optax chain", flush=True)
+    from lopt.distill import distill_run, format_report
+
+    print("\n".join(f"  {line}" for line in format_report(distill_run(out)).splitlines()))
+
+    print("[5/5] writing the interpretation report", flush=True)
+    from probes.report import report_run
+
+    index = report_run(out)
     total = time.perf_counter() - t0
     print(
         f"done in {total:.0f} s (meta-training {t_train:.0f} s, evaluation {t_eval:.0f} s); "
-        f"results in {out}/ (config.json, theta.npz, metrics.jsonl, eval.json, analysis.json)"
+        f"results in {out}/ (config.json, theta.npz, metrics.jsonl, eval.json, analysis.json, "
+        f"distill.json)\nreport: {index.resolve()}"
     )
     return 0
 
