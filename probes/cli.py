@@ -45,6 +45,19 @@ def describe(result: dict[str, Any]) -> list[str]:
         f"adaptation: {'detected' if a['detected'] else 'not detected'} (log-log slope of the "
         f"effective learning rate against |g*|: {num(a['slope'])})",
     ]
+    for arm, branch in sorted((a.get("branches") or {}).items(), reverse=True):
+        folds = ", ".join(num(m) for m in branch.get("fold_magnitudes") or [])
+        segs = "; ".join(
+            f"|g*| {num(seg['magnitude_range'][0], '.2g')}–{num(seg['magnitude_range'][1], '.2g')}"
+            f" ({num(seg['training_fraction'], '.0%')} of training gradients): slope "
+            f"{num(seg['slope'], '.2f')}"
+            for seg in branch.get("segments") or []
+            if seg["stop"] - seg["start"] > 1
+        )
+        sign = "g* > 0" if arm == "pos" else "g* < 0"
+        lines.append(
+            f"  {sign}: " + (f"folds at |g*| ≈ {folds}; " if folds else "no fold; ") + segs
+        )
     return lines
 
 
