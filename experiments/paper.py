@@ -9,6 +9,7 @@ For each task family and each meta-training seed, into ``OUT/PRESET/TASK/seedK``
 3. analyse its dynamics (``analysis.json``) and write the interpretation report
    (``report/index.html``);
 
+compares the seeds of each task (``OUT/PRESET/TASK/compare/``: which mechanisms are universal),
 then writes ``OUT/PRESET/results.json``, ``OUT/PRESET/results.md`` (the README's table: per
 task, learned vs tuned baselines with the spread across seeds and the mechanisms detected)
 and ``OUT/PRESET/figures/results.png``. Finished stages are skipped, so an interrupted run
@@ -298,6 +299,11 @@ def main(argv: list[str] | None = None) -> int:
             _log("   " + ", ".join(f"{k} {v:.0f}" for k, v in stages.items()))
             runs.append(run)
         summary = summarize_task(task, runs)
+        if len(runs) > 1:  # which mechanisms are universal across the seeds
+            from probes.compare import compare_runs
+
+            cmp = compare_runs(runs, root / task / "compare")
+            summary["compare"] = {"index": str(cmp.get("index")), "summary": cmp.get("summary")}
         results.append(summary)
         if args.export_pretrained:
             _log(f"   exported {export_pretrained(task, runs[0], summary, args.preset)}")

@@ -104,11 +104,26 @@ for _task, _opt in {
             dataclasses.replace(_PAPER, num_steps=5000),
         )
     )
+    if _task == "rosenbrock":
+        continue
     _add(
         Preset(
             _task, "quick", {"hidden_size": 32, **_opt}, dataclasses.replace(_QUICK, truncation=100)
         )
     )
+# Rosenbrock meta-steps are cheap (2 parameters) and its meta-training noisy: 8000 steps with the
+# best of 40 validations. 1600 steps: 0.054, 0.097, 0.030 for seeds 0-2 against tuned Adam's
+# 0.038; 8000 steps: 0.023, 0.062, 0.018 (seeds 0 and 2 beat every baseline). Decaying the
+# meta-learning rate ×0.1 over the run did worse (0.080, 0.036, 0.030, none beating).
+_add(
+    Preset(
+        "rosenbrock",
+        "quick",
+        {"hidden_size": 32, "input_mode": "log1p_sign", "output_scale": 0.01},
+        dataclasses.replace(_QUICK, truncation=100, num_steps=8000, validate_every=200),
+        validated=True,
+    )
+)
 
 
 def preset(task: str, name: str) -> Preset:
