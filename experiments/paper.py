@@ -68,7 +68,8 @@ def run_seed(task: str, preset_name: str, seed: int, run: Path, tuned_cache: dic
     if not ev_path.exists() or read_json(ev_path).get("meta_step") != config.num_steps:
         t = time.perf_counter()
         if task not in tuned_cache:
-            tuned_cache[task] = tune_baselines(family, BASELINES, progress=True)
+            cache = run.parent / "tuned.json"  # shared by the seeds and by re-runs
+            tuned_cache[task] = tune_baselines(family, BASELINES, progress=True, cache=cache)
         evaluate_run(run, tuned=tuned_cache[task])
         timings["evaluate_s"] = time.perf_counter() - t
         (run / "analysis.json").unlink(missing_ok=True)  # the analysis follows the weights

@@ -23,11 +23,12 @@ from tqdm.auto import tqdm
 
 import tasks
 from lopt import rundir
-from lopt.tune import heldout_key, tune
+from lopt.tune import TuneResult, heldout_key, tune
 from lopt.unroll import evaluate, per_problem_metric, summarize
 
 EVAL_SCHEMA = "lopt.eval/1"
 DEFAULT_BASELINES = ("momentum", "rmsprop", "adam")
+TUNED_SCHEMA = "lopt.tuned/1"
 
 
 def paired(learned: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
@@ -117,14 +118,45 @@ def tune_baselines(
     *,
     key: jax.Array | None = None,
     progress: bool = False,
+    cache: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Tunes each baseline on training problems (a key apart from the held-out one)."""
+    """Tunes each baseline on training problems (a key apart from the held-out one).
+
+    Args:
+        family: the task family.
+        names: baseline names.
+        key: the tuning key (default ``jax.random.key(0)``, folded with each baseline's index).
+        progress: show a progress bar.
+        cache: a JSON file (schema ``lopt.tuned/1``). Tuning is deterministic, so when the file
+            exists and records the same family (name and settings), baselines and key, the
+            results are read from it instead of tuned again; otherwise they are tuned and the
+            file is (re)written atomically. Tuning the 3 baselines on ``two_moons`` takes about
+            9 minutes on 2 CPU cores, which is what this saves on a re-run.
+
+    Returns:
+        ``{name: lopt.TuneResult}``.
+    """
     key = jax.random.key(0) if key is None else key
+    ident = {
+        "task": {"name": family.name, "settings": family.settings()},
+        "baselines": list(names),
+        "key": np.asarray(jax.random.key_data(key)).tolist(),
+    }
+    if cache is not None and Path(cache).exists():
+        try:
+            stored = rundir.read_json(cache)
+        except rundir.CheckpointError:
+            stored = {}
+        if stored.get("schema") == TUNED_SCHEMA and stored.get("identity") == ident:
+            return {n: TuneResult.from_json(stored["results"][n]) for n in names}
     out = {}
     bar = tqdm(names, desc="tune baselines", disable=not progress, dynamic_ncols=True)
     for name in bar:
         bar.set_postfix_str(name)
         out[name] = tune(name, family, jax.random.fold_in(key, len(out)))
+    if cache is not None:
+        results = {n: _finite_json(r.to_json()) for n, r in out.items()}
+        rundir.write_json(cache, {"schema": TUNED_SCHEMA, "identity": ident, "results": results})
     return out
 
 

@@ -105,6 +105,33 @@ class TuneResult(NamedTuple):
             out["heldout"] = self.heldout.to_json()
         return out
 
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> TuneResult:
+        """Rebuilds a result written by :meth:`to_json` (``tx`` from the hyperparameters).
+
+        ``None`` metrics (rejected candidates) become ``inf`` again; the held-out summary, if
+        any, is not restored.
+        """
+
+        def arr(v):
+            if all(isinstance(x, int) for x in v):
+                return np.asarray(v, np.int64)
+            return np.asarray([math.inf if x is None else x for x in v], np.float64)
+
+        hyperparams = {k: float(v) for k, v in d["hyperparams"].items()}
+        metric = d.get("train_metric")
+        return cls(
+            name=d["optimizer"],
+            hyperparams=hyperparams,
+            tx=baseline(d["optimizer"], **hyperparams),
+            metric=math.inf if metric is None else float(metric),
+            metric_name=d["metric_name"],
+            grid={k: arr(v) for k, v in d.get("grid", {}).items()},
+            num_problems=int(d["num_problems"]),
+            num_steps=int(d["num_steps"]),
+            at_edge=bool(d["at_edge"]),
+        )
+
 
 @functools.partial(jax.jit, static_argnames=("name", "num_steps"))
 def _run_chunk(family, hyper, keys, *, name, num_steps):

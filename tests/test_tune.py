@@ -143,3 +143,39 @@ def test_bad_input_is_one_clear_value_error(kwargs, match):
     name = args.pop("name")
     with pytest.raises(ValueError, match=match):
         lopt.tune(name, QUADRATIC, KEY, **args)
+
+
+def test_tuned_baselines_cache_round_trip_and_invalidation(tmp_path, monkeypatch):
+    import lopt.compare as compare
+
+    cache = tmp_path / "tuned.json"
+    first = compare.tune_baselines(QUADRATIC, ("sgd", "momentum"), cache=cache)
+    assert cache.exists()
+    assert first["sgd"].hyperparams["learning_rate"] == pytest.approx(1.0, rel=0.2)
+
+    def no_tuning(*args, **kwargs):
+        raise AssertionError("tuned again although the cache matches")
+
+    monkeypatch.setattr(compare, "tune", no_tuning)
+    again = compare.tune_baselines(QUADRATIC, ("sgd", "momentum"), cache=cache)
+    for name in ("sgd", "momentum"):
+        assert again[name].hyperparams == first[name].hyperparams
+        assert again[name].metric == first[name].metric
+        np.testing.assert_array_equal(again[name].grid["metric"], first[name].grid["metric"])
+        g = {"w": jnp.array([1.0, -2.0])}
+        u1, _ = again[name].tx.update(g, again[name].tx.init(g))
+        u2, _ = first[name].tx.update(g, first[name].tx.init(g))
+        np.testing.assert_array_equal(u1["w"], u2["w"])
+    # A different key, baseline list or family setting is not a cache hit: it tunes.
+    calls = []
+    monkeypatch.setattr(compare, "tune", lambda name, *a, **k: calls.append(name) or first[name])
+    compare.tune_baselines(QUADRATIC, ("sgd", "momentum"), key=jax.random.key(1), cache=cache)
+    compare.tune_baselines(QUADRATIC, ("sgd",), cache=cache)
+    other = tasks.custom(
+        "unit_quadratic", num_steps=31, init=QUADRATIC.init_fn, loss=QUADRATIC.loss_fn
+    )
+    compare.tune_baselines(other, ("sgd",), cache=cache)
+    # ... and neither is a corrupted file.
+    cache.write_text("{not json")
+    compare.tune_baselines(QUADRATIC, ("sgd",), cache=cache)
+    assert calls == ["sgd", "momentum", "sgd", "sgd", "sgd"]

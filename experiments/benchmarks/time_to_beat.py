@@ -44,6 +44,12 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--until", choices=["below", "beats", "end"], default="beats")
     parser.add_argument(
+        "--tuned",
+        default=None,
+        help="cache file of the tuned baselines (lopt.compare.tune_baselines(cache=...)): "
+        "read when it matches the family, else written",
+    )
+    parser.add_argument(
         "--optimizer",
         type=json.loads,
         default={},
@@ -74,7 +80,7 @@ def main() -> None:
     }
 
     t0 = time.perf_counter()
-    tuned = tune_baselines(family, DEFAULT_BASELINES)
+    tuned = tune_baselines(family, DEFAULT_BASELINES, cache=args.tuned)
     per_baseline = {
         name: per_problem_metric(np.asarray(evaluate(r.tx, family, key, args.num_problems)))
         for name, r in tuned.items()
