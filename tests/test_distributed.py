@@ -3,7 +3,8 @@
 Two Python processes, each with two CPU devices, join through ``lopt.distributed.initialize``
 (coordinator on 127.0.0.1, a free port, gloo CPU collectives) into one 4-device mesh. They
 compute a full-BPTT meta-gradient and run ``lopt.meta_train`` for two meta-steps of PES, whose
-persistent state is sharded across both processes. A third process with four
+persistent state is sharded across both processes, then stop a run and resume it from the
+checkpoint that process 0 wrote into a directory both see. A third process with four
 local devices computes the same things; results must agree to float tolerance, and only
 process 0 may write the run directory. Every child has a bounded timeout and is killed on
 failure, so the test cannot hang.
@@ -77,6 +78,19 @@ for name, extra in (("pes", {"truncation": 4}),):
     put(f"{name}/theta", result.theta)
     results[f"{name}/meta_loss"] = np.asarray([r["meta_loss"] for r in result.metrics])
     info[f"{name}_files"] = sorted(p.name for p in run.iterdir()) if run.exists() else []
+
+# Resume: a 2-step run into a directory every process sees (process 0 writes it), then
+# every process resumes it to 4 steps; compared with 4 uninterrupted steps.
+import dataclasses
+from jax.experimental import multihost_utils
+shared = Path(out) / f"resume_{num_processes}"
+meta_train(opt, family, dataclasses.replace(config, num_steps=2), out_dir=shared, progress=False)
+if num_processes > 1:
+    multihost_utils.sync_global_devices("checkpoint written")
+config4 = dataclasses.replace(config, num_steps=4)
+resumed = meta_train(opt, family, config4, out_dir=shared, resume=True, progress=False)
+put("resume/theta", resumed.theta)
+put("straight/theta", meta_train(opt, family, config4, progress=False).theta)
 
 np.savez(Path(out) / f"result_{num_processes}_{process_id}.npz", **results)
 print("INFO " + json.dumps(info), flush=True)
@@ -161,7 +175,19 @@ def test_only_process_zero_writes_the_run_directory(runs):
         assert not (out / f"run_{name}_2_1").exists()
 
 
-@pytest.mark.parametrize("prefix", ["grad/", "pes/"])
+def test_a_multi_process_run_resumes_exactly(runs):
+    # Stopped after 2 meta-steps and resumed by both processes from the shared checkpoint, the
+    # run ends with bitwise the theta of 4 uninterrupted steps, on every process.
+    _, _, (p0, p1, ref) = runs
+    names = sorted(k for k in ref if k.startswith("resume/"))
+    assert names
+    for name in names:
+        straight = name.replace("resume/", "straight/")
+        for data in (p0, p1, ref):
+            np.testing.assert_array_equal(data[name], data[straight], err_msg=name)
+
+
+@pytest.mark.parametrize("prefix", ["grad/", "pes/", "resume/"])
 def test_two_processes_match_one_process(runs, prefix):
     _, _, (p0, p1, ref) = runs
     names = sorted(k for k in ref if k.startswith(prefix))
