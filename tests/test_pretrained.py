@@ -113,3 +113,35 @@ def test_paper_table_aggregates_seeds(tmp_path):
     row = table.splitlines()[2]
     assert row.startswith("| linear_regression | 2 | 0.0500 ± 0.0141 | 0.0500 ± 0.0020")
     assert "1/2" in row and "momentum 2/2 (β 0.91 ± 0.01" in row
+
+
+def test_shipped_two_moons_optimizer_trains_a_classifier_inside_optax_chain():
+    # The shipped two_moons optimizer, after gradient clipping in an optax chain, trains a fresh
+    # two-moons MLP (a problem it never saw) to near-perfect held-out accuracy.
+    if "two_moons" not in lopt.pretrained_names():
+        pytest.fail("lopt/_pretrained/two_moons.npz is not shipped")
+    opt, theta, meta = lopt.pretrained("two_moons")
+    assert meta["beats_all"] is True
+    tx = optax.chain(optax.clip_by_global_norm(10.0), opt.optimizer(theta))
+    family = tasks.get("two_moons")
+    problem = family.sample(jax.random.key(7))
+    params = family.init(problem, jax.random.key(8))
+    state = tx.init(params)
+
+    @jax.jit
+    def run(params, state):
+        def step(carry, t):
+            params, state = carry
+            grads = jax.grad(family.loss, argnums=1)(problem, params, jax.random.key(0))
+            updates, state = tx.update(grads, state, params)
+            return (optax.apply_updates(params, updates), state), None
+
+        return jax.lax.scan(step, (params, state), jnp.arange(family.num_steps))[0]
+
+    before = family.metrics(problem, params)
+    params, _ = run(params, state)
+    after = family.metrics(problem, params)
+    # Measured: held-out accuracy 1.0 and held-out loss 0.589 -> 0.0015. An optimizer that
+    # makes no update stays at the initial loss (the readout-zero test elsewhere).
+    assert float(after["accuracy"]) >= 0.97
+    assert float(after["loss"]) < 0.02 * float(before["loss"])
