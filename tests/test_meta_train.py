@@ -154,3 +154,19 @@ def test_validation_keeps_the_best_theta_and_resumes_exactly(tmp_path):
 def test_validate_every_must_be_non_negative():
     with pytest.raises(ConfigError, match="validate_every"):
         MetaTrainConfig(validate_every=-1).resolved(FAMILY)
+
+
+def test_every_preset_builds_a_valid_config_for_its_family():
+    from lopt.presets import preset, preset_names
+
+    names = preset_names()
+    for task in tasks.names():
+        assert (task, "quick") in names and (task, "paper") in names
+    for task, name in names:
+        p = preset(task, name)
+        family = tasks.get(task, **p.task_settings)
+        opt, config = p.build()
+        resolved = config.resolved(family)  # raises ConfigError on a bad combination
+        assert resolved.horizon == family.num_steps
+        assert resolved.horizon % resolved.truncation == 0
+        assert opt.config()["hidden_size"] in (16, 32, 256)
