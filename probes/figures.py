@@ -433,11 +433,14 @@ def clipping(
         if t is not None and np.isfinite(t) and t <= xlim:
             x = t if lab == "+" else -t
             ax.axvline(x, color=NEG, ls="--", lw=1.2)
+            # Each label sits on the outer side of its line, so close thresholds do not overlap.
             ax.annotate(
                 f"{x:.3g}",
                 (x, 0.03),
                 xycoords=("data", "axes fraction"),
-                ha="center",
+                xytext=(3 if lab == "+" else -3, 0),
+                textcoords="offset points",
+                ha="left" if lab == "+" else "right",
                 va="bottom",
                 fontsize=8,
                 color=NEG,
