@@ -162,7 +162,8 @@ _add(
 # (4 epochs of the 8x8 fallback digits) with a GRU-16 (GRU-32 doubles the meta-step), 8
 # problems and windows of 50 steps. Gradients span 1e-7...0.17 (median 5e-5) as on two_moons,
 # so the same raw input scaled by 100; output scale 0.01 puts a readout of one at tuned Adam's
-# rate (0.013). Baselines are tuned on the same narrower net and horizon.
+# rate (0.013). Baselines are tuned on the same narrower net and horizon. Measured on the 8x8
+# fallback digits: 3/3 seeds beat every tuned baseline (0.080, 0.080, 0.086 vs Adam 0.090).
 _add(
     Preset(
         "mnist",
@@ -179,6 +180,7 @@ _add(
             validation_problems=32,
         ),
         task_settings={"channels": 8, "num_steps": 200},
+        validated=True,
     )
 )
 
