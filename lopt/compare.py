@@ -128,7 +128,8 @@ def tune_baselines(
         key: the tuning key (default ``jax.random.key(0)``, folded with each baseline's index).
         progress: show a progress bar.
         cache: a JSON file (schema ``lopt.tuned/1``). Tuning is deterministic, so when the file
-            exists and records the same family (name and settings), baselines and key, the
+            exists and records the same family (name, settings and data source), baselines and
+            key, the
             results are read from it instead of tuned again; otherwise they are tuned and the
             file is (re)written atomically. Tuning the 3 baselines on ``two_moons`` takes about
             9 minutes on 2 CPU cores, which is what this saves on a re-run.
@@ -138,7 +139,12 @@ def tune_baselines(
     """
     key = jax.random.key(0) if key is None else key
     ident = {
-        "task": {"name": family.name, "settings": family.settings()},
+        "task": {
+            "name": family.name,
+            "settings": family.settings(),
+            # e.g. MNIST files found later through LOPT_DATA_DIR: same settings, other data.
+            "data_source": getattr(family, "data_source", "synthetic"),
+        },
         "baselines": list(names),
         "key": np.asarray(jax.random.key_data(key)).tolist(),
     }
@@ -147,7 +153,11 @@ def tune_baselines(
             stored = rundir.read_json(cache)
         except rundir.CheckpointError:
             stored = {}
-        if stored.get("schema") == TUNED_SCHEMA and stored.get("identity") == ident:
+        if (
+            isinstance(stored, dict)
+            and stored.get("schema") == TUNED_SCHEMA
+            and stored.get("identity") == ident
+        ):
             return {n: TuneResult.from_json(stored["results"][n]) for n in names}
     out = {}
     bar = tqdm(names, desc="tune baselines", disable=not progress, dynamic_ncols=True)

@@ -178,4 +178,6 @@ def test_tuned_baselines_cache_round_trip_and_invalidation(tmp_path, monkeypatch
     # ... and neither is a corrupted file.
     cache.write_text("{not json")
     compare.tune_baselines(QUADRATIC, ("sgd",), cache=cache)
-    assert calls == ["sgd", "momentum", "sgd", "sgd", "sgd"]
+    cache.write_text("[1, 2]")
+    compare.tune_baselines(QUADRATIC, ("sgd",), cache=cache)
+    assert calls == ["sgd", "momentum", "sgd", "sgd", "sgd", "sgd"]
