@@ -158,7 +158,10 @@ def tune_baselines(
             and stored.get("schema") == TUNED_SCHEMA
             and stored.get("identity") == ident
         ):
-            return {n: TuneResult.from_json(stored["results"][n]) for n in names}
+            try:
+                return {n: TuneResult.from_json(stored["results"][n]) for n in names}
+            except (KeyError, TypeError, ValueError):
+                pass  # an entry edited or cut short: tune afresh and rewrite the file
     out = {}
     bar = tqdm(names, desc="tune baselines", disable=not progress, dynamic_ncols=True)
     for name in bar:
