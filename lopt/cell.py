@@ -62,20 +62,67 @@ def make_cell(
     return Cell(Partial(init_state, params), Partial(step, params), Partial(readout, params))
 
 
-def apply_cell(cell: Cell, hidden: jax.Array, grads: jax.Array) -> tuple[jax.Array, jax.Array]:
+# Coordinates per block in :func:`apply_cell`: about 2^18 state entries (1 MiB of float32), so
+# one block's state and gate activations stay in a core's cache while its matmul runs.
+_BLOCK_ELEMENTS = 2**18
+_MIN_BLOCK_ROWS = 256
+
+
+def apply_cell(
+    cell: Cell, hidden: jax.Array, grads: jax.Array, *, block_rows: int | None = None
+) -> tuple[jax.Array, jax.Array]:
     """One step of ``cell`` on a batch of coordinates.
 
     Args:
         cell: the cell.
         hidden: states, shape ``(P, H)``.
         grads: scalar gradients, shape ``(P,)``.
+        block_rows: process the coordinates in blocks of this many rows (a ``fori_loop``);
+            ``None`` picks about ``2**18 / H`` rows (1024 at ``H = 256``), ``0`` turns blocking
+            off. On XLA:CPU a ``(P, 256) @ (256, 768)`` product with ``P`` in the hundreds of
+            thousands runs at under half the speed of one with ``P = 1024``, and the gate
+            activations of a block stay in cache, so blocking makes the GRU-256 step at
+            ``P = 10^5`` about twice as fast (``experiments/benchmarks/optax_step.py``). The
+            last block is aligned to the end (it overlaps its neighbour), so any ``P`` works
+            without padding; every coordinate's result is the same as without blocking.
 
     Returns:
         ``(new_hidden (P, H), updates (P,))``. ``vmap`` over the coordinates turns the cell's
-        matrix-vector products into one matrix-matrix product per step.
+        matrix-vector products into one matrix-matrix product per block.
     """
-    new_hidden = jax.vmap(cell.step)(hidden, grads)
-    return new_hidden, jax.vmap(cell.readout)(new_hidden)
+
+    def direct(hidden, grads):
+        new_hidden = jax.vmap(cell.step)(hidden, grads)
+        return new_hidden, jax.vmap(cell.readout)(new_hidden)
+
+    size = hidden.shape[0]
+    if block_rows is None:
+        width = math.prod(hidden.shape[1:])
+        block_rows = max(_MIN_BLOCK_ROWS, _BLOCK_ELEMENTS // max(width, 1))
+    if block_rows < 0:
+        raise ValueError(f"block_rows must be >= 0, got {block_rows}")
+    if block_rows == 0 or size <= block_rows:
+        return direct(hidden, grads)
+
+    def body(i, out):
+        new_hidden, updates = out
+        start = jnp.minimum(i * block_rows, size - block_rows)
+        h, d = direct(
+            jax.lax.dynamic_slice_in_dim(hidden, start, block_rows),
+            jax.lax.dynamic_slice_in_dim(grads, start, block_rows),
+        )
+        return (
+            jax.lax.dynamic_update_slice_in_dim(new_hidden, h.astype(new_hidden.dtype), start, 0),
+            jax.lax.dynamic_update_slice_in_dim(updates, d.astype(updates.dtype), start, 0),
+        )
+
+    # Output dtypes as the unblocked step would give them.
+    h_aval, d_aval = jax.eval_shape(direct, hidden[:1], grads[:1])
+    out = (
+        jnp.zeros((size, *h_aval.shape[1:]), h_aval.dtype),
+        jnp.zeros((size, *d_aval.shape[1:]), d_aval.dtype),
+    )
+    return jax.lax.fori_loop(0, -(-size // block_rows), body, out)
 
 
 class CellOptimizerState(NamedTuple):

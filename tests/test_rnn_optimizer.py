@@ -202,6 +202,43 @@ def test_hot_path_is_one_batched_matmul_per_gate_group_whatever_the_leaves():
     assert ((1000, 16), (16, 16)) in dots[0]  # c:    (P, H) @ (H, H)
 
 
+@pytest.mark.parametrize("kind", ["gru", "lstm"])
+def test_blocked_step_equals_unblocked_step_with_a_ragged_last_block(kind):
+    # 1000 coordinates in blocks of 64: the last block is aligned to the end and overlaps.
+    opt = lopt.RNNOptimizer(kind, H)
+    theta = _random_theta(opt)
+    cell = opt.cell(theta)
+    k1, k2 = jax.random.split(jax.random.key(3))
+    hidden = 0.5 * jax.random.normal(k1, (1000, cell.init_state().shape[0]))
+    grads = jax.random.normal(k2, (1000,))
+
+    def run(block_rows):
+        def loss(theta, hidden):
+            h, d = lopt.apply_cell(opt.cell(theta), hidden, grads, block_rows=block_rows)
+            return jnp.sum(jnp.sin(h)) + jnp.sum(d**2), (h, d)
+
+        return jax.jit(jax.value_and_grad(loss, argnums=(0, 1), has_aux=True))(theta, hidden)
+
+    (_, (h_ref, d_ref)), g_ref = run(0)
+    (_, (h_blk, d_blk)), g_blk = run(64)
+    np.testing.assert_allclose(h_blk, h_ref, rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(d_blk, d_ref, rtol=1e-6, atol=1e-7)
+    # Gradients through the blocks (overlapping rows counted once) match too.
+    for a, b in zip(jax.tree.leaves(g_blk), jax.tree.leaves(g_ref), strict=True):
+        np.testing.assert_allclose(a, b, rtol=2e-5, atol=1e-6)
+
+
+def test_large_parameter_counts_run_in_cache_sized_blocks():
+    opt = lopt.RNNOptimizer("gru", 256)
+    cell = opt.cell(opt.init(jax.random.key(0)))
+    hidden, grads = jnp.zeros((5000, 256)), jnp.zeros(5000)
+    jaxpr = jax.make_jaxpr(lambda h, g: lopt.apply_cell(cell, h, g))(hidden, grads).jaxpr
+    assert ((1024, 256), (256, 512)) in _dot_shapes(jaxpr)  # 2^18 / 256 rows per block
+    assert ((5000, 256), (256, 512)) not in _dot_shapes(jaxpr)
+    with pytest.raises(ValueError, match="block_rows"):
+        lopt.apply_cell(cell, hidden, grads, block_rows=-1)
+
+
 FAMILY = tasks.get("linear_regression", num_steps=60)
 
 
