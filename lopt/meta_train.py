@@ -18,10 +18,13 @@ the same machine.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -389,6 +392,26 @@ def save_state(out_dir: Path, opt, state: TrainState, family: TaskFamily) -> Non
     save(out_dir / "theta.npz", opt, host.theta, step=int(host.step), task=family.name)
 
 
+@contextlib.contextmanager
+def _terminate_as_interrupt():
+    """Within the block, SIGTERM (a scheduler's or ``kill``'s stop) acts like Ctrl-C.
+
+    Only in the main thread (Python delivers signals there); elsewhere a no-op.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def meta_train(
     opt: Any,
     family: TaskFamily,
@@ -414,8 +437,9 @@ def meta_train(
         progress: show a tqdm bar.
 
     Returns:
-        A :class:`MetaTrainResult`. Ctrl-C stops the loop after the current meta-step,
-        writes a final checkpoint and returns with ``interrupted=True``.
+        A :class:`MetaTrainResult`. Ctrl-C, or SIGTERM (``kill``, a batch scheduler's stop),
+        stops the loop after the current meta-step, writes a final checkpoint and returns with
+        ``interrupted=True``.
 
     Raises:
         ConfigError: for a malformed config.
@@ -490,24 +514,25 @@ def meta_train(
         return [row]
 
     try:
-        while step < config.num_steps:
-            state, metrics = step_fn(family, state)
-            step += 1
-            pending.append(metrics)
-            bar.update(1)
-            if validate.due(step):
-                validate(step, state.theta)
-            if step % config.log_every == 0 or step == config.num_steps:
-                flush()
-                streak = int(state.nonfinite_streak)
-                if streak >= config.max_nonfinite_steps:
-                    raise MetaTrainDiverged(
-                        f"{streak} consecutive meta-steps had no finite problem (step {step}); "
-                        f"theta was left at its last good value"
-                        + (f" and {out}/state.npz holds it" if out else "")
-                    )
-            if out is not None and step % config.checkpoint_every == 0:
-                save_state(out, opt, state, family)
+        with _terminate_as_interrupt():
+            while step < config.num_steps:
+                state, metrics = step_fn(family, state)
+                step += 1
+                pending.append(metrics)
+                bar.update(1)
+                if validate.due(step):
+                    validate(step, state.theta)
+                if step % config.log_every == 0 or step == config.num_steps:
+                    flush()
+                    streak = int(state.nonfinite_streak)
+                    if streak >= config.max_nonfinite_steps:
+                        raise MetaTrainDiverged(
+                            f"{streak} consecutive meta-steps had no finite problem "
+                            f"(step {step}); theta was left at its last good value"
+                            + (f" and {out}/state.npz holds it" if out else "")
+                        )
+                if out is not None and step % config.checkpoint_every == 0:
+                    save_state(out, opt, state, family)
     except KeyboardInterrupt:
         interrupted = True
     finally:

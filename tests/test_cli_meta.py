@@ -67,7 +67,8 @@ def test_user_mistakes_are_one_line(tmp_path, capsys, args, message):
     assert err.count("\n") == 0 and message in err and "Traceback" not in err
 
 
-def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path):
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path, stop):
     out = str(tmp_path / "run")
     proc = subprocess.Popen(
         [
@@ -96,7 +97,7 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_continues(tmp_path):
                 proc.stderr.read() if proc.poll() else "timeout"
             )
             time.sleep(0.2)
-        proc.send_signal(signal.SIGINT)
+        proc.send_signal(stop)
         _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
