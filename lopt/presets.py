@@ -88,12 +88,16 @@ def _add(p: Preset) -> None:
 
 
 _add(Preset("linear_regression", "paper", {"hidden_size": 256}, _PAPER))
+# linear_regression runs at meta learning rate 2e-3: at 3e-3 (the shared quick setting) seed 0
+# blew up from step 300 (validation 0.065 at step 100, then 0.12, 0.48, 125) after the GRU's
+# bias was moved after the gate split, a change of float rounding only; at 2e-3 seeds 0-2 give
+# best validations 0.040, 0.036, 0.040 and none blows up.
 _add(
     Preset(
         "linear_regression",
         "quick",
         {"hidden_size": 32, "output_scale": 3.0},
-        _QUICK,
+        dataclasses.replace(_QUICK, learning_rate=2e-3),
         validated=True,
     )
 )
