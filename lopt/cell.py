@@ -84,7 +84,8 @@ def apply_cell(
             activations of a block stay in cache, so blocking makes the GRU-256 step at
             ``P = 10^5`` about twice as fast (``experiments/benchmarks/optax_step.py``). The
             last block is aligned to the end (it overlaps its neighbour), so any ``P`` works
-            without padding; every coordinate's result is the same as without blocking.
+            without padding; results match the unblocked step up to float rounding (a matmul's
+            summation order may depend on its row count).
 
     Returns:
         ``(new_hidden (P, H), updates (P,))``. ``vmap`` over the coordinates turns the cell's
