@@ -113,11 +113,11 @@ def apply_cell(
             jax.lax.dynamic_slice_in_dim(grads, start, block_rows),
         )
         return (
-            jax.lax.dynamic_update_slice_in_dim(new_hidden, h.astype(new_hidden.dtype), start, 0),
-            jax.lax.dynamic_update_slice_in_dim(updates, d.astype(updates.dtype), start, 0),
+            jax.lax.dynamic_update_slice_in_dim(new_hidden, h, start, 0),
+            jax.lax.dynamic_update_slice_in_dim(updates, d, start, 0),
         )
 
-    # Output dtypes as the unblocked step would give them.
+    # Output buffers with the shapes and dtypes the unblocked step would give.
     h_aval, d_aval = jax.eval_shape(direct, hidden[:1], grads[:1])
     out = (
         jnp.zeros((size, *h_aval.shape[1:]), h_aval.dtype),
