@@ -211,6 +211,13 @@ def _add_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--estimator", choices=ESTIMATORS, help="gradient estimator override")
     p.add_argument("--truncation", type=_positive_int, help="inner steps per truncation")
     p.add_argument("--seed", type=_nonnegative_int, help="PRNG seed (overrides the preset)")
+    p.add_argument(
+        "--outlier-threshold",
+        type=float,
+        metavar="KAPPA",
+        help="leave out problems whose meta-gradient exceeds KAPPA x the median problem's "
+        "(>= 1; full_bptt/tbptt)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_meta_train)
@@ -252,6 +259,7 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
             "estimator": args.estimator,
             "truncation": args.truncation,
             "seed": None if args.resume else args.seed,
+            "outlier_threshold": None if args.resume else args.outlier_threshold,
         }.items()
         if v is not None
     }

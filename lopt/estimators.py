@@ -70,6 +70,7 @@ class EstimateInfo(NamedTuple):
     num_valid: jax.Array
     num_nonfinite: jax.Array
     resets: jax.Array  # problems that reached their horizon and were resampled
+    num_outliers: jax.Array | int = 0  # problems left out by ``outlier_threshold``
 
 
 class Estimator(NamedTuple):
@@ -97,7 +98,14 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-def _masked_mean_grad(per_problem: Callable, theta: Any, batch: Any) -> tuple:
+# Leaves of at most this many entries get per-problem copies when outliers are dropped (h0,
+# biases, the readout); their per-problem gradient norm is the outlier statistic.
+SMALL_LEAF = 4096
+
+
+def _masked_mean_grad(
+    per_problem: Callable, theta: Any, batch: Any, outlier_threshold: float | None = None
+) -> tuple:
     """Mean of ``per_problem(theta, item)`` over the finite items, and its gradient.
 
     The fast path differentiates the masked mean in one pass (gradients summed inside the
@@ -106,24 +114,83 @@ def _masked_mean_grad(per_problem: Callable, theta: Any, batch: Any) -> tuple:
     per-problem gradients and masks them individually; it costs ``B`` gradient-sized
     accumulators, so it only runs when needed (``lax.cond``).
 
+    With ``outlier_threshold = κ``, a problem whose gradient is more than ``κ`` times the
+    median problem's is left out of the estimate like a non-finite one. Over long unrolls a
+    few problems' inner dynamics turn chaotic: their loss stays finite and ordinary but their
+    meta-gradient grows by 10⁸ or more (past float32's range on some), and it swamps the
+    batch. The statistic is the norm of each problem's gradient with respect to the small
+    leaves of ``theta`` (at most :data:`SMALL_LEAF` entries each: ``h0``, the biases, the
+    readout), which get per-problem copies in the first pass at little cost; in the
+    per-problem fallback it is the full gradient's norm. Outliers are masked with the
+    double-``where`` (never down-weighted: a tiny weight times an overflowing gradient is not
+    small), in a second pass that runs only when there is one (``lax.cond``). The reported
+    loss is the mean over every finite problem either way.
+
     Args:
         per_problem: ``(theta, item) -> (loss, aux)``.
         theta: meta-parameters.
         batch: a pytree with a leading ``B`` axis.
+        outlier_threshold: ``κ`` above, or ``None`` (one pass, no outliers).
 
     Returns:
-        ``(mean_loss, grad, num_valid, aux)`` with ``aux`` stacked over problems.
+        ``(mean_loss, grad, num_used, aux, num_outliers)`` with ``aux`` stacked over problems;
+        ``B - num_used - num_outliers`` problems were non-finite.
     """
+    num = jax.tree.leaves(batch)[0].shape[0]
+    zero = jnp.zeros([], jnp.int32)
 
-    def masked(theta):
+    def masked(theta, keep):
         losses, aux = jax.vmap(per_problem, in_axes=(None, 0))(theta, batch)
-        ok = jnp.isfinite(losses)
+        finite = jnp.isfinite(losses)
+        ok = finite & keep
         n = jnp.sum(ok)
         # Double `where`: the cotangent of a masked problem is exactly zero.
-        total = jnp.sum(jnp.where(ok, losses, 0.0))
-        return total / jnp.maximum(n, 1), (n, aux, ok)
+        total = jnp.sum(jnp.where(ok, losses, 0.0)) / jnp.maximum(n, 1)
+        reported = jnp.sum(jnp.where(finite, losses, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
+        return total, (n, aux, reported)
 
-    (loss, (n, aux, _)), grad = jax.value_and_grad(masked, has_aux=True)(theta)
+    everyone = jnp.ones([num], bool)
+    if outlier_threshold is None:
+        (_, (n, aux, loss)), grad = jax.value_and_grad(masked, has_aux=True)(theta, everyone)
+        outliers = zero
+    else:
+        leaves, treedef = jax.tree.flatten(theta)
+        small = [x.size <= SMALL_LEAF for x in leaves]
+
+        def split_masked(big, copies):
+            def one(copy, item):
+                full = [c if s else b for s, b, c in zip(small, big, copy, strict=True)]
+                return per_problem(jax.tree.unflatten(treedef, full), item)
+
+            losses, aux = jax.vmap(one)(copies, batch)
+            ok = jnp.isfinite(losses)
+            n = jnp.sum(ok)
+            total = jnp.sum(jnp.where(ok, losses, 0.0)) / jnp.maximum(n, 1)
+            return total, (n, aux, total, ok)
+
+        big = [None if s else x for s, x in zip(small, leaves, strict=True)]
+        copies = [
+            jnp.broadcast_to(x, (num,) + x.shape) if s else None
+            for s, x in zip(small, leaves, strict=True)
+        ]
+        (_, (n, aux, loss, finite)), (g_big, g_copies) = jax.value_and_grad(
+            split_masked, argnums=(0, 1), has_aux=True
+        )(big, copies)
+        r = jnp.sqrt(
+            sum(jnp.sum(jnp.square(g.reshape(num, -1)), 1) for g in g_copies if g is not None)
+        )
+        out = _outliers(r, finite, outlier_threshold)
+        outliers = jnp.sum(out).astype(jnp.int32)
+        first = jax.tree.unflatten(
+            treedef,
+            [jnp.sum(c, 0) if s else b for s, b, c in zip(small, g_big, g_copies, strict=True)],
+        )
+
+        def without_outliers(_):
+            (_, (m, _aux, _loss)), g = jax.value_and_grad(masked, has_aux=True)(theta, ~out)
+            return g, m
+
+        grad, n = jax.lax.cond(outliers > 0, without_outliers, lambda _: (first, n), operand=None)
 
     def per_item(_):
         def one(item):
@@ -131,7 +198,16 @@ def _masked_mean_grad(per_problem: Callable, theta: Any, batch: Any) -> tuple:
             return value, g
 
         losses, grads = jax.vmap(one)(batch)
-        ok = jnp.isfinite(losses) & jax.vmap(all_finite)(grads)
+        finite = jnp.isfinite(losses)
+        ok = finite & jax.vmap(all_finite)(grads)
+        if outlier_threshold is None:
+            out = jnp.zeros([num], bool)
+        else:
+            norms = jnp.sqrt(
+                sum(jnp.sum(jnp.square(x.reshape(num, -1)), 1) for x in jax.tree.leaves(grads))
+            )
+            out = _outliers(norms, ok, outlier_threshold)
+        ok = ok & ~out
         m = jnp.sum(ok)
         g = jax.tree.map(
             lambda x: (
@@ -140,12 +216,20 @@ def _masked_mean_grad(per_problem: Callable, theta: Any, batch: Any) -> tuple:
             ),
             grads,
         )
-        return jnp.sum(jnp.where(ok, losses, 0.0)) / jnp.maximum(m, 1), g, m
+        reported = jnp.sum(jnp.where(finite, losses, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
+        return reported, g, m, jnp.sum(out).astype(jnp.int32)
 
-    loss, grad, n = jax.lax.cond(
-        all_finite(grad), lambda _: (loss, grad, n), per_item, operand=None
+    loss, grad, n, outliers = jax.lax.cond(
+        all_finite(grad), lambda _: (loss, grad, n, outliers), per_item, operand=None
     )
-    return loss, grad, n, aux
+    return loss, grad, n, aux, outliers
+
+
+def _outliers(norms: jax.Array, ok: jax.Array, kappa: float) -> jax.Array:
+    """Where ``norms > κ · median(norms[ok])`` (only among ``ok``; a non-finite norm counts)."""
+    med = jnp.nanmedian(jnp.where(ok & jnp.isfinite(norms), norms, jnp.nan))
+    cap = kappa * jnp.where(jnp.isfinite(med), med, jnp.inf)
+    return ok & ~(norms <= cap)
 
 
 def _restart_optimizer(tx, inner: InnerState) -> InnerState:
@@ -200,6 +284,7 @@ def full_bptt(
     objective: str = "mean_normalized",
     checkpoint: bool = True,
     shard: Any = None,
+    outlier_threshold: float | None = None,
 ) -> Estimator:
     """Exact meta-gradient through ``horizon`` inner steps on fresh problems (the paper's).
 
@@ -213,6 +298,8 @@ def full_bptt(
             intermediate).
         shard: a ``NamedSharding`` to spread the problems over devices (see
             :func:`batch_constraint`); ``None`` on one device.
+        outlier_threshold: leave out problems whose meta-gradient is more than this many
+            times the median problem's (see :func:`_masked_mean_grad`); ``None``: keep all.
 
     Returns:
         An :class:`Estimator` with an empty state.
@@ -232,9 +319,11 @@ def full_bptt(
 
     def grad(theta, state, key):
         keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(problem_keys(key, num_problems), 0)
-        loss, g, n, _ = _masked_mean_grad(per_problem, theta, constrain(keys))
+        loss, g, n, _, out = _masked_mean_grad(
+            per_problem, theta, constrain(keys), outlier_threshold
+        )
         zero = jnp.zeros([], jnp.int32)
-        return loss, g, state, EstimateInfo(n, num_problems - n, zero)
+        return loss, g, state, EstimateInfo(n, num_problems - n - out, zero, out)
 
     return Estimator(init, grad)
 
@@ -305,6 +394,7 @@ def truncated_bptt(
     stagger: bool = True,
     checkpoint: bool = True,
     shard: Any = None,
+    outlier_threshold: float | None = None,
 ) -> Estimator:
     """Truncated backpropagation through time over persistent inner states.
 
@@ -326,6 +416,7 @@ def truncated_bptt(
         stagger: spread the problems' start iterations over the horizon at initialisation.
         checkpoint: rematerialise the scan body.
         shard: a ``NamedSharding`` to spread the problems over devices; ``None`` on one.
+        outlier_threshold: as in :func:`full_bptt`.
 
     Returns:
         An :class:`Estimator` whose state is a :class:`TruncatedState`.
@@ -349,11 +440,11 @@ def truncated_bptt(
     def grad(theta, state, key):
         del key  # problems come from the per-slot keys, so resumed runs see the same ones
         batch = constrain((state.inner, state.f0))
-        loss, g, n, final = _masked_mean_grad(per_problem, theta, batch)
+        loss, g, n, final, out = _masked_mean_grad(per_problem, theta, batch, outlier_threshold)
         bad = ~jax.vmap(all_finite)(final.params)
         state = state._replace(inner=final)
         state, resets = _advance(opt, family, jax.lax.stop_gradient(theta), state, horizon, bad)
-        return loss, g, constrain(state), EstimateInfo(n, num_problems - n, resets)
+        return loss, g, constrain(state), EstimateInfo(n, num_problems - n - out, resets, out)
 
     return Estimator(init, grad)
 

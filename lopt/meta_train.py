@@ -87,6 +87,13 @@ class MetaTrainConfig:
             run's result (``theta.npz``): meta-training is noisy and its last iterate is not
             always its best (see the README's presets section).
         validation_problems: problems per validation.
+        outlier_threshold: ``full_bptt``/``tbptt`` only: leave out of each meta-step the
+            problems whose meta-gradient is more than this many times the median problem's
+            (``None``: keep all). Over long full-BPTT unrolls a few problems' inner dynamics can
+            turn chaotic: their loss looks ordinary but their meta-gradient grows by 10⁸ or
+            more, and after the element-wise clip its sign alone steers every meta-parameter.
+            Costs one extra backward pass on the steps that have an outlier (counted as
+            ``outliers`` in ``metrics.jsonl``).
     """
 
     estimator: str = "full_bptt"
@@ -112,6 +119,7 @@ class MetaTrainConfig:
     seed: int = 0
     validate_every: int = 0
     validation_problems: int = 64
+    outlier_threshold: float | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> MetaTrainConfig:
@@ -169,6 +177,15 @@ class MetaTrainConfig:
             raise ConfigError(f"clip must be positive or null, got {c.clip!r}")
         if not c.l2 >= 0:
             raise ConfigError(f"l2 must be >= 0, got {c.l2!r}")
+        if c.outlier_threshold is not None:
+            v = c.outlier_threshold
+            if isinstance(v, bool) or not isinstance(v, int | float) or not 1 <= v < math.inf:
+                raise ConfigError(f"outlier_threshold must be a number >= 1 or null, got {v!r}")
+            if c.estimator not in ("full_bptt", "tbptt"):
+                raise ConfigError(
+                    f"outlier_threshold needs a gradient estimator (full_bptt or tbptt), "
+                    f"not {c.estimator!r}"
+                )
         for name, options in (
             ("estimator", estimators.ESTIMATORS),
             ("objective", estimators.OBJECTIVES),
@@ -244,13 +261,16 @@ def batch_sharding() -> NamedSharding | None:
 def _build_estimator(opt, family, c: MetaTrainConfig, sharding):
     kw: dict[str, Any] = {"horizon": c.horizon, "objective": c.objective}
     if c.estimator == "full_bptt":
-        kw.update(num_problems=c.num_problems, checkpoint=c.remat)
+        kw.update(
+            num_problems=c.num_problems, checkpoint=c.remat, outlier_threshold=c.outlier_threshold
+        )
     elif c.estimator == "tbptt":
         kw.update(
             num_problems=c.num_problems,
             truncation=c.truncation,
             stagger=c.stagger,
             checkpoint=c.remat,
+            outlier_threshold=c.outlier_threshold,
         )
     else:
         kw.update(
@@ -342,6 +362,7 @@ def make_meta_step(opt, config: MetaTrainConfig, meta_tx: optax.GradientTransfor
             "grad_norm": gnorm,
             "num_nonfinite": info.num_nonfinite,
             "resets": info.resets,
+            "outliers": jnp.asarray(info.num_outliers, jnp.int32),
             "skipped": (~ok).astype(jnp.int32),
         }
         return new_state, metrics
@@ -501,6 +522,7 @@ def meta_train(
             "num_nonfinite": int(sum(int(v["num_nonfinite"]) for v in values)),
             "skipped": int(sum(int(v["skipped"]) for v in values)),
             "resets": int(sum(int(v["resets"]) for v in values)),
+            "outliers": int(sum(int(v["outliers"]) for v in values)),
             "steps_per_s": (step - step_start) / max(elapsed, 1e-9),
             "wall_s": elapsed,
             "first_step": first,

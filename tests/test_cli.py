@@ -61,6 +61,10 @@ def test_tune_writes_json_and_prints_the_table(tmp_path, capsys):
         (["tune", "--task", "linear_regression", "--seed", "x"], "integer"),
         (["tune"], "--task"),
         (["no-such-command"], "invalid choice"),
+        (
+            ["meta-train", "--task", "linear_regression", "--out", "x", "--outlier-threshold", "0"],
+            "outlier_threshold must be a number >= 1",
+        ),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(argv, fragment, capsys):

@@ -147,3 +147,113 @@ def test_bad_settings_fail_fast():
         )
     with pytest.raises(ValueError, match="unknown estimator"):
         estimators.make_estimator("reinforce", OPT, FAMILY)
+
+
+# --- outlier_threshold: problems whose gradient is > κ x the median's are left out -----------
+
+_BIG = estimators.SMALL_LEAF + 1  # a leaf too large for per-problem copies
+
+
+def _toy_problem(theta, item):
+    """Loss ``s · (½‖w - c‖² + ½ mean(v²) · ‖w‖²)``: per-problem gradients are known exactly."""
+    scale, c = item
+    w, v = theta["w"], theta["v"]
+    loss = scale * (0.5 * jnp.sum((w - c) ** 2) + 0.5 * jnp.mean(v**2) * jnp.sum(w**2))
+    return loss, None
+
+
+def _toy(seed=0, n=8):
+    rng = np.random.default_rng(seed)
+    theta = {
+        "w": jnp.asarray(rng.normal(size=3), jnp.float32),
+        "v": jnp.asarray(rng.normal(size=_BIG), jnp.float32),
+    }
+    scale = np.ones(n, np.float32)
+    c = jnp.asarray(rng.normal(size=(n, 3)), jnp.float32)
+    return theta, scale, c
+
+
+def _mean_of(problem, theta, batch, keep):
+    grads = jax.vmap(lambda item: jax.grad(lambda t: problem(t, item)[0])(theta))(batch)
+    return {k: np.sum(np.asarray(g, np.float64)[keep], 0) / keep.sum() for k, g in grads.items()}
+
+
+def test_outlier_threshold_leaves_out_the_problem_whose_gradient_explodes():
+    theta, scale, c = _toy()
+    scale[2] = 1e6  # one problem's gradient is ~10^6 x the others'
+    scale[4] = 3.0  # an ordinary spread: kept
+    batch = (jnp.asarray(scale), c)
+    run = jax.jit(lambda t, b: estimators._masked_mean_grad(_toy_problem, t, b, 10.0))
+    loss, g, n, _, outliers = run(theta, batch)
+    assert int(outliers) == 1 and int(n) == 7
+    want = _mean_of(_toy_problem, theta, batch, np.arange(8) != 2)
+    for k in want:
+        np.testing.assert_allclose(g[k], want[k], rtol=2e-5, atol=1e-7)
+    # The reported loss is the mean over every finite problem, outlier included.
+    plain = jax.jit(lambda t, b: estimators._masked_mean_grad(_toy_problem, t, b))(theta, batch)
+    np.testing.assert_allclose(loss, plain[0], rtol=1e-6)
+    assert int(plain[4]) == 0 and int(plain[2]) == 8
+
+
+def test_outlier_threshold_without_outliers_is_the_plain_mean():
+    theta, scale, c = _toy(seed=1)
+    batch = (jnp.asarray(scale), c)
+    robust = estimators._masked_mean_grad(_toy_problem, theta, batch, 1e6)
+    plain = estimators._masked_mean_grad(_toy_problem, theta, batch)
+    assert int(robust[4]) == 0 and int(robust[2]) == 8
+    for k in theta:
+        np.testing.assert_allclose(robust[1][k], plain[1][k], rtol=1e-6, atol=1e-8)
+
+
+def test_outlier_threshold_with_an_overflowing_gradient():
+    # Problem 5's gradient overflows float32 (its loss does not): masked, never multiplied.
+    theta, scale, c = _toy(seed=3)
+    scale[5] = 1e37
+    batch = (jnp.asarray(scale), c)
+    loss, g, n, _, outliers = estimators._masked_mean_grad(_toy_problem, theta, batch, 10.0)
+    assert np.all(np.isfinite(_flat(g))) and np.isfinite(float(loss))
+    want = _mean_of(_toy_problem, theta, batch, np.arange(8) != 5)
+    for k in want:
+        np.testing.assert_allclose(g[k], want[k], rtol=2e-5, atol=1e-7)
+    assert int(n) + int(outliers) <= 8 and int(n) == 7
+
+
+def test_outlier_threshold_with_a_nonfinite_gradient_masks_then_drops():
+    # Problem 0's loss is finite but its gradient is not (sqrt at 0): the per-problem path
+    # masks it and drops the outlier (problem 5) on the full gradient norm.
+    theta, scale, c = _toy(seed=2)
+    scale[5] = 1e6
+    d = np.asarray(theta["w"][0]) + np.where(np.arange(8) == 0, 0.0, 100.0).astype(np.float32)
+
+    def problem(theta, item):
+        scale, c, d = item
+        loss, _ = _toy_problem(theta, (scale, c))
+        return loss + jnp.sqrt(jnp.abs(theta["w"][0] - d)), None
+
+    batch = (jnp.asarray(scale), c, jnp.asarray(d))
+    loss, g, n, _, outliers = jax.jit(
+        lambda t, b: estimators._masked_mean_grad(problem, t, b, 10.0)
+    )(theta, batch)
+    assert int(n) == 6 and int(outliers) == 1  # 8 - 1 non-finite - 1 outlier
+    assert np.all(np.isfinite(_flat(g))) and np.isfinite(float(loss))
+    want = _mean_of(problem, theta, batch, ~np.isin(np.arange(8), [0, 5]))
+    for k in want:
+        np.testing.assert_allclose(g[k], want[k], rtol=2e-5, atol=1e-7)
+
+
+def test_full_bptt_outlier_threshold_counts_the_problems_left_out():
+    # A large learning rate gives the problems very different meta-gradients; at κ = 1 every
+    # problem above the median is left out, and with a huge κ none is.
+    theta = dict(THETA, log_lr=jnp.asarray(np.log(3.0), jnp.float32))
+    infos = {}
+    for kappa in (1.0, 1e9):
+        est = estimators.full_bptt(OPT, FAMILY, num_problems=8, horizon=12, outlier_threshold=kappa)
+        infos[kappa] = _grad(est, theta=theta)
+    info = infos[1.0][3]
+    assert int(info.num_outliers) == 4 and int(info.num_valid) == 4  # above the median of 8
+    assert int(info.num_nonfinite) == 0
+    assert int(infos[1e9][3].num_outliers) == 0
+    plain = _grad(estimators.full_bptt(OPT, FAMILY, num_problems=8, horizon=12), theta=theta)
+    for k in THETA:
+        np.testing.assert_allclose(infos[1e9][1][k], plain[1][k], rtol=1e-5)
+    np.testing.assert_allclose(infos[1.0][0], plain[0], rtol=1e-6)  # loss over all 8

@@ -55,6 +55,18 @@ def test_run_directory_contents(tmp_path):
     assert all(np.isfinite(r["meta_loss"]) for r in rows)
 
 
+def test_outlier_threshold_counts_the_problems_left_out_in_the_metrics(tmp_path):
+    # At κ = 1 every problem above the median is left out: 2 of the 4 each step.
+    config = MetaTrainConfig(**{**CONFIG.to_dict(), "outlier_threshold": 1.0})
+    result = meta_train(OPT, FAMILY, config, out_dir=tmp_path, progress=False)
+    rows = lopt.meta_train_metrics(tmp_path)
+    assert [r["outliers"] for r in rows] == [4, 4, 4]  # 2 steps per row
+    assert all(r["num_nonfinite"] == 0 and r["skipped"] == 0 for r in rows)
+    assert all(np.all(np.isfinite(x)) for x in _leaves(result.theta))
+    plain = meta_train(OPT, FAMILY, CONFIG, progress=False)
+    assert all(r["outliers"] == 0 for r in plain.metrics)
+
+
 def test_meta_training_lowers_the_meta_loss():
     config = MetaTrainConfig(num_problems=8, num_steps=60, log_every=10, learning_rate=1e-2)
     result = meta_train(OPT, FAMILY, config, progress=False)
@@ -93,6 +105,13 @@ def test_all_nonfinite_steps_stop_the_run_with_theta_intact(tmp_path):
         ({"learning_rate": -1.0}, "learning_rate must be a positive number"),
         ({"objective": "loss"}, "unknown objective"),
         ({"estimator": "tbptt", "truncation": 4, "objective": "final"}, "needs the whole horizon"),
+        ({"outlier_threshold": 0.5}, "outlier_threshold must be a number >= 1"),
+        ({"outlier_threshold": float("inf")}, "outlier_threshold must be a number >= 1"),
+        ({"outlier_threshold": True}, "outlier_threshold must be a number >= 1"),
+        (
+            {"estimator": "es", "truncation": 4, "outlier_threshold": 10.0},
+            "outlier_threshold needs",
+        ),
     ],
 )
 def test_bad_configs_fail_fast(change, message):
