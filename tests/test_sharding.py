@@ -52,6 +52,14 @@ info["full_num_valid"] = int(est_info.num_valid)
 hlo = grad_fn.lower(theta, (), key).compile().as_text()
 info["full_all_reduce"] = hlo.count("all-reduce")
 
+# Outliers left out (κ = 1: the problems above the median, so the second pass runs).
+robust = estimators.full_bptt(
+    opt, family, num_problems=8, horizon=8, shard=shard, outlier_threshold=1.0
+)
+loss, g, _, est_info = jax.jit(robust.grad)(theta, (), key)
+put("outliers/loss", loss); put("outliers/grad", g)
+info["outliers"] = int(est_info.num_outliers)
+
 pes = estimators.pes(opt, family, num_pairs=8, horizon=8, truncation=4, shard=shard)
 state = jax.jit(pes.init)(theta, jax.random.key(3))
 info["pes_state_spans"] = spans(state)
@@ -123,9 +131,10 @@ def test_arrays_really_are_sharded(runs):
     # The mean over problems is an all-reduce in the compiled program; none on one device.
     assert four["full_all_reduce"] > 0 and one["full_all_reduce"] == 0
     assert one["full_num_valid"] == four["full_num_valid"] == 8
+    assert one["outliers"] == four["outliers"] == 4
 
 
-@pytest.mark.parametrize("prefix", ["full/", "pes0/", "pes1/", "step/"])
+@pytest.mark.parametrize("prefix", ["full/", "outliers/", "pes0/", "pes1/", "step/"])
 def test_sharded_meta_gradient_equals_single_device(runs, prefix):
     (one, _), (four, _) = runs
     names = sorted(k for k in one if k.startswith(prefix))
@@ -140,6 +149,6 @@ def test_sharded_meta_gradient_equals_single_device(runs, prefix):
 def test_gradient_is_not_trivially_zero(runs):
     # Guards the comparison above: equal zeros would prove nothing.
     (one, _), _ = runs
-    for prefix in ("full/grad", "pes0/grad"):
+    for prefix in ("full/grad", "outliers/grad", "pes0/grad"):
         leaves = [v for k, v in one.items() if k.startswith(prefix)]
         assert sum(int(np.count_nonzero(v)) for v in leaves) > 10, prefix
