@@ -37,6 +37,18 @@ def _positive_int(text: str) -> int:
     return value
 
 
+_OFF = "none"
+
+
+def _threshold(text: str) -> float | str:
+    if text.strip().lower() == _OFF:
+        return _OFF
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
+
+
 def _nonnegative_int(text: str) -> int:
     try:
         value = int(text)
@@ -213,10 +225,10 @@ def _add_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=_nonnegative_int, help="PRNG seed (overrides the preset)")
     p.add_argument(
         "--outlier-threshold",
-        type=float,
+        type=_threshold,
         metavar="KAPPA",
         help="leave out problems whose meta-gradient exceeds KAPPA x the median problem's "
-        "(>= 1; full_bptt/tbptt)",
+        "(>= 1; full_bptt/tbptt; 'none' turns a preset's off)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -237,6 +249,10 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not has_state:
             raise ValueError(f"{out}: nothing to resume (no state.npz); start without --resume")
+        if args.outlier_threshold is not None:
+            raise ValueError(
+                "--outlier-threshold cannot change on --resume (the run keeps its own)"
+            )
         cfg = read_json(os.path.join(out, "config.json"))
         opt = from_config(cfg["optimizer"])
         family = tasks.get(cfg["task"]["name"], **cfg["task"].get("settings", {}))
@@ -259,10 +275,15 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
             "estimator": args.estimator,
             "truncation": args.truncation,
             "seed": None if args.resume else args.seed,
-            "outlier_threshold": None if args.resume else args.outlier_threshold,
         }.items()
         if v is not None
     }
+    if args.outlier_threshold is not None:
+        changes["outlier_threshold"] = (
+            None if args.outlier_threshold == _OFF else args.outlier_threshold
+        )
+    elif args.estimator in ("es", "pes"):
+        changes["outlier_threshold"] = None  # a preset's threshold applies to gradients only
     config = dataclasses.replace(config, **changes)
     if args.estimator and args.truncation is None:
         config = dataclasses.replace(config, truncation=None)

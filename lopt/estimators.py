@@ -98,8 +98,8 @@ def all_finite(tree: Any) -> jax.Array:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))
 
 
-# Leaves of at most this many entries get per-problem copies when outliers are dropped (h0,
-# biases, the readout); their per-problem gradient norm is the outlier statistic.
+# Leaves of at most this many entries get per-problem copies when outliers are dropped (for
+# the GRU all but the recurrent matrix); their per-problem gradient norm is the statistic.
 SMALL_LEAF = 4096
 
 
@@ -119,12 +119,12 @@ def _masked_mean_grad(
     few problems' inner dynamics turn chaotic: their loss stays finite and ordinary but their
     meta-gradient grows by 10⁸ or more (past float32's range on some), and it swamps the
     batch. The statistic is the norm of each problem's gradient with respect to the small
-    leaves of ``theta`` (at most :data:`SMALL_LEAF` entries each: ``h0``, the biases, the
-    readout), which get per-problem copies in the first pass at little cost; in the
-    per-problem fallback it is the full gradient's norm. Outliers are masked with the
-    double-``where`` (never down-weighted: a tiny weight times an overflowing gradient is not
-    small), in a second pass that runs only when there is one (``lax.cond``). The reported
-    loss is the mean over every finite problem either way.
+    leaves of ``theta`` (at most :data:`SMALL_LEAF` entries each: for the GRU every leaf but
+    the recurrent matrix ``w_h``), which get per-problem copies in the first pass at little
+    cost; in the per-problem fallback it is the full gradient's norm. Outliers are masked with the
+    output-side ``where`` like non-finite problems (never down-weighted: a tiny weight times
+    an overflowing gradient is not small), in a second pass that runs only when there is
+    one (``lax.cond``). The reported loss is the mean over every finite problem either way.
 
     Args:
         per_problem: ``(theta, item) -> (loss, aux)``.
@@ -155,7 +155,7 @@ def _masked_mean_grad(
         outliers = zero
     else:
         leaves, treedef = jax.tree.flatten(theta)
-        small = [x.size <= SMALL_LEAF for x in leaves]
+        small = _small_leaves(theta)
 
         def split_masked(big, copies):
             def one(copy, item):
@@ -176,9 +176,7 @@ def _masked_mean_grad(
         (_, (n, aux, loss, finite)), (g_big, g_copies) = jax.value_and_grad(
             split_masked, argnums=(0, 1), has_aux=True
         )(big, copies)
-        r = jnp.sqrt(
-            sum(jnp.sum(jnp.square(g.reshape(num, -1)), 1) for g in g_copies if g is not None)
-        )
+        r = _row_norms([g for g in g_copies if g is not None])
         out = _outliers(r, finite, outlier_threshold)
         outliers = jnp.sum(out).astype(jnp.int32)
         first = jax.tree.unflatten(
@@ -198,15 +196,11 @@ def _masked_mean_grad(
             return value, g
 
         losses, grads = jax.vmap(one)(batch)
-        finite = jnp.isfinite(losses)
-        ok = finite & jax.vmap(all_finite)(grads)
+        ok = jnp.isfinite(losses) & jax.vmap(all_finite)(grads)
         if outlier_threshold is None:
             out = jnp.zeros([num], bool)
         else:
-            norms = jnp.sqrt(
-                sum(jnp.sum(jnp.square(x.reshape(num, -1)), 1) for x in jax.tree.leaves(grads))
-            )
-            out = _outliers(norms, ok, outlier_threshold)
+            out = _outliers(_row_norms(jax.tree.leaves(grads)), ok, outlier_threshold)
         ok = ok & ~out
         m = jnp.sum(ok)
         g = jax.tree.map(
@@ -216,7 +210,10 @@ def _masked_mean_grad(
             ),
             grads,
         )
-        reported = jnp.sum(jnp.where(finite, losses, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
+        # The loss is averaged over the problems with a finite loss and gradient, outliers
+        # included (as the fast path reports every finite problem).
+        used = ok | out
+        reported = jnp.sum(jnp.where(used, losses, 0.0)) / jnp.maximum(jnp.sum(used), 1)
         return reported, g, m, jnp.sum(out).astype(jnp.int32)
 
     loss, grad, n, outliers = jax.lax.cond(
@@ -225,11 +222,43 @@ def _masked_mean_grad(
     return loss, grad, n, aux, outliers
 
 
+def _small_leaves(theta: Any) -> list[bool]:
+    """Which leaves of ``theta`` get per-problem copies (at most :data:`SMALL_LEAF` entries)."""
+    small = [x.size <= SMALL_LEAF for x in jax.tree.leaves(theta)]
+    if not any(small):
+        raise ValueError(
+            f"outlier_threshold needs a leaf of theta with at most {SMALL_LEAF} entries "
+            "(its per-problem gradient norm is the outlier statistic)"
+        )
+    return small
+
+
+def _row_norms(leaves: list[jax.Array]) -> jax.Array:
+    """Per-row (problem) Euclidean norm over ``(B, ...)`` leaves.
+
+    Scaled by the row's largest entry, so it does not overflow while the entries are finite.
+    """
+    rows = [x.reshape(x.shape[0], -1) for x in leaves]
+    top = jnp.max(jnp.stack([jnp.max(jnp.abs(x), 1) for x in rows]), 0)
+    safe = jnp.where((top > 0) & jnp.isfinite(top), top, 1.0)
+    sq = sum(jnp.sum(jnp.square(x / safe[:, None]), 1) for x in rows)
+    return jnp.where(jnp.isfinite(top), safe * jnp.sqrt(sq), jnp.inf)
+
+
 def _outliers(norms: jax.Array, ok: jax.Array, kappa: float) -> jax.Array:
-    """Where ``norms > κ · median(norms[ok])`` (only among ``ok``; a non-finite norm counts)."""
+    """Where ``norms > κ · median`` among ``ok`` (the median over the finite norms of ``ok``).
+
+    A non-finite norm is an outlier. With no positive median (e.g. most problems have a zero
+    gradient) nothing is.
+    """
     med = jnp.nanmedian(jnp.where(ok & jnp.isfinite(norms), norms, jnp.nan))
-    cap = kappa * jnp.where(jnp.isfinite(med), med, jnp.inf)
+    cap = kappa * jnp.where(jnp.isfinite(med) & (med > 0), med, jnp.inf)
     return ok & ~(norms <= cap)
+
+
+def _check_threshold(outlier_threshold: float | None) -> None:
+    if outlier_threshold is not None and not 1 <= outlier_threshold < float("inf"):
+        raise ValueError(f"outlier_threshold must be >= 1 (or None), got {outlier_threshold!r}")
 
 
 def _restart_optimizer(tx, inner: InnerState) -> InnerState:
@@ -305,6 +334,7 @@ def full_bptt(
         An :class:`Estimator` with an empty state.
     """
     _check(objective, horizon, horizon)
+    _check_threshold(outlier_threshold)
     constrain = batch_constraint(shard)
 
     def per_problem(theta, key):
@@ -422,6 +452,7 @@ def truncated_bptt(
         An :class:`Estimator` whose state is a :class:`TruncatedState`.
     """
     _check(objective, horizon, truncation)
+    _check_threshold(outlier_threshold)
     constrain = batch_constraint(shard)
 
     def init(theta, key):

@@ -4,6 +4,8 @@ import signal
 import subprocess
 import sys
 import time
+import types
+from unittest import mock
 
 import pytest
 
@@ -22,6 +24,11 @@ def _run(*args, timeout=300):
     )
 
 
+def _record_config(opt, family, config, **kw):
+    _record_config.last = config
+    return types.SimpleNamespace(metrics=[], interrupted=False, step=config.num_steps)
+
+
 def test_meta_train_and_resume_through_the_cli(tmp_path, capsys):
     out = str(tmp_path / "run")
     assert (
@@ -30,9 +37,27 @@ def test_meta_train_and_resume_through_the_cli(tmp_path, capsys):
     )
     cfg = json.load(open(os.path.join(out, "config.json")))
     assert cfg["meta_train"]["estimator"] == "tbptt" and cfg["meta_train"]["num_steps"] == 2
+    assert cfg["meta_train"]["outlier_threshold"] is None
     assert main(["meta-train", "--out", out, "--resume", "--steps", "3", "--quiet"]) == 0
+    with pytest.raises(SystemExit):  # the run keeps its own threshold
+        main(["meta-train", "--out", out, "--resume", "--outlier-threshold", "10", "--quiet"])
+    assert "cannot change on --resume" in capsys.readouterr().err
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert rows[-1]["step"] == 3
+    # A threshold given on the command line reaches config.json; 'none' turns the paper
+    # preset's off, and ES drops it (it applies to gradient estimators only).
+    for flag, preset_name, extra, want in (
+        ("10", "quick", [], 10.0),
+        ("none", "paper", [], None),
+        (None, "paper", ["--estimator", "es", "--truncation", "67"], None),
+    ):
+        run = str(tmp_path / f"t{flag}{len(extra)}")
+        argv = ["meta-train", "--task", "linear_regression", "--preset", preset_name]
+        argv += ["--out", run, "--steps", "1", "--quiet", *extra]
+        argv += [] if flag is None else ["--outlier-threshold", flag]
+        with mock.patch("lopt.meta_train.meta_train", side_effect=_record_config):
+            assert main(argv) == 0
+        assert _record_config.last.outlier_threshold == want, (flag, preset_name)
     # A second fresh start into the same directory would overwrite the run: refused.
     with pytest.raises(SystemExit) as e:
         main(["meta-train", "--task", "linear_regression", "--out", out, "--steps", "2"])
@@ -55,6 +80,10 @@ def test_meta_train_and_resume_through_the_cli(tmp_path, capsys):
             "must divide",
         ),
         (["evaluate", "does-not-exist"], "no such file"),
+        (
+            ["meta-train", "--task", "linear_regression", "--out", "X", "--outlier-threshold", "x"],
+            "expected a number or 'none'",
+        ),
     ],
 )
 def test_user_mistakes_are_one_line(tmp_path, capsys, args, message):

@@ -205,17 +205,37 @@ def test_outlier_threshold_without_outliers_is_the_plain_mean():
         np.testing.assert_allclose(robust[1][k], plain[1][k], rtol=1e-6, atol=1e-8)
 
 
-def test_outlier_threshold_with_an_overflowing_gradient():
-    # Problem 5's gradient overflows float32 (its loss does not): masked, never multiplied.
+def test_outlier_threshold_with_a_gradient_whose_square_overflows():
+    # Problem 5's gradient (~1e37) is finite but its squared norm is not: the norm is scaled,
+    # so the problem is an ordinary outlier, left out without overflow.
     theta, scale, c = _toy(seed=3)
     scale[5] = 1e37
     batch = (jnp.asarray(scale), c)
     loss, g, n, _, outliers = estimators._masked_mean_grad(_toy_problem, theta, batch, 10.0)
+    assert int(outliers) == 1 and int(n) == 7  # none non-finite
     assert np.all(np.isfinite(_flat(g))) and np.isfinite(float(loss))
     want = _mean_of(_toy_problem, theta, batch, np.arange(8) != 5)
     for k in want:
         np.testing.assert_allclose(g[k], want[k], rtol=2e-5, atol=1e-7)
-    assert int(n) + int(outliers) <= 8 and int(n) == 7
+
+
+def test_outlier_threshold_needs_a_small_leaf_and_kappa_at_least_one():
+    theta = {"v": jnp.zeros(_BIG)}
+    batch = (jnp.ones(4), jnp.zeros((4, 3)))
+    with pytest.raises(ValueError, match="at most 4096 entries"):
+        estimators._masked_mean_grad(lambda t, i: (jnp.sum(t["v"]), None), theta, batch, 10.0)
+    with pytest.raises(ValueError, match="outlier_threshold must be >= 1"):
+        estimators.full_bptt(OPT, FAMILY, num_problems=4, horizon=12, outlier_threshold=0.5)
+
+
+def test_outliers_with_a_zero_median_flag_nothing():
+    norms = jnp.asarray([0.0, 0.0, 0.0, 5.0])
+    ok = jnp.ones(4, bool)
+    assert not np.any(np.asarray(estimators._outliers(norms, ok, 10.0)))
+    flagged = estimators._outliers(
+        jnp.asarray([1.0, 1.0, 2.0, 50.0, jnp.inf]), jnp.ones(5, bool), 10.0
+    )
+    np.testing.assert_array_equal(flagged, [False, False, False, True, True])
 
 
 def test_outlier_threshold_with_a_nonfinite_gradient_masks_then_drops():
@@ -239,6 +259,13 @@ def test_outlier_threshold_with_a_nonfinite_gradient_masks_then_drops():
     want = _mean_of(problem, theta, batch, ~np.isin(np.arange(8), [0, 5]))
     for k in want:
         np.testing.assert_allclose(g[k], want[k], rtol=2e-5, atol=1e-7)
+    # The loss averages the problems with a finite loss and gradient (the outlier included),
+    # with or without the threshold, as before the threshold existed.
+    losses = np.asarray(jax.vmap(lambda item: problem(theta, item)[0])(batch), np.float64)
+    np.testing.assert_allclose(loss, losses[1:].mean(), rtol=1e-6)
+    plain = estimators._masked_mean_grad(problem, theta, batch)
+    np.testing.assert_allclose(plain[0], losses[1:].mean(), rtol=1e-6)
+    assert int(plain[2]) == 7 and int(plain[4]) == 0
 
 
 def test_full_bptt_outlier_threshold_counts_the_problems_left_out():
