@@ -92,10 +92,18 @@ def forward_flops(hidden: int, problems: int, coords: int, steps: int = HORIZON)
     return problems * steps * coords * 2 * 3 * hidden * (hidden + 1)
 
 
-def bench_lopt(hidden, scale, problems, family, *, remat: bool, repeats: int) -> dict[str, Any]:
+def bench_lopt(
+    hidden, scale, problems, family, *, remat: bool, repeats: int, outlier_threshold=None
+) -> dict[str, Any]:
     """One meta-step of ``lopt`` (estimator + meta-optimizer), compiled once, then timed."""
     opt = lopt.RNNOptimizer(hidden_size=hidden, output_scale=scale)
-    config = MetaTrainConfig(num_problems=problems, horizon=HORIZON, remat=remat, num_steps=1)
+    config = MetaTrainConfig(
+        num_problems=problems,
+        horizon=HORIZON,
+        remat=remat,
+        num_steps=1,
+        outlier_threshold=outlier_threshold,
+    )
     config = config.resolved(family)
     init_fn, step_fn = make_meta_step(opt, config, config.meta_optimizer())
     state = init_fn(family, opt.init(jax.random.key(0)), jax.random.key(1))
@@ -185,6 +193,12 @@ def main() -> None:
     parser.add_argument(
         "--no-remat-variant", action="store_true", help="skip lopt without rematerialisation"
     )
+    parser.add_argument(
+        "--outlier-variants",
+        action="store_true",
+        help="also time outlier_threshold steps without an outlier (kappa 1e30: one pass) and "
+        "with outliers (kappa 1: half the problems left out, second pass)",
+    )
     args = parser.parse_args()
 
     family = tasks.get("linear_regression", num_steps=HORIZON)
@@ -239,6 +253,31 @@ def main() -> None:
             if impl == "plain":
                 row["lopt_speedup_vs_plain"] = r["s_per_step"] / results["lopt", True]
             _emit(row)
+        if args.outlier_variants:
+            for kappa in (1e30, 1.0):
+                r = bench_lopt(
+                    hidden,
+                    scale,
+                    problems,
+                    family,
+                    remat=True,
+                    repeats=args.repeats,
+                    outlier_threshold=kappa,
+                )
+                _emit(
+                    {
+                        **common,
+                        "preset": name,
+                        "impl": "lopt",
+                        "remat": True,
+                        "outlier_threshold": kappa,
+                        "second_pass": kappa == 1.0,
+                        "s_per_step": r["s_per_step"],
+                        "times": [round(t, 4) for t in r["times"]],
+                        "relative_to_plain_lopt": r["s_per_step"] / results["lopt", True],
+                        "temp_mib": r["temp_mib"],
+                    }
+                )
 
 
 if __name__ == "__main__":
