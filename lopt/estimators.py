@@ -143,11 +143,8 @@ def _masked_mean_grad(
         losses, aux = jax.vmap(per_problem, in_axes=(None, 0))(theta, batch)
         finite = jnp.isfinite(losses)
         ok = finite & keep
-        n = jnp.sum(ok)
-        # Double `where`: the cotangent of a masked problem is exactly zero.
-        total = jnp.sum(jnp.where(ok, losses, 0.0)) / jnp.maximum(n, 1)
-        reported = jnp.sum(jnp.where(finite, losses, 0.0)) / jnp.maximum(jnp.sum(finite), 1)
-        return total, (n, aux, reported)
+        # `where` on the losses: the cotangent of a masked problem is exactly zero.
+        return _mean_where(losses, ok), (jnp.sum(ok), aux, _mean_where(losses, finite))
 
     everyone = jnp.ones([num], bool)
     if outlier_threshold is None:
@@ -164,16 +161,14 @@ def _masked_mean_grad(
 
             losses, aux = jax.vmap(one)(copies, batch)
             ok = jnp.isfinite(losses)
-            n = jnp.sum(ok)
-            total = jnp.sum(jnp.where(ok, losses, 0.0)) / jnp.maximum(n, 1)
-            return total, (n, aux, total, ok)
+            return _mean_where(losses, ok), (jnp.sum(ok), aux, ok)
 
         big = [None if s else x for s, x in zip(small, leaves, strict=True)]
         copies = [
             jnp.broadcast_to(x, (num,) + x.shape) if s else None
             for s, x in zip(small, leaves, strict=True)
         ]
-        (_, (n, aux, loss, finite)), (g_big, g_copies) = jax.value_and_grad(
+        (loss, (n, aux, finite)), (g_big, g_copies) = jax.value_and_grad(
             split_masked, argnums=(0, 1), has_aux=True
         )(big, copies)
         r = _row_norms([g for g in g_copies if g is not None])
@@ -212,14 +207,17 @@ def _masked_mean_grad(
         )
         # The loss is averaged over the problems with a finite loss and gradient, outliers
         # included (as the fast path reports every finite problem).
-        used = ok | out
-        reported = jnp.sum(jnp.where(used, losses, 0.0)) / jnp.maximum(jnp.sum(used), 1)
-        return reported, g, m, jnp.sum(out).astype(jnp.int32)
+        return _mean_where(losses, ok | out), g, m, jnp.sum(out).astype(jnp.int32)
 
     loss, grad, n, outliers = jax.lax.cond(
         all_finite(grad), lambda _: (loss, grad, n, outliers), per_item, operand=None
     )
     return loss, grad, n, aux, outliers
+
+
+def _mean_where(values: jax.Array, mask: jax.Array) -> jax.Array:
+    """Mean of ``values`` where ``mask`` (0 if none); masked entries get a zero cotangent."""
+    return jnp.sum(jnp.where(mask, values, 0.0)) / jnp.maximum(jnp.sum(mask), 1)
 
 
 def _small_leaves(theta: Any) -> list[bool]:
