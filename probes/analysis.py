@@ -62,7 +62,7 @@ import optax
 from lopt.cell import Cell
 from probes import detectors
 from probes._cells import canonical
-from probes.detectors import Adaptation, Clipping, Momentum, Schedule, _num
+from probes.detectors import Adaptation, Clipping, Damping, Momentum, Schedule, _num
 from probes.fixed_points import FAILED, FIXED, KIND_NAMES, SLOW, continuation, fixed_points
 from probes.linearize import impulse_response, linearize
 from probes.update_function import _slope, _update_function, effective_lr
@@ -78,6 +78,8 @@ class Analysis:
         momentum, clipping, schedule, adaptation: the four detector results.
         source: ``"cell"`` or ``"optax"``.
         meta: settings and context (gradient scale, typical step, ...).
+        damping: oscillation damping (:class:`probes.detectors.Damping`), a mechanism beyond
+            the paper's four; ``None`` for analyses written before it existed.
     """
 
     momentum: Momentum
@@ -86,6 +88,7 @@ class Analysis:
     adaptation: Adaptation
     source: str
     meta: dict[str, Any]
+    damping: Damping | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict with ``schema_version``; every number finite or ``None``."""
@@ -98,6 +101,8 @@ class Analysis:
             "schedule": self.schedule.to_json(),
             "adaptation": self.adaptation.to_json(),
         }
+        if self.damping is not None:
+            out["damping"] = self.damping.to_json()
         json.dumps(out, allow_nan=False)  # fails loudly if anything non-finite slipped through
         return out
 
@@ -208,6 +213,78 @@ def _principal_plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.where(ok[:, None], (x - mean) @ comps.T, np.nan), ratio
 
 
+def damping_gains(
+    run: Callable[[jax.Array], jax.Array],
+    amplitudes: Any,
+    *,
+    steps: int = 200,
+    tail: int = 20,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steady DC and Nyquist gains of a scalar optimizer at each amplitude (oscillation damping).
+
+    For each amplitude ``a`` four gradient sequences of ``steps`` steps are run from a fresh
+    state: ``+a`` and ``-a`` constant, and ``±a`` alternating starting with either sign. Over
+    the last ``tail`` steps (even, so the alternation averages out):
+
+    * DC gain ``G₀(a) = -(ū(+a) - ū(-a)) / 2a``, the mean update per unit of a persistent
+      gradient;
+    * Nyquist gain ``G_π(a) = -mean((u(+alt) - u(-alt))·s_t) / 2a`` with ``s_t = ±1`` the sign
+      of the ``+alt`` input: the alternating part of the update per unit of a gradient that
+      flips sign every step.
+
+    Differences between the two signs cancel an update the optimizer makes with no gradient
+    (a learned bias) and average asymmetric responses. A linear optimizer gives constant gains:
+    heavy-ball ``(α, β)``: ``G₀ = α/(1-β)``, ``G_π = α/(1+β)``.
+
+    Args:
+        run: ``gs (T,) -> updates (T,)`` for one coordinate from a fresh state.
+        amplitudes: ``(A,)`` positive amplitudes.
+        steps: ``T``, long enough for the state to settle.
+        tail: steps averaged at the end (rounded down to even, at least 2).
+
+    Returns:
+        ``(dc_gain, nyquist_gain)``, each ``(A,)``.
+    """
+    a = jnp.asarray(np.asarray(amplitudes, np.float32).reshape(-1))
+    tail = max(2, int(tail) // 2 * 2)
+    if steps < tail:
+        raise ValueError(f"steps ({steps}) must be at least tail ({tail})")
+    sign = jnp.where(jnp.arange(steps) % 2 == 0, 1.0, -1.0).astype(jnp.float32)
+    patterns = jnp.stack([jnp.ones(steps), -jnp.ones(steps), sign, -sign]).astype(jnp.float32)
+    u = jax.vmap(jax.vmap(run))(a[:, None, None] * patterns[None])[..., -tail:]  # (A, 4, tail)
+    s = sign[-tail:]
+    dc = -(u[:, 0].mean(-1) - u[:, 1].mean(-1)) / (2 * a)
+    ny = -((u[:, 2] - u[:, 3]) * s).mean(-1) / (2 * a)
+    return np.asarray(dc, np.float64), np.asarray(ny, np.float64)
+
+
+def _damping(
+    run: Callable[[jax.Array], jax.Array],
+    lo: float,
+    hi: float,
+    range_source: str,
+    points: int,
+    steps: int,
+) -> Damping:
+    """The damping probe over ``[lo/10, 10·hi]`` (log grid), decided on ``[lo, hi]``."""
+    amps = np.logspace(np.log10(lo) - 1.0, np.log10(hi) + 1.0, points)
+    dc, ny = damping_gains(run, amps, steps=steps)
+    return detectors.detect_damping(
+        amps, dc, ny, gradient_range=(lo, hi), gradient_range_source=range_source
+    )
+
+
+@jax.jit
+def _cell_run(cell, gs):
+    """``gs (T,) -> updates (T,)``: a cell run from ``h0`` (the update read from the new state)."""
+
+    def body(h, g):
+        h = cell.step(h, g)
+        return h, cell.readout(h)
+
+    return jax.lax.scan(body, jnp.asarray(cell.init_state(), jnp.float32), gs)[1]
+
+
 # ----------------------------------------------------------------------------- cells
 
 
@@ -271,6 +348,8 @@ def analyze_cell(
     clip_range: tuple[float, float] = (1e-4, 1e4),
     clip_points: int = 161,
     steady_steps: int = 200,
+    damping_points: int = 25,
+    damping_steps: int = 200,
     key: jax.Array | None = None,
     fixed_point_options: dict[str, Any] | None = None,
     continuation_options: dict[str, Any] | None = None,
@@ -293,6 +372,9 @@ def analyze_cell(
         clip_points: grid points per side.
         steady_steps: iterations of ``F(·, g*)`` from ``h0`` giving the steady state of a cell
             without a convergence point (adaptation fallback).
+        damping_points: amplitudes of the oscillation-damping probe (:func:`damping_gains`),
+            log-spaced over a decade beyond each end of the adaptation range.
+        damping_steps: steps of each damping sequence.
         key: for the seed noise (default ``key(0)``).
         fixed_point_options: extra keyword arguments for :func:`probes.fixed_points`.
         continuation_options: extra keyword arguments for :func:`probes.continuation`.
@@ -360,6 +442,9 @@ def analyze_cell(
         range_source=range_source,
         options=dict(continuation_options or {}),
     )
+    damping = _damping(
+        lambda gs: _cell_run(cell, gs), lo, hi, range_source, damping_points, damping_steps
+    )
     meta = {
         "hidden_size": int(H),
         "gradient_scale": scale,
@@ -368,7 +453,7 @@ def analyze_cell(
         "alpha_eff_h0": float(effective_lr(cell, h0, secant=1e-3 * scale)),
         "fixed_points_at_zero": int(np.sum(np.asarray(fp.mask[0]) & (np.asarray(fp.kind[0]) == 0))),
     }
-    return Analysis(momentum, clipping, schedule, adaptation, "cell", meta)
+    return Analysis(momentum, clipping, schedule, adaptation, "cell", meta, damping)
 
 
 def _adaptation_along_branches(
@@ -512,8 +597,10 @@ def analyze_optax(
     magnitude_range: tuple[float, float] = (1e-2, 1e1),
     clip_range: tuple[float, float] = (1e-4, 1e4),
     clip_points: int = 161,
+    damping_points: int = 25,
+    damping_steps: int = 200,
 ) -> Analysis:
-    """The four detectors for any coordinate-wise optax transformation, by behaviour alone.
+    """The detectors for any coordinate-wise optax transformation, by behaviour alone.
 
     See the module docstring for each probe and the number every optax optimizer should give.
 
@@ -528,6 +615,8 @@ def analyze_optax(
         magnitude_range: ``scale × [lo, hi]`` for adaptation.
         clip_range: ``scale × [lo, hi]`` for the clipping grid.
         clip_points: grid points per side.
+        damping_points: amplitudes of the oscillation-damping probe (:func:`damping_gains`).
+        damping_steps: steps of each damping sequence.
 
     Returns:
         An :class:`Analysis` (``momentum.point_kind == "impulse response"``).
@@ -618,4 +707,12 @@ def analyze_optax(
         "steady_response": float(-np.real(np.sum(alphas / (1.0 - lams)))),
         "warmup": warmup,
     }
-    return Analysis(momentum, clipping, schedule, adaptation, "optax", meta)
+    damping = _damping(
+        jax.jit(run),
+        float(m[0]),
+        float(m[-1]),
+        "gradient scale x magnitude_range",
+        damping_points,
+        damping_steps,
+    )
+    return Analysis(momentum, clipping, schedule, adaptation, "optax", meta, damping)

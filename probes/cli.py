@@ -58,6 +58,19 @@ def describe(result: dict[str, Any]) -> list[str]:
         lines.append(
             f"  {sign}: " + (f"folds at |g*| ≈ {folds}; " if folds else "no fold; ") + segs
         )
+    d = result.get("damping")
+    if d:
+        lo, hi = d.get("gradient_range") or (None, None)
+        where = (
+            f"gain for sign-flipping gradients, relative to persistent ones, halves at |g| ≈ "
+            f"{num(d['kappa'])}"
+            if d["detected"]
+            else f"that relative gain stays above {num(d.get('min_ratio'), '.0%')}"
+        )
+        lines.append(
+            f"oscillation damping: {'detected' if d['detected'] else 'not detected'} ({where}; "
+            f"|g| {num(lo, '.2g')}–{num(hi, '.2g')})"
+        )
     return lines
 
 

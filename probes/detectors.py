@@ -19,6 +19,15 @@ import numpy as np
 MIN_BETA = 0.05
 #: Momentum: the dominant mode must carry at least this share ``|α_i| / Σ_j |α_j|``.
 MIN_SHARE = 0.5
+#: Momentum: a complex dominant pair ``|λ| e^{±iθ}`` counts as real (a decaying exponential)
+#: when it turns by at most this many radians per timescale, ``θ·τ ≤ MAX_PHASE`` with
+#: ``τ = -1/ln|λ|``. Its response ``∝ |λ|^k cos(kθ + φ)`` then changes sign only after about
+#: ``π/MAX_PHASE ≈ 6`` timescales, when it has decayed below ``e^{-6} ≈ 0.2%`` of its peak:
+#: no visible oscillation. Such pairs come from two-exponential fits to a response that is not
+#: quite one exponential (the quickstart GRU-32 on one machine: ``0.698 ± 0.077i``, ``θ·τ =
+#: 0.31``, a monotone response); a genuinely oscillating momentum (``0.9 e^{±0.5i}``) has
+#: ``θ·τ ≈ 4.7``.
+MAX_PHASE = 0.5
 #: Clipping: the threshold is where the local slope ``|∂U/∂g|`` first falls to this fraction
 #: of its value at ``g = 0`` (METHOD.md §5.5).
 SLOPE_FRACTION = 0.5
@@ -32,6 +41,10 @@ ADAPT_SLOPE = -0.2
 #: ... and ``α_eff`` at the largest ``|g*|`` is at least this fraction below its value at the
 #: smallest. The same two numbers mark each segment between folds that ``falls``.
 ADAPT_DROP = 0.2
+#: Oscillation damping: detected if, within the gradient range, the gain for gradients that
+#: flip sign every step, relative to the gain for persistent ones, falls to this fraction of
+#: its small-gradient value; ``κ`` is the amplitude where it does.
+DAMP_RATIO = 0.5
 
 
 def _num(x: Any) -> Any:
@@ -80,12 +93,13 @@ class Momentum(_Result):
     nothing about the response. The raw spectrum is kept as evidence.
 
     Attributes:
-        detected: the dominant mode is real, ``MIN_BETA ≤ β < 1`` and ``share ≥ MIN_SHARE``.
+        detected: the dominant mode is real (or effectively real: ``phase ≤ MAX_PHASE``),
+            ``MIN_BETA ≤ β < 1`` and ``share ≥ MIN_SHARE``.
         beta: ``β`` of the dominant mode (largest ``|α_i|``; conjugate pairs count together).
         alpha: its learning rate ``α_i``.
         timescale: ``τ = -1/ln|β|`` steps.
         share: ``|α_i| / Σ_j |α_j|`` over the fitted modes.
-        is_real: whether the dominant mode is real.
+        is_real: whether the dominant mode is real (strictly: no imaginary part).
         eigenvalues: all ``λ_i`` of the linearisation (evidence), complex.
         alphas: all ``α_i`` of the linearisation (evidence), complex.
         point_kind: where it was linearised (``fixed``, ``slow``, ``failed``, ``trajectory end``
@@ -93,6 +107,7 @@ class Momentum(_Result):
         fit_eigenvalues, fit_alphas: the modes the dominant one is chosen from (the same as
             ``eigenvalues``/``alphas`` when no response was given).
         impulse_response: ``r_k = ∂U_{t+k}/∂g_t`` that was fitted (empty if none).
+        phase: radians the dominant mode turns per timescale, ``θ·τ`` (0 for a real mode).
     """
 
     detected: bool
@@ -107,6 +122,7 @@ class Momentum(_Result):
     fit_eigenvalues: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, complex))
     fit_alphas: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, complex))
     impulse_response: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    phase: float = 0.0
 
 
 def detect_momentum(
@@ -117,6 +133,7 @@ def detect_momentum(
     response: np.ndarray | None = None,
     min_beta: float = MIN_BETA,
     min_share: float = MIN_SHARE,
+    max_phase: float = MAX_PHASE,
 ) -> Momentum:
     """Picks the dominant mode (largest ``|α_i|``) and decides whether it is momentum.
 
@@ -129,6 +146,7 @@ def detect_momentum(
             which is robust to momentum spread over many modes and to cancelling ``α_i``.
         min_beta: see ``MIN_BETA``.
         min_share: see ``MIN_SHARE``.
+        max_phase: see ``MAX_PHASE``.
     """
     lam_all = np.asarray(eigenvalues, np.complex128).reshape(-1)
     al_all = np.asarray(alphas, np.complex128).reshape(-1)
@@ -152,9 +170,21 @@ def detect_momentum(
     absb = abs(beta)
     tau = float("inf") if absb >= 1 else (0.0 if absb == 0 else -1.0 / np.log(absb))
     alpha = float(al[i].real) if is_real else float(2 * al[i].real)
-    detected = bool(is_real and min_beta <= beta < 1.0 and share >= min_share)
+    # θ·τ; a mode that does not decay (|λ| ≥ 1) or an SGD mode (λ = 0) has no timescale.
+    phase = 0.0 if is_real else float(abs(np.angle(lam[i])) * tau) if 0 < tau < np.inf else np.inf
+    detected = bool(phase <= max_phase and min_beta <= beta < 1.0 and share >= min_share)
     return Momentum(
-        detected, beta, alpha, tau, float(share), bool(is_real), lam_all, al_all, point_kind, *extra
+        detected,
+        beta,
+        alpha,
+        tau,
+        float(share),
+        bool(is_real),
+        lam_all,
+        al_all,
+        point_kind,
+        *extra,
+        phase=phase,
     )
 
 
@@ -424,6 +454,107 @@ def detect_adaptation(
         (float(lo), float(hi)),
         gradient_range_source,
         branches,
+    )
+
+
+# ----------------------------------------------------------------------------- oscillation damping
+
+
+@dataclasses.dataclass
+class Damping(_Result):
+    """Oscillation damping: gradients that flip sign are damped more than persistent ones.
+
+    Two steady gains per amplitude ``a`` (see :func:`probes.analysis.damping_gains`): the *DC
+    gain* ``G₀(a)``, the update per unit gradient under a constant gradient ``±a``, and the
+    *Nyquist gain* ``G_π(a)``, the amplitude of the alternating part of the update per unit
+    gradient under ``+a, −a, +a, …``. Their ratio relative to its value at the smallest
+    amplitude, ``R(a) = (G_π/G₀)(a) / (G_π/G₀)(a_min)``, is 1 for every optimizer whose
+    nonlinearity acts on the gradient's magnitude alone: SGD, momentum, clipping (the clipped
+    magnitude is the same for both inputs), RMSProp and Adam (both gains fall as ``1/a``).
+    It falls for an optimizer whose step size shrinks when the gradient keeps changing sign:
+    AdaBelief (``√EMA((g − m)²)`` in the denominator: ``R = 1/(1 + a/κ)`` with
+    ``κ = (1+β₁)ε/(2β₁)``) and :func:`lopt.distill.damp_oscillations` (``R = 1/(1 + a/κ)``).
+    Such damping lets an optimizer use a learning rate far above the linear stability limit of
+    stiff directions (whose gradients alternate) while keeping its full step along flat
+    directions (whose gradients persist).
+
+    Attributes:
+        detected: ``R(a) ≤ DAMP_RATIO`` somewhere in ``gradient_range``.
+        kappa: the smallest amplitude where ``R`` reaches ``DAMP_RATIO`` (log-linear
+            interpolation; ``inf`` if never).
+        min_ratio: the smallest ``R`` within ``gradient_range``.
+        amplitudes: ``a``, increasing, ``(A,)``.
+        dc_gain: ``G₀(a)`` (``−Δu/a``: positive for descent), ``(A,)``.
+        nyquist_gain: ``G_π(a)``, ``(A,)``.
+        ratio: ``R(a)``, ``(A,)`` (``nan`` where a gain is not positive and finite).
+        gradient_range: the ``(lo, hi)`` of ``|g|`` where detection is decided.
+        gradient_range_source: where that range came from.
+    """
+
+    detected: bool
+    kappa: float
+    min_ratio: float
+    amplitudes: np.ndarray
+    dc_gain: np.ndarray
+    nyquist_gain: np.ndarray
+    ratio: np.ndarray
+    gradient_range: tuple[float, float] = (float("nan"), float("nan"))
+    gradient_range_source: str = ""
+
+
+def detect_damping(
+    amplitudes: np.ndarray,
+    dc_gain: np.ndarray,
+    nyquist_gain: np.ndarray,
+    *,
+    gradient_range: tuple[float, float] | None = None,
+    gradient_range_source: str = "",
+    max_ratio: float = DAMP_RATIO,
+) -> Damping:
+    """Oscillation damping from the two steady gains (see :class:`Damping` for the rule).
+
+    Args:
+        amplitudes: ``a``, increasing, ``(A,)``.
+        dc_gain: ``G₀(a)``, ``(A,)``.
+        nyquist_gain: ``G_π(a)``, ``(A,)``.
+        gradient_range: ``(lo, hi)``; default the amplitudes' ends.
+        gradient_range_source: where it came from.
+        max_ratio: see ``DAMP_RATIO``.
+    """
+    a = np.asarray(amplitudes, np.float64).reshape(-1)
+    g0 = np.asarray(dc_gain, np.float64).reshape(-1)
+    gp = np.asarray(nyquist_gain, np.float64).reshape(-1)
+    lo, hi = (float(a[0]), float(a[-1])) if gradient_range is None else map(float, gradient_range)
+    ok = np.isfinite(g0) & np.isfinite(gp) & (g0 > 0) & (gp > 0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        q = np.where(ok, gp / np.where(ok, g0, 1.0), np.nan)
+    ratio = np.full(a.shape, np.nan)
+    if ok.any():
+        ratio = q / q[int(np.argmax(ok))]
+    inside = (a >= lo * (1 - 1e-6)) & (a <= hi * (1 + 1e-6)) & np.isfinite(ratio)
+    kappa, min_ratio = float("inf"), float("nan")
+    if inside.any():
+        r = ratio[inside]
+        min_ratio = float(np.min(r))
+        below = np.nonzero(r <= max_ratio)[0]
+        if below.size:
+            j = int(below[0])
+            x = np.log(a[inside])
+            if j == 0:
+                kappa = float(a[inside][0])
+            else:  # log-linear interpolation between the bracketing amplitudes
+                t = (r[j - 1] - max_ratio) / (r[j - 1] - r[j])
+                kappa = float(np.exp(x[j - 1] + t * (x[j] - x[j - 1])))
+    return Damping(
+        bool(np.isfinite(kappa)),
+        kappa,
+        min_ratio,
+        a,
+        g0,
+        gp,
+        ratio,
+        (lo, hi),
+        gradient_range_source,
     )
 
 

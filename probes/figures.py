@@ -565,3 +565,54 @@ def adaptation_lr(series: Sequence[Mapping[str, Any]], *, reference: float | Non
     ax.set_title("Learning rate against gradient magnitude")
     ax.legend(loc="best")
     return fig
+
+
+# ----------------------------------------------------------------------------- 6. damping
+
+
+def damping(
+    amplitudes: np.ndarray,
+    dc_gain: np.ndarray,
+    nyquist_gain: np.ndarray,
+    ratio: np.ndarray,
+    *,
+    kappa: float | None,
+    gradient_range: tuple[float, float] | None,
+    threshold: float = 0.5,
+) -> Figure:
+    """Steady gains for persistent and sign-flipping gradients, and their relative ratio.
+
+    Left: ``G₀(a)`` (constant gradient ``a``) and ``G_π(a)`` (``+a, −a, …``) per unit gradient,
+    log-log. Right: ``R(a)``, their ratio relative to its small-amplitude value, with the
+    detection threshold and ``κ``. The training range of ``|g|`` is shaded in both.
+    """
+    fig, (ax0, ax1) = _figure(ncols=2, width=10.5, height=3.9)
+    a = _arr(amplitudes)
+    for ax in (ax0, ax1):
+        if gradient_range is not None and all(np.isfinite(gradient_range)):
+            ax.axvspan(*gradient_range, color=GREY, alpha=0.12, lw=0, label="training |g|")
+        ax.set_xscale("log")
+        ax.set_xlabel("gradient amplitude a")
+    for y, lab, col in (
+        (_arr(dc_gain), "persistent: g = a, a, a, …", color("learned")),
+        (_arr(nyquist_gain), "sign-flipping: g = a, −a, a, …", NEG),
+    ):
+        ok = np.isfinite(y) & (y > 0)
+        ax0.plot(a[ok], y[ok], color=col, lw=2.2, label=lab)
+    ax0.set_yscale("log")
+    ax0.set_ylabel("steady update per unit gradient")
+    ax0.set_title("Gain for persistent and oscillating gradients")
+    ax0.legend(loc="best")
+    r = _arr(ratio)
+    ok = np.isfinite(r)
+    ax1.plot(a[ok], r[ok], color=MARK, lw=2.2, label="R(a)")
+    ax1.axhline(threshold, color=GREY, ls=":", lw=1.3, label=f"R = {threshold:g}")
+    ax1.axhline(1.0, color="#bbbbbb", lw=0.8, zorder=0)
+    if kappa is not None and np.isfinite(kappa):
+        ax1.plot(kappa, threshold, "o", ms=8, color=NEG, mec="white", label=f"κ ≈ {kappa:.3g}")
+    top = float(np.nanmax(r[ok])) if ok.any() else 1.0
+    ax1.set_ylim(0, max(1.1, 1.05 * top))
+    ax1.set_ylabel("R(a): oscillating / persistent gain, relative")
+    ax1.set_title("Oscillation damping")
+    ax1.legend(loc="best")
+    return fig

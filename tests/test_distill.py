@@ -71,6 +71,7 @@ def _analysis(beta=0.9, alpha=0.1, *, clip=None, schedule=None, adaptation=False
 
 def test_build_chain_round_trips_through_json_and_the_code_string():
     chain = [
+        {"transform": "damp_oscillations", "scale": 0.3, "decay": 0.7},
         {"transform": "soft_clip", "scale": 1.5, "mechanism": "clipping"},
         {"transform": "clip", "max_delta": 2.0},
         {"transform": "trace", "decay": 0.8},
@@ -155,6 +156,38 @@ def test_adaptation_adds_scale_by_rms_and_undetected_mechanisms_are_left_out():
     chain, _ = chain_from_analysis(a)
     assert [e["transform"] for e in chain] == ["scale_by_rms", "scale_by_learning_rate"]
     assert 0 < chain[0]["eps"] < 1
+
+
+def test_detected_damping_comes_first_with_the_probed_kappa():
+    a = _analysis(0.9, 0.1)
+    a["damping"] = {"detected": True, "kappa": 0.25}
+    chain, notes = chain_from_analysis(a)
+    kinds = [e["transform"] for e in chain]
+    assert kinds == ["damp_oscillations", "trace", "scale_by_learning_rate"]
+    assert chain[0]["scale"] == 0.25 and chain[0]["decay"] == lopt.distill.DAMP_DECAY
+    assert notes["detected"]["damping"]
+    # the chain is damp_oscillations in front of the heavy ball, and the probe finds κ again
+    tx = build_chain(chain)
+    ref = optax.chain(lopt.distill.damp_oscillations(0.25, 0.8), optax.sgd(0.1, momentum=0.9))
+    np.testing.assert_allclose(_updates(tx, GRADS), _updates(ref, GRADS), rtol=1e-6)
+    a["damping"] = {"detected": False, "kappa": None}
+    assert [e["transform"] for e in chain_from_analysis(a)[0]][0] == "trace"
+
+
+def test_damp_oscillations_passes_persistent_and_damps_alternating_gradients():
+    tx = lopt.distill.damp_oscillations(0.5, decay=0.0)  # e is the last squared half-change
+    state = tx.init(jnp.zeros(2))
+    outs = []
+    for t in range(4):
+        g = jnp.array([2.0, 2.0 * (-1) ** t])
+        u, state = tx.update(g, state)
+        outs.append(np.asarray(u))
+    np.testing.assert_allclose(outs[0], [2.0, 2.0])  # the first step has no change to measure
+    for t in (1, 2, 3):  # constant: unchanged; alternating ±2: half-change 2, 2/(1 + 2/0.5)
+        np.testing.assert_allclose(outs[t], [2.0, 2.0 * (-1) ** t / 5.0], rtol=1e-6)
+    # float16 in, float16 out; the state stays float32
+    u16, s16 = tx.update(jnp.ones(2, jnp.float16), tx.init(jnp.zeros(2, jnp.float16)))
+    assert u16.dtype == jnp.float16 and s16.energy.dtype == jnp.float32
 
 
 def test_fraction_is_null_when_the_gain_is_not_significant():

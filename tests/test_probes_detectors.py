@@ -24,6 +24,7 @@ def test_momentum_recovered_from_cell(lr, beta):
     assert abs(a.momentum.alpha - lr) <= 0.02 * lr
     assert not a.clipping.detected and not a.schedule.detected and not a.adaptation.detected
     assert abs(a.adaptation.slope) <= 1e-3 and not a.adaptation.branches["pos"]["fold_indices"]
+    assert not a.damping.detected and np.nanmax(np.abs(a.damping.ratio - 1)) <= 0.01
     json.dumps(a.to_json(), allow_nan=False)
 
 
@@ -76,6 +77,8 @@ def test_adaptation_detected_for_adaptive_cells(cell):
     a = probes.analyze_cell(cell)
     assert a.adaptation.detected
     assert -1.1 <= a.adaptation.slope <= -0.9
+    # adaptation by magnitude divides both gains alike: no oscillation damping
+    assert not a.damping.detected and np.nanmax(np.abs(a.damping.ratio - 1)) <= 0.02
     json.dumps(a.to_json(), allow_nan=False)
 
 

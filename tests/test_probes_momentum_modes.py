@@ -75,3 +75,36 @@ def test_momentum_spread_over_modes_is_detected(case):
     assert a.momentum.eigenvalues.shape == (len(lams),)  # raw spectrum kept as evidence
     assert a.momentum.impulse_response.size > 0
     assert not (a.clipping.detected or a.schedule.detected or a.adaptation.detected)
+
+
+def _pair_response(r, theta, alpha, n=200):
+    """Impulse response of a linear cell with one complex pair ``r e^{±iθ}``, lag-0 weight α."""
+    k = np.arange(n)
+    return -alpha * r**k * np.cos(k * theta)
+
+
+@pytest.mark.parametrize(
+    "r, theta, detected",
+    [
+        (0.70, 0.11, True),  # θ·τ = 0.31: the fitted pair of a monotone response (quickstart GRU)
+        (0.90, 0.04, True),  # θ·τ = 0.38
+        (0.90, 0.50, False),  # θ·τ = 4.7: a visibly ringing response is not momentum
+        (0.70, 0.40, False),  # θ·τ = 1.12
+    ],
+)
+def test_near_real_complex_pair_counts_as_momentum(r, theta, detected):
+    m = detectors.detect_momentum(
+        np.zeros(1), np.zeros(1), point_kind="fixed", response=_pair_response(r, theta, 2.0)
+    )
+    assert not m.is_real
+    np.testing.assert_allclose(m.phase, theta * -1.0 / np.log(r), rtol=1e-3)
+    assert m.detected is detected
+    np.testing.assert_allclose(m.beta, r, rtol=1e-4)
+    np.testing.assert_allclose(m.alpha, 2.0, rtol=1e-3)
+
+
+def test_real_mode_has_zero_phase():
+    m = detectors.detect_momentum(
+        np.zeros(1), np.zeros(1), point_kind="fixed", response=-0.1 * 0.9 ** np.arange(200)
+    )
+    assert m.is_real and m.phase == 0.0 and m.detected

@@ -1,0 +1,97 @@
+"""Oscillation damping: the gain for sign-flipping gradients against the gain for persistent ones.
+
+Known answers: every optimizer whose nonlinearity sees only the gradient's magnitude keeps the
+ratio of the two gains (``R``) at 1; AdaBelief and ``lopt.distill.damp_oscillations`` halve it
+at a closed-form amplitude ``κ``.
+"""
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+import lopt
+import probes
+from probes import detectors
+from probes.analysis import _cell_run, _scalar_updates, damping_gains
+
+AMPS = np.logspace(-5, 1, 49)  # a decade and more below every κ tested: R starts at 1
+
+
+def _detect(tx):
+    dc, ny = damping_gains(jax.jit(_scalar_updates(tx)), AMPS)
+    return detectors.detect_damping(AMPS, dc, ny)
+
+
+@pytest.mark.parametrize(
+    "name, tx",
+    [
+        ("sgd", optax.sgd(0.3)),
+        ("momentum", optax.sgd(0.1, momentum=0.9)),
+        ("clip+momentum", optax.chain(optax.clip(0.05), optax.sgd(0.1, momentum=0.9))),
+        ("rmsprop", optax.rmsprop(0.01)),
+        ("adam", optax.adam(0.01, b1=0.8, b2=0.99)),
+    ],
+)
+def test_magnitude_only_optimizers_keep_the_ratio_at_one(name, tx):
+    d = _detect(tx)
+    assert not d.detected and d.kappa == np.inf
+    ok = np.isfinite(d.ratio)
+    assert ok.sum() >= 40, name
+    np.testing.assert_allclose(d.ratio[ok], 1.0, atol=0.02)
+
+
+def test_heavy_ball_gains_are_the_closed_form():
+    dc, ny = damping_gains(jax.jit(_scalar_updates(optax.sgd(0.1, momentum=0.9))), [0.01, 1.0])
+    np.testing.assert_allclose(dc, 0.1 / 0.1, rtol=1e-4)
+    np.testing.assert_allclose(ny, 0.1 / 1.9, rtol=1e-4)
+
+
+@pytest.mark.parametrize("b1, b2, eps", [(0.9, 0.9, 0.1), (0.8, 0.5, 0.03)])
+def test_adabelief_is_detected_at_its_closed_form_kappa(b1, b2, eps):
+    # Alternating ±a: m = ±a(1-b1)/(1+b1), g - m = ±2a b1/(1+b1), so the Nyquist gain is
+    # (1-b1)/(1+b1) / (2a b1/(1+b1) + ε) while the DC gain is 1/ε (g - m → 0): R halves at
+    # κ = (1+b1)ε/(2 b1). (A slow b2 leaves the DC transient in ν at 200 steps; b2 ≤ 0.9 here.)
+    d = _detect(optax.adabelief(0.01, b1=b1, b2=b2, eps=eps, eps_root=0.0))
+    assert d.detected
+    assert abs(d.kappa - (1 + b1) * eps / (2 * b1)) <= 0.05 * (1 + b1) * eps / (2 * b1)
+
+
+@pytest.mark.parametrize("kappa", [0.01, 0.2, 1.0])
+def test_damp_oscillations_kappa_recovered(kappa):
+    d = _detect(optax.chain(lopt.distill.damp_oscillations(kappa), optax.sgd(0.5, momentum=0.8)))
+    assert d.detected
+    assert abs(d.kappa - kappa) <= 0.01 * kappa
+    # R = 1/(1 + a/κ) at every amplitude
+    np.testing.assert_allclose(d.ratio, 1.0 / (1.0 + AMPS / kappa), rtol=2e-3, atol=1e-4)
+
+
+def test_damped_momentum_cell_matches_its_optax_form_and_is_detected():
+    cell = lopt.cells.damped_momentum(0.5, 0.8, 0.2)
+    dc, ny = damping_gains(lambda gs: _cell_run(cell, gs), AMPS)
+    d = detectors.detect_damping(AMPS, dc, ny)
+    assert d.detected and abs(d.kappa - 0.2) <= 0.002
+    np.testing.assert_allclose(dc, 0.5 / 0.2, rtol=1e-4)
+
+
+def test_analyze_optax_reports_damping_and_the_momentum_behind_it():
+    tx = optax.chain(lopt.distill.damp_oscillations(0.2), optax.sgd(0.5, momentum=0.8))
+    a = probes.analyze_optax(tx)
+    assert a.damping.detected and abs(a.damping.kappa - 0.2) <= 0.02 * 0.2
+    # Around a constant input the damping is inactive: the linear response is the heavy ball.
+    assert a.momentum.detected and abs(a.momentum.beta - 0.8) <= 0.01
+    j = a.to_json()["damping"]
+    assert j["detected"] and len(j["ratio"]) == len(j["amplitudes"]) == 25
+    assert j["gradient_range_source"] == "gradient scale x magnitude_range"
+
+
+def test_detect_damping_edge_cases():
+    a = np.array([0.1, 1.0, 10.0])
+    # a gain that is zero or not finite leaves that amplitude out; nothing left: not detected
+    d = detectors.detect_damping(a, [0.0, 0.0, 0.0], [1.0, 1.0, 1.0])
+    assert not d.detected and np.isnan(d.min_ratio) and np.all(np.isnan(d.ratio))
+    # the crossing is interpolated in log amplitude; outside the gradient range it is ignored
+    d = detectors.detect_damping(a, [1.0, 1.0, 1.0], [1.0, 0.75, 0.25])
+    assert d.detected and d.kappa == pytest.approx(10**0.5)
+    d = detectors.detect_damping(a, [1.0, 1.0, 1.0], [1.0, 0.75, 0.25], gradient_range=(0.1, 2))
+    assert not d.detected and d.min_ratio == pytest.approx(0.75)
