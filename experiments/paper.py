@@ -148,6 +148,11 @@ def summarize_task(task: str, runs: list[Path]) -> dict[str, Any]:
         "detected": sum(a["adaptation"]["detected"] for a in analyses),
         "slope": _mean_sd([a["adaptation"]["slope"] for a in analyses]),
     }
+    damp = [a.get("damping") or {} for a in analyses]  # absent from older analyses
+    mech["damping"] = {
+        "detected": sum(bool(d.get("detected")) for d in damp),
+        "kappa": _mean_sd([d["kappa"] for d in damp if d.get("detected")]),
+    }
     out["mechanisms"] = mech
     return out
 
@@ -185,6 +190,15 @@ def markdown(results: list[dict[str, Any]], preset_name: str) -> str:
             f"schedule {m['schedule']['detected']}/{n} ({shapes})",
             f"adaptation {m['adaptation']['detected']}/{n}",
         ]
+        if "damping" in m:
+            mech.append(
+                f"oscillation damping {m['damping']['detected']}/{n}"
+                + (
+                    f" (κ ≈ {_pm(m['damping']['kappa'], '.2g')})"
+                    if m["damping"]["detected"]
+                    else ""
+                )
+            )
         task = r["task"] + ("*" if "fallback" in str(r.get("data_source", "")) else "")
         lines.append(
             f"| {task} | {n} | {_pm(h['learned'])} | {' | '.join(base)} | "

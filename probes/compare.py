@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 SCHEMA = "probes.compare/1"
-MECHANISMS = ("momentum", "clipping", "schedule", "adaptation")
+MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping")
 
 
 def _f(x: Any) -> float | None:
@@ -127,7 +127,7 @@ def _eval_row(ev: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _row(name: str, a: Mapping[str, Any], ev: Mapping | None, cfg: Mapping | None) -> dict:
-    m, c, s, d = (a.get(k) or {} for k in MECHANISMS)
+    m, c, s, d, o = (a.get(k) or {} for k in MECHANISMS)
     opt = (cfg or {}).get("optimizer") or {}
     return {
         "run": name,
@@ -152,6 +152,8 @@ def _row(name: str, a: Mapping[str, Any], ev: Mapping | None, cfg: Mapping | Non
             "peak_step": s.get("peak_step"),
         },
         "adaptation": {"detected": bool(d.get("detected")), "slope": _f(d.get("slope"))},
+        # absent from analyses written before the damping probe existed: not detected
+        "damping": {"detected": bool(o.get("detected")), "kappa": _f(o.get("kappa"))},
         "fixed_points": _fixed_points(a),
         "eval": _eval_row(ev),
     }
@@ -195,6 +197,7 @@ def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "clipping_threshold": among("clipping", "threshold"),
         "schedule_peak_step": among("schedule", "peak_step"),
         "adaptation_slope": _spread([r["adaptation"]["slope"] for r in table]),
+        "damping_kappa": among("damping", "kappa"),
     }
     shapes = sorted({r["schedule"]["shape"] for r in table if r["schedule"]["detected"]})
     text = [
@@ -220,6 +223,12 @@ def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         )
     if shapes:
         text.append(f"Schedule shapes: {', '.join(shapes)}.")
+    k = spread["damping_kappa"]
+    if k:
+        text.append(
+            f"Oscillation damping halves the sign-flipping gain at |g| = {k['mean']:.3g} ± "
+            f"{k['std']:.2g} (range {k['min']:.3g}–{k['max']:.3g})."
+        )
     fps = [r["fixed_points"]["at_zero"] for r in table]
     stable = [r["fixed_points"]["stable"] for r in table]
     text.append(
@@ -325,8 +334,17 @@ def _html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
     e = html.escape
     rows = []
     for r in result["table"]:
-        m, c, s, a, fp, ev = (
-            r[k] for k in ("momentum", "clipping", "schedule", "adaptation", "fixed_points", "eval")
+        m, c, s, a, dmp, fp, ev = (
+            r[k]
+            for k in (
+                "momentum",
+                "clipping",
+                "schedule",
+                "adaptation",
+                "damping",
+                "fixed_points",
+                "eval",
+            )
         )
 
         def yes(d: Mapping[str, Any], text: str) -> str:
@@ -335,6 +353,7 @@ def _html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
         mom_txt = f"β={_fmt(m['beta'])}, α={_fmt(m['alpha'])}"
         clip_txt = f"|g|≈{_fmt(c['threshold'])}"
         ada_txt = f"slope {_fmt(a['slope'])}"
+        damp_txt = f"κ≈{_fmt(dmp['kappa'])}"
         ev_txt = (
             "–"
             if not ev
@@ -348,6 +367,7 @@ def _html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
             f"<td>{yes(c, clip_txt)}</td>"
             f"<td>{yes(s, e(str(s['shape'])))}</td>"
             f"<td>{yes(a, ada_txt)}</td>"
+            f"<td>{yes(dmp, damp_txt)}</td>"
             f"<td>{e(str(fp['at_zero']))} ({e(str(fp['linearized_at']))}), "
             f"ρ={_fmt(fp['spectral_radius'])}</td>"
             f"<td>{ev_txt}</td></tr>"
@@ -370,7 +390,8 @@ th, td {{ border-bottom: 1px solid #ddd; padding: 0.35em 0.6em; text-align: left
 <h2>Universal vs idiosyncratic</h2><ul>{summary}</ul>
 <h2>Mechanisms per run</h2>
 <table><tr><th>run</th><th>cell</th><th>momentum</th><th>clipping</th><th>schedule</th>
-<th>adaptation</th><th>fixed points at g*=0</th><th>held-out (learned vs best)</th></tr>
+<th>adaptation</th><th>oscillation damping</th><th>fixed points at g*=0</th>
+<th>held-out (learned vs best)</th></tr>
 {"".join(rows)}</table>
 <h2>Figures</h2>{figs}
 </body></html>

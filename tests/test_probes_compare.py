@@ -42,7 +42,7 @@ def test_compare_two_runs(two_runs, tmp_path):
     summary = saved["summary"]
     assert summary["universal"] == ["momentum"]  # the intersection of detected mechanisms
     assert summary["idiosyncratic"] == {"clipping": ["beta05"]}
-    assert set(summary["absent"]) == {"schedule", "adaptation"}
+    assert set(summary["absent"]) == {"schedule", "adaptation", "damping"}
     assert summary["spread"]["momentum_beta"]["max"] == pytest.approx(0.9, abs=0.01)
     assert saved["table"][0]["fixed_points"]["stable"] is True
     page = (out / "index.html").read_text()
