@@ -58,7 +58,7 @@ RANGES = {
     "warmup_start": (0.05, 1.0, False),
     "warmup_steps": (0.5, 60.0, True),
     "kappa": (0.003, 30.0, True),
-    "decay": (0.0, 0.99, False),
+    "decay": (0.0, 0.999, False),
 }
 FAMILIES = {
     "momentum": ("alpha", "beta"),

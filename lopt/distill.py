@@ -30,8 +30,9 @@ transformations, each one a mechanism of the paper (Maheswaranathan et al., 2021
 5. **oscillation damping** (only if detected; a mechanism beyond the paper's four, see
    :class:`probes.detectors.Damping`) → :func:`damp_oscillations` first in the chain, with the
    probed ``κ`` (the gradient amplitude where gradients that flip sign every step lose half
-   their gain relative to persistent ones; the transform has exactly that half-point). Its
-   memory ``DAMP_DECAY`` is a fixed choice, not probed.
+   their gain relative to persistent ones; the transform has exactly that half-point) and the
+   probed memory ``ρ`` (how fast the damping builds up from a fresh state; ``DAMP_DECAY`` for
+   analyses that lack it).
 
 Mechanisms that were not detected are left out; without momentum the learning rate is
 ``α_eff(h*)`` (plain, possibly scheduled, SGD). A chain is a JSON list of dicts
@@ -83,8 +84,8 @@ RETUNE_LR_LOG10 = tuple(k / 8 for k in range(-4, 5))
 RETUNE_CLIP = (0.25, 0.5, 1.0, 2.0, 4.0)
 #: Training problems per re-tuning candidate (as for the baselines).
 RETUNE_PROBLEMS = 32
-#: :func:`damp_oscillations`' memory in a distilled chain (the probe does not measure it; on the
-#: quickstart GRU the held-out score changed by under 3% between 0.5 and 0.9).
+#: :func:`damp_oscillations`' memory in a distilled chain when the analysis has no measured
+#: ``damping.memory`` (analyses written before the probe measured it).
 DAMP_DECAY = 0.8
 
 _META_KEYS = {"mechanism", "note"}
@@ -426,13 +427,14 @@ def chain_from_analysis(
     damping = analysis.get("damping")
     if isinstance(damping, Mapping):
         notes["detected"]["damping"] = bool(damping.get("detected"))
-        kappa = damping.get("kappa")
+        kappa, memory = damping.get("kappa"), damping.get("memory")
         if damping.get("detected") and kappa is not None and math.isfinite(float(kappa)):
+            measured = memory is not None and 0.0 <= float(memory) < 1.0
             chain.append(
                 {
                     "transform": "damp_oscillations",
                     "scale": float(kappa),
-                    "decay": DAMP_DECAY,
+                    "decay": float(memory) if measured else DAMP_DECAY,
                     "mechanism": f"oscillation damping (gain for sign-flipping gradients "
                     f"halves at |g| = {float(kappa):.4g})",
                 }

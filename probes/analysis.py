@@ -258,6 +258,20 @@ def damping_gains(
     return np.asarray(dc, np.float64), np.asarray(ny, np.float64)
 
 
+def nyquist_response(
+    run: Callable[[jax.Array], jax.Array], amplitudes: Any, *, steps: int = 200
+) -> np.ndarray:
+    """Per-step Nyquist gain ``-(u_t(+alt) - u_t(-alt))·s_t / 2a`` from a fresh state, ``(A, T)``.
+
+    The step-by-step version of :func:`damping_gains`' ``G_π``: how the response to a gradient
+    alternating ``±a`` evolves while the optimizer's state settles.
+    """
+    a = jnp.asarray(np.asarray(amplitudes, np.float32).reshape(-1))
+    sign = jnp.where(jnp.arange(steps) % 2 == 0, 1.0, -1.0).astype(jnp.float32)
+    u = jax.vmap(jax.vmap(run))(a[:, None, None] * jnp.stack([sign, -sign])[None])
+    return np.asarray(-(u[:, 0] - u[:, 1]) * sign / (2 * a[:, None]), np.float64)
+
+
 def _damping(
     run: Callable[[jax.Array], jax.Array],
     lo: float,
@@ -269,9 +283,18 @@ def _damping(
     """The damping probe over ``[lo/10, 10·hi]`` (log grid), decided on ``[lo, hi]``."""
     amps = np.logspace(np.log10(lo) - 1.0, np.log10(hi) + 1.0, points)
     dc, ny = damping_gains(run, amps, steps=steps)
-    return detectors.detect_damping(
+    d = detectors.detect_damping(
         amps, dc, ny, gradient_range=(lo, hi), gradient_range_source=range_source
     )
+    if d.detected:
+        # How fast it builds up: at 3κ (inside the range), relative to the smallest amplitude.
+        a_m = float(min(3.0 * d.kappa, hi))
+        resp = nyquist_response(run, [float(amps[0]), a_m], steps=steps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d.buildup = resp[1] / resp[0]
+        d.buildup_amplitude = a_m
+        d.memory = detectors.fit_damping_memory(d.buildup, a_m, d.kappa, reference=resp[0])
+    return d
 
 
 @jax.jit

@@ -63,7 +63,7 @@ def describe(result: dict[str, Any]) -> list[str]:
         lo, hi = d.get("gradient_range") or (None, None)
         where = (
             f"gain for sign-flipping gradients, relative to persistent ones, halves at |g| ≈ "
-            f"{num(d['kappa'])}"
+            f"{num(d['kappa'])}, building up with memory ρ ≈ {num(d.get('memory'), '.3g')}"
             if d["detected"]
             else f"that relative gain stays above {num(d.get('min_ratio'), '.0%')}"
         )

@@ -489,6 +489,14 @@ class Damping(_Result):
         ratio: ``R(a)``, ``(A,)`` (``nan`` where a gain is not positive and finite).
         gradient_range: the ``(lo, hi)`` of ``|g|`` where detection is decided.
         gradient_range_source: where that range came from.
+        memory: how slowly the damping builds up, as the decay ``ρ`` of
+            :func:`lopt.distill.damp_oscillations` whose damping factor
+            ``1/(1 + (a/κ)√(1 − ρᵗ))`` best fits ``buildup`` (:func:`fit_damping_memory`);
+            ``nan`` if not detected.
+        buildup: ``D_t``, the Nyquist gain at step ``t`` under ``±a_m`` (``a_m = 3κ``, within the
+            range) divided by the same at the smallest amplitude: how the damping grows
+            from a fresh state (empty if not detected).
+        buildup_amplitude: ``a_m``.
     """
 
     detected: bool
@@ -500,6 +508,64 @@ class Damping(_Result):
     ratio: np.ndarray
     gradient_range: tuple[float, float] = (float("nan"), float("nan"))
     gradient_range_source: str = ""
+    memory: float = float("nan")
+    buildup: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    buildup_amplitude: float = float("nan")
+
+
+#: Candidate memories for :func:`fit_damping_memory`: ``1 − ρ`` log-spaced from 1 to 10⁻³.
+MEMORY_GRID = 1.0 - np.logspace(0.0, -3.0, 601)
+
+
+def fit_damping_memory(
+    buildup: np.ndarray, amplitude: float, kappa: float, reference: np.ndarray | None = None
+) -> float:
+    """The ``ρ`` whose damping, seen through the optimizer's own filter, best fits ``D_t``.
+
+    ``D_t = N_t(a)/N_t(a₀)`` is the Nyquist gain at step ``t`` of an input alternating ``±a``,
+    relative to the same at a tiny amplitude ``a₀`` (no damping), both from a fresh state. The
+    model is :func:`lopt.distill.damp_oscillations` in front of a linear filter: the input is
+    scaled by ``f_t = 1/(1 + (a/κ')√(1 − ρᵗ))`` (``e_t = a²(1 − ρᵗ)`` after ``t`` changes of
+    ``±a``) and then filtered. The filter's alternating-input weights are read off the reference
+    itself, ``w_k = N_k(a₀) − N_{k−1}(a₀)``, so ``D_t = Σ_k w_k f_{t−k} / N_t(a₀)``; without a
+    reference ``D_t = f_t``. ``ρ`` and ``κ'`` are fitted together (squared log errors over a grid
+    of ``ρ`` and of ``κ'`` within ±25% of ``κ``): a slow memory has not settled within the probe's
+    steps, which biases the steady ``κ`` and, through it, a fit of ``ρ`` alone.
+
+    Args:
+        buildup: ``D_t``, ``(T,)``.
+        amplitude: ``a``.
+        kappa: the steady half-point ``κ``.
+        reference: ``N_t(a₀)``, ``(T,)`` (optional).
+
+    Returns:
+        ``ρ`` from :data:`MEMORY_GRID` (``nan`` if fewer than two usable steps).
+    """
+    d = np.asarray(buildup, np.float64).reshape(-1)
+    T = d.size
+    t = np.arange(T, dtype=np.float64)
+    if not (np.isfinite(kappa) and kappa > 0):
+        return float("nan")
+    kap = kappa * 10.0 ** np.linspace(-0.1, 0.1, 21)
+    root = np.sqrt(1.0 - MEMORY_GRID[:, None] ** t[None])  # (R, T)
+    f = 1.0 / (1.0 + (amplitude / kap)[:, None, None] * root[None])  # (K, R, T)
+    f = f.reshape(-1, T)
+    if reference is not None:
+        n0 = np.asarray(reference, np.float64).reshape(-1)[:T]
+        w = np.diff(n0, prepend=0.0)
+        # Σ_k w_k f_{t-k} for every candidate: f times the lower-triangular Toeplitz matrix of w.
+        lag = t[:, None] - t[None, :]
+        toeplitz = np.where(lag >= 0, w[np.clip(lag, 0, T - 1).astype(int)], 0.0)  # [t, s]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            model = (f @ toeplitz.T) / n0[None]
+    else:
+        model = f
+    ok = np.isfinite(d) & (d > 0) & (t >= 1) & np.all(np.isfinite(model) & (model > 0), axis=0)
+    if ok.sum() < 2:
+        return float("nan")
+    err = np.sum((np.log(model[:, ok]) - np.log(d[ok])[None]) ** 2, axis=1)
+    best = int(np.argmin(err))
+    return float(MEMORY_GRID[best % MEMORY_GRID.size])
 
 
 def detect_damping(

@@ -453,9 +453,15 @@ def _damping_phrase(d: Mapping[str, Any]) -> str:
     kappa, low = _finite(d.get("kappa")), _finite(d.get("min_ratio"))
     if d.get("detected") and kappa is not None:
         low_txt = f", down to {low:.0%} within the training range" if low is not None else ""
+        mem = _finite(d.get("memory"))
+        mem_txt = (
+            f"; the damping builds up over about {1 / (1 - mem):.0f} steps"
+            if mem is not None and mem < 1
+            else ""
+        )
         return (
             "Damps oscillations: for gradients that flip sign every step its gain, relative to "
-            f"persistent gradients, halves at |g| ≈ {kappa:.2g}{low_txt}."
+            f"persistent gradients, halves at |g| ≈ {kappa:.2g}{low_txt}{mem_txt}."
         )
     keep = f" (it stays above {low:.0%})" if low is not None else ""
     return (
@@ -993,6 +999,16 @@ def _damping_section(b: _Builder, a: Mapping) -> dict | None:
             _fmt(d.get("min_ratio"), ".0%"),
         ),
     ]
+    mem = _finite(d.get("memory"))
+    if mem is not None:
+        nums.append(
+            _num_row(
+                "memory",
+                "memory ρ of its build-up (timescale 1/(1−ρ) steps)",
+                mem,
+                f"{mem:.3g} ({1 / (1 - mem):.0f} steps)" if mem < 1 else _fmt(mem),
+            )
+        )
     dc = np.asarray([np.nan if x is None else x for x in (d.get("dc_gain") or [])], float)
     ny = np.asarray([np.nan if x is None else x for x in (d.get("nyquist_gain") or [])], float)
     if dc.size and np.isfinite(dc[0]) and np.isfinite(ny[0]):

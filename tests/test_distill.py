@@ -160,16 +160,19 @@ def test_adaptation_adds_scale_by_rms_and_undetected_mechanisms_are_left_out():
 
 def test_detected_damping_comes_first_with_the_probed_kappa():
     a = _analysis(0.9, 0.1)
-    a["damping"] = {"detected": True, "kappa": 0.25}
+    a["damping"] = {"detected": True, "kappa": 0.25, "memory": 0.8}
     chain, notes = chain_from_analysis(a)
     kinds = [e["transform"] for e in chain]
     assert kinds == ["damp_oscillations", "trace", "scale_by_learning_rate"]
-    assert chain[0]["scale"] == 0.25 and chain[0]["decay"] == lopt.distill.DAMP_DECAY
+    assert chain[0]["scale"] == 0.25 and chain[0]["decay"] == 0.8
     assert notes["detected"]["damping"]
     # the chain is damp_oscillations in front of the heavy ball, and the probe finds κ again
     tx = build_chain(chain)
     ref = optax.chain(lopt.distill.damp_oscillations(0.25, 0.8), optax.sgd(0.1, momentum=0.9))
     np.testing.assert_allclose(_updates(tx, GRADS), _updates(ref, GRADS), rtol=1e-6)
+    # an analysis without a measured memory falls back to DAMP_DECAY
+    a["damping"] = {"detected": True, "kappa": 0.25}
+    assert chain_from_analysis(a)[0][0]["decay"] == lopt.distill.DAMP_DECAY
     a["damping"] = {"detected": False, "kappa": None}
     assert [e["transform"] for e in chain_from_analysis(a)[0]][0] == "trace"
 

@@ -13,7 +13,7 @@ import pytest
 import lopt
 import probes
 from probes import detectors
-from probes.analysis import _cell_run, _scalar_updates, damping_gains
+from probes.analysis import _cell_run, _damping, _scalar_updates, damping_gains
 
 AMPS = np.logspace(-5, 1, 49)  # a decade and more below every κ tested: R starts at 1
 
@@ -66,12 +66,35 @@ def test_damp_oscillations_kappa_recovered(kappa):
     np.testing.assert_allclose(d.ratio, 1.0 / (1.0 + AMPS / kappa), rtol=2e-3, atol=1e-4)
 
 
+@pytest.mark.parametrize("rho, beta", [(0.5, 0.0), (0.5, 0.8), (0.9, 0.8), (0.98, 0.8)])
+def test_damping_memory_recovered_through_the_momentum_filter(rho, beta):
+    tx = optax.chain(lopt.distill.damp_oscillations(0.2, rho), optax.sgd(0.5, momentum=beta))
+    d = _damping(jax.jit(_scalar_updates(tx)), 1e-3, 10.0, "test", 25, 200)
+    assert d.detected and d.buildup_amplitude == pytest.approx(3 * d.kappa)
+    # the timescale 1/(1-ρ) within 5% (at ρ = 0.98 the 200 probe steps leave ρ^200 ≈ 2% of
+    # the build-up unfinished, which also biases κ up by about 1%)
+    assert abs((1 - d.memory) / (1 - rho) - 1) <= 0.05, d.memory
+    assert d.buildup.shape == (200,) and d.buildup[0] == pytest.approx(1.0, abs=1e-5)
+
+
+def test_fit_damping_memory_without_a_reference_and_degenerate_input():
+    t = np.arange(100)
+    f = 1.0 / (1.0 + 3.0 * np.sqrt(1.0 - 0.9**t))
+    assert abs(detectors.fit_damping_memory(f, 0.3, 0.1) - 0.9) <= 0.002
+    assert np.isnan(detectors.fit_damping_memory(f, 0.3, np.inf))
+    assert np.isnan(detectors.fit_damping_memory(np.full(100, np.nan), 0.3, 0.1))
+
+
 def test_damped_momentum_cell_matches_its_optax_form_and_is_detected():
-    cell = lopt.cells.damped_momentum(0.5, 0.8, 0.2)
+    cell = lopt.cells.damped_momentum(0.5, 0.8, 0.2, decay=0.9)
     dc, ny = damping_gains(lambda gs: _cell_run(cell, gs), AMPS)
     d = detectors.detect_damping(AMPS, dc, ny)
     assert d.detected and abs(d.kappa - 0.2) <= 0.002
-    np.testing.assert_allclose(dc, 0.5 / 0.2, rtol=1e-4)
+    # (the cell's first change, from g_prev = 0, is still 0.9^100 ≈ 3e-5 of √e after 200 steps)
+    np.testing.assert_allclose(dc, 0.5 / 0.2, rtol=1e-3)
+    # g_prev starts at 0 in the cell (the optax form skips the first change): the same memory
+    d = _damping(lambda gs: _cell_run(cell, gs), 1e-3, 10.0, "test", 25, 200)
+    assert abs((1 - d.memory) / 0.1 - 1) <= 0.1, d.memory
 
 
 def test_analyze_optax_reports_damping_and_the_momentum_behind_it():
