@@ -1,4 +1,4 @@
-"""Probes: dissect optimizers into known mechanisms (momentum, clipping, schedules, adaptation).
+"""Probes: dissect optimizers into mechanisms (momentum, clipping, schedules, adaptation, damping).
 
 Building blocks (jitted, batched, the cell passed as an argument): :func:`update_function`,
 :func:`effective_lr`, :func:`trajectories`, :func:`fixed_points`, :func:`linearize`. Detectors:

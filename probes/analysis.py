@@ -23,6 +23,12 @@ For a :class:`lopt.Cell` (white box, METHOD.md §5):
   convergence point (a step counter in the state: scheduled SGD, Adam) ``α_eff`` is taken at
   the state reached after ``steady_steps`` iterations of ``F(·, g*)`` from ``h0`` instead.
 
+Beyond the paper, for both (**oscillation damping**, :func:`damping_gains`,
+:class:`probes.detectors.Damping`): the steady gain for a gradient alternating ``±a`` against
+the steady gain for a constant ``a``, each from a fresh state, over amplitudes a decade beyond
+each end of the adaptation range; ``κ`` where their relative ratio halves, and the memory of
+the damping's build-up (:func:`nyquist_response`, :func:`probes.detectors.fit_damping_memory`).
+
 For any optax transformation acting coordinate-wise (black box, :func:`analyze_optax`) on one
 scalar coordinate, with exact linear responses from ``jax.jvp`` through the update sequence:
 
@@ -293,7 +299,9 @@ def _damping(
         with np.errstate(divide="ignore", invalid="ignore"):
             d.buildup = resp[1] / resp[0]
         d.buildup_amplitude = a_m
-        d.memory = detectors.fit_damping_memory(d.buildup, a_m, d.kappa, reference=resp[0])
+        d.memory, d.buildup_fit = detectors.fit_damping_memory(
+            d.buildup, a_m, d.kappa, reference=resp[0], return_fit=True
+        )
     return d
 
 
@@ -377,7 +385,7 @@ def analyze_cell(
     fixed_point_options: dict[str, Any] | None = None,
     continuation_options: dict[str, Any] | None = None,
 ) -> Analysis:
-    """Runs the four detectors on a cell (see the module docstring for the method).
+    """Runs the detectors on a cell (see the module docstring for the method).
 
     Args:
         cell: the cell.

@@ -497,6 +497,7 @@ class Damping(_Result):
             range) divided by the same at the smallest amplitude: how the damping grows
             from a fresh state (empty if not detected).
         buildup_amplitude: ``a_m``.
+        buildup_fit: the fitted model's ``D_t`` (:func:`fit_damping_memory`).
     """
 
     detected: bool
@@ -511,6 +512,7 @@ class Damping(_Result):
     memory: float = float("nan")
     buildup: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     buildup_amplitude: float = float("nan")
+    buildup_fit: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
 
 #: Candidate memories for :func:`fit_damping_memory`: ``1 − ρ`` log-spaced from 1 to 10⁻³.
@@ -518,8 +520,13 @@ MEMORY_GRID = 1.0 - np.logspace(0.0, -3.0, 601)
 
 
 def fit_damping_memory(
-    buildup: np.ndarray, amplitude: float, kappa: float, reference: np.ndarray | None = None
-) -> float:
+    buildup: np.ndarray,
+    amplitude: float,
+    kappa: float,
+    reference: np.ndarray | None = None,
+    *,
+    return_fit: bool = False,
+) -> float | tuple[float, np.ndarray]:
     """The ``ρ`` whose damping, seen through the optimizer's own filter, best fits ``D_t``.
 
     ``D_t = N_t(a)/N_t(a₀)`` is the Nyquist gain at step ``t`` of an input alternating ``±a``,
@@ -537,15 +544,18 @@ def fit_damping_memory(
         amplitude: ``a``.
         kappa: the steady half-point ``κ``.
         reference: ``N_t(a₀)``, ``(T,)`` (optional).
+        return_fit: also return the fitted model's ``D_t``.
 
     Returns:
-        ``ρ`` from :data:`MEMORY_GRID` (``nan`` if fewer than two usable steps).
+        ``ρ`` from :data:`MEMORY_GRID` (``nan`` if fewer than two usable steps), and with
+        ``return_fit`` the fitted ``D_t`` (``(T,)``, ``nan`` where it cannot be computed).
     """
     d = np.asarray(buildup, np.float64).reshape(-1)
     T = d.size
     t = np.arange(T, dtype=np.float64)
+    none = (float("nan"), np.full(T, np.nan)) if return_fit else float("nan")
     if not (np.isfinite(kappa) and kappa > 0):
-        return float("nan")
+        return none
     kap = kappa * 10.0 ** np.linspace(-0.1, 0.1, 21)
     root = np.sqrt(1.0 - MEMORY_GRID[:, None] ** t[None])  # (R, T)
     f = 1.0 / (1.0 + (amplitude / kap)[:, None, None] * root[None])  # (K, R, T)
@@ -562,10 +572,11 @@ def fit_damping_memory(
         model = f
     ok = np.isfinite(d) & (d > 0) & (t >= 1) & np.all(np.isfinite(model) & (model > 0), axis=0)
     if ok.sum() < 2:
-        return float("nan")
+        return none
     err = np.sum((np.log(model[:, ok]) - np.log(d[ok])[None]) ** 2, axis=1)
     best = int(np.argmin(err))
-    return float(MEMORY_GRID[best % MEMORY_GRID.size])
+    rho = float(MEMORY_GRID[best % MEMORY_GRID.size])
+    return (rho, model[best]) if return_fit else rho
 
 
 def detect_damping(

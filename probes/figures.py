@@ -579,14 +579,22 @@ def damping(
     kappa: float | None,
     gradient_range: tuple[float, float] | None,
     threshold: float = 0.5,
+    buildup: np.ndarray | None = None,
+    buildup_fit: np.ndarray | None = None,
+    memory: float | None = None,
+    buildup_amplitude: float | None = None,
 ) -> Figure:
-    """Steady gains for persistent and sign-flipping gradients, and their relative ratio.
+    """Steady gains for persistent and sign-flipping gradients, their ratio, its build-up.
 
     Left: ``G₀(a)`` (constant gradient ``a``) and ``G_π(a)`` (``+a, −a, …``) per unit gradient,
-    log-log. Right: ``R(a)``, their ratio relative to its small-amplitude value, with the
-    detection threshold and ``κ``. The training range of ``|g|`` is shaded in both.
+    log-log. Middle: ``R(a)``, their ratio relative to its small-amplitude value, with the
+    detection threshold and ``κ``. The training range of ``|g|`` is shaded in both. Right (when
+    ``buildup`` is given): the Nyquist gain step by step from a fresh state, relative to a tiny
+    amplitude, with the fitted memory.
     """
-    fig, (ax0, ax1) = _figure(ncols=2, width=10.5, height=3.9)
+    has_buildup = buildup is not None and len(buildup) > 0
+    fig, axes = _figure(ncols=3 if has_buildup else 2, width=15.0 if has_buildup else 10.5)
+    ax0, ax1 = axes[0], axes[1]
     a = _arr(amplitudes)
     for ax in (ax0, ax1):
         if gradient_range is not None and all(np.isfinite(gradient_range)):
@@ -615,4 +623,19 @@ def damping(
     ax1.set_ylabel("R(a): oscillating / persistent gain, relative")
     ax1.set_title("Oscillation damping")
     ax1.legend(loc="best")
+    if has_buildup:
+        ax2 = axes[2]
+        b = _arr(buildup)
+        t = np.arange(b.size)
+        ax2.plot(t, b, color=NEG, lw=2.0, label="measured")
+        if buildup_fit is not None and len(buildup_fit):
+            lab = "fit" + (f", ρ ≈ {memory:.3g}" if memory is not None else "")
+            ax2.plot(t, _arr(buildup_fit), color=MARK, ls="--", lw=1.4, label=lab)
+        ax2.axhline(1.0, color="#bbbbbb", lw=0.8, zorder=0)
+        ax2.set_ylim(0, max(1.1, float(np.nanmax(b)) * 1.05) if np.isfinite(b).any() else 1.1)
+        ax2.set_xlabel("step t (gradient alternating from a fresh state)")
+        amp = f" at a ≈ {buildup_amplitude:.2g}" if buildup_amplitude is not None else ""
+        ax2.set_ylabel("sign-flipping gain, relative to a tiny a")
+        ax2.set_title("How the damping builds up" + amp)
+        ax2.legend(loc="best")
     return fig

@@ -1035,12 +1035,18 @@ def _damping_section(b: _Builder, a: Mapping) -> dict | None:
                     d.get("ratio") or [],
                     kappa=_finite(d.get("kappa")),
                     gradient_range=rng,
+                    buildup=d.get("buildup") or None,
+                    buildup_fit=d.get("buildup_fit") or None,
+                    memory=_finite(d.get("memory")),
+                    buildup_amplitude=_finite(d.get("buildup_amplitude")),
                 ),
                 "Left: the steady update per unit gradient for a constant gradient a (blue) and "
                 "for a gradient alternating +a, −a (red), after 200 steps from the initial "
-                "state. Right: their ratio relative to its value at the smallest amplitude. "
+                "state. Middle: their ratio relative to its value at the smallest amplitude. "
                 "Momentum, clipping, RMSProp and Adam keep it at 1; it falls when the "
-                "optimizer damps gradients that keep changing sign.",
+                "optimizer damps gradients that keep changing sign. Right (when detected): "
+                "the sign-flipping gain step by step from a fresh state at a ≈ 3κ, relative to "
+                "a tiny amplitude, and the damping memory ρ fitted to it.",
                 "damping",
                 False,
             )
