@@ -7,7 +7,7 @@ reports the best chain's held-out score and the fraction of the learned optimize
 the best tuned baseline it recovers (the same problems, pairing and bootstrap as
 ``lopt distill``).
 
-Chain families searched (each a sub-family of the next):
+Chain families searched (each of the first three a sub-family of the next):
 
 * ``momentum``: ``trace(β) → lr α`` (sanity check: should land on tuned momentum);
 * ``clip+momentum+warm-up``: ``soft_clip(c) → trace(β) → lr α·w(t)`` with a warm-up

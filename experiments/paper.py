@@ -151,6 +151,7 @@ def summarize_task(task: str, runs: list[Path]) -> dict[str, Any]:
     damp = [a.get("damping") or {} for a in analyses]  # absent from older analyses
     mech["damping"] = {
         "detected": sum(bool(d.get("detected")) for d in damp),
+        "measured": sum(bool(d) for d in damp),
         "kappa": _mean_sd([d["kappa"] for d in damp if d.get("detected")]),
     }
     out["mechanisms"] = mech
@@ -190,9 +191,11 @@ def markdown(results: list[dict[str, Any]], preset_name: str) -> str:
             f"schedule {m['schedule']['detected']}/{n} ({shapes})",
             f"adaptation {m['adaptation']['detected']}/{n}",
         ]
-        if "damping" in m:
+        if "damping" in m and m["damping"].get("measured", n):
+            measured = m["damping"].get("measured", n)
             mech.append(
                 f"oscillation damping {m['damping']['detected']}/{n}"
+                + (f" ({measured} measured)" if measured < n else "")
                 + (
                     f" (κ ≈ {_pm(m['damping']['kappa'], '.2g')})"
                     if m["damping"]["detected"]

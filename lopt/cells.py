@@ -14,9 +14,9 @@ Degenerate cases, stated once:
   visible to the autonomous dynamics ``h_{t+1} = F(h_t, 0)``.
 * ``rmsprop``: ``h = (g, ν)``; ``ν' = ρν + (1-ρ)g²``, ``Δx = -α g / sqrt(ν' + ε)`` (optax's form).
 * ``adam``: ``h = (m, ν, t)``, optax's bias-corrected Adam; the step count is state.
-* ``damped_momentum``: ``h = (m, g_prev, e)``; heavy-ball momentum on the gradient scaled by
-  ``1/(1 + √e'/κ)``, ``e' = ρe + (1-ρ)((g - g_prev)/2)²`` (``g_prev = 0`` before the first
-  step): oscillation damping (:func:`lopt.distill.damp_oscillations` followed by momentum).
+* ``damped_momentum``: ``h = (m, g_prev, e, started)``; heavy-ball momentum on the gradient
+  scaled by ``1/(1 + √e'/κ)``, ``e' = ρe + (1-ρ)((g - g_prev)/2)²`` (no change is counted at
+  the first step, ``started = 0``): :func:`lopt.distill.damp_oscillations` followed by momentum.
 """
 
 from __future__ import annotations
@@ -139,13 +139,13 @@ def adam(learning_rate: float, b1: float = 0.9, b2: float = 0.999, eps: float = 
 
 
 def _damped_step(p, h, g):
-    half = 0.5 * (g - h[1])
+    half = jnp.where(h[3] > 0, 0.5 * (g - h[1]), 0.0)
     e = p["decay"] * h[2] + (1.0 - p["decay"]) * half * half
     # √e with a zero derivative at e = 0, so linearisations at a constant input stay finite.
     pos = e > 0
     root = jnp.where(pos, jnp.sqrt(jnp.where(pos, e, 1.0)), 0.0)
     m = p["beta"] * h[0] + g / (1.0 + root / p["kappa"])
-    return jnp.stack([m, jnp.asarray(g, jnp.float32), e])
+    return jnp.stack([m, jnp.asarray(g, jnp.float32), e, jnp.ones_like(m)])
 
 
 def _damped_readout(p, h):
@@ -160,4 +160,4 @@ def damped_momentum(learning_rate: float, beta: float, kappa: float, decay: floa
     ``α/((1+β)(1 + a/κ))`` (alternating input).
     """
     params = _f32(learning_rate=learning_rate, beta=beta, kappa=kappa, decay=decay)
-    return make_cell(params, _zeros(3), _damped_step, _damped_readout)
+    return make_cell(params, _zeros(4), _damped_step, _damped_readout)

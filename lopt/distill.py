@@ -70,6 +70,9 @@ import optax
 from lopt import rundir
 
 SCHEMA = "lopt.distill/1"
+#: The ``analysis.json`` schema version with every result the chain uses (``probes.analysis``'s
+#: ``SCHEMA_VERSION``; lopt does not import probes at module level). Older analyses are redone.
+ANALYSIS_SCHEMA = 2
 
 #: ``soft_clip``'s slope ``1/(1+|g|/c)²`` halves at ``|g| = (√2 − 1)c``.
 _HALF_SLOPE = math.sqrt(2.0) - 1.0
@@ -165,23 +168,23 @@ def damp_oscillations(scale: float | jax.Array, decay: float = 0.8) -> optax.Gra
         del params
         first = state.count == 0
 
-        def one(g, prev, e):
-            g32 = jnp.asarray(g, jnp.float32)
-            half = jnp.where(first, 0.0, 0.5 * (g32 - prev))
-            e = decay * e + (1.0 - decay) * half * half
+        def energy(g, prev, e):
+            half = jnp.where(first, 0.0, 0.5 * (jnp.asarray(g, jnp.float32) - prev))
+            return decay * e + (1.0 - decay) * half * half
+
+        def damped(g, e):
             # √e with a zero (not infinite) derivative at e = 0: a constant input has e = 0,
             # and linear probes (jvp) around it must see the plain pass-through.
             pos = e > 0
             root = jnp.where(pos, jnp.sqrt(jnp.where(pos, e, 1.0)), 0.0)
-            out = g32 / (1.0 + root / scale)
-            return out.astype(jnp.asarray(g).dtype), g32, e
+            out = jnp.asarray(g, jnp.float32) / (1.0 + root / scale)
+            return out.astype(jnp.asarray(g).dtype)
 
-        out = jax.tree.map(one, updates, state.previous, state.energy)
-        pick = lambda i: jax.tree.map(  # noqa: E731
-            lambda o: o[i], out, is_leaf=lambda x: isinstance(x, tuple)
-        )
-        new = DampOscillationsState(optax.safe_increment(state.count), pick(1), pick(2))
-        return pick(0), new
+        # One tree_map per output: parameter trees may themselves hold tuples.
+        e = jax.tree.map(energy, updates, state.previous, state.energy)
+        out = jax.tree.map(damped, updates, e)
+        previous = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), updates)
+        return out, DampOscillationsState(optax.safe_increment(state.count), previous, e)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -828,14 +831,18 @@ def distill(run_dir: str | Path, *, retune: bool = True, progress: bool = True) 
     run = Path(run_dir)
     cfg = rundir.read_json(run / "config.json")
     family = family_from_config(cfg)
+    analysis = None
     if (run / "analysis.json").exists():
         analysis = rundir.read_json(run / "analysis.json")
-    else:
+        if int(analysis.get("schema_version") or 0) < ANALYSIS_SCHEMA:
+            say("analysis.json predates the oscillation-damping probe: analysing again")
+            analysis = None
+    if analysis is None:
         # The only place lopt reaches into probes (DESIGN.md: probes depends on lopt): lazily,
         # to produce the analysis the distillation is built from.
         from probes.cli import analyze_run
 
-        say("no analysis.json: analysing the learned optimizer (probes analyze)")
+        say("analysing the learned optimizer (probes analyze)")
         analysis = analyze_run(run)
     if (run / "eval.json").exists():
         ev = rundir.read_json(run / "eval.json")

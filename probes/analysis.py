@@ -25,9 +25,9 @@ For a :class:`lopt.Cell` (white box, METHOD.md §5):
 
 Beyond the paper, for both (**oscillation damping**, :func:`damping_gains`,
 :class:`probes.detectors.Damping`): the steady gain for a gradient alternating ``±a`` against
-the steady gain for a constant ``a``, each from a fresh state, over amplitudes a decade beyond
-each end of the adaptation range; ``κ`` where their relative ratio halves, and the memory of
-the damping's build-up (:func:`nyquist_response`, :func:`probes.detectors.fit_damping_memory`).
+the steady gain for a constant ``a``, each from a fresh state, over amplitudes from two decades
+below to one above the adaptation range; ``κ`` where their relative ratio halves, and the memory
+of the damping's build-up (:func:`nyquist_response`, :func:`probes.detectors.fit_damping_memory`).
 
 For any optax transformation acting coordinate-wise (black box, :func:`analyze_optax`) on one
 scalar coordinate, with exact linear responses from ``jax.jvp`` through the update sequence:
@@ -73,7 +73,14 @@ from probes.fixed_points import FAILED, FIXED, KIND_NAMES, SLOW, continuation, f
 from probes.linearize import impulse_response, linearize
 from probes.update_function import _slope, _update_function, effective_lr
 
-SCHEMA_VERSION = 1
+#: 2: adds ``damping`` (oscillation damping). Analyses of an older version are re-computed by
+#: ``probes report`` and ``lopt distill`` rather than re-used (:func:`is_current`).
+SCHEMA_VERSION = 2
+
+
+def is_current(analysis: dict[str, Any]) -> bool:
+    """Whether an ``analysis.json`` dict has every result this version computes."""
+    return int(analysis.get("schema_version") or 0) >= SCHEMA_VERSION
 
 
 @dataclasses.dataclass
@@ -286,8 +293,8 @@ def _damping(
     points: int,
     steps: int,
 ) -> Damping:
-    """The damping probe over ``[lo/10, 10·hi]`` (log grid), decided on ``[lo, hi]``."""
-    amps = np.logspace(np.log10(lo) - 1.0, np.log10(hi) + 1.0, points)
+    """The damping probe over ``[lo/100, 10·hi]`` (log grid), decided on ``[lo, hi]``."""
+    amps = np.logspace(np.log10(lo) - 2.0, np.log10(hi) + 1.0, points)
     dc, ny = damping_gains(run, amps, steps=steps)
     d = detectors.detect_damping(
         amps, dc, ny, gradient_range=(lo, hi), gradient_range_source=range_source
@@ -404,7 +411,7 @@ def analyze_cell(
         steady_steps: iterations of ``F(·, g*)`` from ``h0`` giving the steady state of a cell
             without a convergence point (adaptation fallback).
         damping_points: amplitudes of the oscillation-damping probe (:func:`damping_gains`),
-            log-spaced over a decade beyond each end of the adaptation range.
+            log-spaced from two decades below to one decade above the adaptation range.
         damping_steps: steps of each damping sequence.
         key: for the seed noise (default ``key(0)``).
         fixed_point_options: extra keyword arguments for :func:`probes.fixed_points`.

@@ -33,10 +33,16 @@ def describe(result: dict[str, Any]) -> list[str]:
         return "?" if x is None else format(x, spec)
 
     m, c, s, a = (result[k] for k in ("momentum", "clipping", "schedule", "adaptation"))
+    pair = (
+        f", a complex pair whose response keeps its sign down to "
+        f"{num(100 * (m.get('sign_change_level') or 0.0), '.2g')}% of its envelope"
+        if m.get("is_real") is False
+        else ""
+    )
     lines = [
         f"momentum: {'detected' if m['detected'] else 'not detected'} (dominant mode β = "
         f"{num(m['beta'])}, α = {num(m['alpha'])}, timescale {num(m['timescale'])} steps, "
-        f"{num(m['share'], '.0%')} of the fitted impulse response)",
+        f"{num(m['share'], '.0%')} of the fitted impulse response{pair})",
         f"clipping: {'detected' if c['detected'] else 'not detected'} (threshold |g| ≈ "
         f"{num(c['threshold'])}; update saturates at {num(c['asymptote_neg'])} for g → -∞ and "
         f"{num(c['asymptote_pos'])} for g → +∞)",
@@ -65,7 +71,8 @@ def describe(result: dict[str, Any]) -> list[str]:
             f"gain for sign-flipping gradients, relative to persistent ones, halves at |g| ≈ "
             f"{num(d['kappa'])}, building up with memory ρ ≈ {num(d.get('memory'), '.3g')}"
             if d["detected"]
-            else f"that relative gain stays above {num(d.get('min_ratio'), '.0%')}"
+            else "the gain for sign-flipping gradients, relative to persistent ones, never falls "
+            f"below {num(d.get('min_ratio'), '.0%')}"
         )
         lines.append(
             f"oscillation damping: {'detected' if d['detected'] else 'not detected'} ({where}; "

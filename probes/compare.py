@@ -152,8 +152,12 @@ def _row(name: str, a: Mapping[str, Any], ev: Mapping | None, cfg: Mapping | Non
             "peak_step": s.get("peak_step"),
         },
         "adaptation": {"detected": bool(d.get("detected")), "slope": _f(d.get("slope"))},
-        # absent from analyses written before the damping probe existed: not detected
-        "damping": {"detected": bool(o.get("detected")), "kappa": _f(o.get("kappa"))},
+        # absent from analyses written before the damping probe existed: not measured
+        "damping": {
+            "detected": bool(o.get("detected")),
+            "kappa": _f(o.get("kappa")),
+            "measured": bool(o),
+        },
         "fixed_points": _fixed_points(a),
         "eval": _eval_row(ev),
     }
@@ -182,11 +186,17 @@ def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         ``{"universal": [...], "idiosyncratic": {mechanism: [runs]}, "absent": [...],
         "spread": {...}, "text": [sentences]}``.
     """
+    # A mechanism some runs' analyses do not measure (older analysis.json) is left out of the
+    # classification rather than counted as absent there.
+    unmeasured = {
+        k: [r["run"] for r in table if not r[k].get("measured", True)] for k in MECHANISMS
+    }
+    mechs = [k for k in MECHANISMS if not unmeasured[k]]
     det = {k: [r["run"] for r in table if r[k]["detected"]] for k in MECHANISMS}
     n = len(table)
-    universal = [k for k in MECHANISMS if n and len(det[k]) == n]
-    idio = {k: det[k] for k in MECHANISMS if 0 < len(det[k]) < n}
-    absent = [k for k in MECHANISMS if not det[k]]
+    universal = [k for k in mechs if n and len(det[k]) == n]
+    idio = {k: det[k] for k in mechs if 0 < len(det[k]) < n}
+    absent = [k for k in mechs if not det[k]]
 
     def among(mech: str, field: str) -> dict | None:
         return _spread([r[mech][field] for r in table if r[mech]["detected"]])
@@ -207,6 +217,12 @@ def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         text.append(f"Idiosyncratic: {k} only in {', '.join(runs)}.")
     if absent:
         text.append(f"Detected in no run: {', '.join(absent)}.")
+    for k, runs in unmeasured.items():
+        if runs:
+            text.append(
+                f"{k} not measured in {', '.join(runs)} (analysis.json from an older version; "
+                "re-run probes analyze)."
+            )
     b = spread["momentum_beta"]
     if b:
         tau = [-1 / np.log(x) for x in b["values"] if 0 < x < 1]
@@ -244,6 +260,7 @@ def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "universal": universal,
         "idiosyncratic": idio,
         "absent": absent,
+        "unmeasured": {k: v for k, v in unmeasured.items() if v},
         "spread": spread,
         "text": text,
     }

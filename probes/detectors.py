@@ -20,14 +20,12 @@ MIN_BETA = 0.05
 #: Momentum: the dominant mode must carry at least this share ``|α_i| / Σ_j |α_j|``.
 MIN_SHARE = 0.5
 #: Momentum: a complex dominant pair ``|λ| e^{±iθ}`` counts as real (a decaying exponential)
-#: when it turns by at most this many radians per timescale, ``θ·τ ≤ MAX_PHASE`` with
-#: ``τ = -1/ln|λ|``. Its response ``∝ |λ|^k cos(kθ + φ)`` then changes sign only after about
-#: ``π/MAX_PHASE ≈ 6`` timescales, when it has decayed below ``e^{-6} ≈ 0.2%`` of its peak:
-#: no visible oscillation. Such pairs come from two-exponential fits to a response that is not
-#: quite one exponential (the quickstart GRU-32 on one machine: ``0.698 ± 0.077i``, ``θ·τ =
-#: 0.31``, a monotone response); a genuinely oscillating momentum (``0.9 e^{±0.5i}``) has
-#: ``θ·τ ≈ 4.7``.
-MAX_PHASE = 0.5
+#: when its own response ``2 Re(α λᵏ)`` keeps its sign until its envelope ``|λ|ᵏ`` has fallen
+#: below this fraction of its start. Such pairs come from two-exponential fits to a response
+#: that is not quite one exponential (the quickstart GRU-32 on one machine: ``0.698 ± 0.077i``,
+#: first sign change at lag 21, at 0.06% of the envelope: a monotone response); a ringing
+#: momentum (``0.9 e^{±0.5i}``: at lag 3, 73%) is not momentum.
+SIGN_CHANGE_LEVEL = 0.05
 #: Clipping: the threshold is where the local slope ``|∂U/∂g|`` first falls to this fraction
 #: of its value at ``g = 0`` (METHOD.md §5.5).
 SLOPE_FRACTION = 0.5
@@ -93,8 +91,8 @@ class Momentum(_Result):
     nothing about the response. The raw spectrum is kept as evidence.
 
     Attributes:
-        detected: the dominant mode is real (or effectively real: ``phase ≤ MAX_PHASE``),
-            ``MIN_BETA ≤ β < 1`` and ``share ≥ MIN_SHARE``.
+        detected: the dominant mode is real (or effectively real: ``sign_change_level ≤
+            SIGN_CHANGE_LEVEL``), ``MIN_BETA ≤ β < 1`` and ``share ≥ MIN_SHARE``.
         beta: ``β`` of the dominant mode (largest ``|α_i|``; conjugate pairs count together).
         alpha: its learning rate ``α_i``.
         timescale: ``τ = -1/ln|β|`` steps.
@@ -108,6 +106,9 @@ class Momentum(_Result):
             ``eigenvalues``/``alphas`` when no response was given).
         impulse_response: ``r_k = ∂U_{t+k}/∂g_t`` that was fitted (empty if none).
         phase: radians the dominant mode turns per timescale, ``θ·τ`` (0 for a real mode).
+        sign_change_level: for a complex dominant pair, its envelope ``|λ|ᵏ`` at the first lag
+            where its response ``2 Re(α λᵏ)`` changes sign (0 for a real mode or no change
+            before ``|λ|ᵏ < 10⁻⁶``).
     """
 
     detected: bool
@@ -123,6 +124,18 @@ class Momentum(_Result):
     fit_alphas: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0, complex))
     impulse_response: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     phase: float = 0.0
+    sign_change_level: float = 0.0
+
+
+def _sign_change_level(lam: complex, alpha: complex) -> float:
+    """Envelope ``|λ|ᵏ`` at the first sign change of ``2 Re(α λᵏ)`` (0 if none before 10⁻⁶)."""
+    r = abs(lam)
+    if r == 0 or r >= 1 or lam.imag == 0:
+        return 0.0
+    k = np.arange(int(min(np.ceil(np.log(1e-6) / np.log(r)), 100_000)) + 1)
+    resp = np.real(alpha * lam**k)
+    flips = np.nonzero(np.sign(resp[1:]) != np.sign(resp[0]))[0]
+    return float(r ** k[flips[0] + 1]) if flips.size else 0.0
 
 
 def detect_momentum(
@@ -133,7 +146,7 @@ def detect_momentum(
     response: np.ndarray | None = None,
     min_beta: float = MIN_BETA,
     min_share: float = MIN_SHARE,
-    max_phase: float = MAX_PHASE,
+    sign_change_level: float = SIGN_CHANGE_LEVEL,
 ) -> Momentum:
     """Picks the dominant mode (largest ``|α_i|``) and decides whether it is momentum.
 
@@ -146,7 +159,7 @@ def detect_momentum(
             which is robust to momentum spread over many modes and to cancelling ``α_i``.
         min_beta: see ``MIN_BETA``.
         min_share: see ``MIN_SHARE``.
-        max_phase: see ``MAX_PHASE``.
+        sign_change_level: see ``SIGN_CHANGE_LEVEL``.
     """
     lam_all = np.asarray(eigenvalues, np.complex128).reshape(-1)
     al_all = np.asarray(alphas, np.complex128).reshape(-1)
@@ -172,7 +185,9 @@ def detect_momentum(
     alpha = float(al[i].real) if is_real else float(2 * al[i].real)
     # θ·τ; a mode that does not decay (|λ| ≥ 1) or an SGD mode (λ = 0) has no timescale.
     phase = 0.0 if is_real else float(abs(np.angle(lam[i])) * tau) if 0 < tau < np.inf else np.inf
-    detected = bool(phase <= max_phase and min_beta <= beta < 1.0 and share >= min_share)
+    level = 0.0 if is_real else _sign_change_level(complex(lam[i]), complex(al[i]))
+    real_enough = is_real or (0 < absb < 1 and level <= sign_change_level)
+    detected = bool(real_enough and min_beta <= beta < 1.0 and share >= min_share)
     return Momentum(
         detected,
         beta,
@@ -185,6 +200,7 @@ def detect_momentum(
         point_kind,
         *extra,
         phase=phase,
+        sign_change_level=level,
     )
 
 
@@ -473,7 +489,9 @@ class Damping(_Result):
     magnitude is the same for both inputs), RMSProp and Adam (both gains fall as ``1/a``).
     It falls for an optimizer whose step size shrinks when the gradient keeps changing sign:
     AdaBelief (``√EMA((g − m)²)`` in the denominator: ``R = 1/(1 + a/κ)`` with
-    ``κ = (1+β₁)ε/(2β₁)``) and :func:`lopt.distill.damp_oscillations` (``R = 1/(1 + a/κ)``).
+    ``κ = (1+β₁)ε/(2β₁)`` once its second moment has settled, e.g. ``β₂ ≤ 0.9`` within 200
+    probe steps; a slower ``β₂`` still carries the constant input's start-up and reads higher)
+    and :func:`lopt.distill.damp_oscillations` (``R = 1/(1 + a/κ)``).
     Such damping lets an optimizer use a learning rate far above the linear stability limit of
     stiff directions (whose gradients alternate) while keeping its full step along flat
     directions (whose gradients persist).
@@ -481,7 +499,10 @@ class Damping(_Result):
     Attributes:
         detected: ``R(a) ≤ DAMP_RATIO`` somewhere in ``gradient_range``.
         kappa: the smallest amplitude where ``R`` reaches ``DAMP_RATIO`` (log-linear
-            interpolation; ``inf`` if never).
+            interpolation over the whole grid up to the top of ``gradient_range``; ``inf`` if not
+            detected). ``R`` is normalised at the grid's smallest amplitude ``a₀``, so for
+            ``R = 1/(1 + a/κ)`` the reported value is ``κ + 2a₀``: the probe's grid starts two
+            decades below the gradient range.
         min_ratio: the smallest ``R`` within ``gradient_range``.
         amplitudes: ``a``, increasing, ``(A,)``.
         dc_gain: ``G₀(a)`` (``−Δu/a``: positive for descent), ``(A,)``.
@@ -536,8 +557,10 @@ def fit_damping_memory(
     ``±a``) and then filtered. The filter's alternating-input weights are read off the reference
     itself, ``w_k = N_k(a₀) − N_{k−1}(a₀)``, so ``D_t = Σ_k w_k f_{t−k} / N_t(a₀)``; without a
     reference ``D_t = f_t``. ``ρ`` and ``κ'`` are fitted together (squared log errors over a grid
-    of ``ρ`` and of ``κ'`` within ±25% of ``κ``): a slow memory has not settled within the probe's
-    steps, which biases the steady ``κ`` and, through it, a fit of ``ρ`` alone.
+    of ``ρ`` and of ``κ'`` within a factor ``10^±0.1``, −21% … +26%, of ``κ``): a slow memory has
+    not settled within the probe's steps, which biases the steady ``κ`` and, through it, a fit of
+    ``ρ`` alone. ``κ'`` only serves the fit; the reported ``κ`` stays the steady one. The
+    reference amplitude must be well below ``κ`` (the probe uses the bottom of its grid).
 
     Args:
         buildup: ``D_t``, ``(T,)``.
@@ -611,17 +634,18 @@ def detect_damping(
     inside = (a >= lo * (1 - 1e-6)) & (a <= hi * (1 + 1e-6)) & np.isfinite(ratio)
     kappa, min_ratio = float("inf"), float("nan")
     if inside.any():
-        r = ratio[inside]
-        min_ratio = float(np.min(r))
-        below = np.nonzero(r <= max_ratio)[0]
-        if below.size:
-            j = int(below[0])
-            x = np.log(a[inside])
-            if j == 0:
-                kappa = float(a[inside][0])
-            else:  # log-linear interpolation between the bracketing amplitudes
-                t = (r[j - 1] - max_ratio) / (r[j - 1] - r[j])
-                kappa = float(np.exp(x[j - 1] + t * (x[j] - x[j - 1])))
+        min_ratio = float(np.min(ratio[inside]))
+    if min_ratio <= max_ratio:
+        # The first crossing on the whole grid up to hi (it may lie below lo: damping that has
+        # already set in at the smallest training gradients), log-linearly interpolated.
+        upto = np.isfinite(ratio) & (a <= hi * (1 + 1e-6))
+        x, r = np.log(a[upto]), ratio[upto]
+        j = int(np.argmax(r <= max_ratio))
+        if j == 0:
+            kappa = float(np.exp(x[0]))
+        else:
+            t = (r[j - 1] - max_ratio) / (r[j - 1] - r[j])
+            kappa = float(np.exp(x[j - 1] + t * (x[j] - x[j - 1])))
     return Damping(
         bool(np.isfinite(kappa)),
         kappa,

@@ -583,12 +583,14 @@ def damping(
     buildup_fit: np.ndarray | None = None,
     memory: float | None = None,
     buildup_amplitude: float | None = None,
+    range_label: str = "training |g|",
 ) -> Figure:
     """Steady gains for persistent and sign-flipping gradients, their ratio, its build-up.
 
     Left: ``G₀(a)`` (constant gradient ``a``) and ``G_π(a)`` (``+a, −a, …``) per unit gradient,
     log-log. Middle: ``R(a)``, their ratio relative to its small-amplitude value, with the
-    detection threshold and ``κ``. The training range of ``|g|`` is shaded in both. Right (when
+    detection threshold and ``κ``. The range where detection is decided (``range_label``) is
+    shaded in both. Right (when
     ``buildup`` is given): the Nyquist gain step by step from a fresh state, relative to a tiny
     amplitude, with the fitted memory.
     """
@@ -598,7 +600,7 @@ def damping(
     a = _arr(amplitudes)
     for ax in (ax0, ax1):
         if gradient_range is not None and all(np.isfinite(gradient_range)):
-            ax.axvspan(*gradient_range, color=GREY, alpha=0.12, lw=0, label="training |g|")
+            ax.axvspan(*gradient_range, color=GREY, alpha=0.12, lw=0, label=range_label)
         ax.set_xscale("log")
         ax.set_xlabel("gradient amplitude a")
     for y, lab, col in (

@@ -449,16 +449,21 @@ def _schedule_phrase(s: Mapping[str, Any]) -> str:
     return "learning-rate schedule not detected (α_eff stays within 5% of its peak)"
 
 
+def _range_name(d: Mapping[str, Any]) -> str:
+    training = str(d.get("gradient_range_source") or "").startswith("training")
+    return "the training range" if training else "the probed range"
+
+
 def _damping_phrase(d: Mapping[str, Any]) -> str:
     kappa, low = _finite(d.get("kappa")), _finite(d.get("min_ratio"))
     if d.get("detected") and kappa is not None:
-        low_txt = f", down to {low:.0%} within the training range" if low is not None else ""
+        low_txt = f", down to {low:.0%} within {_range_name(d)}" if low is not None else ""
         mem = _finite(d.get("memory"))
-        mem_txt = (
-            f"; the damping builds up over about {1 / (1 - mem):.0f} steps"
-            if mem is not None and mem < 1
-            else ""
-        )
+        mem_txt = ""
+        if mem is not None and 0.5 <= mem < 1:
+            mem_txt = f"; the damping builds up over about {1 / (1 - mem):.0f} steps"
+        elif mem is not None and mem < 0.5:
+            mem_txt = "; the damping sets in within a step or two"
         return (
             "Damps oscillations: for gradients that flip sign every step its gain, relative to "
             f"persistent gradients, halves at |g| ≈ {kappa:.2g}{low_txt}{mem_txt}."
@@ -479,7 +484,10 @@ def summary_sentences(a: Mapping[str, Any], evidence: Mapping[str, Any] | None =
     if m.get("detected") and beta is not None:
         t = f" (timescale ≈ {tau:.0f} steps)" if tau is not None else ""
         sh = f" carries {share:.0%} of its {resp}" if share is not None else ""
-        out.append(f"Momentum with β ≈ {beta:.2f}{t}{sh}.")
+        pair = ""
+        if m.get("is_real") is False:
+            pair = " (a complex pair whose response stays monotone while it decays)"
+        out.append(f"Momentum with β ≈ {beta:.2f}{t}{sh}{pair}.")
     else:
         why = ""
         if beta is not None and share is not None:
@@ -683,6 +691,13 @@ def _momentum_section(b: _Builder, a: Mapping, ev: Mapping | None, res: dict | N
             _fmt(m.get("timescale"), ".3g"),
         ),
         _num_row("share", "share of the response", m.get("share"), _fmt(m.get("share"), ".0%")),
+        _num_row("is_real", "dominant mode real", m.get("is_real"), str(m.get("is_real"))),
+        _num_row(
+            "sign_change_level",
+            "envelope at its first sign change (complex pair)",
+            m.get("sign_change_level"),
+            _fmt(m.get("sign_change_level"), ".2%"),
+        ),
         _num_row(
             "point_kind", "where it was measured", m.get("point_kind"), str(m.get("point_kind"))
         ),
@@ -994,7 +1009,7 @@ def _damping_section(b: _Builder, a: Mapping) -> dict | None:
         _num_row("kappa", "κ: relative gain halves at |g|", d.get("kappa"), _fmt(d.get("kappa"))),
         _num_row(
             "min_ratio",
-            "smallest relative gain in the training range",
+            f"smallest relative gain in {_range_name(d)}",
             d.get("min_ratio"),
             _fmt(d.get("min_ratio"), ".0%"),
         ),
@@ -1039,12 +1054,16 @@ def _damping_section(b: _Builder, a: Mapping) -> dict | None:
                     buildup_fit=d.get("buildup_fit") or None,
                     memory=_finite(d.get("memory")),
                     buildup_amplitude=_finite(d.get("buildup_amplitude")),
+                    range_label="training |g|" if "training" in _range_name(d) else "probed |g|",
                 ),
                 "Left: the steady update per unit gradient for a constant gradient a (blue) and "
-                "for a gradient alternating +a, −a (red), after 200 steps from the initial "
-                "state. Middle: their ratio relative to its value at the smallest amplitude. "
+                "for a gradient alternating +a, −a (red), at the end of the probe's sequences "
+                "from the initial state (200 steps unless set otherwise). Middle: their ratio "
+                "relative to its value at the smallest amplitude. "
                 "Momentum, clipping, RMSProp and Adam keep it at 1; it falls when the "
-                "optimizer damps gradients that keep changing sign. Right (when detected): "
+                "optimizer damps gradients that keep changing sign. The shaded band is the "
+                "range where detection is decided (training gradients when known). Right (when "
+                "detected): "
                 "the sign-flipping gain step by step from a fresh state at a ≈ 3κ, relative to "
                 "a tiny amplitude, and the damping memory ρ fitted to it.",
                 "damping",
@@ -1737,10 +1756,17 @@ def report_run(
     opt, theta, _ = load(run / "theta.npz")
     family = family_from_config(cfg)
     stage(f"loaded {run} ({family.name})")
+    from probes.analysis import is_current
+
+    analysis = None
     if not _stale(run / "analysis.json", run / "theta.npz"):
-        stage("re-using analysis.json")
         analysis = read_json(run / "analysis.json")
-    else:
+        if is_current(analysis):
+            stage("re-using analysis.json")
+        else:
+            stage("analysis.json predates this version's probes (no oscillation damping)")
+            analysis = None
+    if analysis is None:
         from probes.cli import analyze_run
 
         stage("analysing the optimizer (writes analysis.json)")

@@ -42,7 +42,7 @@ def _analysis(beta=0.9, alpha=0.1, *, clip=None, schedule=None, adaptation=False
     resp = [-alpha * (beta or 0.0) ** k for k in range(200)]
     eff = schedule if schedule is not None else [alpha] * 100
     return {
-        "schema_version": 1,
+        "schema_version": 2,
         "source": "cell",
         "momentum": {
             "detected": beta is not None,
@@ -166,7 +166,7 @@ def test_detected_damping_comes_first_with_the_probed_kappa():
     assert kinds == ["damp_oscillations", "trace", "scale_by_learning_rate"]
     assert chain[0]["scale"] == 0.25 and chain[0]["decay"] == 0.8
     assert notes["detected"]["damping"]
-    # the chain is damp_oscillations in front of the heavy ball, and the probe finds κ again
+    # the chain is damp_oscillations in front of the heavy ball
     tx = build_chain(chain)
     ref = optax.chain(lopt.distill.damp_oscillations(0.25, 0.8), optax.sgd(0.1, momentum=0.9))
     np.testing.assert_allclose(_updates(tx, GRADS), _updates(ref, GRADS), rtol=1e-6)
@@ -188,6 +188,15 @@ def test_damp_oscillations_passes_persistent_and_damps_alternating_gradients():
     np.testing.assert_allclose(outs[0], [2.0, 2.0])  # the first step has no change to measure
     for t in (1, 2, 3):  # constant: unchanged; alternating ±2: half-change 2, 2/(1 + 2/0.5)
         np.testing.assert_allclose(outs[t], [2.0, 2.0 * (-1) ** t / 5.0], rtol=1e-6)
+    # parameter trees holding tuples (and NamedTuples) are mapped leaf by leaf
+    params = {"layer": (jnp.zeros(2), jnp.zeros(3)), "s": optax.EmptyState(), "t": (jnp.zeros(()),)}
+    st = tx.init(params)
+    for t in range(3):
+        sign = 2.0 * (-1) ** t
+        g = jax.tree.map(lambda x, v=sign: jnp.full(x.shape, v), params)
+        u, st = tx.update(g, st)
+    np.testing.assert_allclose(u["layer"][1], np.full(3, 2.0 / 5.0), rtol=1e-6)
+    np.testing.assert_allclose(u["t"][0], 2.0 / 5.0, rtol=1e-6)
     # float16 in, float16 out; the state stays float32
     u16, s16 = tx.update(jnp.ones(2, jnp.float16), tx.init(jnp.zeros(2, jnp.float16)))
     assert u16.dtype == jnp.float16 and s16.energy.dtype == jnp.float32
@@ -253,6 +262,20 @@ def test_cli_distill_writes_distill_json(tiny_run, capsys):
     assert len(d["curves"]["distilled"]["mean"]) == 8
     assert d["significant"] is False and d["fraction"] is None and "not above" in d["reason"]
     build_chain(d["chain"])  # what a user loads from distill.json trains
+
+
+def test_distill_redoes_an_analysis_from_before_the_damping_probe(tiny_run, tmp_path, capsys):
+    import shutil
+
+    run = tmp_path / "old"
+    shutil.copytree(tiny_run, run)
+    write_json(run / "analysis.json", {**_analysis(0.5, 0.05, clip=1.0), "schema_version": 1})
+    d = lopt.distill.distill(run, retune=False, progress=True)
+    assert "predates the oscillation-damping probe" in capsys.readouterr().err
+    redone = json.loads((run / "analysis.json").read_text())
+    assert redone["schema_version"] == 2 and "damping" in redone
+    # the untrained GRU (zero readout) has no momentum or clipping: the hand-built ones are gone
+    assert [e["transform"] for e in d.chain] == ["scale_by_learning_rate"]
 
 
 def test_cli_distill_missing_run_is_one_line(tmp_path, capsys):

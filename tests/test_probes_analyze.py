@@ -34,7 +34,7 @@ def test_analyze_rnn_optimizer_with_trajectories():
     for b in a.adaptation.branches.values():
         assert len(b["alpha_eff"]) == len(a.adaptation.magnitudes) + 1
     out = json.dumps(a.to_json(), allow_nan=False)
-    assert '"schema_version": 1' in out
+    assert '"schema_version": 2' in out
     # the momentum number is the dominant mode of the linearisation at the convergence point
     lin = probes.linearize(opt.cell(theta), jnp.zeros(8))
     assert np.isfinite(np.asarray(lin.alpha)).all()

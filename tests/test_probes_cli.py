@@ -26,7 +26,7 @@ def test_probes_analyze_writes_analysis_json(tmp_path, capsys):
         "adaptation",
     ]
     result = json.loads((tmp_path / "analysis.json").read_text())
-    assert result["schema_version"] == 1 and result["source"] == "cell"
+    assert result["schema_version"] == 2 and result["source"] == "cell"
     assert set(result) >= {"momentum", "clipping", "schedule", "adaptation"}
 
 

@@ -62,3 +62,16 @@ def test_default_out_dir_is_in_the_common_parent(two_runs):
 def test_missing_run_is_a_value_error(tmp_path):
     with pytest.raises(ValueError, match="no such run directory"):
         compare_runs([tmp_path / "nope"], tmp_path / "out")
+
+
+def test_damping_missing_from_an_older_analysis_is_unmeasured_not_absent():
+    from probes.compare import _row, summarize
+
+    new = {"momentum": {"detected": True, "beta": 0.9}, "damping": {"detected": True, "kappa": 0.1}}
+    old = {"momentum": {"detected": True, "beta": 0.8}}  # written before the damping probe
+    s = summarize([_row("a", new, None, None), _row("b", old, None, None)])
+    assert s["universal"] == ["momentum"] and "damping" not in s["absent"]
+    assert "damping" not in s["idiosyncratic"] and s["unmeasured"] == {"damping": ["b"]}
+    assert any("damping not measured in b" in t for t in s["text"])
+    both = summarize([_row("a", new, None, None), _row("c", new, None, None)])
+    assert "damping" in both["universal"] and both["unmeasured"] == {}

@@ -7,9 +7,9 @@ Each seed is meta-trained once per session (about 30 s each on two cores) and an
   training problems and along the autonomous trajectory) finds exactly one fixed point at the
   float32 floor, it is stable (spectral radius < 1), and every seed iterated under ``F(·, 0)``
   lands on it;
-* **momentum**: its dominant fitted mode is real (or a complex pair that turns by at most
-  ``MAX_PHASE`` radians per timescale: a monotone response, see
-  :data:`probes.detectors.MAX_PHASE`) with ``|λ|`` in ``[0.7, 0.97]``;
+* **momentum**: its dominant fitted mode is real (or a complex pair whose own response keeps
+  its sign until it has decayed below 5%: a monotone response, see
+  :data:`probes.detectors.SIGN_CHANGE_LEVEL`) with ``|λ|`` in ``[0.7, 0.97]``;
 * **clipping**: ``U(h0, g)`` saturates, with the threshold inside the probed grid and inside
   the range of gradients seen in training;
 * **adaptation**, along the branches traced from the convergence point over the training range
@@ -37,7 +37,7 @@ import pytest
 import lopt
 import probes
 import tasks
-from probes.detectors import ADAPT_DROP, ADAPT_SLOPE, MAX_PHASE
+from probes.detectors import ADAPT_DROP, ADAPT_SLOPE
 from probes.fixed_points import FIXED
 
 pytestmark = pytest.mark.slow
@@ -108,7 +108,8 @@ def test_one_stable_fixed_point_at_zero_reached_by_every_seed(trained, seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_momentum_is_real_with_beta_near_the_heavy_ball_optimum(trained, seed):
     m = trained[seed].analysis.momentum
-    assert m.detected and (m.is_real or m.phase <= MAX_PHASE), (m.is_real, m.phase)
+    # detected: real, or a pair whose response stays monotone down to SIGN_CHANGE_LEVEL
+    assert m.detected, (m.is_real, m.sign_change_level, m.share)
     assert 0.7 <= abs(m.beta) <= 0.97, m.beta
 
 
@@ -193,7 +194,7 @@ def test_alpha_eff_falls_over_the_whole_training_range(trained, seed):
 def test_oscillating_gradients_are_damped_within_the_training_range(trained, seed):
     # Beyond the paper: the gain for sign-flipping gradients, relative to persistent ones,
     # halves inside the range of training gradients (seeds 0 and 1 on one machine: κ ≈ 0.12 and
-    # 0.059, down to 14% and 38%; the shipped optimizer: κ ≈ 0.067, down to 21%), and it builds
+    # 0.059, down to 14% and 38%; the shipped optimizer: κ ≈ 0.072, down to 25%), and it builds
     # up over more steps than the momentum's timescale.
     t = trained[seed].analysis
     d = t.damping

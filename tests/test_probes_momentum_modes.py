@@ -77,27 +77,30 @@ def test_momentum_spread_over_modes_is_detected(case):
     assert not (a.clipping.detected or a.schedule.detected or a.adaptation.detected)
 
 
-def _pair_response(r, theta, alpha, n=200):
-    """Impulse response of a linear cell with one complex pair ``r e^{±iθ}``, lag-0 weight α."""
+def _pair_response(r, theta, alpha, phi=0.0, n=200):
+    """Impulse response of a complex pair ``r e^{±iθ}`` with lag-0 weight ``α`` (phase φ)."""
     k = np.arange(n)
-    return -alpha * r**k * np.cos(k * theta)
+    return -alpha * r**k * np.cos(k * theta + phi) / np.cos(phi)
 
 
 @pytest.mark.parametrize(
-    "r, theta, detected",
+    "r, theta, phi, detected",
     [
-        (0.70, 0.11, True),  # θ·τ = 0.31: the fitted pair of a monotone response (quickstart GRU)
-        (0.90, 0.04, True),  # θ·τ = 0.38
-        (0.90, 0.50, False),  # θ·τ = 4.7: a visibly ringing response is not momentum
-        (0.70, 0.40, False),  # θ·τ = 1.12
+        (0.70, 0.11, 0.0, True),  # first sign change at lag 15, envelope 0.5%: monotone
+        (0.90, 0.04, 0.0, True),  # lag 40, 1.5%
+        (0.90, 0.50, 0.0, False),  # lag 4, 66%: a visibly ringing response is not momentum
+        (0.70, 0.40, 0.0, False),  # lag 4, 24%
+        (0.70, 0.11, 1.2, False),  # the same pair as the first with a phase: lag 4, 24%
     ],
 )
-def test_near_real_complex_pair_counts_as_momentum(r, theta, detected):
+def test_near_real_complex_pair_counts_as_momentum(r, theta, phi, detected):
     m = detectors.detect_momentum(
-        np.zeros(1), np.zeros(1), point_kind="fixed", response=_pair_response(r, theta, 2.0)
+        np.zeros(1), np.zeros(1), point_kind="fixed", response=_pair_response(r, theta, 2.0, phi)
     )
     assert not m.is_real
     np.testing.assert_allclose(m.phase, theta * -1.0 / np.log(r), rtol=1e-3)
+    first = int(np.ceil((np.pi / 2 - phi) / theta))  # first k with cos(kθ + φ) < 0
+    np.testing.assert_allclose(m.sign_change_level, r**first, rtol=1e-3)
     assert m.detected is detected
     np.testing.assert_allclose(m.beta, r, rtol=1e-4)
     np.testing.assert_allclose(m.alpha, 2.0, rtol=1e-3)
@@ -107,4 +110,4 @@ def test_real_mode_has_zero_phase():
     m = detectors.detect_momentum(
         np.zeros(1), np.zeros(1), point_kind="fixed", response=-0.1 * 0.9 ** np.arange(200)
     )
-    assert m.is_real and m.phase == 0.0 and m.detected
+    assert m.is_real and m.phase == 0.0 and m.sign_change_level == 0.0 and m.detected

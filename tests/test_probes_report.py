@@ -123,6 +123,13 @@ def test_probes_report_cli_writes_a_white_box_report(tiny_run, capsys):
     assert ev["optimum"]["beta"] == pytest.approx(0.8808, abs=0.01)  # linear_regression's β*
     assert report["results"]["horizons"][0]["rows"][0]["name"] == "learned"
     assert "loss_curves.png" in pngs
+    assert "damping" in report["mechanisms"] and "damping_gains.png" in pngs
+    # An analysis.json from before the damping probe (schema 1) is redone, not re-used.
+    old = {k: v for k, v in analysis.items() if k != "damping"}
+    write_json(tiny_run / "analysis.json", {**old, "schema_version": 1})
+    assert main(["report", str(tiny_run)]) == 0
+    assert "predates" in capsys.readouterr().err
+    assert _strict_json(tiny_run / "analysis.json")["schema_version"] == 2
 
 
 def test_index_html_is_self_contained_and_embeds_every_figure(tiny_run):
@@ -220,6 +227,13 @@ def test_report_of_a_hand_made_analysis_dict_with_extra_fields(tmp_path):
     assert any(f"slope {slope:.2g}".replace("-", "−") in s for s in report["summary"])
     assert "RMSProp &amp; friends" in (tmp_path / "index.html").read_text()
     assert math.isfinite(report["mechanisms"]["adaptation"]["numbers"]["slope"]["value"])
+    assert not report["mechanisms"]["damping"]["detected"]
+    assert any("Oscillation damping: not detected" in s for s in report["summary"])
+    # an analysis without the damping result (written by an older version): no section, no line
+    del analysis["damping"]
+    older = probes.write_report(analysis, tmp_path / "older")
+    assert "damping" not in older["mechanisms"]
+    assert not any("scillation" in s for s in older["summary"])
 
 
 def test_probes_report_missing_run_is_one_line(tmp_path, capsys):
