@@ -102,6 +102,9 @@ def test_analyze_optax_reports_damping_and_the_momentum_behind_it():
     assert a.damping.detected and abs(a.damping.kappa - 0.2) <= 0.02 * 0.2
     # Around a constant input the damping is inactive: the linear response is the heavy ball.
     assert a.momentum.detected and abs(a.momentum.beta - 0.8) <= 0.01
+    # The paper's adaptation probe (α_eff at g = 0 after a constant g*) sees the step from g* to 0
+    # as a change of gradient, so damping alone reads as adaptation there (README, Probes).
+    assert a.adaptation.detected and a.adaptation.slope < -0.2
     j = a.to_json()["damping"]
     assert j["detected"] and len(j["ratio"]) == len(j["amplitudes"]) == 25
     assert j["gradient_range_source"] == "gradient scale x magnitude_range"
