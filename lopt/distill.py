@@ -23,7 +23,9 @@ transformations, each one a mechanism of the paper (Maheswaranathan et al., 2021
    tends to 1 and the steady-state learning rate is the mode's ``α``. It is interpolated
    piecewise-linearly between knots (:func:`interpolated_schedule`) and, after the last probed
    step, approaches 1 geometrically at the rate of the probed tail.
-4. **adaptation** (only if detected) → ``optax.scale_by_rms`` whose ``ε`` puts the half-point of
+4. **adaptation** (only if detected, and not if the detected damping alone accounts for it: the
+   adaptation probe's step from ``g*`` to 0 is a gradient change the damping reacts to) →
+   ``optax.scale_by_rms`` whose ``ε`` puts the half-point of
    ``α_eff(|g*|)`` where the probes found it; ``α`` is multiplied by ``√ε`` so the small-gradient
    learning rate is unchanged (the decay, which the steady-state probe cannot see, is 0.9).
 
@@ -400,6 +402,37 @@ def _clip_fit(clipping: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"range": lim, "relative_rms_error": err, "chosen": min(err, key=err.get)}
 
 
+#: The adaptation probe's fall counts as the damping's own response (no ``scale_by_rms``) when
+#: every measured ``α_eff(|g*|)/α_eff(|g*|₀)`` is at least this fraction of the damping's
+#: prediction ``1/(1 + √(1−ρ)|g*|/(2κ))``.
+DAMPING_EXPLAINS = 0.8
+
+
+def _adaptation_explained_by_damping(ada: Mapping[str, Any], damp: Mapping[str, Any]) -> bool:
+    """Whether the adaptation probe's fall is what the detected damping alone produces.
+
+    The probe reads ``α_eff`` at ``g = 0`` from the state reached under a constant ``g*``: for
+    :func:`damp_oscillations` that step is a half-change of ``g*/2`` on top of ``e ≈ 0``, so the
+    damping scales ``α_eff`` by ``1/(1 + √(1−ρ)|g*|/(2κ))``. RMSProp-like adaptation falls
+    further (as ``1/|g*|``).
+    """
+    m = np.asarray(ada.get("magnitudes") or [], np.float64)
+    arms = ada.get("lr_vs_magnitude") or {}
+    kappa, rho = float(damp["scale"]), float(damp["decay"])
+    predicted = 1.0 / (1.0 + math.sqrt(1.0 - rho) * m / (2.0 * kappa))
+    ok_any = False
+    for arm in ("pos", "neg"):
+        a = np.abs(np.asarray([np.nan if x is None else x for x in arms.get(arm, [])], float))
+        if a.size != m.size or a.size < 2 or not np.isfinite(a[0]) or a[0] <= 0:
+            continue
+        ratio = a / a[0]
+        ok = np.isfinite(ratio)
+        if np.any(ratio[ok] < DAMPING_EXPLAINS * predicted[ok] / predicted[0]):
+            return False
+        ok_any = True
+    return ok_any
+
+
 def chain_from_analysis(
     analysis: Mapping[str, Any], *, clip_form: str = "auto"
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -483,7 +516,10 @@ def chain_from_analysis(
             raise ValueError(f"clip_form must be auto, soft_clip or clip, got {clip_form!r}")
 
     lr = alpha_star
-    if ada.get("detected"):
+    damp_entry = chain[0] if chain and chain[0]["transform"] == "damp_oscillations" else None
+    explained = damp_entry is not None and _adaptation_explained_by_damping(ada, damp_entry)
+    notes["adaptation_from_damping"] = explained
+    if ada.get("detected") and not explained:
         m = np.asarray(ada.get("magnitudes") or [], np.float64)
         arms = ada.get("lr_vs_magnitude") or {}
         arm = "pos" if (ada.get("slope_pos") or 0) <= (ada.get("slope_neg") or 0) else "neg"

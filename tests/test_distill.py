@@ -177,6 +177,27 @@ def test_detected_damping_comes_first_with_the_probed_kappa():
     assert [e["transform"] for e in chain_from_analysis(a)[0]][0] == "trace"
 
 
+def test_black_box_damped_momentum_is_distilled_back():
+    # analyze_optax finds damping, momentum and (through the damping) a falling α_eff; the
+    # chain keeps the damping and leaves out scale_by_rms, and trains like the original.
+    tx = optax.chain(lopt.distill.damp_oscillations(0.2, 0.9), optax.sgd(0.5, momentum=0.8))
+    analysis = probes.analyze_optax(tx).to_json()
+    assert analysis["adaptation"]["detected"]
+    chain, notes = chain_from_analysis(analysis)
+    kinds = [e["transform"] for e in chain]
+    assert kinds == ["damp_oscillations", "trace", "scale_by_learning_rate"]
+    assert notes["adaptation_from_damping"]
+    assert abs(chain[0]["scale"] - 0.2) <= 0.02 * 0.2 and abs(chain[0]["decay"] - 0.9) <= 0.005
+    got, want = _updates(build_chain(chain), GRADS), _updates(tx, GRADS)
+    np.testing.assert_allclose(got, want, rtol=0.03, atol=1e-3)
+    # RMSProp's fall is not explained by a damping of the same κ: scale_by_rms stays
+    rms = probes.analyze_optax(optax.rmsprop(0.01)).to_json()
+    rms["damping"] = {"detected": True, "kappa": 0.2, "memory": 0.9}
+    chain, notes = chain_from_analysis(rms)
+    assert "scale_by_rms" in [e["transform"] for e in chain]
+    assert not notes["adaptation_from_damping"]
+
+
 def test_damp_oscillations_passes_persistent_and_damps_alternating_gradients():
     tx = lopt.distill.damp_oscillations(0.5, decay=0.0)  # e is the last squared half-change
     state = tx.init(jnp.zeros(2))
