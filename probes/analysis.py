@@ -262,13 +262,11 @@ def damping_gains(
     tail = max(2, int(tail) // 2 * 2)
     if steps < tail:
         raise ValueError(f"steps ({steps}) must be at least tail ({tail})")
-    sign = jnp.where(jnp.arange(steps) % 2 == 0, 1.0, -1.0).astype(jnp.float32)
-    patterns = jnp.stack([jnp.ones(steps), -jnp.ones(steps), sign, -sign]).astype(jnp.float32)
-    u = jax.vmap(jax.vmap(run))(a[:, None, None] * patterns[None])[..., -tail:]  # (A, 4, tail)
-    s = sign[-tail:]
+    const = jnp.stack([jnp.ones(steps), -jnp.ones(steps)]).astype(jnp.float32)
+    u = jax.vmap(jax.vmap(run))(a[:, None, None] * const[None])[..., -tail:]  # (A, 2, tail)
     dc = -(u[:, 0].mean(-1) - u[:, 1].mean(-1)) / (2 * a)
-    ny = -((u[:, 2] - u[:, 3]) * s).mean(-1) / (2 * a)
-    return np.asarray(dc, np.float64), np.asarray(ny, np.float64)
+    ny = nyquist_response(run, amplitudes, steps=steps)[:, -tail:].mean(-1)
+    return np.asarray(dc, np.float64), ny
 
 
 def nyquist_response(
