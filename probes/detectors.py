@@ -24,7 +24,7 @@ MIN_SHARE = 0.5
 #: below this fraction of its start. Such pairs come from two-exponential fits to a response
 #: that is not quite one exponential (the quickstart GRU-32 on one machine: ``0.698 ± 0.077i``,
 #: first sign change at lag 21, at 0.06% of the envelope: a monotone response); a ringing
-#: momentum (``0.9 e^{±0.5i}``: at lag 3, 73%) is not momentum.
+#: momentum (``0.9 e^{±0.5i}``: at lag 4, 66%) is not momentum.
 SIGN_CHANGE_LEVEL = 0.05
 #: Clipping: the threshold is where the local slope ``|∂U/∂g|`` first falls to this fraction
 #: of its value at ``g = 0`` (METHOD.md §5.5).
