@@ -27,6 +27,7 @@ from lopt.unroll import (
     evaluate,
     init_inner,
     normalized_loss,
+    product_floats,
     summarize,
     unroll,
 )
@@ -55,6 +56,7 @@ __all__ = [
     "init_inner",
     "make_cell",
     "normalized_loss",
+    "product_floats",
     "summarize",
     "unroll",
     "SearchSpace",

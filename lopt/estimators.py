@@ -310,6 +310,7 @@ def full_bptt(
     horizon: int,
     objective: str = "mean_normalized",
     checkpoint: bool = True,
+    save_products: bool = False,
     shard: Any = None,
     outlier_threshold: float | None = None,
 ) -> Estimator:
@@ -323,6 +324,8 @@ def full_bptt(
         objective: see :func:`objective_terms`.
         checkpoint: rematerialise the scan body (memory ``O(T)`` carries instead of every
             intermediate).
+        save_products: with ``checkpoint``, keep the optimizer's matrix products for the
+            backward pass instead of recomputing them (see :func:`lopt.unroll`).
         shard: a ``NamedSharding`` to spread the problems over devices (see
             :func:`batch_constraint`); ``None`` on one device.
         outlier_threshold: leave out problems whose meta-gradient is more than this many
@@ -338,7 +341,9 @@ def full_bptt(
     def per_problem(theta, key):
         tx = opt.optimizer(theta)
         state = init_inner(tx, family, key)
-        _, losses = unroll(tx, family, state, horizon, checkpoint=checkpoint)
+        _, losses = unroll(
+            tx, family, state, horizon, checkpoint=checkpoint, save_products=save_products
+        )
         return jnp.mean(objective_terms(losses, losses[0], objective)), None
 
     def init(theta, key):
@@ -421,6 +426,7 @@ def truncated_bptt(
     objective: str = "mean_normalized",
     stagger: bool = True,
     checkpoint: bool = True,
+    save_products: bool = False,
     shard: Any = None,
     outlier_threshold: float | None = None,
 ) -> Estimator:
@@ -443,6 +449,7 @@ def truncated_bptt(
             ``truncation == horizon``.
         stagger: spread the problems' start iterations over the horizon at initialisation.
         checkpoint: rematerialise the scan body.
+        save_products: as in :func:`full_bptt`.
         shard: a ``NamedSharding`` to spread the problems over devices; ``None`` on one.
         outlier_threshold: as in :func:`full_bptt`.
 
@@ -463,7 +470,9 @@ def truncated_bptt(
         tx = opt.optimizer(theta)
         inner = _restart_optimizer(tx, jax.lax.stop_gradient(inner))
         # Windows never cross the horizon: truncation divides it and starts are multiples of it.
-        final, losses = unroll(tx, family, inner, truncation, checkpoint=checkpoint)
+        final, losses = unroll(
+            tx, family, inner, truncation, checkpoint=checkpoint, save_products=save_products
+        )
         return jnp.mean(objective_terms(losses, f0, objective)), final
 
     def grad(theta, state, key):

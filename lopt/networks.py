@@ -36,6 +36,7 @@ from typing import Any, NamedTuple
 import haiku as hk
 import jax
 import jax.numpy as jnp
+from jax.ad_checkpoint import checkpoint_name
 
 Params = Any  # hk.Params: a nested mapping of arrays
 
@@ -60,6 +61,16 @@ def _input_product(x: jax.Array, w: jax.Array) -> jax.Array:
     return out
 
 
+#: Name given (``jax.ad_checkpoint.checkpoint_name``) to the recurrent cores' matrix products
+#: with the state, the bulk of their FLOPs: a rematerialised unroll can keep them for the
+#: backward pass instead of recomputing them (``lopt.unroll(..., save_products=True)``).
+PRODUCT = "lopt_product"
+
+
+def _product(x: jax.Array) -> jax.Array:
+    return checkpoint_name(x, PRODUCT)
+
+
 class _GRU(hk.Module):
     def __init__(self, hidden_size: int):
         super().__init__(name="gru")
@@ -74,9 +85,9 @@ class _GRU(hk.Module):
         # u and r read h directly; c reads r⊙h, so the recurrent product is split 2H + H.
         # Each bias is added after the split: adding b to gx first makes XLA:CPU's backward
         # pass 1.5x slower (experiments/benchmarks/meta_step.py).
-        ur = jax.nn.sigmoid(gx[..., : 2 * size] + h @ w_h[:, : 2 * size] + b[: 2 * size])
+        ur = jax.nn.sigmoid(gx[..., : 2 * size] + _product(h @ w_h[:, : 2 * size]) + b[: 2 * size])
         u, r = ur[..., :size], ur[..., size:]
-        c = jnp.tanh(gx[..., 2 * size :] + (r * h) @ w_h[:, 2 * size :] + b[2 * size :])
+        c = jnp.tanh(gx[..., 2 * size :] + _product((r * h) @ w_h[:, 2 * size :]) + b[2 * size :])
         return u * h + (1.0 - u) * c
 
 
@@ -91,7 +102,7 @@ class _LSTM(hk.Module):
         xh = jnp.concatenate([x, h], axis=-1)
         w = hk.get_parameter("w", [xh.shape[-1], 4 * size], x.dtype, init=_w_init())
         b = hk.get_parameter("b", [4 * size], x.dtype, init=jnp.zeros)
-        gates = xh @ w + b
+        gates = _product(xh @ w) + b
         i, f, g, o = (gates[..., k * size : (k + 1) * size] for k in range(4))
         c = jax.nn.sigmoid(f + 1.0) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
         h = jax.nn.sigmoid(o) * jnp.tanh(c)
@@ -108,7 +119,7 @@ class _Vanilla(hk.Module):
         w_i = hk.get_parameter("w_i", [x.shape[-1], size], x.dtype, init=_w_init())
         w_h = hk.get_parameter("w_h", [size, size], h.dtype, init=_w_init())
         b = hk.get_parameter("b", [size], h.dtype, init=jnp.zeros)
-        return jnp.tanh(_input_product(x, w_i) + h @ w_h + b)
+        return jnp.tanh(_input_product(x, w_i) + _product(h @ w_h) + b)
 
 
 _MODULES = {"gru": _GRU, "lstm": _LSTM, "vanilla": _Vanilla}

@@ -1,3 +1,4 @@
+import importlib
 import json
 
 import jax
@@ -112,6 +113,8 @@ def test_all_nonfinite_steps_stop_the_run_with_theta_intact(tmp_path):
             {"estimator": "es", "truncation": 4, "outlier_threshold": 10.0},
             "outlier_threshold needs",
         ),
+        ({"save_products": "yes"}, "save_products must be true, false or null"),
+        ({"remat": 1}, "remat must be true or false"),
     ],
 )
 def test_bad_configs_fail_fast(change, message):
@@ -189,3 +192,24 @@ def test_every_preset_builds_a_valid_config_for_its_family():
         assert resolved.horizon == family.num_steps
         assert resolved.horizon % resolved.truncation == 0
         assert opt.config()["hidden_size"] in (16, 32, 256)
+
+
+def test_saved_products_are_decided_by_their_size(monkeypatch):
+    mt = importlib.import_module("lopt.meta_train")  # the module; lopt.meta_train is the function
+
+    gru = lopt.RNNOptimizer(hidden_size=8)
+    family = tasks.get("linear_regression", dim=5, num_steps=20)
+    config = MetaTrainConfig(num_problems=4).resolved(family)
+    # 4 problems x 20 steps x 5 coordinates x 24 floats x 4 bytes = 38,400 bytes.
+    monkeypatch.setattr(mt, "PRODUCT_BUDGET", 38_400)
+    assert mt.saves_products(gru, family, config)
+    monkeypatch.setattr(mt, "PRODUCT_BUDGET", 38_399)
+    assert not mt.saves_products(gru, family, config)
+    # An explicit setting wins; nothing is stored without remat, by ES, or without products.
+    assert mt.saves_products(gru, family, MetaTrainConfig(num_problems=4, save_products=True))
+    monkeypatch.setattr(mt, "PRODUCT_BUDGET", 2**30)
+    assert not mt.saves_products(gru, family, MetaTrainConfig(save_products=False))
+    assert not mt.saves_products(gru, family, MetaTrainConfig(remat=False, save_products=True))
+    es = MetaTrainConfig(estimator="es", truncation=10).resolved(family)
+    assert not mt.saves_products(gru, family, es)
+    assert not mt.saves_products(TinyMomentum(), family, config)

@@ -60,3 +60,32 @@ def test_unroll_gradient_matches_with_and_without_remat(checkpoint):
     eps = 1e-2
     fd = (meta_loss(0.3 + eps) - meta_loss(0.3 - eps)) / (2 * eps)
     np.testing.assert_allclose(g, fd, rtol=2e-2)
+
+
+def test_saved_products_give_the_same_meta_gradient_as_recomputing_them():
+    opt = lopt.RNNOptimizer(hidden_size=4, output_scale=0.1)
+    theta = jax.tree.map(
+        lambda x: x + 0.1 * jax.random.normal(KEY, x.shape), opt.init(jax.random.key(1))
+    )
+
+    def meta_loss(theta, **kw):
+        tx = opt.optimizer(theta)
+        state = lopt.init_inner(tx, FAMILY, KEY)
+        return jnp.mean(lopt.unroll(tx, FAMILY, state, 10, **kw)[1])
+
+    ref = jax.grad(meta_loss)(theta)
+    for kw in ({"checkpoint": True}, {"checkpoint": True, "save_products": True}):
+        g = jax.grad(lambda t, kw=kw: meta_loss(t, **kw))(theta)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), g, ref)
+
+
+@pytest.mark.parametrize("cell, floats", [("gru", 3 * 8), ("lstm", 4 * 8), ("vanilla", 8)])
+def test_product_floats_counts_the_recurrent_products(cell, floats):
+    opt = lopt.RNNOptimizer(cell=cell, hidden_size=8)
+    assert lopt.product_floats(opt.optimizer(opt.init(KEY))) == floats
+
+
+def test_product_floats_is_zero_without_recurrent_products():
+    assert lopt.product_floats(optax.adam(1e-3)) == 0
+    mlp = lopt.MLPOptimizer()
+    assert lopt.product_floats(mlp.optimizer(mlp.init(KEY))) == 0

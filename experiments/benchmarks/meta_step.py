@@ -11,12 +11,20 @@ FLOPs are counted analytically for what the implementation performs: a GRU step 
 ``2·3·H·(H+I)`` FLOPs per coordinate forward (I = 1 input feature); the backward pass costs
 about twice the forward, and rematerialisation adds one more forward, so a meta-step costs
 ``4×`` (remat) or ``3×`` (no remat) the forward FLOPs ``B·T·P·2·3·H·(H+1)`` (B problems,
-T steps, P coordinates per problem). The roofline is the throughput of a large ``jnp.dot``
-timed in the same process.
+T steps, P coordinates per problem). lopt's default keeps the GRU's matrix products for the
+backward pass (``MetaTrainConfig.save_products``) and rematerialises only the elementwise
+rest, so it performs ``3×``; ``lopt-recompute`` (``save_products=False``) performs ``4×``.
+The roofline is the throughput of a large ``jnp.dot`` timed in the same process.
+
+The variants of one configuration and the roofline matmul are compiled first and then timed
+in interleaved rounds (one call of each per round), so a slow spell of the (shared) machine
+hits all of them alike: ``roofline_fraction`` is the median over rounds of the variant's
+FLOP/s over the roofline's in the same round, and ``paired_vs_plain`` the median over rounds
+of the variant's time over the plain reference's.
 
 Usage::
 
-    python experiments/benchmarks/meta_step.py [--presets paper quick] [--repeats 5]
+    python experiments/benchmarks/meta_step.py [--presets paper quick] [--repeats 15]
 
 Prints one JSON object per line.
 """
@@ -37,7 +45,7 @@ import optax
 
 import lopt
 import tasks
-from lopt.meta_train import MetaTrainConfig, make_meta_step
+from lopt.meta_train import MetaTrainConfig, make_meta_step, saves_products
 
 PRESETS = {
     # name: (hidden size, output scale, problems)
@@ -68,23 +76,16 @@ def _memory(compiled) -> dict[str, float | None]:
         return {"temp_mib": None, "argument_mib": None, "output_mib": None}
 
 
-def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times), times
+ROOFLINE_N = 2048
 
 
-def roofline(n: int = 2048, repeats: int = 7) -> float:
-    """Measured FLOP/s of an ``n×n @ n×n`` float32 matmul (the machine's matmul roofline)."""
+def prepare_roofline(n: int = ROOFLINE_N):
+    """``run()`` for one ``n×n @ n×n`` float32 matmul (the machine's matmul roofline)."""
     a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
     b = jax.random.normal(jax.random.key(1), (n, n), jnp.float32)
     dot = jax.jit(jnp.dot)
     dot(a, b).block_until_ready()
-    median, _ = _median_time(lambda: dot(a, b).block_until_ready(), repeats)
-    return 2.0 * n**3 / median
+    return lambda: dot(a, b).block_until_ready()
 
 
 def forward_flops(hidden: int, problems: int, coords: int, steps: int = HORIZON) -> float:
@@ -92,15 +93,21 @@ def forward_flops(hidden: int, problems: int, coords: int, steps: int = HORIZON)
     return problems * steps * coords * 2 * 3 * hidden * (hidden + 1)
 
 
-def bench_lopt(
-    hidden, scale, problems, family, *, remat: bool, repeats: int, outlier_threshold=None
-) -> dict[str, Any]:
-    """One meta-step of ``lopt`` (estimator + meta-optimizer), compiled once, then timed."""
+def prepare_lopt(
+    hidden, scale, problems, family, *, remat: bool, save_products=None, outlier_threshold=None
+) -> tuple[Any, dict[str, Any]]:
+    """One compiled meta-step of ``lopt`` (estimator + meta-optimizer).
+
+    Returns:
+        ``(run, info)``: ``run()`` takes one meta-step and waits for it; ``info`` has the
+        compile time and the compiled program's memory.
+    """
     opt = lopt.RNNOptimizer(hidden_size=hidden, output_scale=scale)
     config = MetaTrainConfig(
         num_problems=problems,
         horizon=HORIZON,
         remat=remat,
+        save_products=save_products,
         num_steps=1,
         outlier_threshold=outlier_threshold,
     )
@@ -110,7 +117,11 @@ def bench_lopt(
     jax.block_until_ready(state)
     t0 = time.perf_counter()
     compiled = step_fn.lower(family, state).compile()
-    compile_s = time.perf_counter() - t0
+    info = {
+        "compile_s": time.perf_counter() - t0,
+        "save_products": saves_products(opt, family, config),
+        **_memory(compiled),
+    }
     holder = {"state": state}
 
     def run():
@@ -118,8 +129,7 @@ def bench_lopt(
         jax.block_until_ready(metrics)
 
     run()  # warm-up
-    median, times = _median_time(run, repeats)
-    return {"compile_s": compile_s, "s_per_step": median, "times": times, **_memory(compiled)}
+    return run, info
 
 
 def plain_meta_step(hidden: int, scale: float, problems: int, family):
@@ -168,12 +178,12 @@ def plain_meta_step(hidden: int, scale: float, problems: int, family):
     return step, params, meta_tx.init(params), keys
 
 
-def bench_plain(hidden, scale, problems, family, *, repeats: int) -> dict[str, Any]:
-    """Times the plain reference's meta-step like :func:`bench_lopt`."""
+def prepare_plain(hidden, scale, problems, family) -> tuple[Any, dict[str, Any]]:
+    """The plain reference's compiled meta-step, like :func:`prepare_lopt`."""
     step, params, opt_state, keys = plain_meta_step(hidden, scale, problems, family)
     t0 = time.perf_counter()
     compiled = step.lower(params, opt_state, keys).compile()
-    compile_s = time.perf_counter() - t0
+    info = {"compile_s": time.perf_counter() - t0, **_memory(compiled)}
     holder = {"p": params, "s": opt_state}
 
     def run():
@@ -181,17 +191,32 @@ def bench_plain(hidden, scale, problems, family, *, repeats: int) -> dict[str, A
         loss.block_until_ready()
 
     run()
-    median, times = _median_time(run, repeats)
-    return {"compile_s": compile_s, "s_per_step": median, "times": times, **_memory(compiled)}
+    return run, info
+
+
+def interleaved(runs: dict[str, Any], repeats: int) -> dict[str, list[float]]:
+    """Times every ``run`` ``repeats`` times in rounds of one call each."""
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(repeats):
+        for name, run in runs.items():
+            t0 = time.perf_counter()
+            run()
+            times[name].append(time.perf_counter() - t0)
+    return times
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["paper", "quick"], choices=PRESETS)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--no-plain", action="store_true", help="skip the plain reference")
     parser.add_argument(
         "--no-remat-variant", action="store_true", help="skip lopt without rematerialisation"
+    )
+    parser.add_argument(
+        "--no-recompute-variant",
+        action="store_true",
+        help="skip lopt with rematerialisation that recomputes the matrix products",
     )
     parser.add_argument(
         "--outlier-variants",
@@ -203,7 +228,8 @@ def main() -> None:
 
     family = tasks.get("linear_regression", num_steps=HORIZON)
     coords = family.dim
-    peak = roofline()
+    roofline = prepare_roofline()
+    roofline_flops = 2.0 * ROOFLINE_N**3
     common = {
         "benchmark": "meta_step",
         "backend": jax.default_backend(),
@@ -213,71 +239,66 @@ def main() -> None:
         "inner_steps": HORIZON,
         "estimator": "full_bptt",
     }
-    _emit({**common, "impl": "roofline", "matmul_gflops": peak / 1e9, "n": 2048})
     for name in args.presets:
         hidden, scale, problems = PRESETS[name]
         fwd = forward_flops(hidden, problems, coords)
-        variants = [("lopt", True)]
+        # variant: (flop multiple of the forward, how to build it)
+        variants = {"lopt": (3.0, dict(remat=True))}
+        if not args.no_recompute_variant:
+            variants["lopt-recompute"] = (4.0, dict(remat=True, save_products=False))
         if not args.no_remat_variant:
-            variants.append(("lopt", False))
+            variants["lopt-no-remat"] = (3.0, dict(remat=False))
+        if args.outlier_variants:
+            # kappa 1e30: one pass, no outlier; kappa 1: half the problems left out, second pass
+            variants["lopt-outliers-none"] = (3.0, dict(remat=True, outlier_threshold=1e30))
+            variants["lopt-outliers-half"] = (3.0, dict(remat=True, outlier_threshold=1.0))
         if not args.no_plain:
-            variants.append(("plain", True))
-        results = {}
-        for impl, remat in variants:
-            if impl == "lopt":
-                r = bench_lopt(hidden, scale, problems, family, remat=remat, repeats=args.repeats)
+            variants["plain"] = (4.0, None)
+        runs, infos = {"roofline": roofline}, {}
+        for impl, (_, kw) in variants.items():
+            if kw is None:
+                runs[impl], infos[impl] = prepare_plain(hidden, scale, problems, family)
             else:
-                r = bench_plain(hidden, scale, problems, family, repeats=args.repeats)
-            flops = (4.0 if remat else 3.0) * fwd
-            gflops = flops / r["s_per_step"] / 1e9
-            results[impl, remat] = r["s_per_step"]
+                runs[impl], infos[impl] = prepare_lopt(hidden, scale, problems, family, **kw)
+        times = interleaved(runs, args.repeats)
+        peaks = [roofline_flops / t for t in times["roofline"]]
+        _emit(
+            {
+                **common,
+                "preset": name,
+                "impl": "roofline",
+                "n": ROOFLINE_N,
+                "matmul_gflops": statistics.median(peaks) / 1e9,
+                "matmul_gflops_range": [min(peaks) / 1e9, max(peaks) / 1e9],
+            }
+        )
+        for impl, (multiple, kw) in variants.items():
+            if kw is not None and not infos[impl]["save_products"] and kw.get("remat", True):
+                multiple = 4.0  # remat without stored products recomputes the matmuls
+            median = statistics.median(times[impl])
+            flops = multiple * fwd
             row = {
                 **common,
                 "preset": name,
                 "impl": impl,
-                "remat": remat,
+                "remat": True if kw is None else kw.get("remat", True),
                 "hidden": hidden,
                 "problems": problems,
-                "s_per_step": r["s_per_step"],
-                "times": [round(t, 4) for t in r["times"]],
-                "compile_s": r["compile_s"],
+                "s_per_step": median,
+                "times": [round(t, 4) for t in times[impl]],
                 "gflop_per_step": flops / 1e9,
-                "gflops": gflops,
-                "roofline_fraction": gflops * 1e9 / peak,
-                "temp_mib": r["temp_mib"],
-                "argument_mib": r["argument_mib"],
+                "gflops": flops / median / 1e9,
+                # per round, against the roofline matmul timed in the same round
+                "roofline_fraction": statistics.median(
+                    flops / t / peak for t, peak in zip(times[impl], peaks, strict=True)
+                ),
+                **infos[impl],
                 "ru_maxrss_mib": _rss_mib(),
             }
-            if impl == "lopt" and ("plain", True) in results:
-                row["speedup_vs_plain"] = results["plain", True] / r["s_per_step"]
-            if impl == "plain":
-                row["lopt_speedup_vs_plain"] = r["s_per_step"] / results["lopt", True]
+            if "plain" in times:
+                ratios = [a / b for a, b in zip(times[impl], times["plain"], strict=True)]
+                row["paired_vs_plain"] = statistics.median(ratios)
             _emit(row)
-        if args.outlier_variants:
-            for kappa in (1e30, 1.0):
-                r = bench_lopt(
-                    hidden,
-                    scale,
-                    problems,
-                    family,
-                    remat=True,
-                    repeats=args.repeats,
-                    outlier_threshold=kappa,
-                )
-                _emit(
-                    {
-                        **common,
-                        "preset": name,
-                        "impl": "lopt",
-                        "remat": True,
-                        "outlier_threshold": kappa,
-                        "second_pass": kappa == 1.0,
-                        "s_per_step": r["s_per_step"],
-                        "times": [round(t, 4) for t in r["times"]],
-                        "relative_to_plain_lopt": r["s_per_step"] / results["lopt", True],
-                        "temp_mib": r["temp_mib"],
-                    }
-                )
 
 
 if __name__ == "__main__":
