@@ -4,7 +4,8 @@ An estimator turns ``theta`` into an estimate of ``∇θ L(θ)``, where ``L`` is
 averaged over a batch of problems drawn from a task family. Four are provided:
 
 * :func:`full_bptt`: the exact gradient through the whole unroll (the paper's method), with a
-  rematerialised scan body so memory is one carry per step.
+  rematerialised scan body so memory is one carry per step (plus, with ``save_products``, the
+  optimizer's matrix products).
 * :func:`truncated_bptt`: inner states persist across truncations of ``truncation`` steps;
   problems are resampled when they reach the horizon; start iterations can be staggered.
 * :func:`es` and :func:`pes`: antithetic evolution strategies over ``theta`` perturbations, and
