@@ -242,20 +242,20 @@ def main() -> None:
     for name in args.presets:
         hidden, scale, problems = PRESETS[name]
         fwd = forward_flops(hidden, problems, coords)
-        # variant: (flop multiple of the forward, how to build it)
-        variants = {"lopt": (3.0, dict(remat=True))}
+        # variant: lopt's keyword arguments (None: the plain reference)
+        variants = {"lopt": dict(remat=True)}
         if not args.no_recompute_variant:
-            variants["lopt-recompute"] = (4.0, dict(remat=True, save_products=False))
+            variants["lopt-recompute"] = dict(remat=True, save_products=False)
         if not args.no_remat_variant:
-            variants["lopt-no-remat"] = (3.0, dict(remat=False))
+            variants["lopt-no-remat"] = dict(remat=False)
         if args.outlier_variants:
             # kappa 1e30: one pass, no outlier; kappa 1: half the problems left out, second pass
-            variants["lopt-outliers-none"] = (3.0, dict(remat=True, outlier_threshold=1e30))
-            variants["lopt-outliers-half"] = (3.0, dict(remat=True, outlier_threshold=1.0))
+            variants["lopt-outliers-none"] = dict(remat=True, outlier_threshold=1e30)
+            variants["lopt-outliers-half"] = dict(remat=True, outlier_threshold=1.0)
         if not args.no_plain:
-            variants["plain"] = (4.0, None)
+            variants["plain"] = None
         runs, infos = {"roofline": roofline}, {}
-        for impl, (_, kw) in variants.items():
+        for impl, kw in variants.items():
             if kw is None:
                 runs[impl], infos[impl] = prepare_plain(hidden, scale, problems, family)
             else:
@@ -272,16 +272,18 @@ def main() -> None:
                 "matmul_gflops_range": [min(peaks) / 1e9, max(peaks) / 1e9],
             }
         )
-        for impl, (multiple, kw) in variants.items():
-            if kw is not None and not infos[impl]["save_products"] and kw.get("remat", True):
-                multiple = 4.0  # remat without stored products recomputes the matmuls
+        for impl, kw in variants.items():
+            remat = True if kw is None else kw["remat"]
+            # remat recomputes the matmuls (4x the forward) unless the products are stored
+            recomputes = remat and not infos[impl].get("save_products", False)
+            multiple = 4.0 if recomputes else 3.0
             median = statistics.median(times[impl])
             flops = multiple * fwd
             row = {
                 **common,
                 "preset": name,
                 "impl": impl,
-                "remat": True if kw is None else kw.get("remat", True),
+                "remat": remat,
                 "hidden": hidden,
                 "problems": problems,
                 "s_per_step": median,
