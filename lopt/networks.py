@@ -47,20 +47,6 @@ def _w_init() -> hk.initializers.Initializer:
     return hk.initializers.VarianceScaling(1.0, "fan_in", "truncated_normal")
 
 
-def _input_product(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x @ w``; for ``I ≤ 4`` input features, a sum of broadcast products.
-
-    A matrix product with an inner dimension of 1 or 2 is a poor fit for a matmul kernel; as
-    broadcast products XLA fuses it with the gate nonlinearities that follow.
-    """
-    if x.shape[-1] > 4:
-        return x @ w
-    out = x[..., 0, None] * w[0]
-    for i in range(1, x.shape[-1]):
-        out = out + x[..., i, None] * w[i]
-    return out
-
-
 #: Name given (``jax.ad_checkpoint.checkpoint_name``) to the recurrent cores' matrix products
 #: with the state, the bulk of their FLOPs: a rematerialised unroll can keep them for the
 #: backward pass instead of recomputing them (``lopt.unroll(..., save_products=True)``).
@@ -69,6 +55,32 @@ PRODUCT = "lopt_product"
 
 def _product(x: jax.Array) -> jax.Array:
     return checkpoint_name(x, PRODUCT)
+
+
+def _gru_prepare(params: Params) -> dict[str, jax.Array]:
+    """The GRU's weights split by gate group, ``[u, r]`` and ``c``, as :func:`_gru_step` reads them.
+
+    Splitting once per unroll, outside the scan, rather than in every step also keeps the
+    backward pass from concatenating each step's weight gradients.
+    """
+    p = params["gru"]
+    size = p["w_h"].shape[0]
+    w_i_ur, w_i_c = jnp.split(p["w_i"], [2 * size], axis=1)
+    w_ur, w_c = jnp.split(p["w_h"], [2 * size], axis=1)
+    b_ur, b_c = jnp.split(p["b"], [2 * size])
+    return {"w_i_ur": w_i_ur, "w_i_c": w_i_c, "w_ur": w_ur, "w_c": w_c, "b_ur": b_ur, "b_c": b_c}
+
+
+def _gru_step(q: dict[str, jax.Array], h: jax.Array, x: jax.Array) -> jax.Array:
+    # Timed on XLA:CPU with GRU-256 (experiments/benchmarks/meta_step.py and standalone
+    # loops): the input product as a K = 1 matmul ran about 8% faster than as broadcast
+    # products, and adding the bias to the input product before the split made the backward
+    # pass 1.5x slower.
+    u, r = jnp.split(
+        jax.nn.sigmoid(x @ q["w_i_ur"] + _product(h @ q["w_ur"]) + q["b_ur"]), 2, axis=-1
+    )
+    c = jnp.tanh(x @ q["w_i_c"] + _product((r * h) @ q["w_c"]) + q["b_c"])
+    return u * h + (1.0 - u) * c
 
 
 class _GRU(hk.Module):
@@ -81,14 +93,7 @@ class _GRU(hk.Module):
         w_i = hk.get_parameter("w_i", [x.shape[-1], 3 * size], x.dtype, init=_w_init())
         w_h = hk.get_parameter("w_h", [size, 3 * size], h.dtype, init=_w_init())
         b = hk.get_parameter("b", [3 * size], h.dtype, init=jnp.zeros)
-        gx = _input_product(x, w_i)
-        # u and r read h directly; c reads r⊙h, so the recurrent product is split 2H + H.
-        # Each bias is added after the split: adding b to gx first makes XLA:CPU's backward
-        # pass 1.5x slower (experiments/benchmarks/meta_step.py).
-        ur = jax.nn.sigmoid(gx[..., : 2 * size] + _product(h @ w_h[:, : 2 * size]) + b[: 2 * size])
-        u, r = ur[..., :size], ur[..., size:]
-        c = jnp.tanh(gx[..., 2 * size :] + _product((r * h) @ w_h[:, 2 * size :]) + b[2 * size :])
-        return u * h + (1.0 - u) * c
+        return _gru_step(_gru_prepare({"gru": {"w_i": w_i, "w_h": w_h, "b": b}}), h, x)
 
 
 class _LSTM(hk.Module):
@@ -119,7 +124,7 @@ class _Vanilla(hk.Module):
         w_i = hk.get_parameter("w_i", [x.shape[-1], size], x.dtype, init=_w_init())
         w_h = hk.get_parameter("w_h", [size, size], h.dtype, init=_w_init())
         b = hk.get_parameter("b", [size], h.dtype, init=jnp.zeros)
-        return jnp.tanh(_input_product(x, w_i) + _product(h @ w_h) + b)
+        return jnp.tanh(x @ w_i + _product(h @ w_h) + b)
 
 
 _MODULES = {"gru": _GRU, "lstm": _LSTM, "vanilla": _Vanilla}
@@ -130,7 +135,12 @@ class RecurrentCore(NamedTuple):
 
     Attributes:
         init: ``init(key) -> params``.
-        apply: ``apply(params, state (S,), x (I,)) -> state' (S,)``.
+        apply: ``apply(params, state (S,), x (I,)) -> state' (S,)``; the same as
+            ``step(prepare(params), state, x)``.
+        prepare: ``prepare(params) -> prepared``, the weights in the layout ``step`` reads
+            (the GRU's split by gate group; the params themselves for the others). Prepare
+            once outside a loop over steps and call ``step`` inside it.
+        step: ``step(prepared, state (S,), x (I,)) -> state' (S,)``.
         features: ``features(state (S,)) -> (H,)``, the part of the state a readout sees
             (``h`` of the LSTM's ``concat[h, c]``; the whole state otherwise).
         state_size: ``S``.
@@ -140,6 +150,8 @@ class RecurrentCore(NamedTuple):
 
     init: Callable[[jax.Array], Params]
     apply: Callable[[Params, jax.Array, jax.Array], jax.Array]
+    prepare: Callable[[Params], Any]
+    step: Callable[[Any, jax.Array, jax.Array], jax.Array]
     features: Callable[[jax.Array], jax.Array]
     state_size: int
     hidden_size: int
@@ -180,9 +192,16 @@ def recurrent_core(kind: str, hidden_size: int, input_size: int) -> RecurrentCor
     def features(state):
         return state[..., :hidden_size]
 
+    if kind == "gru":
+        prepare, step = _gru_prepare, _gru_step
+    else:
+        prepare, step = (lambda params: params), transformed.apply
+
     return RecurrentCore(
         init=init,
         apply=transformed.apply,
+        prepare=prepare,
+        step=step,
         features=features,
         state_size=state_size,
         hidden_size=hidden_size,

@@ -51,7 +51,7 @@ def _cell_functions(cell: str, hidden_size: int, input_mode: str):
     core = networks.recurrent_core(cell, hidden_size, 1 if input_mode == "raw" else 2)
 
     def init_state(p):
-        return p["theta"]["h0"]
+        return p["h0"]
 
     def step(p, h, g):
         g = g * p["input_scale"]
@@ -59,10 +59,10 @@ def _cell_functions(cell: str, hidden_size: int, input_mode: str):
             x = jnp.reshape(g, (1,))
         else:
             x = jnp.stack([jnp.log1p(jnp.abs(g)), jnp.sign(g)])
-        return core.apply(p["theta"]["rnn"], h, x.astype(h.dtype))
+        return core.step(p["rnn"], h, x.astype(h.dtype))
 
     def readout(p, h):
-        w, b = p["theta"]["readout"]["w"], p["theta"]["readout"]["b"]
+        w, b = p["readout"]["w"], p["readout"]["b"]
         return p["output_scale"] * (core.features(h) @ w + b)
 
     return init_state, step, readout
@@ -145,8 +145,9 @@ class RNNOptimizer(LearnedOptimizer):
     def cell(self, theta: Any, *, output_scale: float | jax.Array | None = None) -> Cell:
         """The per-coordinate dynamics ``(init_state, step, readout)`` for ``theta``.
 
-        ``theta`` and both scales are the Cell's pytree leaves, so a Cell can cross ``jit``
-        boundaries as an argument and new values re-use compiled code.
+        ``theta`` (its network weights in the layout the step reads) and both scales are the
+        Cell's pytree leaves, so a Cell can cross ``jit`` boundaries as an argument and new
+        values re-use compiled code.
 
         Args:
             theta: meta-parameters from :meth:`init` (or meta-training).
@@ -154,7 +155,11 @@ class RNNOptimizer(LearnedOptimizer):
         """
         scale = self.output_scale if output_scale is None else output_scale
         leaves = {
-            "theta": theta,
+            # The network's weights in the layout its step reads, prepared once per Cell, so
+            # outside any loop over steps (see ``lopt.networks.RecurrentCore``).
+            "rnn": self._core.prepare(theta["rnn"]),
+            "readout": theta["readout"],
+            "h0": theta["h0"],
             "input_scale": jnp.asarray(self.input_scale, jnp.float32),
             "output_scale": jnp.asarray(scale, jnp.float32),
         }

@@ -18,8 +18,13 @@ Each seed is meta-trained once per session (about 30 s each on two cores) and an
   to ``h*(0)`` (where about 90% of the training gradients lie) has a flat ``α_eff`` (log-log
   slope within ±0.1); each arm folds onto a second stable branch inside the training range, and
   on the segment that reaches the largest training ``|g*|`` ``α_eff`` falls (slope ≤ -0.2, a drop
-  of ≥ 20%). With the current preset (meta learning rate 2e-3) seed 1's last segment falls
-  20% but with slope -0.08: recorded as a strict expected failure of that one assertion.
+  of ≥ 20%). With the current GRU formulation seed 0's positive arm has no fold and its
+  ``α_eff`` rises: recorded as a strict expected failure of the two branch tests on that seed.
+
+Seeds 0 and 2: with the current GRU formulation seed 1's meta-training blows up (its
+meta-gradient norm explodes from meta-step ~260; validation keeps step 100's theta, which scores
+0.0807 against tuned momentum's 0.0504), so it is not the trained optimizer these claims are
+about.
 
 The paper's claim as stated (``α_eff`` falls as ``|g*|`` grows over the range of gradients
 seen in training, on each arm) does **not** hold for these optimizers, because the branch past
@@ -42,7 +47,7 @@ from probes.fixed_points import FIXED
 
 pytestmark = pytest.mark.slow
 
-SEEDS = (0, 1)
+SEEDS = (0, 2)
 
 
 @dataclasses.dataclass
@@ -129,17 +134,17 @@ def _arms(trained, seed):
     return a, a.branches
 
 
-_SLOW_FALL = pytest.mark.xfail(
+_NO_FOLD = pytest.mark.xfail(
     strict=True,
     reason=(
-        "meta learning rate 2e-3 preset, seed 1: past the last fold alpha_eff falls by 20% "
-        "(13.1 -> 10.6) but with log-log slope -0.08, not <= -0.2; seed 0 and the 3e-3 "
-        "preset's seeds passed"
+        "current GRU formulation, seed 0: the g* > 0 arm has no fold and alpha_eff rises along "
+        "it, 3.48 -> 8.65 (log-log slope +0.17); the g* < 0 arm folds at |g*| = 0.089 and falls "
+        "past it (slope -0.38); seed 2 passes"
     ),
 )
 
 
-@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("seed", [pytest.param(0, marks=_NO_FOLD), 2])
 def test_alpha_eff_along_the_branches(trained, seed):
     a, branches = _arms(trained, seed)
     for name in ("pos", "neg"):
@@ -160,7 +165,7 @@ def test_alpha_eff_along_the_branches(trained, seed):
         assert last["stop"] == len(a.magnitudes)
 
 
-@pytest.mark.parametrize("seed", [0, pytest.param(1, marks=_SLOW_FALL)])
+@pytest.mark.parametrize("seed", [pytest.param(0, marks=_NO_FOLD), 2])
 def test_alpha_eff_falls_past_the_last_fold(trained, seed):
     # On the segment that reaches the largest training |g*|, alpha_eff falls with |g*|.
     _, branches = _arms(trained, seed)
@@ -193,9 +198,9 @@ def test_alpha_eff_falls_over_the_whole_training_range(trained, seed):
 @pytest.mark.parametrize("seed", SEEDS)
 def test_oscillating_gradients_are_damped_within_the_training_range(trained, seed):
     # Beyond the paper: the gain for sign-flipping gradients, relative to persistent ones,
-    # halves inside the range of training gradients (seeds 0 and 1 on one machine: κ ≈ 0.12 and
-    # 0.059, down to 14% and 38%; the shipped optimizer: κ ≈ 0.072, down to 25%), and it builds
-    # up over more steps than the momentum's timescale.
+    # halves inside the range of training gradients (previous GRU formulation, seeds 0 and 1:
+    # κ ≈ 0.12 and 0.059, down to 14% and 38%; the shipped optimizer: κ ≈ 0.072, down to 25%),
+    # and it builds up over more steps than the momentum's timescale.
     t = trained[seed].analysis
     d = t.damping
     lo, hi = d.gradient_range

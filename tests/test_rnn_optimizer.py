@@ -9,6 +9,7 @@ import pytest
 
 import lopt
 import tasks
+from lopt import networks
 
 H = 6
 
@@ -101,10 +102,18 @@ def test_optimizer_is_the_cell_adapter_of_the_cell():
     np.testing.assert_array_equal(sa.hidden, sb.hidden)
     assert isinstance(sa, lopt.CellOptimizerState)
     np.testing.assert_array_equal(optax.tree.get(sa, "hidden"), sa.hidden)
-    # The Cell's leaves are theta plus the two scales (so it crosses jit as an argument).
+    # The Cell's leaves are theta (the GRU's three weight arrays split by gate group into
+    # six) plus the two scales, so it crosses jit as an argument.
     cell = opt.cell(theta)
-    assert len(jax.tree.leaves(cell.step)) == len(jax.tree.leaves(theta)) + 2
+    assert len(jax.tree.leaves(cell.step)) == len(jax.tree.leaves(theta)) + 3 + 2
     np.testing.assert_array_equal(cell.init_state(), theta["h0"])
+    # A new theta re-uses the compiled step.
+    step = jax.jit(lambda c, h, g: c.step(h, g))
+    h, g = jnp.zeros(H), jnp.asarray(0.5)
+    step(cell, h, g)
+    other = jax.tree.map(lambda x: x + 1.0, theta)
+    np.testing.assert_allclose(step(opt.cell(other), h, g), opt.cell(other).step(h, g), rtol=1e-6)
+    assert step._cache_size() == 1
 
 
 def test_gru256_has_about_199k_meta_parameters():
@@ -265,3 +274,14 @@ def test_small_random_gru_stays_finite_on_linear_regression():
     losses = lopt.evaluate(opt.optimizer(theta), FAMILY, jax.random.key(3), num_problems=8)
     assert losses.shape == (8, 60) and np.all(np.isfinite(losses))
     assert not np.allclose(losses[:, -1], losses[:, 0])  # it moved
+
+
+@pytest.mark.parametrize("cell", ["gru", "lstm", "vanilla"])
+def test_core_step_on_prepared_weights_is_apply(cell):
+    core = networks.recurrent_core(cell, H, 2)
+    params = core.init(jax.random.key(0))
+    state = jax.random.normal(jax.random.key(1), (core.state_size,))
+    x = jnp.array([0.3, -1.2])
+    np.testing.assert_array_equal(
+        core.step(core.prepare(params), state, x), core.apply(params, state, x)
+    )
