@@ -230,9 +230,19 @@ def _add_meta_train(sub: argparse._SubParsersAction) -> None:
         help="leave out problems whose meta-gradient exceeds KAPPA x the median problem's "
         "(>= 1; full_bptt/tbptt; 'none' turns a preset's off)",
     )
+    p.add_argument(
+        "--save-products",
+        choices=sorted(_SAVE_PRODUCTS),
+        help="keep the learned optimizer's matrix products for the backward pass (on: a "
+        "quarter fewer GRU FLOPs, more memory), recompute them (off), or decide by memory "
+        "(auto, the default: lopt.meta_train.PRODUCT_BUDGET)",
+    )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_meta_train)
+
+
+_SAVE_PRODUCTS = {"auto": None, "on": True, "off": False}
 
 
 def _cmd_meta_train(args: argparse.Namespace) -> int:
@@ -249,10 +259,12 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
     if args.resume:
         if not has_state:
             raise ValueError(f"{out}: nothing to resume (no state.npz); start without --resume")
-        if args.outlier_threshold is not None:
-            raise ValueError(
-                "--outlier-threshold cannot change on --resume (the run keeps its own)"
-            )
+        for flag, value in (
+            ("--outlier-threshold", args.outlier_threshold),
+            ("--save-products", args.save_products),
+        ):
+            if value is not None:
+                raise ValueError(f"{flag} cannot change on --resume (the run keeps its own)")
         cfg = read_json(os.path.join(out, "config.json"))
         opt = from_config(cfg["optimizer"])
         family = tasks.get(cfg["task"]["name"], **cfg["task"].get("settings", {}))
@@ -284,6 +296,8 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
         )
     elif args.estimator in ("es", "pes"):
         changes["outlier_threshold"] = None  # a preset's threshold applies to gradients only
+    if args.save_products is not None:
+        changes["save_products"] = _SAVE_PRODUCTS[args.save_products]
     config = dataclasses.replace(config, **changes)
     if args.estimator and args.truncation is None:
         config = dataclasses.replace(config, truncation=None)

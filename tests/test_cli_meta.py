@@ -42,6 +42,9 @@ def test_meta_train_and_resume_through_the_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):  # the run keeps its own threshold
         main(["meta-train", "--out", out, "--resume", "--outlier-threshold", "10", "--quiet"])
     assert "cannot change on --resume" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # and its own choice of stored products
+        main(["meta-train", "--out", out, "--resume", "--save-products", "off", "--quiet"])
+    assert "--save-products cannot change on --resume" in capsys.readouterr().err
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert rows[-1]["step"] == 3
     # A threshold given on the command line reaches config.json; 'none' turns the paper
@@ -58,6 +61,14 @@ def test_meta_train_and_resume_through_the_cli(tmp_path, capsys):
         with mock.patch("lopt.meta_train.meta_train", side_effect=_record_config):
             assert main(argv) == 0
         assert _record_config.last.outlier_threshold == want, (flag, preset_name)
+    # --save-products reaches the config: on / off / auto (None, the default's decision).
+    for flag, want in (("on", True), ("off", False), ("auto", None), (None, None)):
+        run = str(tmp_path / f"s{flag}")
+        argv = ["meta-train", "--task", "linear_regression", "--out", run, "--steps", "1"]
+        argv += ["--quiet"] + ([] if flag is None else ["--save-products", flag])
+        with mock.patch("lopt.meta_train.meta_train", side_effect=_record_config):
+            assert main(argv) == 0
+        assert _record_config.last.save_products is want, flag
     # A second fresh start into the same directory would overwrite the run: refused.
     with pytest.raises(SystemExit) as e:
         main(["meta-train", "--task", "linear_regression", "--out", out, "--steps", "2"])
@@ -83,6 +94,10 @@ def test_meta_train_and_resume_through_the_cli(tmp_path, capsys):
         (
             ["meta-train", "--task", "linear_regression", "--out", "X", "--outlier-threshold", "x"],
             "expected a number or 'none'",
+        ),
+        (
+            ["meta-train", "--task", "linear_regression", "--out", "X", "--save-products", "yes"],
+            "invalid choice: 'yes'",
         ),
     ],
 )
