@@ -678,6 +678,27 @@ def _loss_section(b: _Builder, res: dict | None, distill: Mapping | None) -> dic
     return {"figures": figs}
 
 
+def _mechanism_section(
+    key: str,
+    title: str,
+    result: Mapping,
+    lead: str,
+    nums: list,
+    figs: list,
+    notes: Sequence[str] = (),
+) -> dict:
+    """One mechanism's section of the page: its detector's verdict, numbers and figures."""
+    return {
+        "id": key,
+        "title": title,
+        "detected": bool(result.get("detected")),
+        "lead": lead,
+        "numbers": nums,
+        "figures": figs,
+        "notes": list(notes),
+    }
+
+
 def _momentum_section(b: _Builder, a: Mapping, ev: Mapping | None, res: dict | None) -> dict:
     m = a.get("momentum") or {}
     source = a.get("source")
@@ -872,15 +893,7 @@ def _momentum_section(b: _Builder, a: Mapping, ev: Mapping | None, res: dict | N
         else "The response of the update to a single gradient impulse, fitted with exponential "
         "modes: each mode is a heavy-ball momentum term with decay β and learning rate α. "
     )
-    return {
-        "id": "momentum",
-        "title": "Momentum",
-        "detected": bool(m.get("detected")),
-        "lead": lead,
-        "numbers": nums,
-        "figures": figs,
-        "notes": [],
-    }
+    return _mechanism_section("momentum", "Momentum", m, lead, nums, figs)
 
 
 def _clipping_section(b: _Builder, a: Mapping) -> dict:
@@ -946,15 +959,7 @@ def _clipping_section(b: _Builder, a: Mapping) -> dict:
         "Clipping is read from the update function at the initial state, U(h0, g): its "
         "slope at large |g| falls well below its slope at g = 0 (METHOD.md §5.5)."
     )
-    return {
-        "id": "clipping",
-        "title": "Gradient clipping",
-        "detected": bool(c.get("detected")),
-        "lead": lead,
-        "numbers": nums,
-        "figures": figs,
-        "notes": [],
-    }
+    return _mechanism_section("clipping", "Gradient clipping", c, lead, nums, figs)
 
 
 def _schedule_section(b: _Builder, a: Mapping) -> dict:
@@ -987,15 +992,7 @@ def _schedule_section(b: _Builder, a: Mapping) -> dict:
         "A schedule is read along the autonomous dynamics h_{t+1} = F(h_t, 0): how the "
         "optimizer's learning rate changes with time alone (METHOD.md §5.6)."
     )
-    return {
-        "id": "schedule",
-        "title": "Learning-rate schedule",
-        "detected": bool(s.get("detected")),
-        "lead": lead,
-        "numbers": nums,
-        "figures": figs,
-        "notes": [],
-    }
+    return _mechanism_section("schedule", "Learning-rate schedule", s, lead, nums, figs)
 
 
 def _damping_section(b: _Builder, a: Mapping) -> dict | None:
@@ -1076,15 +1073,7 @@ def _damping_section(b: _Builder, a: Mapping) -> dict | None:
         "than on gradients that persist (flat directions)? Damping of this kind lets it use a "
         "learning rate above the linear stability limit of its stiffest directions."
     )
-    return {
-        "id": "damping",
-        "title": "Oscillation damping",
-        "detected": bool(d.get("detected")),
-        "lead": lead,
-        "numbers": nums,
-        "figures": figs,
-        "notes": [],
-    }
+    return _mechanism_section("damping", "Oscillation damping", d, lead, nums, figs)
 
 
 _ADAPT_KNOWN = {
@@ -1270,15 +1259,7 @@ def _adaptation_section(b: _Builder, a: Mapping, ev: Mapping | None) -> dict:
         "Adaptation is read at the steady states h*(g*) of constant gradients: does the "
         "effective learning rate fall as |g*| grows, as in RMSProp (METHOD.md §5.7)?"
     )
-    return {
-        "id": "adaptation",
-        "title": "Learning-rate adaptation",
-        "detected": bool(d.get("detected")),
-        "lead": lead,
-        "numbers": nums,
-        "figures": figs,
-        "notes": notes,
-    }
+    return _mechanism_section("adaptation", "Learning-rate adaptation", d, lead, nums, figs, notes)
 
 
 def _short(v: Any) -> str:
