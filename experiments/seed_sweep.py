@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib
 import json
 import time
 
@@ -28,6 +27,7 @@ import numpy as np
 
 import tasks
 from lopt.compare import DEFAULT_BASELINES, paired, per_problem_metric, tune_baselines
+from lopt.meta_train import meta_train
 from lopt.presets import preset
 from lopt.rnn import RNNOptimizer
 from lopt.tune import heldout_key
@@ -64,7 +64,6 @@ def main() -> None:
         "--config", type=json.loads, default={}, help="MetaTrainConfig overrides as JSON"
     )
     args = parser.parse_args()
-    meta_train = importlib.import_module("lopt.meta_train").meta_train
 
     p = preset(args.task, args.preset)
     family = tasks.get(args.task, **p.task_settings)
