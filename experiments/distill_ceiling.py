@@ -14,7 +14,10 @@ Chain families searched (each of the first three a sub-family of the next):
   ``w(t) = 1 − (1 − w₀)e^{−t/τ}``;
 * ``damping+clip+momentum+warm-up``: ``damp_oscillations(κ, ρ)`` in front of the previous;
 * ``clip+momentum+warm-up+damping``: the same with ``damp_oscillations`` last, acting on the
-  update instead of the gradient.
+  update instead of the gradient;
+* ``damping+clip+rms+momentum+warm-up``: learning-rate adaptation added to the third family,
+  ``optax.scale_by_rms(ρ₂, ε)`` between the clip and the momentum, the learning rate times
+  ``√ε`` so that ``α`` stays the small-gradient rate.
 
 Search: ``--candidates`` log-uniform draws over wide ranges (not centred on the probed numbers),
 each scored on 32 training problems; the best 32 are re-scored on 128 other training problems;
@@ -59,12 +62,16 @@ RANGES = {
     "warmup_steps": (0.5, 60.0, True),
     "kappa": (0.003, 30.0, True),
     "decay": (0.0, 0.999, False),
+    "rms_decay": (0.0, 0.999, False),
+    "eps": (1e-6, 10.0, True),
 }
+_DAMPED = ("alpha", "beta", "clip", "warmup_start", "warmup_steps", "kappa", "decay")
 FAMILIES = {
     "momentum": ("alpha", "beta"),
     "clip+momentum+warm-up": ("alpha", "beta", "clip", "warmup_start", "warmup_steps"),
-    "damping+clip+momentum+warm-up": tuple(RANGES),
-    "clip+momentum+warm-up+damping": tuple(RANGES),
+    "damping+clip+momentum+warm-up": _DAMPED,
+    "clip+momentum+warm-up+damping": _DAMPED,
+    "damping+clip+rms+momentum+warm-up": (*_DAMPED, "rms_decay", "eps"),
 }
 KNOTS = (0, 1, 2, 3, 5, 8, 12, 18, 27, 40, 60, 90, 135, 200)
 
@@ -79,8 +86,13 @@ def chain(p: dict, family: str) -> list[dict]:
         out.append(damp)
     if "clip" in names:
         out.append({"transform": "soft_clip", "scale": p["clip"]})
+    lr = p["alpha"]
+    if "eps" in names:
+        # RMS normalisation; the learning rate times √ε keeps the small-gradient rate at α
+        out.append({"transform": "scale_by_rms", "decay": p["rms_decay"], "eps": p["eps"]})
+        lr = lr * jnp.sqrt(p["eps"])
     out.append({"transform": "trace", "decay": p["beta"]})
-    entry = {"transform": "scale_by_learning_rate", "learning_rate": p["alpha"]}
+    entry = {"transform": "scale_by_learning_rate", "learning_rate": lr}
     if "warmup_start" in names:
         t = jnp.asarray(KNOTS, jnp.float32)
         w = 1.0 - (1.0 - p["warmup_start"]) * jnp.exp(-t / p["warmup_steps"])
@@ -158,6 +170,13 @@ def main() -> None:
     ap.add_argument("--candidates", type=int, default=20000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument(
+        "--families",
+        nargs="+",
+        choices=tuple(FAMILIES),
+        default=tuple(FAMILIES),
+        help="chain families to search (default: all)",
+    )
     args = ap.parse_args()
 
     cfg = rundir.read_json(args.run / "config.json")
@@ -185,7 +204,7 @@ def main() -> None:
     }
     out["learned"] = float(learned.mean())
     out["best_baseline"] = {"name": best, "metric": float(base.mean())}
-    for family in FAMILIES:
+    for family in args.families:
         t0 = time.time()
         found = search(task_family, horizon, family, args.candidates, args.seed, args.rounds)
         per = heldout(distill.build_chain(chain(found["numbers"], family)))
