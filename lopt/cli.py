@@ -383,6 +383,11 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--no-retune", action="store_true", help="skip the re-tuned variant (global factors)"
     )
+    p.add_argument(
+        "--no-identify",
+        action="store_true",
+        help="skip the identified variant (numbers fitted to the learned optimizer's updates)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_distill)
 
@@ -392,7 +397,12 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
     if not os.path.isdir(args.run):
         raise FileNotFoundError(f"no run directory {args.run}")
-    result = distill_run(args.run, retune=not args.no_retune, progress=not args.quiet)
+    result = distill_run(
+        args.run,
+        retune=not args.no_retune,
+        identify=not args.no_identify,
+        progress=not args.quiet,
+    )
     print(format_report(result))
     print(f"wrote {os.path.join(args.run, 'distill.json')}")
     return 0

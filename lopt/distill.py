@@ -660,6 +660,288 @@ def scaled_chain(chain: Sequence[Mapping[str, Any]], factors: Mapping[str, float
     return out
 
 
+# ----------------------------------------------------------------------------- identification
+
+#: How :func:`identify_chain` treats each number of a chain entry: fitted in log space (positive
+#: numbers) or through a logistic (decays in (0, 1)).
+_FREE_FIELDS = {
+    "scale": "log",
+    "max_delta": "log",
+    "learning_rate": "log",
+    "eps": "log",
+    "decay": "logit",
+}
+#: Identification settings: problems per round, rounds, Levenberg-Marquardt iterations per fit,
+#: coordinates kept per problem, and the base key ``fold_in(key(0), IDENTIFY_KEY)`` (neither a
+#: tuning key nor the held-out key).
+IDENTIFY_PROBLEMS = 64
+IDENTIFY_ROUNDS = 6
+IDENTIFY_STEPS = 40
+IDENTIFY_COORDS = 256
+IDENTIFY_KEY = 2
+#: Validation problems for choosing among the fitted candidates.
+IDENTIFY_VALIDATION = 64
+
+
+def _free_numbers(chain: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
+    """``(entry index, field)`` of each number :func:`identify_chain` fits ("gamma": γ)."""
+    free = []
+    for i, e in enumerate(chain):
+        free += [(i, k) for k in _FREE_FIELDS if isinstance(e.get(k), int | float)]
+        if e.get("schedule") is not None:
+            free.append((i, "gamma"))
+    return free
+
+
+def _encode(chain: Sequence[Mapping[str, Any]], free: list[tuple[int, str]]) -> dict:
+    z = {}
+    for i, k in free:
+        if k == "gamma":
+            z[f"{i}.{k}"] = jnp.float32(1.0)
+        elif _FREE_FIELDS[k] == "log":
+            z[f"{i}.{k}"] = jnp.float32(math.log(max(float(chain[i][k]), 1e-12)))
+        else:
+            v = min(max(float(chain[i][k]), 1e-4), 1.0 - 1e-4)
+            z[f"{i}.{k}"] = jnp.float32(math.log(v / (1.0 - v)))
+    return z
+
+
+def _decode(chain: Sequence[Mapping[str, Any]], free: list[tuple[int, str]], z: Mapping) -> list:
+    """The chain with the numbers ``z`` (may be traced); a schedule's knots raised to ``γ``."""
+    out = [dict(e) for e in chain]
+    for i, k in free:
+        x = z[f"{i}.{k}"]
+        if k == "gamma":
+            s = dict(out[i]["schedule"])
+            s["values"] = [
+                jnp.sign(v) * jnp.abs(jnp.float32(v)) ** x for v in chain[i]["schedule"]["values"]
+            ]
+            out[i]["schedule"] = s
+        else:
+            out[i][k] = jnp.exp(x) if _FREE_FIELDS[k] == "log" else jax.nn.sigmoid(x)
+    return out
+
+
+def _replay(tx: optax.GradientTransformationExtraArgs, seq: Mapping[str, jax.Array]) -> jax.Array:
+    """``tx``'s updates, open loop, on one recorded sequence ``{"g", "p", "f"}`` ([T, m])."""
+
+    def body(s, x):
+        u, s = tx.update(x["g"], s, x["p"], value=x["f"])
+        return s, u
+
+    return jax.lax.scan(body, tx.init(seq["p"][0]), seq)[1]
+
+
+def _imitation_error(chain_tx, teacher_u: jax.Array, seqs: Mapping[str, jax.Array]) -> jax.Array:
+    """Per problem: ``Σ(u_chain − u_learned)² / Σ u_learned²`` over steps and coordinates."""
+    u = jax.vmap(lambda s: _replay(chain_tx, s))(seqs)
+    num = jnp.sum((u - teacher_u) ** 2, axis=(1, 2))
+    return num / jnp.maximum(jnp.sum(teacher_u**2, axis=(1, 2)), 1e-30)
+
+
+def identify_chain(
+    chain: Sequence[Mapping[str, Any]],
+    learned: optax.GradientTransformation,
+    family: Any,
+    *,
+    num_steps: int | None = None,
+    rounds: int = IDENTIFY_ROUNDS,
+    num_problems: int = IDENTIFY_PROBLEMS,
+    fit_steps: int = IDENTIFY_STEPS,
+    coords: int = IDENTIFY_COORDS,
+    key: jax.Array | None = None,
+    say: Any = None,
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Fits the chain's numbers to the learned optimizer's *updates* (system identification).
+
+    The structure stays the one the probes detected; every number is refitted: clip and damping
+    scales, decays, the learning rate, and an exponent ``γ`` on the detected schedule's
+    multipliers (``m(t)^γ``: ``γ = 1`` is the probed schedule, ``γ = 0`` none). No loss enters:
+    the target is what the learned optimizer outputs for the gradients the chain sees.
+
+    1. Record the gradients the learned optimizer meets on ``num_problems`` training problems
+       (``coords`` coordinates per problem; both optimizers act coordinate-wise, so replaying a
+       subset is exact), and its updates.
+    2. Fit the numbers (Levenberg-Marquardt in log / logit coordinates) to minimise the
+       imitation error: per problem
+       ``Σ_t,i (u_chain − u_learned)² / Σ_t,i u_learned²`` with the chain replayed open loop on
+       the recorded gradients, averaged over problems.
+    3. Run the fitted chain on fresh problems, record the gradients *it* meets and the learned
+       optimizer's updates for them, add them to the data and refit (DAgger: the chain is then
+       fitted where it actually goes, not only along the learned optimizer's path). Repeat.
+
+    The returned chain is the candidate (the detected numbers or a round's fit) with the lowest
+    imitation error on its own trajectories on ``IDENTIFY_VALIDATION`` other problems.
+
+    Args:
+        chain: the detected chain (:func:`chain_from_analysis`).
+        learned: the learned optimizer.
+        family: the task family.
+        num_steps: updates per problem (default: the family's).
+        rounds: fits (the first on the learned optimizer's trajectories).
+        num_problems: problems per round.
+        fit_steps: Levenberg-Marquardt iterations per fit.
+        coords: coordinates kept per problem.
+        key: base key (default ``fold_in(key(0), IDENTIFY_KEY)``).
+        say: optional progress callback.
+
+    Returns:
+        ``(chain, notes)``: the identified chain (same structure, plain floats) and a record
+        (schedule exponent, per-candidate errors, the selected candidate, settings).
+    """
+    from jax.flatten_util import ravel_pytree
+
+    from lopt.unroll import init_inner, unroll
+
+    num_steps = family.num_steps if num_steps is None else num_steps
+    key = jax.random.fold_in(jax.random.key(0), IDENTIFY_KEY) if key is None else key
+    free = _free_numbers(chain)
+    if not free:
+        return [dict(e) for e in chain], {"note": "the chain has no numbers to fit"}
+    learned = optax.with_extra_args_support(learned)
+    shapes = jax.eval_shape(lambda k: family.init(family.sample(k), k), jax.random.key(0))
+    n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
+    idx = np.unique(np.linspace(0, n - 1, min(n, coords)).round().astype(np.int32))
+
+    def record(tx, keys):
+        tx = optax.with_extra_args_support(tx)
+
+        def pick(r):
+            return {
+                "g": ravel_pytree(r.grads)[0][idx],
+                "p": ravel_pytree(r.params)[0][idx],
+                "f": r.loss,
+            }
+
+        def one(k):
+            return unroll(tx, family, init_inner(tx, family, k), num_steps, record=pick)[1]
+
+        seqs = jax.vmap(one)(keys)
+        teacher = jax.vmap(lambda s: _replay(learned, s))(seqs)
+        finite = jnp.all(jnp.isfinite(seqs["g"]), (1, 2)) & jnp.all(jnp.isfinite(teacher), (1, 2))
+        finite &= jnp.all(jnp.isfinite(seqs["p"]), (1, 2)) & jnp.isfinite(seqs["f"]).all(1)
+        # a problem on which the learned optimizer makes no update has nothing to imitate
+        return seqs, teacher, finite & (jnp.sum(teacher**2, (1, 2)) > 0)
+
+    @jax.jit
+    def record_chain(z, keys):
+        return record(build_chain(_decode(chain, free, unravel(z))), keys)
+
+    z_flat, unravel = ravel_pytree(_encode(chain, free))
+
+    @jax.jit
+    def fit(x, seqs, teacher, weight):
+        # Levenberg-Marquardt on the residuals (u_chain − u_learned)·√(w_p / Σu_learned²): a
+        # handful of numbers and many residuals, often ill-conditioned (β and α trade off), where
+        # first-order steps crawl. Normal equations are accumulated problem by problem.
+        w = weight / jnp.maximum(jnp.sum(teacher**2, (1, 2)), 1e-30) / jnp.sum(weight)
+
+        def resid(x, seq, target, wp):
+            u = _replay(build_chain(_decode(chain, free, unravel(x))), seq)
+            return ((u - target) * jnp.sqrt(wp)).reshape(-1)
+
+        def normal(x):
+            def one(a):
+                r = resid(x, *a)
+                jac = jax.jacfwd(resid)(x, *a)
+                return jac.T @ jac, jac.T @ r, r @ r
+
+            jj, jr, rr = jax.lax.map(one, (seqs, teacher, w), batch_size=16)
+            return jj.sum(0), jr.sum(0), rr.sum()
+
+        def value(x):
+            return jax.lax.map(lambda a: jnp.sum(resid(x, *a) ** 2), (seqs, teacher, w)).sum()
+
+        def step(carry, _):
+            x, lam = carry
+            jj, jr, f = normal(x)
+            damp = lam * (jnp.diag(jnp.diag(jj)) + 1e-12 * jnp.eye(x.size))
+            # at most one unit per number and iteration (a factor e, or a logit unit): a
+            # trust region that keeps a decay from jumping into its logistic's flat tail
+            cand = x - jnp.clip(jnp.linalg.solve(jj + damp, jr), -1.0, 1.0)
+            f_new = value(cand)
+            ok = jnp.isfinite(f_new) & (f_new < f)
+            return (jnp.where(ok, cand, x), jnp.where(ok, lam / 3.0, lam * 3.0)), f
+
+        (x, _), _ = jax.lax.scan(step, (x, jnp.float32(1.0)), length=fit_steps)
+        return x, value(x)
+
+    def keys(i, count=num_problems):
+        return jax.random.split(jax.random.fold_in(key, i), count)
+
+    val_keys = keys(10_000, IDENTIFY_VALIDATION)
+
+    @jax.jit
+    def chain_error(z, teacher, seqs):
+        return _imitation_error(build_chain(_decode(chain, free, unravel(z))), teacher, seqs)
+
+    def validate(z):
+        seqs, teacher, finite = record_chain(z, val_keys)
+        err = np.asarray(chain_error(z, teacher, seqs))
+        ok = bool(np.all(np.asarray(finite))) and bool(np.all(np.isfinite(err)))
+        return float(np.mean(err)) if ok else math.inf
+
+    data = [jax.jit(lambda k: record(learned, k))(keys(0))]
+    if not bool(jnp.any(data[0][2])):
+        return [dict(e) for e in chain], {
+            "note": "the learned optimizer makes no finite, non-zero update on the recorded "
+            "problems: nothing to identify (numbers left as detected)"
+        }
+    z = z_flat
+    candidates = [(z, math.nan, validate(z))]
+    for r in range(rounds):
+        seqs = jax.tree.map(lambda *x: jnp.concatenate(x), *[d[0] for d in data])
+        teacher = jnp.concatenate([d[1] for d in data])
+        weight = jnp.concatenate([d[2] for d in data]).astype(jnp.float32)
+        if float(jnp.sum(weight)) == 0.0:
+            break
+        seqs = jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), seqs)
+        teacher = jnp.where(jnp.isfinite(teacher), teacher, 0.0)
+        z, train_err = fit(z, seqs, teacher, weight)
+        if not bool(jnp.all(jnp.isfinite(z))):
+            break
+        candidates.append((z, float(train_err), validate(z)))
+        if say:
+            say(
+                f"identification round {r + 1}/{rounds}: imitation error {float(train_err):.4f} "
+                f"(fit), {candidates[-1][2]:.4f} (own trajectories, validation)"
+            )
+        if r + 1 < rounds:
+            data.append(record_chain(z, keys(r + 1)))
+    best = int(np.argmin([c[2] for c in candidates]))
+    zb = unravel(candidates[best][0])
+    fitted = [_plain_entry(e) for e in _decode(chain, free, zb)]
+    gamma = {f"{i}": float(zb[f"{i}.gamma"]) for i, k in free if k == "gamma"}
+    notes = {
+        "method": "numbers fitted to the learned optimizer's updates on the gradients the chain "
+        "meets (DAgger rounds); no loss is used",
+        "schedule_exponent": gamma,
+        "candidates": [
+            {"round": i, "fit_error": c[1], "validation_error": c[2]}
+            for i, c in enumerate(candidates)
+        ],
+        "selected_round": best,
+        "rounds": rounds,
+        "num_problems": num_problems,
+        "validation_problems": IDENTIFY_VALIDATION,
+        "coords": int(idx.size),
+        "fit_steps": fit_steps,
+        "key": f"fold_in(key(0), {IDENTIFY_KEY})",
+    }
+    return fitted, notes
+
+
+def _plain_entry(e: Mapping[str, Any]) -> dict[str, Any]:
+    out = {}
+    for k, v in e.items():
+        if k == "schedule" and isinstance(v, Mapping):
+            v = {**v, "values": [float(x) for x in v["values"]]}
+        elif isinstance(v, jax.Array | np.ndarray | np.floating):
+            v = float(v)
+        out[k] = v
+    return out
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -716,6 +998,7 @@ def fraction_report(
     baseline: np.ndarray,
     distilled: np.ndarray,
     distilled_retuned: np.ndarray | None = None,
+    distilled_identified: np.ndarray | None = None,
 ) -> dict[str, Any]:
     """Gain of the learned optimizer over the baseline, its significance, recovered fractions.
 
@@ -731,6 +1014,7 @@ def fraction_report(
             "significant": False,
             "fraction": None,
             "fraction_retuned": None,
+            "fraction_identified": None,
             "reason": "non-finite metrics (a diverged run): the gain is undefined",
         }
     mean, sem = _mean_sem(d)
@@ -739,6 +1023,7 @@ def fraction_report(
         out.update(
             fraction=None,
             fraction_retuned=None,
+            fraction_identified=None,
             reason=f"the learned optimizer's gain over the best baseline ({mean:.3g} ± "
             f"{sem:.2g}) is not above 2 s.e.m. of the paired difference",
         )
@@ -746,6 +1031,9 @@ def fraction_report(
     out["fraction"] = recovered_fraction(L, B, distilled)
     out["fraction_retuned"] = (
         None if distilled_retuned is None else recovered_fraction(L, B, distilled_retuned)
+    )
+    out["fraction_identified"] = (
+        None if distilled_identified is None else recovered_fraction(L, B, distilled_identified)
     )
     out["reason"] = None if out["fraction"] is not None else "the distilled chain diverged"
     return out
@@ -760,8 +1048,13 @@ class Distillation:
         tx: the optax transformation.
         chain_retuned: the re-tuned chain (same structure) or ``None``.
         tx_retuned: its transformation or ``None``.
-        results: ``learned``, ``best_baseline``, ``distilled``, ``distilled_retuned``.
-        gain, significant, fraction, fraction_retuned, reason: see :func:`fraction_report`.
+        chain_identified: the chain with its numbers identified from the learned optimizer's
+            updates (:func:`identify_chain`; same structure) or ``None``.
+        tx_identified: its transformation or ``None``.
+        results: ``learned``, ``best_baseline``, ``distilled``, ``distilled_retuned``,
+            ``distilled_identified``.
+        gain, significant, fraction, fraction_retuned, fraction_identified, reason: see
+            :func:`fraction_report`.
         curves: per-step mean and s.e.m. of ``f_t/f_0`` for the distilled chains.
         notes: how the numbers were derived, the re-tuning grid, evaluation settings.
     """
@@ -770,11 +1063,14 @@ class Distillation:
     tx: optax.GradientTransformation
     chain_retuned: list[dict[str, Any]] | None = None
     tx_retuned: optax.GradientTransformation | None = None
+    chain_identified: list[dict[str, Any]] | None = None
+    tx_identified: optax.GradientTransformation | None = None
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
     gain: dict[str, float] | None = None
     significant: bool = False
     fraction: dict[str, Any] | None = None
     fraction_retuned: dict[str, Any] | None = None
+    fraction_identified: dict[str, Any] | None = None
     reason: str | None = None
     curves: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
@@ -791,11 +1087,16 @@ class Distillation:
             "optax_code_retuned": None
             if self.chain_retuned is None
             else chain_code(self.chain_retuned),
+            "chain_identified": self.chain_identified,
+            "optax_code_identified": None
+            if self.chain_identified is None
+            else chain_code(self.chain_identified),
             "results": self.results,
             "gain": self.gain,
             "significant": self.significant,
             "fraction": self.fraction,
             "fraction_retuned": self.fraction_retuned,
+            "fraction_identified": self.fraction_identified,
             "reason": self.reason,
             "curves": self.curves,
             "notes": self.notes,
@@ -828,21 +1129,25 @@ def _summary(losses: np.ndarray) -> tuple[dict[str, Any], dict[str, Any], np.nda
     return metric, curve, per_problem_metric(losses)
 
 
-def distill(run_dir: str | Path, *, retune: bool = True, progress: bool = True) -> Distillation:
+def distill(
+    run_dir: str | Path, *, retune: bool = True, identify: bool = True, progress: bool = True
+) -> Distillation:
     """Distils a run's learned optimizer into an optax chain and evaluates it.
 
     Reads ``RUN/analysis.json`` (computed with ``probes analyze`` if missing) and
     ``RUN/eval.json`` (computed with :func:`lopt.compare.evaluate_run` if missing), builds the
     chain (:func:`chain_from_analysis`), optionally re-tunes its global learning-rate and clip
     factors on training problems (:func:`retune_chain`; the tuning key of the momentum baseline in
-    :func:`lopt.compare.tune_baselines`), and evaluates the learned optimizer, the best tuned
-    baseline of ``eval.json`` (with its recorded hyperparameters) and the chains on the same
-    held-out problems as ``eval.json`` (:func:`lopt.heldout_key`, its number of problems, its
-    horizon).
+    :func:`lopt.compare.tune_baselines`), optionally identifies its numbers from the learned
+    optimizer's updates (:func:`identify_chain`; no loss involved), and evaluates the learned
+    optimizer, the best tuned baseline of ``eval.json`` (with its recorded hyperparameters) and
+    the chains on the same held-out problems as ``eval.json`` (:func:`lopt.heldout_key`, its
+    number of problems, its horizon).
 
     Args:
         run_dir: the run directory.
         retune: also report the re-tuned variant.
+        identify: also report the identified variant.
         progress: print progress lines to stderr.
 
     Returns:
@@ -912,10 +1217,19 @@ def distill(run_dir: str | Path, *, retune: bool = True, progress: bool = True) 
         }
 
     opt, theta, _ = load(run / "theta.npz")
+    chain_id = tx_id = None
+    if identify:
+        say("identifying the chain's numbers from the learned optimizer's updates")
+        chain_id, notes["identify"] = identify_chain(
+            chain, opt.optimizer(theta), family, num_steps=horizon, say=say
+        )
+        tx_id = build_chain(chain_id)
     key = heldout_key()
     optimizers = {"learned": opt.optimizer(theta), best: baseline(best, **best_hp), "distilled": tx}
     if tx_rt is not None:
         optimizers["distilled_retuned"] = tx_rt
+    if tx_id is not None:
+        optimizers["distilled_identified"] = tx_id
     metrics, curves, per = {}, {}, {}
     for name, t in optimizers.items():
         say(f"evaluating {name} on {num_problems} held-out problems, {horizon} steps")
@@ -930,14 +1244,21 @@ def distill(run_dir: str | Path, *, retune: bool = True, progress: bool = True) 
             f"warning: learned metric {metrics['learned']['metric']:.5g} differs from "
             f"eval.json's {recorded:.5g}"
         )
-    rep = fraction_report(per["learned"], per[best], per["distilled"], per.get("distilled_retuned"))
+    rep = fraction_report(
+        per["learned"],
+        per[best],
+        per["distilled"],
+        per.get("distilled_retuned"),
+        per.get("distilled_identified"),
+    )
     results = {
         "learned": metrics["learned"],
         "best_baseline": {"name": best, **metrics[best], "hyperparameters": best_hp},
         "distilled": metrics["distilled"],
         "distilled_retuned": metrics.get("distilled_retuned"),
+        "distilled_identified": metrics.get("distilled_identified"),
     }
-    for name in ("distilled", "distilled_retuned"):
+    for name in ("distilled", "distilled_retuned", "distilled_identified"):
         if name in per:
             d = per[best] - per[name]
             results[name]["vs_best_baseline"] = (
@@ -956,6 +1277,10 @@ def distill(run_dir: str | Path, *, retune: bool = True, progress: bool = True) 
             f"{k}_factor": v for k, v in notes["retune"]["factors"].items()
         }
         results["distilled_retuned"]["label"] = "re-tuned on training problems (not held-out)"
+    if tx_id is not None:
+        results["distilled_identified"]["label"] = (
+            "numbers fitted to the learned optimizer's updates; no loss used"
+        )
     notes["evaluation"] = {
         "key": "lopt.heldout_key()",
         "num_problems": num_problems,
@@ -967,20 +1292,29 @@ def distill(run_dir: str | Path, *, retune: bool = True, progress: bool = True) 
         tx=tx,
         chain_retuned=chain_rt,
         tx_retuned=tx_rt,
+        chain_identified=chain_id,
+        tx_identified=tx_id,
         results=results,
         gain=rep["gain"],
         significant=rep["significant"],
         fraction=rep["fraction"],
         fraction_retuned=rep["fraction_retuned"],
+        fraction_identified=rep["fraction_identified"],
         reason=rep["reason"],
-        curves={k: curves[k] for k in ("distilled", "distilled_retuned") if k in curves},
+        curves={
+            k: curves[k]
+            for k in ("distilled", "distilled_retuned", "distilled_identified")
+            if k in curves
+        },
         notes=notes,
     )
 
 
-def distill_run(run: str | Path, *, retune: bool = True, progress: bool = True) -> dict[str, Any]:
+def distill_run(
+    run: str | Path, *, retune: bool = True, identify: bool = True, progress: bool = True
+) -> dict[str, Any]:
     """:func:`distill` and write ``RUN/distill.json`` atomically; returns the written dict."""
-    result = distill(run, retune=retune, progress=progress).to_json()
+    result = distill(run, retune=retune, identify=identify, progress=progress).to_json()
     rundir.write_json(Path(run) / "distill.json", result)
     return result
 
@@ -1007,6 +1341,8 @@ def format_report(result: Mapping[str, Any]) -> str:
     ]
     if r.get("distilled_retuned"):
         rows.append(("distilled, re-tuned", r["distilled_retuned"]))
+    if r.get("distilled_identified"):
+        rows.append(("distilled, identified", r["distilled_identified"]))
     for name, s in rows:
         m = "inf" if s["metric"] is None else f"{s['metric']:.4f}"
         e = "-" if s["sem"] is None else f"{s['sem']:.4f}"
@@ -1016,13 +1352,22 @@ def format_report(result: Mapping[str, Any]) -> str:
     if r.get("distilled_retuned"):
         hp = ", ".join(f"{k}={v:.3g}" for k, v in r["distilled_retuned"]["hyperparameters"].items())
         lines.append(f"  re-tuned on training problems: {hp}")
+    if result.get("chain_identified"):
+        lines.append(
+            "  identified (numbers fitted to the learned optimizer's updates, no loss used):"
+        )
+        lines.append(f"    {result['optax_code_identified'][:200]}")
     g = result["gain"]
     if g is not None:
         lines.append(
             f"learned gain over the best baseline: {g['mean']:.4f} ± {g['sem']:.4f} "
             f"({'significant' if result['significant'] else 'not significant'})"
         )
-    for label, key in (("distilled", "fraction"), ("re-tuned", "fraction_retuned")):
+    for label, key in (
+        ("distilled", "fraction"),
+        ("re-tuned", "fraction_retuned"),
+        ("identified", "fraction_identified"),
+    ):
         f = result.get(key)
         if f is not None:
             lines.append(

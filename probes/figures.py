@@ -35,6 +35,7 @@ COLORS: dict[str, str] = {
     "sgd": _CB[5],
     "distilled": _CB[9],
     "distilled_retuned": _CB[7],
+    "distilled_identified": _CB[8],
 }
 #: Accent colours for things that are not optimizers.
 POS, NEG, MARK, GREY = _CB[0], _CB[3], "#222222", "#9a9a9a"

@@ -657,7 +657,9 @@ def _loss_section(b: _Builder, res: dict | None, distill: Mapping | None) -> dic
             for name, c in (distill.get("curves") or {}).items():
                 if isinstance(c, Mapping) and c.get("mean"):
                     key = name if str(name).startswith("distilled") else f"distilled ({name})"
-                    label = key.replace("distilled_retuned", "distilled, re-tuned")
+                    label = key.replace("distilled_retuned", "distilled, re-tuned").replace(
+                        "distilled_identified", "distilled, identified"
+                    )
                     curves[key] = {"mean": c["mean"], "sem": c.get("sem") or [], "label": label}
         if curves:
             mult = f" ({h['multiple']:.0f}× horizon)" if h.get("multiple") else ""
@@ -1307,6 +1309,7 @@ def _distill_section(distill: Mapping | None) -> dict | None:
         ("best_baseline", None),
         ("distilled", "distilled"),
         ("distilled_retuned", "distilled, re-tuned"),
+        ("distilled_identified", "distilled, identified"),
     ):
         r = res.get(key)
         if not isinstance(r, Mapping):
@@ -1354,6 +1357,13 @@ def _distill_section(distill: Mapping | None) -> dict | None:
     )
     if frac_r:
         nums.append(frac_r)
+    frac_i = _fraction_row(
+        "fraction_identified",
+        "fraction recovered with identified numbers",
+        distill.get("fraction_identified"),
+    )
+    if frac_i:
+        nums.append(frac_i)
     if distill.get("reason"):
         notes.append(str(distill["reason"]))
     method = distill.get("fraction") if isinstance(distill.get("fraction"), Mapping) else {}
@@ -1362,13 +1372,17 @@ def _distill_section(distill: Mapping | None) -> dict | None:
     code = [
         ("distilled", distill.get("optax_code")),
         ("re-tuned", distill.get("optax_code_retuned")),
+        ("identified", distill.get("optax_code_identified")),
     ]
     return {
         "id": "distill",
         "title": "Distillation: the mechanisms as a hand-written optimizer",
         "detected": None,
         "lead": "The detected mechanisms composed into an optax chain, evaluated on the same "
-        "held-out problems (written by lopt distill).",
+        "held-out problems (written by lopt distill): with the probed numbers as they are; "
+        "re-tuned (global learning-rate and clip factors chosen on training problems); and "
+        "identified (the same structure with every number fitted to the learned optimizer's "
+        "own updates, no loss used).",
         "chain": _chain_text(distill.get("chain")),
         "code": [(k, c) for k, c in code if c],
         "rows": rows,

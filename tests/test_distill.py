@@ -275,12 +275,15 @@ def test_cli_distill_writes_distill_json(tiny_run, capsys):
     d = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
     assert d["schema"] == "lopt.distill/1"
     assert {"chain", "optax_code", "results", "gain", "significant", "fraction"} <= set(d)
-    assert {"fraction_retuned", "reason", "curves"} <= set(d)
+    assert {"fraction_retuned", "fraction_identified", "reason", "curves"} <= set(d)
     assert [e["transform"] for e in d["chain"]] == ["soft_clip", "trace", "scale_by_learning_rate"]
     r = d["results"]
     assert r["best_baseline"]["name"] == "momentum" and r["distilled_retuned"] is not None
     assert "hyperparameters" in r["distilled_retuned"]
     assert len(d["curves"]["distilled"]["mean"]) == 8
+    # the untrained GRU makes no update: nothing to identify, the detected numbers are kept
+    assert d["chain_identified"] == d["chain"]
+    assert "nothing to identify" in d["notes"]["identify"]["note"]
     assert d["significant"] is False and d["fraction"] is None and "not above" in d["reason"]
     build_chain(d["chain"])  # what a user loads from distill.json trains
 
@@ -305,3 +308,71 @@ def test_cli_distill_missing_run_is_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("lopt: error:") and "\n" not in err and "nope" in err
+
+
+def _schedule(values):
+    return {"steps": list(range(len(values))), "values": list(values), "tail_ratio": 0.0}
+
+
+WARM = [0.3, 0.5, 0.7, 0.85, 1.0]
+
+
+def test_identify_chain_recovers_the_numbers_of_a_chain_teacher():
+    # The "learned" optimizer is itself a chain with known numbers (its schedule the square root
+    # of the detected one, so γ = 0.5); identification starts from other numbers and must find
+    # the teacher's, since the teacher lies inside the fitted family.
+    truth = [
+        {"transform": "damp_oscillations", "scale": 0.3, "decay": 0.9},
+        {"transform": "soft_clip", "scale": 1.0},
+        {"transform": "trace", "decay": 0.8},
+        {
+            "transform": "scale_by_learning_rate",
+            "learning_rate": 0.2,
+            "schedule": _schedule([v**0.5 for v in WARM]),
+        },
+    ]
+    start = [
+        {"transform": "damp_oscillations", "scale": 0.6, "decay": 0.7},
+        {"transform": "soft_clip", "scale": 0.6},
+        {"transform": "trace", "decay": 0.6},
+        {"transform": "scale_by_learning_rate", "learning_rate": 0.1, "schedule": _schedule(WARM)},
+    ]
+    family = tasks.get("linear_regression", dim=3, num_steps=30)
+    chain, notes = lopt.distill.identify_chain(
+        start, build_chain(truth), family, rounds=2, num_problems=16
+    )
+    assert [e["transform"] for e in chain] == [e["transform"] for e in truth]
+    got = [chain[0]["scale"], chain[0]["decay"], chain[1]["scale"], chain[2]["decay"]]
+    got.append(chain[3]["learning_rate"])
+    want = [0.3, 0.9, 1.0, 0.8, 0.2]
+    # the teacher is inside the family, so the fit goes to the float32 floor (~1e-5 measured)
+    np.testing.assert_allclose(got, want, rtol=1e-3)
+    np.testing.assert_allclose(notes["schedule_exponent"]["3"], 0.5, atol=1e-3)
+    np.testing.assert_allclose(
+        chain[3]["schedule"]["values"], truth[3]["schedule"]["values"], rtol=1e-3
+    )
+    assert notes["selected_round"] >= 1 and notes["candidates"][0]["validation_error"] > 0.01
+    assert notes["candidates"][notes["selected_round"]]["validation_error"] < 1e-6
+    json.dumps(chain)  # plain floats: distill.json stays strict JSON
+
+
+def test_identify_chain_starting_from_a_diverging_chain():
+    # The detected numbers diverge in closed loop (learning rate 20 on curvatures up to 1): that
+    # candidate scores inf and is never selected; the first fit, on the learned optimizer's own
+    # trajectories, still finds the teacher.
+    truth = [
+        {"transform": "trace", "decay": 0.5},
+        {"transform": "scale_by_learning_rate", "learning_rate": 0.3},
+    ]
+    start = [
+        {"transform": "trace", "decay": 0.5},
+        {"transform": "scale_by_learning_rate", "learning_rate": 20.0},
+    ]
+    family = tasks.get("linear_regression", dim=3, num_steps=30)
+    chain, notes = lopt.distill.identify_chain(
+        start, build_chain(truth), family, rounds=1, num_problems=8
+    )
+    assert notes["candidates"][0]["validation_error"] == np.inf and notes["selected_round"] == 1
+    np.testing.assert_allclose(
+        [chain[0]["decay"], chain[1]["learning_rate"]], [0.5, 0.3], rtol=1e-3
+    )
