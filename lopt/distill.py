@@ -1356,7 +1356,8 @@ def format_report(result: Mapping[str, Any]) -> str:
         lines.append(
             "  identified (numbers fitted to the learned optimizer's updates, no loss used):"
         )
-        lines.append(f"    {result['optax_code_identified'][:200]}")
+        code = result["optax_code_identified"]
+        lines.append(f"    {code[:200]}{'…' if len(code) > 200 else ''}")
     g = result["gain"]
     if g is not None:
         lines.append(
