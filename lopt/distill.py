@@ -748,7 +748,7 @@ def identify_chain(
     rounds: int = IDENTIFY_ROUNDS,
     num_problems: int = IDENTIFY_PROBLEMS,
     fit_steps: int = IDENTIFY_STEPS,
-    coords: int = IDENTIFY_COORDS,
+    coords: int | None = IDENTIFY_COORDS,
     key: jax.Array | None = None,
     say: Any = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -781,7 +781,9 @@ def identify_chain(
         rounds: fits (the first on the learned optimizer's trajectories).
         num_problems: problems per round.
         fit_steps: Levenberg-Marquardt iterations per fit.
-        coords: coordinates kept per problem.
+        coords: coordinates kept per problem (evenly spaced in the flattened parameters);
+            ``None`` keeps all. Replaying a subset is exact only for a coordinate-wise learned
+            optimizer (one with a :class:`~lopt.cell.Cell`).
         key: base key (default ``fold_in(key(0), IDENTIFY_KEY)``).
         say: optional progress callback.
 
@@ -801,7 +803,8 @@ def identify_chain(
     learned = optax.with_extra_args_support(learned)
     shapes = jax.eval_shape(lambda k: family.init(family.sample(k), k), jax.random.key(0))
     n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
-    idx = np.unique(np.linspace(0, n - 1, min(n, coords)).round().astype(np.int32))
+    keep = n if coords is None else min(n, coords)
+    idx = np.unique(np.linspace(0, n - 1, keep).round().astype(np.int32))
 
     def record(tx, keys):
         tx = optax.with_extra_args_support(tx)
@@ -1220,8 +1223,13 @@ def distill(
     chain_id = tx_id = None
     if identify:
         say("identifying the chain's numbers from the learned optimizer's updates")
+        try:
+            opt.cell(theta)
+            coords = IDENTIFY_COORDS
+        except TypeError:
+            coords = None  # not coordinate-wise (e.g. per-tensor features): replay everything
         chain_id, notes["identify"] = identify_chain(
-            chain, opt.optimizer(theta), family, num_steps=horizon, say=say
+            chain, opt.optimizer(theta), family, num_steps=horizon, coords=coords, say=say
         )
         tx_id = build_chain(chain_id)
     key = heldout_key()
