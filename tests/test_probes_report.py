@@ -188,17 +188,26 @@ def test_results_distillation_and_missing_keys(tmp_path, heavy_ball):
             "best_baseline": {"name": "momentum", "metric": 0.05, "sem": 0.002},
             "distilled": {"metric": 0.045, "sem": 0.002},
             "distilled_retuned": None,
+            "distilled_identified": {"metric": 0.0425, "sem": 0.002, "label": "fitted"},
         },
+        "optax_code_identified": "optax.chain(optax.trace(decay=0.8), optax.scale(-0.3))",
         "gain": {"mean": 0.01, "sem": 0.001},
         "significant": True,
         "fraction": {"mean": 0.5, "ci": [0.3, 0.7]},
-        "curves": {"distilled": {"mean": list(np.geomspace(1.0, 2e-3, 6)), "sem": [0.01] * 6}},
+        "fraction_identified": {"mean": 0.75, "ci": [0.2, 1.1]},
+        "curves": {
+            "distilled": {"mean": list(np.geomspace(1.0, 2e-3, 6)), "sem": [0.01] * 6},
+            "distilled_identified": {"mean": list(np.geomspace(1.0, 1e-3, 6)), "sem": [0.01] * 6},
+        },
     }
     report = probes.write_report(analysis, tmp_path, evaluation=_eval_json(), distill=distill)
     page = (tmp_path / "index.html").read_text()
     assert "optax.chain(optax.trace(decay=0.9), optax.scale(-0.1))" in page
     assert "trace(decay=0.9)" in page and "50%" in page
     assert report["mechanisms"]["distill"]["numbers"]["fraction"]["value"] == [0.5, 0.3, 0.7]
+    ident = report["mechanisms"]["distill"]["numbers"]["fraction_identified"]
+    assert ident["value"] == [0.75, 0.2, 1.1] and "75%" in page
+    assert "optax.scale(-0.3)" in page and "distilled, identified (fitted)" in page
     assert "loss_curves.png" in {p.name for p in (tmp_path / "figures").glob("*.png")}
     rows = report["results"]["horizons"][0]["rows"]
     assert [r["name"] for r in rows] == ["learned", "momentum", "adam"]
