@@ -687,9 +687,13 @@ def _free_numbers(chain: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
     """``(entry index, field)`` of each number :func:`identify_chain` fits ("gamma": γ)."""
     free = []
     for i, e in enumerate(chain):
-        free += [(i, k) for k in _FREE_FIELDS if isinstance(e.get(k), int | float)]
-        if e.get("schedule") is not None:
-            free.append((i, "gamma"))
+        for k, kind in _FREE_FIELDS.items():
+            v = e.get(k)
+            if isinstance(v, int | float) and v > 0 and (kind == "log" or v < 1):
+                free.append((i, k))  # a number the coordinates can represent exactly
+        s = e.get("schedule")
+        if s is not None and all(float(v) > 0 for v in s.get("values", [])):
+            free.append((i, "gamma"))  # m(t)^γ is defined for positive multipliers only
     return free
 
 
@@ -699,9 +703,9 @@ def _encode(chain: Sequence[Mapping[str, Any]], free: list[tuple[int, str]]) -> 
         if k == "gamma":
             z[f"{i}.{k}"] = jnp.float32(1.0)
         elif _FREE_FIELDS[k] == "log":
-            z[f"{i}.{k}"] = jnp.float32(math.log(max(float(chain[i][k]), 1e-12)))
+            z[f"{i}.{k}"] = jnp.float32(math.log(float(chain[i][k])))
         else:
-            v = min(max(float(chain[i][k]), 1e-4), 1.0 - 1e-4)
+            v = float(chain[i][k])
             z[f"{i}.{k}"] = jnp.float32(math.log(v / (1.0 - v)))
     return z
 
@@ -713,9 +717,7 @@ def _decode(chain: Sequence[Mapping[str, Any]], free: list[tuple[int, str]], z: 
         x = z[f"{i}.{k}"]
         if k == "gamma":
             s = dict(out[i]["schedule"])
-            s["values"] = [
-                jnp.sign(v) * jnp.abs(jnp.float32(v)) ** x for v in chain[i]["schedule"]["values"]
-            ]
+            s["values"] = [jnp.float32(v) ** x for v in chain[i]["schedule"]["values"]]
             out[i]["schedule"] = s
         else:
             out[i][k] = jnp.exp(x) if _FREE_FIELDS[k] == "log" else jax.nn.sigmoid(x)
@@ -754,10 +756,13 @@ def identify_chain(
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Fits the chain's numbers to the learned optimizer's *updates* (system identification).
 
-    The structure stays the one the probes detected; every number is refitted: clip and damping
-    scales, decays, the learning rate, and an exponent ``γ`` on the detected schedule's
-    multipliers (``m(t)^γ``: ``γ = 1`` is the probed schedule, ``γ = 0`` none). No loss enters:
-    the target is what the learned optimizer outputs for the gradients the chain sees.
+    The structure stays the one the probes detected; every positive number is refitted: clip and
+    damping scales, decays (inside (0, 1)), the learning rate, and an exponent ``γ`` on the
+    detected schedule's multipliers when they are all positive (``m(t)^γ``: ``γ = 1`` is the
+    probed schedule, ``γ = 0`` none). No loss enters: the target is what the learned optimizer
+    outputs for the gradients the chain sees. The learned optimizer must act coordinate by
+    coordinate (a :class:`~lopt.cell.Cell`), so that replaying it on a recorded subset of
+    coordinates reproduces what it did.
 
     1. Record the gradients the learned optimizer meets on ``num_problems`` training problems
        (``coords`` coordinates per problem; both optimizers act coordinate-wise, so replaying a
@@ -788,8 +793,11 @@ def identify_chain(
         say: optional progress callback.
 
     Returns:
-        ``(chain, notes)``: the identified chain (same structure, plain floats) and a record
-        (schedule exponent, per-candidate errors, the selected candidate, settings).
+        ``(chain, notes)``: the identified chain (same structure, plain floats; the detected
+        chain itself if no fit does better) and a record (schedule exponent, per-candidate
+        errors, the selected candidate, settings); ``(None, {"note": why})`` when there is
+        nothing to identify (no positive number in the chain, or a learned optimizer that makes
+        no finite, non-zero update).
     """
     from jax.flatten_util import ravel_pytree
 
@@ -799,7 +807,7 @@ def identify_chain(
     key = jax.random.fold_in(jax.random.key(0), IDENTIFY_KEY) if key is None else key
     free = _free_numbers(chain)
     if not free:
-        return [dict(e) for e in chain], {"note": "the chain has no numbers to fit"}
+        return None, {"note": "the chain has no positive number to fit: nothing to identify"}
     learned = optax.with_extra_args_support(learned)
     shapes = jax.eval_shape(lambda k: family.init(family.sample(k), k), jax.random.key(0))
     n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
@@ -858,7 +866,8 @@ def identify_chain(
         def step(carry, _):
             x, lam = carry
             jj, jr, f = normal(x)
-            damp = lam * (jnp.diag(jnp.diag(jj)) + 1e-12 * jnp.eye(x.size))
+            d = jnp.diag(jj)
+            damp = lam * jnp.diag(d + 1e-6 * jnp.mean(d) + 1e-30)
             # at most one unit per number and iteration (a factor e, or a logit unit): a
             # trust region that keeps a decay from jumping into its logistic's flat tail
             cand = x - jnp.clip(jnp.linalg.solve(jj + damp, jr), -1.0, 1.0)
@@ -884,22 +893,30 @@ def identify_chain(
         ok = bool(np.all(np.asarray(finite))) and bool(np.all(np.isfinite(err)))
         return float(np.mean(err)) if ok else math.inf
 
-    data = [jax.jit(lambda k: record(learned, k))(keys(0))]
-    if not bool(jnp.any(data[0][2])):
-        return [dict(e) for e in chain], {
+    def usable(recorded):
+        # problems whose gradients and learned updates are finite and not all zero; the others
+        # (a chain diverging in a DAgger round, an optimizer that never moves) are dropped, so
+        # no inf or NaN reaches the fit (a zero weight would not mask it in the Jacobian)
+        seqs, teacher, ok = recorded
+        ok = np.asarray(ok)
+        return jax.tree.map(lambda x: x[ok], seqs), teacher[ok]
+
+    data = [usable(jax.jit(lambda k: record(learned, k))(keys(0)))]
+    if data[0][1].shape[0] == 0:
+        return None, {
             "note": "the learned optimizer makes no finite, non-zero update on the recorded "
-            "problems: nothing to identify (numbers left as detected)"
+            "problems: nothing to identify"
         }
+    detected = build_chain(chain)
+    seqs0, teacher0, finite0 = jax.jit(lambda k: record(detected, k))(val_keys)
+    err0 = np.asarray(jax.jit(lambda t, s: _imitation_error(detected, t, s))(teacher0, seqs0))
+    ok0 = bool(np.all(np.asarray(finite0))) and bool(np.all(np.isfinite(err0)))
     z = z_flat
-    candidates = [(z, math.nan, validate(z))]
+    candidates = [(None, math.nan, float(np.mean(err0)) if ok0 else math.inf)]
     for r in range(rounds):
         seqs = jax.tree.map(lambda *x: jnp.concatenate(x), *[d[0] for d in data])
         teacher = jnp.concatenate([d[1] for d in data])
-        weight = jnp.concatenate([d[2] for d in data]).astype(jnp.float32)
-        if float(jnp.sum(weight)) == 0.0:
-            break
-        seqs = jax.tree.map(lambda x: jnp.where(jnp.isfinite(x), x, 0.0), seqs)
-        teacher = jnp.where(jnp.isfinite(teacher), teacher, 0.0)
+        weight = jnp.ones(teacher.shape[0], jnp.float32)
         z, train_err = fit(z, seqs, teacher, weight)
         if not bool(jnp.all(jnp.isfinite(z))):
             break
@@ -910,11 +927,19 @@ def identify_chain(
                 f"(fit), {candidates[-1][2]:.4f} (own trajectories, validation)"
             )
         if r + 1 < rounds:
-            data.append(record_chain(z, keys(r + 1)))
+            new = usable(record_chain(z, keys(r + 1)))
+            if new[1].shape[0]:
+                data.append(new)
     best = int(np.argmin([c[2] for c in candidates]))
-    zb = unravel(candidates[best][0])
-    fitted = [_plain_entry(e) for e in _decode(chain, free, zb)]
-    gamma = {f"{i}": float(zb[f"{i}.gamma"]) for i, k in free if k == "gamma"}
+    if best == 0:
+        fitted, gamma = [dict(e) for e in chain], {}
+    else:
+        zb = unravel(candidates[best][0])
+        fitted = [_plain_entry(e) for e in _decode(chain, free, zb)]
+        gamma = {f"{i}": float(zb[f"{i}.gamma"]) for i, k in free if k == "gamma"}
+        for e in fitted:
+            if e.get("mechanism"):
+                e["mechanism"] = e["mechanism"].split(" (")[0] + " (numbers identified)"
     notes = {
         "method": "numbers fitted to the learned optimizer's updates on the gradients the chain "
         "meets (DAgger rounds); no loss is used",
@@ -1225,13 +1250,28 @@ def distill(
         say("identifying the chain's numbers from the learned optimizer's updates")
         try:
             opt.cell(theta)
-            coords = IDENTIFY_COORDS
+            coordinatewise = True
         except TypeError:
-            coords = None  # not coordinate-wise (e.g. per-tensor features): replay everything
-        chain_id, notes["identify"] = identify_chain(
-            chain, opt.optimizer(theta), family, num_steps=horizon, coords=coords, say=say
-        )
-        tx_id = build_chain(chain_id)
+            coordinatewise = False  # e.g. the MLP optimizer's per-tensor features
+        if not coordinatewise:
+            notes["identify"] = {
+                "note": "not identified: the learned optimizer has no Cell (it is not "
+                "coordinate-wise), so replaying it on recorded gradients is not exact"
+            }
+        else:
+            chain_id, notes["identify"] = identify_chain(
+                chain,
+                opt.optimizer(theta),
+                family,
+                num_steps=horizon,
+                rounds=IDENTIFY_ROUNDS,
+                num_problems=IDENTIFY_PROBLEMS,
+                say=say,
+            )
+        if chain_id is not None:
+            tx_id = build_chain(chain_id)
+        else:
+            say(f"identification skipped: {notes['identify']['note']}")
     key = heldout_key()
     optimizers = {"learned": opt.optimizer(theta), best: baseline(best, **best_hp), "distilled": tx}
     if tx_rt is not None:

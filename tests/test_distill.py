@@ -281,8 +281,8 @@ def test_cli_distill_writes_distill_json(tiny_run, capsys):
     assert r["best_baseline"]["name"] == "momentum" and r["distilled_retuned"] is not None
     assert "hyperparameters" in r["distilled_retuned"]
     assert len(d["curves"]["distilled"]["mean"]) == 8
-    # the untrained GRU makes no update: nothing to identify, the detected numbers are kept
-    assert d["chain_identified"] == d["chain"]
+    # the untrained GRU makes no update: nothing to identify, no identified variant
+    assert d["chain_identified"] is None and d["results"]["distilled_identified"] is None
     assert "nothing to identify" in d["notes"]["identify"]["note"]
     assert d["significant"] is False and d["fraction"] is None and "not above" in d["reason"]
     build_chain(d["chain"])  # what a user loads from distill.json trains
@@ -353,7 +353,7 @@ def test_identify_chain_recovers_the_numbers_of_a_chain_teacher():
     )
     assert notes["selected_round"] >= 1 and notes["candidates"][0]["validation_error"] > 0.01
     assert notes["candidates"][notes["selected_round"]]["validation_error"] < 1e-6
-    json.dumps(chain)  # plain floats: distill.json stays strict JSON
+    json.dumps(chain, allow_nan=False)  # plain floats: distill.json stays strict JSON
 
 
 def test_identify_chain_starting_from_a_diverging_chain():
@@ -376,3 +376,38 @@ def test_identify_chain_starting_from_a_diverging_chain():
     np.testing.assert_allclose(
         [chain[0]["decay"], chain[1]["learning_rate"]], [0.5, 0.3], rtol=1e-3
     )
+
+
+def test_distill_reports_the_identified_variant_of_a_moving_gru(tiny_run, tmp_path, monkeypatch):
+    # The tiny run's GRU with a non-zero readout makes updates, so the identified chain exists,
+    # is evaluated on the held-out problems and labelled; two rounds keep the test short.
+    import shutil
+
+    run = tmp_path / "moving"
+    shutil.copytree(tiny_run, run)
+    opt = lopt.RNNOptimizer(hidden_size=4)
+    theta = opt.init(jax.random.key(0))
+    theta["readout"]["w"] = 0.1 * jax.random.normal(jax.random.key(1), (4,))
+    lopt.save(run / "theta.npz", opt, theta, step=0)
+    monkeypatch.setattr(lopt.distill, "IDENTIFY_ROUNDS", 2)
+    monkeypatch.setattr(lopt.distill, "IDENTIFY_PROBLEMS", 8)
+    d = lopt.distill.distill(run, retune=False, progress=False)
+    assert d.chain_identified is not None and d.tx_identified is not None
+    assert [e["transform"] for e in d.chain_identified] == [e["transform"] for e in d.chain]
+    ident = d.notes["identify"]
+    assert len(ident["candidates"]) == 3 and ident["coords"] == 3
+    # the hand-made analysis has nothing to do with this GRU: a fit beats the detected numbers
+    assert ident["selected_round"] >= 1
+    best = ident["candidates"][ident["selected_round"]]["validation_error"]
+    assert best < ident["candidates"][0]["validation_error"]
+    assert all(
+        e["mechanism"].endswith("(numbers identified)")
+        for e in d.chain_identified
+        if e.get("mechanism")
+    )
+    r = d.results["distilled_identified"]
+    assert np.isfinite(r["metric"]) and "no loss used" in r["label"]
+    assert "distilled_identified" in d.curves
+    out = d.to_json()
+    json.dumps(out, allow_nan=False)
+    assert out["optax_code_identified"].startswith("optax.chain(")
