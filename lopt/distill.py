@@ -663,11 +663,13 @@ def scaled_chain(chain: Sequence[Mapping[str, Any]], factors: Mapping[str, float
 # ----------------------------------------------------------------------------- identification
 
 #: How :func:`identify_chain` treats each number of a chain entry: fitted in log space (positive
-#: numbers) or through a logistic (decays in (0, 1)).
+#: numbers), through a logistic (decays in (0, 1)), or linearly in units of the detected
+#: magnitude (the learning rate, whose sign the fit may flip: a probed α can have the wrong sign,
+#: e.g. at g = 0 for the ``log1p_sign`` input, where the input's derivative vanishes).
 _FREE_FIELDS = {
     "scale": "log",
     "max_delta": "log",
-    "learning_rate": "log",
+    "learning_rate": "signed",
     "eps": "log",
     "decay": "logit",
 }
@@ -689,7 +691,9 @@ def _free_numbers(chain: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
     for i, e in enumerate(chain):
         for k, kind in _FREE_FIELDS.items():
             v = e.get(k)
-            if isinstance(v, int | float) and v > 0 and (kind == "log" or v < 1):
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                continue
+            if (v != 0) if kind == "signed" else (v > 0 and (kind == "log" or v < 1)):
                 free.append((i, k))  # a number the coordinates can represent exactly
         s = e.get("schedule")
         if s is not None and all(float(v) > 0 for v in s.get("values", [])):
@@ -704,6 +708,8 @@ def _encode(chain: Sequence[Mapping[str, Any]], free: list[tuple[int, str]]) -> 
             z[f"{i}.{k}"] = jnp.float32(1.0)
         elif _FREE_FIELDS[k] == "log":
             z[f"{i}.{k}"] = jnp.float32(math.log(float(chain[i][k])))
+        elif _FREE_FIELDS[k] == "signed":
+            z[f"{i}.{k}"] = jnp.float32(math.copysign(1.0, float(chain[i][k])))
         else:
             v = float(chain[i][k])
             z[f"{i}.{k}"] = jnp.float32(math.log(v / (1.0 - v)))
@@ -719,8 +725,12 @@ def _decode(chain: Sequence[Mapping[str, Any]], free: list[tuple[int, str]], z: 
             s = dict(out[i]["schedule"])
             s["values"] = [jnp.float32(v) ** x for v in chain[i]["schedule"]["values"]]
             out[i]["schedule"] = s
+        elif _FREE_FIELDS[k] == "log":
+            out[i][k] = jnp.exp(x)
+        elif _FREE_FIELDS[k] == "signed":
+            out[i][k] = abs(float(chain[i][k])) * x
         else:
-            out[i][k] = jnp.exp(x) if _FREE_FIELDS[k] == "log" else jax.nn.sigmoid(x)
+            out[i][k] = jax.nn.sigmoid(x)
     return out
 
 

@@ -378,6 +378,18 @@ def test_identify_chain_starting_from_a_diverging_chain():
     )
 
 
+def test_identify_chain_can_flip_the_sign_of_the_learning_rate():
+    # A probed α can have the wrong sign (at g = 0 the log1p_sign input has no derivative); the
+    # fit measures the learning rate in units of its detected magnitude, so it can cross zero.
+    truth = [{"transform": "scale_by_learning_rate", "learning_rate": 0.3}]
+    start = [{"transform": "scale_by_learning_rate", "learning_rate": -0.1}]
+    family = tasks.get("linear_regression", dim=3, num_steps=30)
+    chain, _ = lopt.distill.identify_chain(
+        start, build_chain(truth), family, rounds=1, num_problems=8
+    )
+    np.testing.assert_allclose(chain[0]["learning_rate"], 0.3, rtol=1e-3)
+
+
 def test_distill_reports_the_identified_variant_of_a_moving_gru(tiny_run, tmp_path, monkeypatch):
     # The tiny run's GRU with a non-zero readout makes updates, so the identified chain exists,
     # is evaluated on the held-out problems and labelled; two rounds keep the test short.
