@@ -763,22 +763,22 @@ def identify_chain(
     coords: int | None = IDENTIFY_COORDS,
     key: jax.Array | None = None,
     say: Any = None,
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
     """Fits the chain's numbers to the learned optimizer's *updates* (system identification).
 
-    The structure stays the one the probes detected; every positive number is refitted: clip and
-    damping scales, decays (inside (0, 1)), the learning rate, and an exponent ``γ`` on the
-    detected schedule's multipliers when they are all positive (``m(t)^γ``: ``γ = 1`` is the
-    probed schedule, ``γ = 0`` none). No loss enters: the target is what the learned optimizer
-    outputs for the gradients the chain sees. The learned optimizer must act coordinate by
-    coordinate (a :class:`~lopt.cell.Cell`), so that replaying it on a recorded subset of
-    coordinates reproduces what it did.
+    The structure stays the one the probes detected; its numbers are refitted: clip and damping
+    scales (positive), decays (inside (0, 1)), the learning rate (non-zero; its sign may flip),
+    and an exponent ``γ`` on the detected schedule's multipliers when they are all positive
+    (``m(t)^γ``: ``γ = 1`` is the probed schedule, ``γ = 0`` none). No loss enters: the target
+    is what the learned optimizer outputs for the gradients the chain sees. The learned
+    optimizer must act coordinate by coordinate (a :class:`~lopt.cell.Cell`), so that replaying
+    it on a recorded subset of coordinates reproduces what it did.
 
     1. Record the gradients the learned optimizer meets on ``num_problems`` training problems
        (``coords`` coordinates per problem; both optimizers act coordinate-wise, so replaying a
        subset is exact), and its updates.
-    2. Fit the numbers (Levenberg-Marquardt in log / logit coordinates) to minimise the
-       imitation error: per problem
+    2. Fit the numbers (Levenberg-Marquardt in log / logit coordinates, the learning rate
+       linearly in units of its detected magnitude) to minimise the imitation error: per problem
        ``Σ_t,i (u_chain − u_learned)² / Σ_t,i u_learned²`` with the chain replayed open loop on
        the recorded gradients, averaged over problems.
     3. Run the fitted chain on fresh problems, record the gradients *it* meets and the learned
@@ -806,8 +806,8 @@ def identify_chain(
         ``(chain, notes)``: the identified chain (same structure, plain floats; the detected
         chain itself if no fit does better) and a record (schedule exponent, per-candidate
         errors, the selected candidate, settings); ``(None, {"note": why})`` when there is
-        nothing to identify (no positive number in the chain, or a learned optimizer that makes
-        no finite, non-zero update).
+        nothing to identify (no number in the chain to fit, or a learned optimizer that makes no
+        finite, non-zero update).
     """
     from jax.flatten_util import ravel_pytree
 
@@ -817,7 +817,7 @@ def identify_chain(
     key = jax.random.fold_in(jax.random.key(0), IDENTIFY_KEY) if key is None else key
     free = _free_numbers(chain)
     if not free:
-        return None, {"note": "the chain has no positive number to fit: nothing to identify"}
+        return None, {"note": "the chain has no number to fit: nothing to identify"}
     learned = optax.with_extra_args_support(learned)
     shapes = jax.eval_shape(lambda k: family.init(family.sample(k), k), jax.random.key(0))
     n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
@@ -851,11 +851,11 @@ def identify_chain(
     z_flat, unravel = ravel_pytree(_encode(chain, free))
 
     @jax.jit
-    def fit(x, seqs, teacher, weight):
-        # Levenberg-Marquardt on the residuals (u_chain − u_learned)·√(w_p / Σu_learned²): a
+    def fit(x, seqs, teacher):
+        # Levenberg-Marquardt on the residuals (u_chain − u_learned)·√(w_p), w_p = 1/(P·Σu²): a
         # handful of numbers and many residuals, often ill-conditioned (β and α trade off), where
         # first-order steps crawl. Normal equations are accumulated problem by problem.
-        w = weight / jnp.maximum(jnp.sum(teacher**2, (1, 2)), 1e-30) / jnp.sum(weight)
+        w = 1.0 / (jnp.sum(teacher**2, (1, 2)) * teacher.shape[0])
 
         def resid(x, seq, target, wp):
             u = _replay(build_chain(_decode(chain, free, unravel(x))), seq)
@@ -926,8 +926,7 @@ def identify_chain(
     for r in range(rounds):
         seqs = jax.tree.map(lambda *x: jnp.concatenate(x), *[d[0] for d in data])
         teacher = jnp.concatenate([d[1] for d in data])
-        weight = jnp.ones(teacher.shape[0], jnp.float32)
-        z, train_err = fit(z, seqs, teacher, weight)
+        z, train_err = fit(z, seqs, teacher)
         if not bool(jnp.all(jnp.isfinite(z))):
             break
         candidates.append((z, float(train_err), validate(z)))
