@@ -897,11 +897,14 @@ def identify_chain(
     def chain_error(z, teacher, seqs):
         return _imitation_error(build_chain(_decode(chain, free, unravel(z))), teacher, seqs)
 
+    def score(finite, err):
+        # mean imitation error on the validation problems; inf if the chain diverged on any
+        finite, err = np.asarray(finite), np.asarray(err)
+        return float(np.mean(err)) if finite.all() and np.isfinite(err).all() else math.inf
+
     def validate(z):
         seqs, teacher, finite = record_chain(z, val_keys)
-        err = np.asarray(chain_error(z, teacher, seqs))
-        ok = bool(np.all(np.asarray(finite))) and bool(np.all(np.isfinite(err)))
-        return float(np.mean(err)) if ok else math.inf
+        return score(finite, chain_error(z, teacher, seqs))
 
     def usable(recorded):
         # problems whose gradients and learned updates are finite and not all zero; the others
@@ -919,16 +922,13 @@ def identify_chain(
         }
     detected = build_chain(chain)
     seqs0, teacher0, finite0 = jax.jit(lambda k: record(detected, k))(val_keys)
-    err0 = np.asarray(jax.jit(lambda t, s: _imitation_error(detected, t, s))(teacher0, seqs0))
-    ok0 = bool(np.all(np.asarray(finite0))) and bool(np.all(np.isfinite(err0)))
+    err0 = jax.jit(lambda t, s: _imitation_error(detected, t, s))(teacher0, seqs0)
     z = z_flat
-    candidates = [(None, math.nan, float(np.mean(err0)) if ok0 else math.inf)]
+    candidates = [(None, math.nan, score(finite0, err0))]
     for r in range(rounds):
         seqs = jax.tree.map(lambda *x: jnp.concatenate(x), *[d[0] for d in data])
         teacher = jnp.concatenate([d[1] for d in data])
-        z, train_err = fit(z, seqs, teacher)
-        if not bool(jnp.all(jnp.isfinite(z))):
-            break
+        z, train_err = fit(z, seqs, teacher)  # finite: the fit only accepts finite steps
         candidates.append((z, float(train_err), validate(z)))
         if say:
             say(
