@@ -381,7 +381,9 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("run", help="run directory written by 'lopt meta-train'")
     p.add_argument(
-        "--no-retune", action="store_true", help="skip the re-tuned variant (global factors)"
+        "--no-retune",
+        action="store_true",
+        help="skip the re-tuned variant (numbers tuned on training problems)",
     )
     p.add_argument(
         "--no-identify",

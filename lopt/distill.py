@@ -45,9 +45,12 @@ transformation, so ``distill.json`` is enough to train with the distilled optimi
 same number of problems, same horizon), compares it with the learned optimizer and the best
 tuned baseline problem by problem, and reports the fraction of the learned optimizer's gain it
 recovers, ``(best_baseline − distilled)/(best_baseline − learned)``, with a 95% paired bootstrap
-interval over problems (fixed seed). A *re-tuned* variant (same structure, the learning rate and
-clip scale multiplied by global factors chosen on the training problems the baselines were
-tuned on, never on the held-out ones) is reported next to it, clearly labelled.
+interval over problems (fixed seed). Two variants with the same structure are reported next to
+it, clearly labelled: *identified* (:func:`identify_chain`: every number fitted to the learned
+optimizer's own updates, no loss used) and *re-tuned* (:func:`retune_chain`: every number
+tuned on the loss of training problems, never the held-out ones, starting from the identified
+numbers). The three answer different questions: do the probed numbers describe the optimizer,
+do numbers fitted to its behaviour, and can the detected structure match it at all.
 
 Example:
     >>> import lopt, optax
@@ -83,12 +86,13 @@ KNOT_TOL = 2e-3
 #: Paired bootstrap resamples and seed for the fraction's interval.
 BOOTSTRAP_SAMPLES = 10_000
 BOOTSTRAP_SEED = 0
-#: Re-tuning grid: the learning rate times ``10**(k/8)``, ``k = -4 … 4`` (± half a decade) ...
-RETUNE_LR_LOG10 = tuple(k / 8 for k in range(-4, 5))
-#: ... and, when the chain clips, the clip scale times these factors.
-RETUNE_CLIP = (0.25, 0.5, 1.0, 2.0, 4.0)
-#: Training problems per re-tuning candidate (as for the baselines).
-RETUNE_PROBLEMS = 32
+#: Re-tuning (:func:`retune_chain`): Adam steps on the loss, problems per step, Adam's initial
+#: learning rate (cosine-decayed to a tenth), validation interval and validation problems.
+RETUNE_STEPS = 600
+RETUNE_PROBLEMS = 128
+RETUNE_LR = 0.03
+RETUNE_EVERY = 25
+RETUNE_VALIDATION = 256
 #: :func:`damp_oscillations`' memory in a distilled chain when the analysis has no measured
 #: ``damping.memory`` (analyses written before the probe measured it).
 DAMP_DECAY = 0.8
@@ -224,7 +228,7 @@ def interpolated_schedule(
     return schedule
 
 
-def _transform(entry: Mapping[str, Any], scales: Mapping[str, Any]) -> optax.GradientTransformation:
+def _transform(entry: Mapping[str, Any]) -> optax.GradientTransformation:
     kind = entry.get("transform")
     params = {k: v for k, v in entry.items() if k != "transform" and k not in _META_KEYS}
 
@@ -239,10 +243,10 @@ def _transform(entry: Mapping[str, Any], scales: Mapping[str, Any]) -> optax.Gra
 
     if kind == "clip":
         need("max_delta")
-        return optax.clip(params["max_delta"] * scales.get("clip", 1.0))
+        return optax.clip(params["max_delta"])
     if kind == "soft_clip":
         need("scale")
-        return soft_clip(params["scale"] * scales.get("clip", 1.0))
+        return soft_clip(params["scale"])
     if kind == "damp_oscillations":
         need("scale", "decay")
         return damp_oscillations(params["scale"], params["decay"])
@@ -254,7 +258,7 @@ def _transform(entry: Mapping[str, Any], scales: Mapping[str, Any]) -> optax.Gra
         return optax.scale_by_rms(decay=params["decay"], eps=params["eps"])
     if kind == "scale_by_learning_rate":
         need("learning_rate", optional=("schedule",))
-        lr = params["learning_rate"] * scales.get("lr", 1.0)
+        lr = params["learning_rate"]
         sched = params.get("schedule")
         if sched is None:
             return optax.scale_by_learning_rate(lr)
@@ -271,9 +275,7 @@ def _transform(entry: Mapping[str, Any], scales: Mapping[str, Any]) -> optax.Gra
     )
 
 
-def build_chain(
-    chain: Sequence[Mapping[str, Any]], *, scales: Mapping[str, Any] | None = None
-) -> optax.GradientTransformation:
+def build_chain(chain: Sequence[Mapping[str, Any]]) -> optax.GradientTransformation:
     """Builds the optax transformation described by a distilled chain (``distill.json``).
 
     Args:
@@ -284,8 +286,6 @@ def build_chain(
             (``decay``, ``eps``), ``scale_by_learning_rate`` (``learning_rate`` and optional
             ``schedule``: ``{"steps", "values", "tail_ratio"}``, see
             :func:`interpolated_schedule`). Keys ``mechanism`` and ``note`` are ignored.
-        scales: optional global factors (may be traced): ``lr`` multiplies the learning rate,
-            ``clip`` the clip threshold/scale (used by re-tuning).
 
     Returns:
         ``optax.chain`` of the transformations.
@@ -300,7 +300,7 @@ def build_chain(
     """
     if isinstance(chain, Mapping) or not all(isinstance(e, Mapping) for e in chain):
         raise ValueError("a chain is a list of {'transform': ..., ...} dicts")
-    return optax.chain(*(_transform(e, scales or {}) for e in chain))
+    return optax.chain(*(_transform(e) for e in chain))
 
 
 def _g(x: float) -> str:
@@ -573,91 +573,6 @@ def chain_from_analysis(
         entry["mechanism"] = f"learning rate with a {sch.get('shape')} schedule"
     chain.append(entry)
     return chain, notes
-
-
-# ----------------------------------------------------------------------------- re-tuning
-
-
-def _scale_grid(chain: Sequence[Mapping[str, Any]]) -> dict[str, np.ndarray]:
-    lrs = 10.0 ** np.asarray(RETUNE_LR_LOG10)
-    clips = np.asarray(
-        RETUNE_CLIP if any(e["transform"] in ("clip", "soft_clip") for e in chain) else (1.0,)
-    )
-    lr, cl = np.meshgrid(lrs, clips, indexing="ij")
-    return {"lr": lr.reshape(-1), "clip": cl.reshape(-1)}
-
-
-def retune_chain(
-    chain: Sequence[Mapping[str, Any]],
-    family: Any,
-    key: jax.Array,
-    *,
-    num_problems: int = RETUNE_PROBLEMS,
-    num_steps: int | None = None,
-    grid: Mapping[str, Sequence[float]] | None = None,
-) -> tuple[dict[str, float], float, dict[str, np.ndarray]]:
-    """Chooses global factors on the learning rate and clip scale on training problems.
-
-    Every candidate trains the same ``num_problems`` problems, ``jax.random.split(key,
-    num_problems)``, as :func:`lopt.tune` does, ``vmap``-ped over candidates (one compilation);
-    it is scored by the mean normalised loss, and candidates with any non-finite loss are
-    rejected (:func:`lopt.tune` 's rule).
-
-    Args:
-        chain: the distilled chain.
-        family: the task family.
-        key: the training key (never the held-out key).
-        num_problems: training problems per candidate.
-        num_steps: updates per problem (default: the family's).
-        grid: ``{"lr": factors[C], "clip": factors[C]}``; default ``RETUNE_LR_LOG10`` ×
-            ``RETUNE_CLIP`` (the clip factor only if the chain clips).
-
-    Returns:
-        ``(factors, training metric, grid with "metric" and "diverged")``.
-    """
-    from lopt.tune import _score
-    from lopt.unroll import init_inner, normalized_loss, unroll
-
-    num_steps = family.num_steps if num_steps is None else num_steps
-    grid = {k: np.asarray(v, np.float64) for k, v in (grid or _scale_grid(chain)).items()}
-    keys = jax.random.split(key, num_problems)
-
-    @jax.jit
-    def run(family, scales, keys):
-        def one_candidate(s):
-            tx = optax.with_extra_args_support(build_chain(chain, scales=s))
-
-            def one_problem(k):
-                return unroll(tx, family, init_inner(tx, family, k), num_steps)[1]
-
-            losses = jax.vmap(one_problem)(keys)
-            return normalized_loss(losses), losses[:, -1], jnp.all(jnp.isfinite(losses), -1)
-
-        return jax.vmap(one_candidate)(scales)
-
-    scales = {k: jnp.asarray(v, jnp.float32) for k, v in grid.items()}
-    norm, final, finite = (np.asarray(x) for x in run(family, scales, keys))
-    score, diverged = _score(norm.astype(np.float64), final, finite, "normalized")
-    i = int(np.argmin(score))
-    if not np.isfinite(score[i]):
-        raise DistillError("re-tuning: every candidate diverged on the training problems")
-    out = {**grid, "metric": score, "diverged": diverged}
-    return {k: float(v[i]) for k, v in grid.items()}, float(score[i]), out
-
-
-def scaled_chain(chain: Sequence[Mapping[str, Any]], factors: Mapping[str, float]) -> list[dict]:
-    """The chain with the re-tuning factors folded into its numbers (same structure)."""
-    out = []
-    for e in chain:
-        e = dict(e)
-        if e["transform"] == "clip":
-            e["max_delta"] = e["max_delta"] * factors.get("clip", 1.0)
-        elif e["transform"] == "soft_clip":
-            e["scale"] = e["scale"] * factors.get("clip", 1.0)
-        elif e["transform"] == "scale_by_learning_rate":
-            e["learning_rate"] = e["learning_rate"] * factors.get("lr", 1.0)
-        out.append(e)
-    return out
 
 
 # ----------------------------------------------------------------------------- identification
@@ -979,6 +894,129 @@ def _plain_entry(e: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+# ----------------------------------------------------------------------------- re-tuning
+
+
+def retune_chain(
+    chain: Sequence[Mapping[str, Any]],
+    family: Any,
+    key: jax.Array,
+    *,
+    num_steps: int | None = None,
+    steps: int = RETUNE_STEPS,
+    num_problems: int = RETUNE_PROBLEMS,
+    learning_rate: float = RETUNE_LR,
+    every: int = RETUNE_EVERY,
+    validation: int = RETUNE_VALIDATION,
+) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
+    """Tunes every number of the chain on the loss, on training problems (never held-out ones).
+
+    The structure stays; the numbers :func:`identify_chain` fits (clip and damping scales,
+    decays, the learning rate, an exponent ``γ`` on the schedule's multipliers) are tuned, in
+    the same log / logit / linear coordinates, to minimise the paper's meta-objective, the mean
+    normalised loss ``mean_t f_t/f_0``, by Adam (clipped to global norm 1, cosine-decayed
+    learning rate) on its exact gradient through the whole inner run (full BPTT). Each step
+    trains ``num_problems`` fresh problems, ``split(fold_in(key, step))``. Gradients are taken
+    problem by problem: a problem whose loss or gradient is not finite is left out of that
+    step (counted in ``notes["masked"]``), so one diverging problem cannot poison the others;
+    a step with no finite problem leaves the numbers unchanged.
+
+    Every ``every`` steps, and at the start, the chain is scored on ``validation`` other
+    training problems, ``split(fold_in(key, 1_000_000))``, by the mean normalised loss
+    (infinite if any problem's loss is not finite, :func:`lopt.tune` 's rule); the best scoring
+    numbers are kept, so the result is never worse there than the starting chain.
+
+    Args:
+        chain: the chain to start from (the identified one, or the detected one).
+        family: the task family.
+        key: the training key (never the held-out key).
+        num_steps: updates per problem (default: the family's).
+        steps: Adam steps (rounded up to a multiple of ``every``).
+        num_problems: problems per step.
+        learning_rate: Adam's initial learning rate (in the coordinates above).
+        every: validation interval in steps.
+        validation: validation problems.
+
+    Returns:
+        ``(chain, notes)``: the tuned chain (same structure, plain floats) and a record
+        (validation curve, selected step, masked problems, settings); ``(None, {"note": why})``
+        when the chain has no number to tune or every candidate, the start included, diverges
+        on a validation problem.
+    """
+    from jax.flatten_util import ravel_pytree
+
+    from lopt.unroll import init_inner, normalized_loss, unroll
+
+    num_steps = family.num_steps if num_steps is None else num_steps
+    free = _free_numbers(chain)
+    if not free:
+        return None, {"note": "the chain has no number to tune"}
+    if steps < 1 or every < 1 or num_problems < 1 or validation < 1:
+        raise DistillError("re-tuning: steps, every, num_problems and validation must be >= 1")
+    z0, unravel = ravel_pytree(_encode(chain, free))
+
+    def metric(z, k):
+        tx = optax.with_extra_args_support(build_chain(_decode(chain, free, unravel(z))))
+        return normalized_loss(unroll(tx, family, init_inner(tx, family, k), num_steps)[1])
+
+    rounds = -(-steps // every)
+    sched = optax.cosine_decay_schedule(learning_rate, rounds * every, alpha=0.1)
+    meta = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sched))
+    val_keys = jax.random.split(jax.random.fold_in(key, 1_000_000), validation)
+
+    def score(z):
+        m = jax.vmap(lambda k: metric(z, k))(val_keys)
+        return jnp.where(jnp.all(jnp.isfinite(m)), jnp.mean(m), jnp.inf)
+
+    def step(carry, i):
+        z, s = carry
+        keys = jax.random.split(jax.random.fold_in(key, i), num_problems)
+        m, g = jax.vmap(jax.value_and_grad(metric), in_axes=(None, 0))(z, keys)
+        ok = jnp.isfinite(m) & jnp.all(jnp.isfinite(g), axis=1)
+        n = jnp.sum(ok)
+        g = jnp.sum(jnp.where(ok[:, None], g, 0.0), 0) / jnp.maximum(n, 1)
+        u, s_new = meta.update(g, s, z)
+        moved = n > 0
+        z = jnp.where(moved, optax.apply_updates(z, u), z)
+        s = jax.tree.map(lambda a, b: jnp.where(moved, a, b), s_new, s)
+        return (z, s), num_problems - n
+
+    @jax.jit
+    def run(z):
+        def one_round(carry, r):
+            carry, masked = jax.lax.scan(step, carry, r * every + jnp.arange(every))
+            return carry, (carry[0], score(carry[0]), jnp.sum(masked))
+
+        _, (zs, scores, masked) = jax.lax.scan(one_round, (z, meta.init(z)), jnp.arange(rounds))
+        return zs, scores, masked, score(z)
+
+    zs, scores, masked, start = (np.asarray(x) for x in run(z0))
+    curve = np.concatenate([[start], scores])
+    best = int(np.argmin(curve))
+    notes = {
+        "method": "every number tuned on the mean normalised loss of training problems by Adam "
+        "on the exact meta-gradient (full BPTT); best validation score kept",
+        "validation_metric": [float(x) if np.isfinite(x) else None for x in curve],
+        "validation_steps": [r * every for r in range(rounds + 1)],
+        "selected_step": best * every,
+        "masked": int(masked.sum()),
+        "steps": rounds * every,
+        "num_problems": num_problems,
+        "validation_problems": validation,
+        "learning_rate": learning_rate,
+    }
+    if not np.isfinite(curve[best]):
+        return None, {**notes, "note": "every candidate diverged on a validation problem"}
+    if best == 0:
+        return [dict(e) for e in chain], notes
+    tuned = [_plain_entry(e) for e in _decode(chain, free, unravel(zs[best - 1]))]
+    gamma = {f"{i}": float(unravel(zs[best - 1])[f"{i}.gamma"]) for i, k in free if k == "gamma"}
+    for e in tuned:
+        if e.get("mechanism"):
+            e["mechanism"] = e["mechanism"].split(" (")[0] + " (numbers tuned on the loss)"
+    return tuned, {**notes, "schedule_exponent": gamma}
+
+
 # ----------------------------------------------------------------------------- evaluation
 
 
@@ -1083,7 +1121,8 @@ class Distillation:
     Attributes:
         chain: the chain (JSON-able list of dicts); :func:`build_chain` rebuilds ``tx``.
         tx: the optax transformation.
-        chain_retuned: the re-tuned chain (same structure) or ``None``.
+        chain_retuned: the chain with every number tuned on the loss of training problems
+            (:func:`retune_chain`; same structure) or ``None``.
         tx_retuned: its transformation or ``None``.
         chain_identified: the chain with its numbers identified from the learned optimizer's
             updates (:func:`identify_chain`; same structure) or ``None``.
@@ -1093,7 +1132,8 @@ class Distillation:
         gain, significant, fraction, fraction_retuned, fraction_identified, reason: see
             :func:`fraction_report`.
         curves: per-step mean and s.e.m. of ``f_t/f_0`` for the distilled chains.
-        notes: how the numbers were derived, the re-tuning grid, evaluation settings.
+        notes: how the numbers were derived, the identification and re-tuning records,
+            evaluation settings.
     """
 
     chain: list[dict[str, Any]]
@@ -1173,10 +1213,12 @@ def distill(
 
     Reads ``RUN/analysis.json`` (computed with ``probes analyze`` if missing) and
     ``RUN/eval.json`` (computed with :func:`lopt.compare.evaluate_run` if missing), builds the
-    chain (:func:`chain_from_analysis`), optionally re-tunes its global learning-rate and clip
-    factors on training problems (:func:`retune_chain`; the tuning key of the momentum baseline in
-    :func:`lopt.compare.tune_baselines`), optionally identifies its numbers from the learned
-    optimizer's updates (:func:`identify_chain`; no loss involved), and evaluates the learned
+    chain (:func:`chain_from_analysis`), optionally identifies its numbers from the learned
+    optimizer's updates (:func:`identify_chain`; no loss involved), optionally tunes every
+    number on the loss of training problems, starting from the identified numbers when there
+    are some and from the detected ones otherwise (:func:`retune_chain`; problems drawn from the
+    tuning key of the momentum baseline in :func:`lopt.compare.tune_baselines`), and evaluates
+    the learned
     optimizer, the best tuned baseline of ``eval.json`` (with its recorded hyperparameters) and
     the chains on the same held-out problems as ``eval.json`` (:func:`lopt.heldout_key`, its
     number of problems, its horizon).
@@ -1237,22 +1279,6 @@ def distill(
 
     chain, notes = chain_from_analysis(analysis)
     tx = build_chain(chain)
-    chain_rt = tx_rt = None
-    if retune:
-        say("re-tuning the chain's learning-rate and clip factors on training problems")
-        # The momentum baseline's tuning problems in lopt.compare.tune_baselines.
-        tune_key = jax.random.fold_in(jax.random.key(0), 0)
-        factors, train_metric, grid = retune_chain(chain, family, tune_key, num_steps=horizon)
-        chain_rt = scaled_chain(chain, factors)
-        tx_rt = build_chain(chain_rt)
-        notes["retune"] = {
-            "factors": factors,
-            "train_metric": train_metric,
-            "num_problems": RETUNE_PROBLEMS,
-            "tune_key": "fold_in(key(0), 0)",
-            "grid": {k: list(map(float, v)) for k, v in grid.items()},
-        }
-
     opt, theta, _ = load(run / "theta.npz")
     chain_id = tx_id = None
     if identify:
@@ -1281,12 +1307,32 @@ def distill(
             tx_id = build_chain(chain_id)
         else:
             say(f"identification skipped: {notes['identify']['note']}")
+    chain_rt = tx_rt = None
+    if retune:
+        start = "identified" if chain_id is not None else "detected"
+        say(f"re-tuning every number of the chain on training problems (from the {start} ones)")
+        # The momentum baseline's tuning key in lopt.compare.tune_baselines (its problems are
+        # resampled per step here); never the held-out key.
+        chain_rt, notes["retune"] = retune_chain(
+            chain_id if chain_id is not None else chain,
+            family,
+            jax.random.fold_in(jax.random.key(0), 0),
+            num_steps=horizon,
+            steps=RETUNE_STEPS,
+            num_problems=RETUNE_PROBLEMS,
+            validation=RETUNE_VALIDATION,
+        )
+        notes["retune"].update(start=start, key="fold_in(key(0), 0)")
+        if chain_rt is not None:
+            tx_rt = build_chain(chain_rt)
+        else:
+            say(f"re-tuning skipped: {notes['retune']['note']}")
     key = heldout_key()
     optimizers = {"learned": opt.optimizer(theta), best: baseline(best, **best_hp), "distilled": tx}
-    if tx_rt is not None:
-        optimizers["distilled_retuned"] = tx_rt
     if tx_id is not None:
         optimizers["distilled_identified"] = tx_id
+    if tx_rt is not None:
+        optimizers["distilled_retuned"] = tx_rt
     metrics, curves, per = {}, {}, {}
     for name, t in optimizers.items():
         say(f"evaluating {name} on {num_problems} held-out problems, {horizon} steps")
@@ -1330,10 +1376,10 @@ def distill(
                 else None
             )
     if tx_rt is not None:
-        results["distilled_retuned"]["hyperparameters"] = {
-            f"{k}_factor": v for k, v in notes["retune"]["factors"].items()
-        }
-        results["distilled_retuned"]["label"] = "re-tuned on training problems (not held-out)"
+        results["distilled_retuned"]["label"] = (
+            f"every number tuned on the loss of training problems (not held-out), from the "
+            f"{notes['retune']['start']} numbers"
+        )
     if tx_id is not None:
         results["distilled_identified"]["label"] = (
             "numbers fitted to the learned optimizer's updates; no loss used"
@@ -1396,25 +1442,24 @@ def format_report(result: Mapping[str, Any]) -> str:
         (f"best baseline ({r['best_baseline']['name']})", r["best_baseline"]),
         ("distilled", r["distilled"]),
     ]
-    if r.get("distilled_retuned"):
-        rows.append(("distilled, re-tuned", r["distilled_retuned"]))
     if r.get("distilled_identified"):
         rows.append(("distilled, identified", r["distilled_identified"]))
+    if r.get("distilled_retuned"):
+        rows.append(("distilled, re-tuned", r["distilled_retuned"]))
     for name, s in rows:
         m = "inf" if s["metric"] is None else f"{s['metric']:.4f}"
         e = "-" if s["sem"] is None else f"{s['sem']:.4f}"
         v = s.get("vs_best_baseline")
         vs = "" if v is None else f"{v['mean']:+.4f} ± {v['sem']:.4f}"
         lines.append(f"{name:<30} {m:>8} {e:>9}  {vs}")
-    if r.get("distilled_retuned"):
-        hp = ", ".join(f"{k}={v:.3g}" for k, v in r["distilled_retuned"]["hyperparameters"].items())
-        lines.append(f"  re-tuned on training problems: {hp}")
-    if result.get("chain_identified"):
-        lines.append(
-            "  identified (numbers fitted to the learned optimizer's updates, no loss used):"
-        )
-        code = result["optax_code_identified"]
-        lines.append(f"    {code[:200]}{'…' if len(code) > 200 else ''}")
+    for key, label in (
+        ("identified", "identified (numbers fitted to the learned optimizer's updates, no loss)"),
+        ("retuned", f"re-tuned ({(r.get('distilled_retuned') or {}).get('label', '')})"),
+    ):
+        code = result.get(f"optax_code_{key}")
+        if code:
+            lines.append(f"  {label}:")
+            lines.append(f"    {code[:200]}{'…' if len(code) > 200 else ''}")
     g = result["gain"]
     if g is not None:
         lines.append(
@@ -1423,8 +1468,8 @@ def format_report(result: Mapping[str, Any]) -> str:
         )
     for label, key in (
         ("distilled", "fraction"),
-        ("re-tuned", "fraction_retuned"),
         ("identified", "fraction_identified"),
+        ("re-tuned", "fraction_retuned"),
     ):
         f = result.get(key)
         if f is not None:

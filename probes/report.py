@@ -1308,8 +1308,8 @@ def _distill_section(distill: Mapping | None) -> dict | None:
         ("learned", "learned"),
         ("best_baseline", None),
         ("distilled", "distilled"),
-        ("distilled_retuned", "distilled, re-tuned"),
         ("distilled_identified", "distilled, identified"),
+        ("distilled_retuned", "distilled, re-tuned"),
     ):
         r = res.get(key)
         if not isinstance(r, Mapping):
@@ -1352,11 +1352,6 @@ def _distill_section(distill: Mapping | None) -> dict | None:
         )
     else:
         notes.append("The recovered fraction is not reported in distill.json.")
-    frac_r = _fraction_row(
-        "fraction_retuned", "fraction recovered after re-tuning", distill.get("fraction_retuned")
-    )
-    if frac_r:
-        nums.append(frac_r)
     frac_i = _fraction_row(
         "fraction_identified",
         "fraction recovered with identified numbers",
@@ -1364,6 +1359,11 @@ def _distill_section(distill: Mapping | None) -> dict | None:
     )
     if frac_i:
         nums.append(frac_i)
+    frac_r = _fraction_row(
+        "fraction_retuned", "fraction recovered after re-tuning", distill.get("fraction_retuned")
+    )
+    if frac_r:
+        nums.append(frac_r)
     if distill.get("reason"):
         notes.append(str(distill["reason"]))
     method = distill.get("fraction") if isinstance(distill.get("fraction"), Mapping) else {}
@@ -1371,8 +1371,8 @@ def _distill_section(distill: Mapping | None) -> dict | None:
         notes.append(f"Interval of the recovered fraction: {method['method']}.")
     code = [
         ("distilled", distill.get("optax_code")),
-        ("re-tuned", distill.get("optax_code_retuned")),
         ("identified", distill.get("optax_code_identified")),
+        ("re-tuned", distill.get("optax_code_retuned")),
     ]
     return {
         "id": "distill",
@@ -1380,9 +1380,10 @@ def _distill_section(distill: Mapping | None) -> dict | None:
         "detected": None,
         "lead": "The detected mechanisms composed into an optax chain, evaluated on the same "
         "held-out problems (written by lopt distill): with the probed numbers as they are; "
-        "re-tuned (global learning-rate and clip factors chosen on training problems); and "
-        "identified (the same structure with every number fitted to the learned optimizer's "
-        "own updates, no loss used).",
+        "identified (every number fitted to the learned optimizer's own updates, no loss "
+        "used); and re-tuned (every number tuned on the loss of training problems, from the "
+        "identified ones). The first two ask whether the numbers describe the optimizer, the "
+        "last whether the detected structure can match it at all.",
         "chain": _chain_text(distill.get("chain")),
         "code": [(k, c) for k, c in code if c],
         "rows": rows,

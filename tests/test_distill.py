@@ -279,7 +279,11 @@ def test_cli_distill_writes_distill_json(tiny_run, capsys):
     assert [e["transform"] for e in d["chain"]] == ["soft_clip", "trace", "scale_by_learning_rate"]
     r = d["results"]
     assert r["best_baseline"]["name"] == "momentum" and r["distilled_retuned"] is not None
-    assert "hyperparameters" in r["distilled_retuned"]
+    # nothing identified: the re-tuning starts from the detected numbers, on training problems
+    assert "from the detected numbers" in r["distilled_retuned"]["label"]
+    rt = d["notes"]["retune"]
+    assert rt["start"] == "detected" and rt["validation_problems"] == 256
+    assert [e["transform"] for e in d["chain_retuned"]] == [e["transform"] for e in d["chain"]]
     assert len(d["curves"]["distilled"]["mean"]) == 8
     # the untrained GRU makes no update: nothing to identify, no identified variant
     assert d["chain_identified"] is None and d["results"]["distilled_identified"] is None
@@ -423,3 +427,44 @@ def test_distill_reports_the_identified_variant_of_a_moving_gru(tiny_run, tmp_pa
     out = d.to_json()
     json.dumps(out, allow_nan=False)
     assert out["optax_code_identified"].startswith("optax.chain(")
+
+
+def test_retune_chain_finds_the_best_numbers_on_identity_quadratics():
+    # With H = I, momentum-free SGD at learning rate 1 lands on the optimum in one step, so the
+    # best possible mean normalised loss is f_0/f_0 / T = 1/T; the tuning must get there from
+    # β = 0.5, α = 0.3.
+    family = tasks.get("linear_regression", dim=3, num_steps=20, log10_min=0.0, log10_max=0.0)
+    start = [
+        {"transform": "trace", "decay": 0.5, "mechanism": "momentum (dominant mode)"},
+        {"transform": "scale_by_learning_rate", "learning_rate": 0.3},
+    ]
+    chain, notes = lopt.distill.retune_chain(
+        start,
+        family,
+        jax.random.key(3),
+        steps=200,
+        num_problems=4,
+        validation=4,
+        every=20,
+        learning_rate=0.05,
+    )
+    assert chain[0]["decay"] < 0.1 and chain[1]["learning_rate"] == pytest.approx(1.0, rel=0.03)
+    assert chain[0]["mechanism"] == "momentum (numbers tuned on the loss)"
+    val = notes["validation_metric"]
+    assert val[0] > 0.08 and notes["selected_step"] > 0
+    assert min(val) == pytest.approx(1 / 20, rel=0.01)
+    json.dumps(chain, allow_nan=False)
+
+
+def test_retune_chain_leaves_diverging_problems_out_of_each_step():
+    # At a learning rate of 20 most problems diverge (curvatures up to 1): their non-finite
+    # gradients are left out problem by problem (a NaN summed into the mean would turn every
+    # number into NaN), and the finite ones lead to a learning rate that converges everywhere.
+    family = tasks.get("linear_regression", dim=3, num_steps=30)
+    start = [{"transform": "scale_by_learning_rate", "learning_rate": 20.0}]
+    chain, notes = lopt.distill.retune_chain(
+        start, family, jax.random.key(3), steps=200, num_problems=16, validation=16, every=20
+    )
+    assert notes["validation_metric"][0] is None and notes["masked"] > 0
+    assert chain is not None and 0 < chain[0]["learning_rate"] < 5
+    assert notes["validation_metric"][notes["selected_step"] // 20] < 1.0
