@@ -578,6 +578,36 @@ def _results(evaluation: Mapping[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def _distill_sentence(distill: Mapping[str, Any]) -> str | None:
+    """One summary line: how much of the gain the distilled chains recover (``distill.json``)."""
+    parts = []
+    for key, how in (
+        ("fraction", "with the probed numbers"),
+        ("fraction_identified", "with numbers fitted to its updates"),
+        ("fraction_retuned", "with numbers tuned on training problems"),
+    ):
+        f = distill.get(key)
+        if isinstance(f, Mapping) and _finite(f.get("mean")) is not None:
+            ci = [_finite(x) for x in list(f.get("ci") or [])[:2]]
+            band = f" (95% CI {ci[0]:.0%} … {ci[1]:.0%})" if len(ci) == 2 and None not in ci else ""
+            parts.append(f"{how} {f['mean']:.0%}{band}")
+    if not parts:
+        return None
+    steps = [
+        str(e.get("mechanism", e.get("transform", "?"))).split(" (")[0]
+        for e in distill.get("chain") or []
+        if isinstance(e, Mapping)
+    ]
+    best = ((distill.get("results") or {}).get("best_baseline") or {}).get("name")
+    over = f" over tuned {_label(str(best))}" if best else ""
+    chain = f" ({' → '.join(steps)})" if steps else ""
+    return (
+        f"Written as an optax chain{chain}, the mechanisms recover this share of its gain{over}: "
+        + "; ".join(parts)
+        + "."
+    )
+
+
 def _results_sentence(res: Mapping[str, Any]) -> str:
     parts = []
     for h in res["horizons"]:
@@ -1680,7 +1710,8 @@ def write_report(
         "title": title,
         "source": a.get("source"),
         "white_box": bool(ev) and a.get("source") == "cell",
-        "summary": summary_sentences(a, ev),
+        "summary": summary_sentences(a, ev)
+        + [x for x in [_distill_sentence(distill) if distill else None] if x],
         "results_sentence": _results_sentence(res) if res else None,
         "results": results_json,
         "mechanisms": {
