@@ -386,6 +386,14 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
         help="skip the re-tuned variant (numbers tuned on training problems)",
     )
     p.add_argument(
+        "--retune-steps",
+        type=_positive_int,
+        help="re-tuning steps (default 600); with --retune-problems, re-tunes whatever the cost",
+    )
+    p.add_argument(
+        "--retune-problems", type=_positive_int, help="re-tuning's training problems (default 256)"
+    )
+    p.add_argument(
         "--no-identify",
         action="store_true",
         help="skip the identified variant (numbers fitted to the learned optimizer's updates)",
@@ -404,6 +412,8 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         retune=not args.no_retune,
         identify=not args.no_identify,
         progress=not args.quiet,
+        retune_steps=args.retune_steps,
+        retune_problems=args.retune_problems,
     )
     print(format_report(result))
     print(f"wrote {os.path.join(args.run, 'distill.json')}")

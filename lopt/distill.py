@@ -49,8 +49,9 @@ interval over problems (fixed seed). Two variants with the same structure are re
 it, clearly labelled: *identified* (:func:`identify_chain`: every number fitted to the learned
 optimizer's own updates, no loss used) and *re-tuned* (:func:`retune_chain`: every number
 tuned on the loss of training problems, never the held-out ones, starting from the identified
-numbers). The three answer different questions: do the probed numbers describe the optimizer,
-do numbers fitted to its behaviour, and can the detected structure match it at all.
+numbers when there are some). The three answer different questions: do the probed numbers
+describe the optimizer, do numbers fitted to its behaviour, and can the detected structure
+match it at all.
 
 Example:
     >>> import lopt, optax
@@ -63,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -74,7 +76,9 @@ import optax
 
 from lopt import rundir
 
-SCHEMA = "lopt.distill/1"
+#: ``distill.json`` schema. 2: the re-tuned variant tunes every number (``notes.retune`` holds
+#: its validation curve, not a grid; ``results.distilled_retuned`` has no factors).
+SCHEMA = "lopt.distill/2"
 #: The ``analysis.json`` schema version with every result the chain uses (``probes.analysis``'s
 #: ``SCHEMA_VERSION``; lopt does not import probes at module level). Older analyses are redone.
 ANALYSIS_SCHEMA = 2
@@ -86,13 +90,17 @@ KNOT_TOL = 2e-3
 #: Paired bootstrap resamples and seed for the fraction's interval.
 BOOTSTRAP_SAMPLES = 10_000
 BOOTSTRAP_SEED = 0
-#: Re-tuning (:func:`retune_chain`): Adam steps on the loss, problems per step, Adam's initial
-#: learning rate (cosine-decayed to a tenth), validation interval and validation problems.
+#: Re-tuning (:func:`retune_chain`): Adam steps on the loss, training problems, Adam's initial
+#: learning rate (cosine-decayed to a tenth), validation interval and validation problems ...
 RETUNE_STEPS = 600
-RETUNE_PROBLEMS = 128
+RETUNE_PROBLEMS = 256
 RETUNE_LR = 0.03
 RETUNE_EVERY = 25
 RETUNE_VALIDATION = 256
+#: Problems differentiated at once (bounds memory), and the largest default re-tuning cost
+#: (:func:`retune_budget`, coordinate-steps) :func:`distill` runs without being asked.
+RETUNE_CHUNK = 32
+RETUNE_BUDGET = 2e8
 #: :func:`damp_oscillations`' memory in a distilled chain when the analysis has no measured
 #: ``damping.memory`` (analyses written before the probe measured it).
 DAMP_DECAY = 0.8
@@ -858,12 +866,7 @@ def identify_chain(
     if best == 0:
         fitted, gamma = [dict(e) for e in chain], {}
     else:
-        zb = unravel(candidates[best][0])
-        fitted = [_plain_entry(e) for e in _decode(chain, free, zb)]
-        gamma = {f"{i}": float(zb[f"{i}.gamma"]) for i, k in free if k == "gamma"}
-        for e in fitted:
-            if e.get("mechanism"):
-                e["mechanism"] = e["mechanism"].split(" (")[0] + " (numbers identified)"
+        fitted, gamma = _relabel(chain, free, unravel(candidates[best][0]), "numbers identified")
     notes = {
         "method": "numbers fitted to the learned optimizer's updates on the gradients the chain "
         "meets (DAgger rounds); no loss is used",
@@ -897,6 +900,57 @@ def _plain_entry(e: Mapping[str, Any]) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- re-tuning
 
 
+_POWER = ", multipliers raised to the power "
+
+
+def _relabel(
+    chain: Sequence[Mapping[str, Any]], free: list[tuple[int, str]], z: Mapping, tag: str
+) -> tuple[list[dict[str, Any]], dict[str, float]]:
+    """``chain`` with the numbers ``z`` (plain floats), relabelled, and its schedule exponents.
+
+    The mechanisms of the entries that have free numbers are relabelled ``(<tag>)``; a
+    schedule exponent is named in the label (relative to the probed schedule, so composed with
+    one the label already names), since a negative one turns the shape upside down.
+    """
+    out = [_plain_entry(e) for e in _decode(chain, free, z)]
+    gamma = {f"{i}": float(z[f"{i}.gamma"]) for i, k in free if k == "gamma"}
+    for i in sorted({i for i, _ in free}):
+        m = out[i].get("mechanism")
+        if m:
+            base, power = m.split(" (")[0], 1.0
+            found = re.search(f"{_POWER}(\\S+)$", base)
+            if found:  # a chain refitted again: its multipliers carry an earlier exponent
+                base, power = base[: found.start()], float(found.group(1))
+            if f"{i}" in gamma:
+                base += f"{_POWER}{power * gamma[f'{i}']:.2g}"
+            out[i]["mechanism"] = f"{base} ({tag})"
+    return out, gamma
+
+
+def retune_cost(
+    family: Any,
+    num_steps: int | None = None,
+    steps: int = RETUNE_STEPS,
+    num_problems: int = RETUNE_PROBLEMS,
+) -> float:
+    """The cost of :func:`retune_chain` in coordinate-steps.
+
+    ``steps × num_problems × horizon × parameters`` (the validation runs, forward only, are
+    left out). Deterministic, and proportional to the work for a quadratic or Rosenbrock problem
+    (``linear_regression`` at the defaults, 1.5·10⁸, takes about 25 s here). A net with data
+    costs more per coordinate-step (a forward and backward pass over its batch), so for nets
+    the count is low; :func:`distill` compares it with ``RETUNE_BUDGET``.
+    """
+    n = sum(
+        int(np.prod(s.shape))
+        for s in jax.tree.leaves(
+            jax.eval_shape(lambda k: family.init(family.sample(k), k), jax.random.key(0))
+        )
+    )
+    horizon = family.num_steps if num_steps is None else num_steps
+    return float(steps) * num_problems * horizon * n
+
+
 def retune_chain(
     chain: Sequence[Mapping[str, Any]],
     family: Any,
@@ -908,18 +962,24 @@ def retune_chain(
     learning_rate: float = RETUNE_LR,
     every: int = RETUNE_EVERY,
     validation: int = RETUNE_VALIDATION,
+    chunk: int = RETUNE_CHUNK,
 ) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
     """Tunes every number of the chain on the loss, on training problems (never held-out ones).
 
     The structure stays; the numbers :func:`identify_chain` fits (clip and damping scales,
-    decays, the learning rate, an exponent ``γ`` on the schedule's multipliers) are tuned, in
-    the same log / logit / linear coordinates, to minimise the paper's meta-objective, the mean
-    normalised loss ``mean_t f_t/f_0``, by Adam (clipped to global norm 1, cosine-decayed
-    learning rate) on its exact gradient through the whole inner run (full BPTT). Each step
-    trains ``num_problems`` fresh problems, ``split(fold_in(key, step))``. Gradients are taken
-    problem by problem: a problem whose loss or gradient is not finite is left out of that
-    step (counted in ``notes["masked"]``), so one diverging problem cannot poison the others;
-    a step with no finite problem leaves the numbers unchanged.
+    decays, the learning rate, an exponent ``γ`` on the schedule's multipliers, relative to the
+    starting chain's) are tuned, in the same log / logit / linear coordinates, to minimise the
+    paper's meta-objective, the mean normalised loss ``mean_t f_t/f_0``, by Adam (cosine-decayed
+    learning rate) on its exact gradient through the whole inner run (full BPTT). Every step
+    trains the same ``num_problems`` problems, ``split(fold_in(key, 0))``, ``chunk`` at a time
+    (memory): with a fixed sample, as :func:`lopt.tune` uses, the objective is deterministic
+    and Adam settles instead of wandering with the sample (a handful of numbers does not
+    overfit a few hundred problems; the validation below checks). Gradients are taken problem
+    by problem: a problem whose loss or gradient is not finite is left out of that step
+    (counted in ``notes["masked"]``); the others' mean is clipped to norm 1, formed so that
+    gradients near the float32 limit (a problem that blows up without overflowing) cannot
+    overflow it; a step with no usable problem, or whose update is not finite, leaves the
+    numbers and Adam's state unchanged.
 
     Every ``every`` steps, and at the start, the chain is scored on ``validation`` other
     training problems, ``split(fold_in(key, 1_000_000))``, by the mean normalised loss
@@ -932,16 +992,17 @@ def retune_chain(
         key: the training key (never the held-out key).
         num_steps: updates per problem (default: the family's).
         steps: Adam steps (rounded up to a multiple of ``every``).
-        num_problems: problems per step.
+        num_problems: training problems (the same at every step).
         learning_rate: Adam's initial learning rate (in the coordinates above).
         every: validation interval in steps.
         validation: validation problems.
+        chunk: problems differentiated at once.
 
     Returns:
-        ``(chain, notes)``: the tuned chain (same structure, plain floats) and a record
-        (validation curve, selected step, masked problems, settings); ``(None, {"note": why})``
-        when the chain has no number to tune or every candidate, the start included, diverges
-        on a validation problem.
+        ``(chain, notes)``: the tuned chain (same structure, plain floats; the starting chain if
+        no step scores better) and a record (validation curve, selected step, masked problems,
+        schedule exponents, settings); ``(None, {"note": why})`` when the chain has no number
+        to tune or every candidate, the start included, diverges on a validation problem.
     """
     from jax.flatten_util import ravel_pytree
 
@@ -951,32 +1012,43 @@ def retune_chain(
     free = _free_numbers(chain)
     if not free:
         return None, {"note": "the chain has no number to tune"}
-    if steps < 1 or every < 1 or num_problems < 1 or validation < 1:
-        raise DistillError("re-tuning: steps, every, num_problems and validation must be >= 1")
+    if min(steps, every, num_problems, validation, chunk) < 1:
+        raise DistillError(
+            "re-tuning: steps, every, num_problems, validation and chunk must be >= 1"
+        )
     z0, unravel = ravel_pytree(_encode(chain, free))
 
     def metric(z, k):
         tx = optax.with_extra_args_support(build_chain(_decode(chain, free, unravel(z))))
         return normalized_loss(unroll(tx, family, init_inner(tx, family, k), num_steps)[1])
 
+    def mean_clipped(g, ok, n):
+        # the mean of the usable problems' gradients, clipped to norm 1; gradients of problems
+        # that blow up without overflowing reach 1e37, so the mean is formed in units of the
+        # largest entry and nothing is squared or summed at its full size (no inf, no 0·inf)
+        g = jnp.where(ok[:, None], g, 0.0)
+        top = jnp.max(jnp.abs(g))
+        top = jnp.where(top > 0, top, 1.0)
+        mean = jnp.sum(g / top, 0) / jnp.maximum(n, 1)
+        norm = jnp.linalg.norm(mean)
+        return mean * jnp.minimum(top, 1.0 / jnp.where(norm > 0, norm, 1.0))
+
     rounds = -(-steps // every)
-    sched = optax.cosine_decay_schedule(learning_rate, rounds * every, alpha=0.1)
-    meta = optax.chain(optax.clip_by_global_norm(1.0), optax.adam(sched))
+    meta = optax.adam(optax.cosine_decay_schedule(learning_rate, rounds * every, alpha=0.1))
+    train_keys = jax.random.split(jax.random.fold_in(key, 0), num_problems)
     val_keys = jax.random.split(jax.random.fold_in(key, 1_000_000), validation)
 
     def score(z):
-        m = jax.vmap(lambda k: metric(z, k))(val_keys)
+        m = jax.lax.map(lambda k: metric(z, k), val_keys, batch_size=chunk)
         return jnp.where(jnp.all(jnp.isfinite(m)), jnp.mean(m), jnp.inf)
 
-    def step(carry, i):
+    def step(carry, _):
         z, s = carry
-        keys = jax.random.split(jax.random.fold_in(key, i), num_problems)
-        m, g = jax.vmap(jax.value_and_grad(metric), in_axes=(None, 0))(z, keys)
+        m, g = jax.lax.map(lambda k: jax.value_and_grad(metric)(z, k), train_keys, batch_size=chunk)
         ok = jnp.isfinite(m) & jnp.all(jnp.isfinite(g), axis=1)
         n = jnp.sum(ok)
-        g = jnp.sum(jnp.where(ok[:, None], g, 0.0), 0) / jnp.maximum(n, 1)
-        u, s_new = meta.update(g, s, z)
-        moved = n > 0
+        u, s_new = meta.update(mean_clipped(g, ok, n), s, z)
+        moved = (n > 0) & jnp.all(jnp.isfinite(u))
         z = jnp.where(moved, optax.apply_updates(z, u), z)
         s = jax.tree.map(lambda a, b: jnp.where(moved, a, b), s_new, s)
         return (z, s), num_problems - n
@@ -995,11 +1067,12 @@ def retune_chain(
     best = int(np.argmin(curve))
     notes = {
         "method": "every number tuned on the mean normalised loss of training problems by Adam "
-        "on the exact meta-gradient (full BPTT); best validation score kept",
+        "on the exact meta-gradient (full BPTT), clipped to norm 1; best validation score kept",
         "validation_metric": [float(x) if np.isfinite(x) else None for x in curve],
         "validation_steps": [r * every for r in range(rounds + 1)],
         "selected_step": best * every,
         "masked": int(masked.sum()),
+        "schedule_exponent": {},
         "steps": rounds * every,
         "num_problems": num_problems,
         "validation_problems": validation,
@@ -1008,12 +1081,8 @@ def retune_chain(
     if not np.isfinite(curve[best]):
         return None, {**notes, "note": "every candidate diverged on a validation problem"}
     if best == 0:
-        return [dict(e) for e in chain], notes
-    tuned = [_plain_entry(e) for e in _decode(chain, free, unravel(zs[best - 1]))]
-    gamma = {f"{i}": float(unravel(zs[best - 1])[f"{i}.gamma"]) for i, k in free if k == "gamma"}
-    for e in tuned:
-        if e.get("mechanism"):
-            e["mechanism"] = e["mechanism"].split(" (")[0] + " (numbers tuned on the loss)"
+        return [dict(e) for e in chain], {**notes, "note": "no step beat the starting numbers"}
+    tuned, gamma = _relabel(chain, free, unravel(zs[best - 1]), "numbers tuned on the loss")
     return tuned, {**notes, "schedule_exponent": gamma}
 
 
@@ -1153,7 +1222,7 @@ class Distillation:
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        """The ``distill.json`` dict (schema ``lopt.distill/1``; strict JSON, no NaN)."""
+        """The ``distill.json`` dict (schema :data:`SCHEMA`; strict JSON, no NaN)."""
         from lopt.compare import _finite_json
 
         out = {
@@ -1207,7 +1276,13 @@ def _summary(losses: np.ndarray) -> tuple[dict[str, Any], dict[str, Any], np.nda
 
 
 def distill(
-    run_dir: str | Path, *, retune: bool = True, identify: bool = True, progress: bool = True
+    run_dir: str | Path,
+    *,
+    retune: bool = True,
+    identify: bool = True,
+    progress: bool = True,
+    retune_steps: int | None = None,
+    retune_problems: int | None = None,
 ) -> Distillation:
     """Distils a run's learned optimizer into an optax chain and evaluates it.
 
@@ -1225,9 +1300,14 @@ def distill(
 
     Args:
         run_dir: the run directory.
-        retune: also report the re-tuned variant.
+        retune: also report the re-tuned variant. With the default settings it is skipped
+            (and ``notes["retune"]`` says why) when :func:`retune_cost` exceeds
+            ``RETUNE_BUDGET``, as for the classifier families' nets.
         identify: also report the identified variant.
         progress: print progress lines to stderr.
+        retune_steps: re-tuning steps (default ``RETUNE_STEPS``); setting it or
+            ``retune_problems`` runs the re-tuning whatever its cost.
+        retune_problems: re-tuning's training problems (default ``RETUNE_PROBLEMS``).
 
     Returns:
         A :class:`Distillation`.
@@ -1309,20 +1389,38 @@ def distill(
             say(f"identification skipped: {notes['identify']['note']}")
     chain_rt = tx_rt = None
     if retune:
-        start = "identified" if chain_id is not None else "detected"
-        say(f"re-tuning every number of the chain on training problems (from the {start} ones)")
-        # The momentum baseline's tuning key in lopt.compare.tune_baselines (its problems are
-        # resampled per step here); never the held-out key.
-        chain_rt, notes["retune"] = retune_chain(
-            chain_id if chain_id is not None else chain,
-            family,
-            jax.random.fold_in(jax.random.key(0), 0),
-            num_steps=horizon,
-            steps=RETUNE_STEPS,
-            num_problems=RETUNE_PROBLEMS,
-            validation=RETUNE_VALIDATION,
-        )
-        notes["retune"].update(start=start, key="fold_in(key(0), 0)")
+        identified = chain_id is not None and notes["identify"].get("selected_round", 0) > 0
+        start = "identified" if identified else "detected"
+        steps = RETUNE_STEPS if retune_steps is None else retune_steps
+        problems = RETUNE_PROBLEMS if retune_problems is None else retune_problems
+        cost = retune_cost(family, horizon, steps, problems)
+        if retune_steps is None and retune_problems is None and cost > RETUNE_BUDGET:
+            notes["retune"] = {
+                "note": f"not re-tuned by default: {steps} steps × {problems} problems of "
+                f"this family cost {cost:.2g} coordinate-steps (budget {RETUNE_BUDGET:.2g}); "
+                "choose fewer with lopt distill --retune-steps/--retune-problems",
+                "cost": cost,
+            }
+        else:
+            say(
+                f"re-tuning every number of the chain on training problems (from the {start} "
+                f"numbers; {steps} steps × {problems} problems)"
+            )
+            # The momentum baseline's tuning key in lopt.compare.tune_baselines (its problems
+            # are resampled per step here); never the held-out key.
+            chain_rt, notes["retune"] = retune_chain(
+                chain_id if chain_id is not None else chain,
+                family,
+                jax.random.fold_in(jax.random.key(0), 0),
+                num_steps=horizon,
+                steps=steps,
+                num_problems=problems,
+                learning_rate=RETUNE_LR,
+                every=RETUNE_EVERY,
+                validation=RETUNE_VALIDATION,
+                chunk=RETUNE_CHUNK,
+            )
+            notes["retune"].update(start=start, key="fold_in(key(0), 0)", cost=cost)
         if chain_rt is not None:
             tx_rt = build_chain(chain_rt)
         else:
@@ -1377,7 +1475,7 @@ def distill(
             )
     if tx_rt is not None:
         results["distilled_retuned"]["label"] = (
-            f"every number tuned on the loss of training problems (not held-out), from the "
+            f"every number tuned on the loss of training problems, not held-out ones, from the "
             f"{notes['retune']['start']} numbers"
         )
     if tx_id is not None:
@@ -1413,11 +1511,9 @@ def distill(
     )
 
 
-def distill_run(
-    run: str | Path, *, retune: bool = True, identify: bool = True, progress: bool = True
-) -> dict[str, Any]:
-    """:func:`distill` and write ``RUN/distill.json`` atomically; returns the written dict."""
-    result = distill(run, retune=retune, identify=identify, progress=progress).to_json()
+def distill_run(run: str | Path, **kwargs: Any) -> dict[str, Any]:
+    """:func:`distill` (same keyword arguments) and write ``RUN/distill.json`` atomically."""
+    result = distill(run, **kwargs).to_json()
     rundir.write_json(Path(run) / "distill.json", result)
     return result
 

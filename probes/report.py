@@ -1329,6 +1329,14 @@ def _fraction_row(key: str, label: str, frac: Any) -> dict[str, Any] | None:
     return _num_row(key, label, [frac.get("mean"), *ci], shown)
 
 
+def _retune_method(distill: Mapping) -> str:
+    rt = (distill.get("notes") or {}).get("retune") or {}
+    if "factors" in rt:  # a distill.json from before every number was tuned
+        return "global learning-rate and clip factors chosen on training problems"
+    start = f", from the {rt['start']} numbers" if rt.get("start") else ""
+    return f"every number tuned on the loss of training problems{start}"
+
+
 def _distill_section(distill: Mapping | None) -> dict | None:
     if not distill:
         return None
@@ -1411,9 +1419,9 @@ def _distill_section(distill: Mapping | None) -> dict | None:
         "lead": "The detected mechanisms composed into an optax chain, evaluated on the same "
         "held-out problems (written by lopt distill): with the probed numbers as they are; "
         "identified (every number fitted to the learned optimizer's own updates, no loss "
-        "used); and re-tuned (every number tuned on the loss of training problems, from the "
-        "identified ones). The first two ask whether the numbers describe the optimizer, the "
-        "last whether the detected structure can match it at all.",
+        f"used); and re-tuned ({_retune_method(distill)}). The first two ask whether the "
+        "numbers describe the optimizer, the last whether the detected structure can match it "
+        "at all.",
         "chain": _chain_text(distill.get("chain")),
         "code": [(k, c) for k, c in code if c],
         "rows": rows,
@@ -1648,7 +1656,8 @@ def write_report(
         out_dir: the report directory (created).
         evaluation: an ``eval.json`` dict (``lopt.eval/1``): results table and loss curves.
         evidence: :func:`white_box_evidence` for the white-box figures (cells only).
-        distill: a ``distill.json`` dict (``lopt.distill/1``): the distillation section.
+        distill: a ``distill.json`` dict (``lopt.distill/1`` or ``/2``): the distillation
+            section.
         title: page title.
 
     Returns:

@@ -273,7 +273,7 @@ def test_cli_distill_writes_distill_json(tiny_run, capsys):
     assert "distilled chain" in out and "soft_clip" in out
     text = (tiny_run / "distill.json").read_text()
     d = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
-    assert d["schema"] == "lopt.distill/1"
+    assert d["schema"] == "lopt.distill/2"
     assert {"chain", "optax_code", "results", "gain", "significant", "fraction"} <= set(d)
     assert {"fraction_retuned", "fraction_identified", "reason", "curves"} <= set(d)
     assert [e["transform"] for e in d["chain"]] == ["soft_clip", "trace", "scale_by_learning_rate"]
@@ -282,7 +282,8 @@ def test_cli_distill_writes_distill_json(tiny_run, capsys):
     # nothing identified: the re-tuning starts from the detected numbers, on training problems
     assert "from the detected numbers" in r["distilled_retuned"]["label"]
     rt = d["notes"]["retune"]
-    assert rt["start"] == "detected" and rt["validation_problems"] == 256
+    assert rt["start"] == "detected"
+    assert rt["validation_problems"] == lopt.distill.RETUNE_VALIDATION
     assert [e["transform"] for e in d["chain_retuned"]] == [e["transform"] for e in d["chain"]]
     assert len(d["curves"]["distilled"]["mean"]) == 8
     # the untrained GRU makes no update: nothing to identify, no identified variant
@@ -430,13 +431,21 @@ def test_distill_reports_the_identified_variant_of_a_moving_gru(tiny_run, tmp_pa
 
 
 def test_retune_chain_finds_the_best_numbers_on_identity_quadratics():
-    # With H = I, momentum-free SGD at learning rate 1 lands on the optimum in one step, so the
-    # best possible mean normalised loss is f_0/f_0 / T = 1/T; the tuning must get there from
-    # β = 0.5, α = 0.3.
+    # With H = I, momentum-free SGD whose first step has learning rate 1 lands on the optimum,
+    # so the best possible mean normalised loss is f_0/f_0 / T = 1/T; the tuning must get there
+    # from β = 0.5, α = 0.3 and a warm-up that halves the first step (α · 0.5^γ = 1 is a ridge:
+    # after the first step the gradient is zero, so only the first step's rate is pinned down).
     family = tasks.get("linear_regression", dim=3, num_steps=20, log10_min=0.0, log10_max=0.0)
     start = [
         {"transform": "trace", "decay": 0.5, "mechanism": "momentum (dominant mode)"},
-        {"transform": "scale_by_learning_rate", "learning_rate": 0.3},
+        {
+            "transform": "scale_by_learning_rate",
+            "learning_rate": 0.3,
+            "schedule": {"steps": [0, 1], "values": [0.5, 1.0], "tail_ratio": 0.0},
+            # as identified: the probed multipliers raised to 0.5 (the label composes the powers)
+            "mechanism": "learning rate with a warm-up schedule, multipliers raised to the power "
+            "0.5 (numbers identified)",
+        },
     ]
     chain, notes = lopt.distill.retune_chain(
         start,
@@ -448,8 +457,15 @@ def test_retune_chain_finds_the_best_numbers_on_identity_quadratics():
         every=20,
         learning_rate=0.05,
     )
-    assert chain[0]["decay"] < 0.1 and chain[1]["learning_rate"] == pytest.approx(1.0, rel=0.03)
+    lr = chain[1]["learning_rate"] * chain[1]["schedule"]["values"][0]
+    assert chain[0]["decay"] < 0.1 and lr == pytest.approx(1.0, rel=0.03)
+    gamma = notes["schedule_exponent"]["1"]
+    assert chain[1]["schedule"]["values"][0] == pytest.approx(0.5**gamma, rel=1e-5)
     assert chain[0]["mechanism"] == "momentum (numbers tuned on the loss)"
+    assert chain[1]["mechanism"] == (
+        f"learning rate with a warm-up schedule, multipliers raised to the power {0.5 * gamma:.2g} "
+        "(numbers tuned on the loss)"
+    )
     val = notes["validation_metric"]
     assert val[0] > 0.08 and notes["selected_step"] > 0
     assert min(val) == pytest.approx(1 / 20, rel=0.01)
@@ -457,14 +473,38 @@ def test_retune_chain_finds_the_best_numbers_on_identity_quadratics():
 
 
 def test_retune_chain_leaves_diverging_problems_out_of_each_step():
-    # At a learning rate of 20 most problems diverge (curvatures up to 1): their non-finite
-    # gradients are left out problem by problem (a NaN summed into the mean would turn every
-    # number into NaN), and the finite ones lead to a learning rate that converges everywhere.
+    # At a learning rate of 20 most problems diverge (curvatures up to 1), some to inf or NaN
+    # and some to finite losses near the float32 limit. The first are left out problem by
+    # problem (a NaN summed into the mean would turn every number into NaN), the second must
+    # not overflow the clipped mean (it would zero or NaN the step); two numbers are tuned, so
+    # the mean's norm is a real sum of squares. The chain must reach numbers that train.
     family = tasks.get("linear_regression", dim=3, num_steps=30)
-    start = [{"transform": "scale_by_learning_rate", "learning_rate": 20.0}]
+    start = [
+        {"transform": "trace", "decay": 0.5},
+        {"transform": "scale_by_learning_rate", "learning_rate": 20.0},
+    ]
     chain, notes = lopt.distill.retune_chain(
         start, family, jax.random.key(3), steps=200, num_problems=16, validation=16, every=20
     )
-    assert notes["validation_metric"][0] is None and notes["masked"] > 0
-    assert chain is not None and 0 < chain[0]["learning_rate"] < 5
-    assert notes["validation_metric"][notes["selected_step"] // 20] < 1.0
+    val = notes["validation_metric"]
+    assert val[0] is None and notes["masked"] > 0
+    assert chain is not None and 0 < chain[1]["learning_rate"] < 10
+    assert val[notes["selected_step"] // 20] < 1.0
+
+
+def test_distill_skips_a_costly_default_re_tuning_unless_asked(tiny_run, tmp_path, monkeypatch):
+    # Over the budget, the default settings are not run (the note says how to ask); explicit
+    # settings run whatever the cost.
+    import shutil
+
+    run = tmp_path / "costly"
+    shutil.copytree(tiny_run, run)
+    monkeypatch.setattr(lopt.distill, "RETUNE_BUDGET", 1.0)
+    d = lopt.distill.distill(run, identify=False, progress=False)
+    assert d.chain_retuned is None and d.results["distilled_retuned"] is None
+    assert "--retune-steps" in d.notes["retune"]["note"] and d.notes["retune"]["cost"] > 1.0
+    d = lopt.distill.distill(
+        run, identify=False, progress=False, retune_steps=25, retune_problems=4
+    )
+    assert d.chain_retuned is not None and d.notes["retune"]["steps"] == 25
+    assert d.notes["retune"]["num_problems"] == 4

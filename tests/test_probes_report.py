@@ -187,10 +187,13 @@ def test_results_distillation_and_missing_keys(tmp_path, heavy_ball):
             "learned": {"metric": 0.04, "sem": 0.002},
             "best_baseline": {"name": "momentum", "metric": 0.05, "sem": 0.002},
             "distilled": {"metric": 0.045, "sem": 0.002},
-            "distilled_retuned": None,
+            "distilled_retuned": {"metric": 0.041, "sem": 0.002, "label": "tuned"},
             "distilled_identified": {"metric": 0.0425, "sem": 0.002, "label": "fitted"},
         },
         "optax_code_identified": "optax.chain(optax.trace(decay=0.8), optax.scale(-0.3))",
+        "optax_code_retuned": "optax.chain(optax.trace(decay=0.7), optax.scale(-0.4))",
+        "notes": {"retune": {"start": "identified"}},
+        "fraction_retuned": {"mean": 0.9, "ci": [0.5, 1.4]},
         "gain": {"mean": 0.01, "sem": 0.001},
         "significant": True,
         "fraction": {"mean": 0.5, "ci": [0.3, 0.7]},
@@ -209,12 +212,22 @@ def test_results_distillation_and_missing_keys(tmp_path, heavy_ball):
     assert ident["value"] == [0.75, 0.2, 1.1] and "75%" in page
     assert "optax.scale(-0.3)" in page and "distilled, identified (fitted)" in page
     assert "loss_curves.png" in {p.name for p in (tmp_path / "figures").glob("*.png")}
-    # the summary ends with what the chains recover, in the order probed, identified (no re-tune)
+    # the summary ends with what the chains recover: probed, identified, re-tuned
     assert report["summary"][-1] == (
         "Written as an optax chain (trace → scale), the mechanisms recover this share of its "
         "gain over tuned momentum: with the probed numbers 50% (95% CI 30% … 70%); with numbers "
-        "fitted to its updates 75% (95% CI 20% … 110%)."
+        "fitted to its updates 75% (95% CI 20% … 110%); with numbers tuned on training problems "
+        "90% (95% CI 50% … 140%)."
     )
+    sec = report["mechanisms"]["distill"]
+    assert [r["key"] for r in sec["rows"]][2:] == [
+        "distilled",
+        "distilled_identified",
+        "distilled_retuned",
+    ]
+    assert list(sec["code"]) == ["distilled", "identified", "re-tuned"]
+    assert "distilled, re-tuned (tuned)" in page and "optax.scale(-0.4)" in page
+    assert "tuned on the loss of training problems, from the identified numbers" in page
     rows = report["results"]["horizons"][0]["rows"]
     assert [r["name"] for r in rows] == ["learned", "momentum", "adam"]
     assert rows[1]["diff_baseline_minus_learned"] == pytest.approx(0.01)
