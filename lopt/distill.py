@@ -742,8 +742,7 @@ def identify_chain(
     if not free:
         return None, {"note": "the chain has no number to fit: nothing to identify"}
     learned = optax.with_extra_args_support(learned)
-    shapes = jax.eval_shape(lambda k: family.init(family.sample(k), k), jax.random.key(0))
-    n = sum(int(np.prod(s.shape)) for s in jax.tree.leaves(shapes))
+    n = family.num_params()
     keep = n if coords is None else min(n, coords)
     idx = np.unique(np.linspace(0, n - 1, keep).round().astype(np.int32))
 
@@ -941,14 +940,8 @@ def retune_cost(
     costs more per coordinate-step (a forward and backward pass over its batch), so for nets
     the count is low; :func:`distill` compares it with ``RETUNE_BUDGET``.
     """
-    n = sum(
-        int(np.prod(s.shape))
-        for s in jax.tree.leaves(
-            jax.eval_shape(lambda k: family.init(family.sample(k), k), jax.random.key(0))
-        )
-    )
     horizon = family.num_steps if num_steps is None else num_steps
-    return float(steps) * num_problems * horizon * n
+    return float(steps) * num_problems * horizon * family.num_params()
 
 
 def retune_chain(

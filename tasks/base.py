@@ -18,6 +18,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 from typing import Any, ClassVar
 
@@ -76,6 +77,12 @@ class TaskFamily:
         """Held-out metrics (e.g. test loss and accuracy); empty for families without a split."""
         del task, params
         return {}
+
+    def num_params(self) -> int:
+        """Scalar parameters per problem (from shapes only; nothing is computed)."""
+        task = jax.eval_shape(self.sample, jax.random.key(0))
+        params = jax.eval_shape(self.init, task, jax.random.key(0))
+        return sum(math.prod(x.shape) for x in jax.tree.leaves(params))
 
     def settings(self) -> dict[str, Any]:
         """The static settings that rebuild this family with :func:`get` (JSON-able)."""

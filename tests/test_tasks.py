@@ -677,3 +677,11 @@ def test_conv3x3_equals_lax_convolution(size, stride):
         x, w, (stride, stride), "SAME", dimension_numbers=("NHWC", "HWIO", "NHWC")
     )
     np.testing.assert_allclose(conv3x3(x, w, stride), ref, rtol=1e-5, atol=1e-5)
+
+
+def test_num_params_counts_a_problems_scalar_parameters():
+    assert tasks.get("linear_regression", dim=7).num_params() == 7
+    assert tasks.get("rosenbrock").num_params() == 2
+    family = tasks.get("two_moons")
+    params = family.init(family.sample(jax.random.key(0)), jax.random.key(1))
+    assert family.num_params() == sum(x.size for x in jax.tree.leaves(params)) > 100
