@@ -98,7 +98,7 @@ RETUNE_LR = 0.03
 RETUNE_EVERY = 25
 RETUNE_VALIDATION = 256
 #: Problems differentiated at once (bounds memory), and the largest default re-tuning cost
-#: (:func:`retune_budget`, coordinate-steps) :func:`distill` runs without being asked.
+#: (:func:`retune_cost`, coordinate-steps) :func:`distill` runs without being asked.
 RETUNE_CHUNK = 32
 RETUNE_BUDGET = 2e8
 #: :func:`damp_oscillations`' memory in a distilled chain when the analysis has no measured
