@@ -597,8 +597,9 @@ _FREE_FIELDS = {
     "decay": "logit",
 }
 #: Identification settings: problems per round, rounds, Levenberg-Marquardt iterations per fit,
-#: coordinates kept per problem, and the base key ``fold_in(key(0), IDENTIFY_KEY)`` (neither a
-#: tuning key nor the held-out key).
+#: coordinates kept per problem, and the base key ``fold_in(key(0), IDENTIFY_KEY)`` (also Adam's
+#: tuning key in :func:`lopt.compare.tune_baselines`, but its problems are drawn as
+#: ``split(fold_in(base, round))``, not ``split(base)``; never the held-out key).
 IDENTIFY_PROBLEMS = 64
 IDENTIFY_ROUNDS = 6
 IDENTIFY_STEPS = 40
