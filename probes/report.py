@@ -1714,13 +1714,13 @@ def write_report(
                 for h in res["horizons"]
             ],
         }
+    distilled = _distill_sentence(distill) if distill else None
     report = {
         "schema": SCHEMA,
         "title": title,
         "source": a.get("source"),
         "white_box": bool(ev) and a.get("source") == "cell",
-        "summary": summary_sentences(a, ev)
-        + [x for x in [_distill_sentence(distill) if distill else None] if x],
+        "summary": summary_sentences(a, ev) + ([distilled] if distilled else []),
         "results_sentence": _results_sentence(res) if res else None,
         "results": results_json,
         "mechanisms": {
