@@ -262,6 +262,9 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
         for flag, value in (
             ("--outlier-threshold", args.outlier_threshold),
             ("--save-products", args.save_products),
+            ("--seed", args.seed),
+            ("--estimator", args.estimator),
+            ("--truncation", args.truncation),
         ):
             if value is not None:
                 raise ValueError(f"{flag} cannot change on --resume (the run keeps its own)")
@@ -286,7 +289,7 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
             "num_steps": args.steps,
             "estimator": args.estimator,
             "truncation": args.truncation,
-            "seed": None if args.resume else args.seed,
+            "seed": args.seed,
         }.items()
         if v is not None
     }
@@ -356,9 +359,11 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     result = evaluate_run(
         args.run, baselines=args.baselines, num_problems=args.num_problems, progress=not args.quiet
     )
+    step, selected = result["meta_step"], result["selected_step"]
     print(
         f"{result['task']['name']} (data: {result['task']['data_source']}), "
-        f"meta-step {result['meta_step']}"
+        f"meta-step {step}"
+        + (f" (theta selected by validation at step {selected})" if selected != step else "")
     )
     print(format_table(result))
     print(f"wrote {os.path.join(args.run, 'eval.json')}")

@@ -7,7 +7,8 @@ paired), at the family's horizon and at twice it (generalisation beyond the trai
 
 "Beats" is decided on paired differences: for each problem, the learned optimizer's mean
 normalised loss minus the baseline's; the learned optimizer beats the baseline if the mean
-difference is below ``-2`` standard errors of that difference.
+difference is below ``-2`` standard errors of that difference. Problems on which a run
+diverged are counted apart (see :func:`paired`).
 """
 
 from __future__ import annotations
@@ -32,22 +33,29 @@ TUNED_SCHEMA = "lopt.tuned/1"
 
 
 def paired(learned: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
-    """Paired comparison of two per-problem metrics (``learned - baseline``)."""
-    d = learned - baseline
-    if not np.all(np.isfinite(d)):
-        return {
-            "diff": None,
-            "diff_sem": None,
-            "beats": False,
-            "finite_pairs": int(np.isfinite(d).sum()),
-        }
-    sem = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
-    return {
-        "diff": float(np.mean(d)),
-        "diff_sem": sem,
-        "beats": bool(np.mean(d) < -2 * sem),
+    """Paired comparison of two per-problem metrics (``learned - baseline``).
+
+    The mean difference and its s.e.m. are over the problems on which both runs are finite. A
+    problem on which only the baseline diverged counts for the learned optimizer
+    (``baseline_diverged``); one on which only the learned optimizer diverged counts against
+    it (``learned_diverged``). The learned optimizer beats the baseline when it diverged on no
+    problem the baseline survived and either the mean difference is below ``-2`` s.e.m. or
+    there is no finite pair and the baseline diverged somewhere.
+    """
+    learned, baseline = np.asarray(learned), np.asarray(baseline)
+    ok_l, ok_b = np.isfinite(learned), np.isfinite(baseline)
+    d = learned[ok_l & ok_b] - baseline[ok_l & ok_b]
+    out = {
         "finite_pairs": int(len(d)),
+        "learned_diverged": int(np.sum(~ok_l & ok_b)),
+        "baseline_diverged": int(np.sum(ok_l & ~ok_b)),
     }
+    if len(d) == 0:
+        beats = out["learned_diverged"] == 0 and out["baseline_diverged"] > 0
+        return {"diff": None, "diff_sem": None, "beats": bool(beats), **out}
+    sem = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    beats = out["learned_diverged"] == 0 and np.mean(d) < -2 * sem
+    return {"diff": float(np.mean(d)), "diff_sem": sem, "beats": bool(beats), **out}
 
 
 def _summary_json(losses: np.ndarray) -> dict[str, Any]:
@@ -235,6 +243,8 @@ def evaluate_run(
             "data_source": getattr(family, "data_source", "synthetic"),
         },
         meta_step=meta.get("step"),
+        # The step of the evaluated theta: validation may have selected an earlier one.
+        selected_step=meta.get("selected_step", meta.get("step")),
         horizon=horizon,
     )
     rundir.write_json(run / "eval.json", _finite_json(result))
@@ -269,7 +279,7 @@ def format_table(result: Mapping[str, Any]) -> str:
             if v is None:
                 vs = ""
             elif v["diff"] is None:
-                vs = "diverged runs"
+                vs = "beaten (diverged)" if v["beats"] else "diverged runs"
             else:
                 verdict = "beaten" if v["beats"] else "not beaten"
                 vs = f"{-v['diff']:+.4f}±{v['diff_sem']:.4f} {verdict}"

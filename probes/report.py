@@ -1520,7 +1520,11 @@ def _results_html(res: Mapping[str, Any], colors: Callable[[str], str]) -> str:
             if r["name"] == res.get("learned"):
                 vs = ""
             elif d is None:
-                vs = "diverged runs"
+                vs = (
+                    'baseline diverged: <span class="better">learned better</span>'
+                    if r["learned_better"]
+                    else "diverged runs"
+                )
             else:
                 cls = (
                     "better"

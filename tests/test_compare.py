@@ -24,19 +24,42 @@ def test_paired_difference_decides_beats():
     assert paired(np.array([np.inf, 1.0]), np.array([1.0, 1.0]))["beats"] is False
 
 
+def test_a_baseline_that_diverges_can_still_be_beaten():
+    # Better on every finite pair, and the baseline diverged on one more problem: beaten, with
+    # the difference over the finite pairs and the divergences counted apart.
+    learned = np.array([0.1, 0.2, 0.3, 0.2, 0.1, 0.25, 0.15, 0.2])
+    baseline = learned + np.array([0.5, 0.6, 0.4, 0.5, 0.55, 0.45, 0.5, 0.0])
+    baseline[-1] = np.inf
+    v = paired(learned, baseline)
+    assert v["beats"] and v["finite_pairs"] == 7
+    assert v["baseline_diverged"] == 1 and v["learned_diverged"] == 0
+    np.testing.assert_allclose(v["diff"], -np.mean([0.5, 0.6, 0.4, 0.5, 0.55, 0.45, 0.5]))
+    # The learned optimizer diverging where the baseline did not rules "beats" out, however
+    # good it is elsewhere; both diverging on a problem is a tie, left out.
+    swapped = paired(baseline, learned)
+    assert not swapped["beats"] and swapped["learned_diverged"] == 1
+    both = paired(np.append(learned[:-1], np.inf), baseline)
+    assert both["beats"] and both["finite_pairs"] == 7 and both["learned_diverged"] == 0
+    # No finite pair at all: beaten only if the baseline diverged and the learned never did.
+    assert paired(np.ones(3), np.full(3, np.inf))["beats"]
+    assert not paired(np.full(3, np.inf), np.full(3, np.inf))["beats"]
+
+
 def test_per_problem_metric_marks_divergence():
     losses = np.array([[2.0, 1.0], [1.0, np.nan]])
     np.testing.assert_allclose(per_problem_metric(losses), [0.75, np.inf])
 
 
 def test_compare_is_paired_and_covers_both_horizons():
-    opts = {"good": optax.sgd(1.0, momentum=0.5), "bad": optax.sgd(0.01), "diverge": optax.sgd(1e3)}
+    opts = {"good": optax.sgd(1.0, momentum=0.5), "bad": optax.sgd(0.01), "diverge": optax.sgd(1e5)}
     res = compare(opts, FAMILY, learned="good", num_problems=16, key=jax.random.key(0))
     assert set(res["horizons"]) == {"10", "20"}
     block = res["horizons"]["10"]
     assert block["versus"]["bad"]["beats"]
-    assert block["versus"]["diverge"]["diff"] is None and not block["versus"]["diverge"]["beats"]
-    assert block["best_baseline"] == "bad" and not block["beats_all"]
+    # sgd(1e5) diverges on every problem; "good" never does, so it beats it.
+    assert block["versus"]["diverge"]["diff"] is None and block["versus"]["diverge"]["beats"]
+    assert block["versus"]["diverge"]["baseline_diverged"] == 16
+    assert block["best_baseline"] == "bad" and block["beats_all"]
     assert block["optimizers"]["diverge"]["diverged"] > 0
     # The same key gives the same problems: f0 agrees, so curves start at exactly 1.
     assert block["optimizers"]["good"]["curve_mean"][0] == 1.0
@@ -53,7 +76,7 @@ def test_evaluate_run_writes_eval_json(tmp_path):
     assert (
         saved["task"]["name"] == "linear_regression" and saved["task"]["data_source"] == "synthetic"
     )
-    assert saved["meta_step"] == 2 and saved["horizon"] == 10
+    assert saved["meta_step"] == saved["selected_step"] == 2 and saved["horizon"] == 10
     assert set(saved["horizons"]["10"]["optimizers"]) == {"learned", "momentum"}
     hp = saved["horizons"]["10"]["optimizers"]["momentum"]["hyperparams"]
     assert set(hp) == {"learning_rate", "momentum"}

@@ -68,6 +68,13 @@ def test_outlier_threshold_counts_the_problems_left_out_in_the_metrics(tmp_path)
     assert all(r["outliers"] == 0 for r in plain.metrics)
 
 
+def test_a_metrics_line_torn_by_a_crash_is_skipped(tmp_path):
+    meta_train(OPT, FAMILY, CONFIG, out_dir=tmp_path, progress=False)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 8, "meta_lo')  # a kill -9 in the middle of a write
+    assert [r["step"] for r in lopt.meta_train_metrics(tmp_path)] == [2, 4, 6]
+
+
 def test_meta_training_lowers_the_meta_loss():
     config = MetaTrainConfig(num_problems=8, num_steps=60, log_every=10, learning_rate=1e-2)
     result = meta_train(OPT, FAMILY, config, progress=False)
