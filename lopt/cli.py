@@ -412,6 +412,10 @@ def _cmd_distill(args: argparse.Namespace) -> int:
 
     if not os.path.isdir(args.run):
         raise FileNotFoundError(f"no run directory {args.run}")
+    # The command-line tools sit on top of both packages (the lopt library never imports
+    # probes): a missing or outdated analysis.json is written here by the probes.
+    from probes.cli import analyze_run
+
     result = distill_run(
         args.run,
         retune=not args.no_retune,
@@ -419,6 +423,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         progress=not args.quiet,
         retune_steps=args.retune_steps,
         retune_problems=args.retune_problems,
+        analyze=analyze_run,
     )
     print(format_report(result))
     print(f"wrote {os.path.join(args.run, 'distill.json')}")

@@ -65,7 +65,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -80,7 +80,7 @@ from lopt import rundir
 #: its validation curve, not a grid; ``results.distilled_retuned`` has no factors).
 SCHEMA = "lopt.distill/2"
 #: The ``analysis.json`` schema version with every result the chain uses (``probes.analysis``'s
-#: ``SCHEMA_VERSION``; lopt does not import probes at module level). Older analyses are redone.
+#: ``SCHEMA_VERSION``; lopt does not import probes). Older analyses are redone (``analyze``).
 ANALYSIS_SCHEMA = 2
 
 #: ``soft_clip``'s slope ``1/(1+|g|/c)²`` halves at ``|g| = (√2 − 1)c``.
@@ -1277,10 +1277,12 @@ def distill(
     progress: bool = True,
     retune_steps: int | None = None,
     retune_problems: int | None = None,
+    analyze: Callable[[Path], Mapping[str, Any]] | None = None,
 ) -> Distillation:
     """Distils a run's learned optimizer into an optax chain and evaluates it.
 
-    Reads ``RUN/analysis.json`` (computed with ``probes analyze`` if missing) and
+    Reads ``RUN/analysis.json`` (written by ``probes analyze RUN``, or by ``analyze`` when
+    missing or older than the damping probe) and
     ``RUN/eval.json`` (computed with :func:`lopt.compare.evaluate_run` if missing), builds the
     chain (:func:`chain_from_analysis`), optionally identifies its numbers from the learned
     optimizer's updates (:func:`identify_chain`; no loss involved), optionally tunes every
@@ -1302,12 +1304,17 @@ def distill(
         retune_steps: re-tuning steps (default ``RETUNE_STEPS``); setting it or
             ``retune_problems`` runs the re-tuning whatever its cost.
         retune_problems: re-tuning's training problems (default ``RETUNE_PROBLEMS``).
+        analyze: ``run_dir -> analysis dict`` that writes ``RUN/analysis.json`` when it is
+            missing or outdated, e.g. ``probes.cli.analyze_run`` (``lopt distill`` passes it;
+            ``lopt`` itself never imports ``probes``). ``None``: such a run is a
+            :class:`DistillError` naming the command to run first.
 
     Returns:
         A :class:`Distillation`.
 
     Raises:
-        DistillError: if the run cannot be distilled (no learned optimizer, no baseline).
+        DistillError: if the run cannot be distilled (no learned optimizer, no baseline, no
+            current analysis and no ``analyze``).
         OSError: if the run directory or its files are missing.
     """
     import sys
@@ -1325,19 +1332,17 @@ def distill(
     run = Path(run_dir)
     cfg = rundir.read_json(run / "config.json")
     family = family_from_config(cfg)
-    analysis = None
+    analysis, why = None, f"no {run / 'analysis.json'}"
     if (run / "analysis.json").exists():
         analysis = rundir.read_json(run / "analysis.json")
         if int(analysis.get("schema_version") or 0) < ANALYSIS_SCHEMA:
-            say("analysis.json predates the oscillation-damping probe: analysing again")
+            why = f"{run / 'analysis.json'} predates the oscillation-damping probe"
             analysis = None
     if analysis is None:
-        # The only place lopt reaches into probes (DESIGN.md: probes depends on lopt): lazily,
-        # to produce the analysis the distillation is built from.
-        from probes.cli import analyze_run
-
-        say("analysing the learned optimizer (probes analyze)")
-        analysis = analyze_run(run)
+        if analyze is None:
+            raise DistillError(f"{why}: run 'probes analyze {run}' first")
+        say(f"{why}: analysing the learned optimizer (probes analyze)")
+        analysis = analyze(run)
     if (run / "eval.json").exists():
         ev = rundir.read_json(run / "eval.json")
     else:

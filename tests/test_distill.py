@@ -20,6 +20,7 @@ from lopt.distill import (
 )
 from lopt.meta_train import MetaTrainConfig, run_config
 from lopt.rundir import write_json
+from probes.cli import analyze_run
 
 
 def _updates(tx, grads):
@@ -299,7 +300,9 @@ def test_distill_redoes_an_analysis_from_before_the_damping_probe(tiny_run, tmp_
     run = tmp_path / "old"
     shutil.copytree(tiny_run, run)
     write_json(run / "analysis.json", {**_analysis(0.5, 0.05, clip=1.0), "schema_version": 1})
-    d = lopt.distill.distill(run, retune=False, progress=True)
+    with pytest.raises(lopt.distill.DistillError, match="run 'probes analyze"):
+        lopt.distill.distill(run, retune=False, progress=False)  # lopt never imports probes
+    d = lopt.distill.distill(run, retune=False, progress=True, analyze=analyze_run)
     assert "predates the oscillation-damping probe" in capsys.readouterr().err
     redone = json.loads((run / "analysis.json").read_text())
     assert redone["schema_version"] == 2 and "damping" in redone
