@@ -1511,8 +1511,13 @@ def distill(
 
 
 def distill_run(run: str | Path, **kwargs: Any) -> dict[str, Any]:
-    """:func:`distill` (same keyword arguments) and write ``RUN/distill.json`` atomically."""
+    """:func:`distill` (same keyword arguments) and write ``RUN/distill.json`` atomically.
+
+    The file also names the run's task and its data source (``config.json``).
+    """
     result = distill(run, **kwargs).to_json()
+    task = rundir.read_json(Path(run) / "config.json").get("task") or {}
+    result["task"] = {"name": task.get("name"), "data_source": task.get("data_source")}
     rundir.write_json(Path(run) / "distill.json", result)
     return result
 

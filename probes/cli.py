@@ -96,6 +96,10 @@ def analyze_run(run: str | os.PathLike, *, key_seed: int = 0) -> dict[str, Any]:
     family = family_from_config(cfg)
     analysis = probes.analyze(opt, theta, family=family, key=jax.random.key(key_seed))
     result = analysis.to_json()
+    # What was analysed, so that results on the MNIST fallback digits cannot pass for MNIST and
+    # a later command can tell which seed drew the trajectories.
+    result["task"] = {"name": family.name, "data_source": getattr(family, "data_source", None)}
+    result["key_seed"] = key_seed
     write_json(run / "analysis.json", result)
     return result
 

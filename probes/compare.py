@@ -455,6 +455,7 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike |
                 "analysis": src,
                 "has_eval": ev is not None,
                 "task": ((cfg or {}).get("task") or {}).get("name"),
+                "data_source": ((cfg or {}).get("task") or {}).get("data_source"),
                 "optimizer": (cfg or {}).get("optimizer"),
             }
             for n, p, (_, src, ev, cfg) in zip(names, paths, loaded, strict=True)

@@ -574,6 +574,7 @@ def _results(evaluation: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "learned": learned,
         "num_problems": evaluation.get("num_problems"),
         "task": (evaluation.get("task") or {}).get("name"),
+        "data_source": (evaluation.get("task") or {}).get("data_source"),
         "horizons": horizons,
     }
 
@@ -608,6 +609,13 @@ def _distill_sentence(distill: Mapping[str, Any]) -> str | None:
     )
 
 
+def data_note(data_source: str | None) -> str:
+    """`` (data: …)`` for data other than a synthetic family's own, else ``""``."""
+    if not data_source or data_source == "synthetic":
+        return ""
+    return f" (data: {data_source})"
+
+
 def _results_sentence(res: Mapping[str, Any]) -> str:
     parts = []
     for h in res["horizons"]:
@@ -626,9 +634,8 @@ def _results_sentence(res: Mapping[str, Any]) -> str:
     task = f" {res['task']}" if res.get("task") else ""
     n = f"{res['num_problems']} " if res.get("num_problems") else ""
     return (
-        f"On {n}held-out{task} problems (mean normalised loss, paired differences > 2 s.e.m.), "
-        + "; ".join(parts)
-        + "."
+        f"On {n}held-out{task} problems{data_note(res.get('data_source'))} (mean normalised loss, "
+        "paired differences > 2 s.e.m.), " + "; ".join(parts) + "."
     )
 
 
@@ -1702,8 +1709,13 @@ def write_report(
         if old.name not in written:
             old.unlink()
     if title is None:
-        task = (evaluation or {}).get("task", {}).get("name") if evaluation else None
-        title = "What the learned optimizer learned" + (f" on {task}" if task else "")
+        task = (evaluation or {}).get("task", {}) if evaluation else {}
+        name = task.get("name")
+        title = (
+            "What the learned optimizer learned"
+            + (f" on {name}" if name else "")
+            + data_note(task.get("data_source"))
+        )
     results_json = None
     if res:
         results_json = {
@@ -1824,9 +1836,11 @@ def report_run(
     evaluation = read_json(run / "eval.json") if (run / "eval.json").exists() else None
     distill = read_json(run / "distill.json") if (run / "distill.json").exists() else None
     stage("drawing figures and writing the report")
-    task = (cfg.get("task") or {}).get("name")
-    title = f"{run.resolve().name}: what the learned optimizer learned" + (
-        f" on {task}" if task else ""
+    task = cfg.get("task") or {}
+    title = (
+        f"{run.resolve().name}: what the learned optimizer learned"
+        + (f" on {task['name']}" if task.get("name") else "")
+        + data_note(task.get("data_source"))
     )
     write_report(
         analysis, out, evaluation=evaluation, evidence=evidence, distill=distill, title=title

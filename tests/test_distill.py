@@ -275,6 +275,7 @@ def test_cli_distill_writes_distill_json(tiny_run, capsys):
     text = (tiny_run / "distill.json").read_text()
     d = json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
     assert d["schema"] == "lopt.distill/2"
+    assert d["task"] == {"name": "linear_regression", "data_source": "synthetic"}
     assert {"chain", "optax_code", "results", "gain", "significant", "fraction"} <= set(d)
     assert {"fraction_retuned", "fraction_identified", "reason", "curves"} <= set(d)
     assert [e["transform"] for e in d["chain"]] == ["soft_clip", "trace", "scale_by_learning_rate"]

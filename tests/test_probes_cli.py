@@ -28,6 +28,8 @@ def test_probes_analyze_writes_analysis_json(tmp_path, capsys):
     result = json.loads((tmp_path / "analysis.json").read_text())
     assert result["schema_version"] == 2 and result["source"] == "cell"
     assert set(result) >= {"momentum", "clipping", "schedule", "adaptation"}
+    assert result["task"] == {"name": "linear_regression", "data_source": "synthetic"}
+    assert result["key_seed"] == 0
 
 
 def test_probes_analyze_missing_run_is_one_line(tmp_path, capsys):

@@ -264,6 +264,20 @@ def test_report_of_a_hand_made_analysis_dict_with_extra_fields(tmp_path):
     assert not any("scillation" in s for s in older["summary"])
 
 
+def test_data_other_than_the_familys_own_is_named_in_title_and_summary(tmp_path, heavy_ball):
+    fallback = "sklearn-digits-8x8 (fallback, NOT MNIST)"
+    ev = _eval_json()
+    ev["task"] = {"name": "mnist", "data_source": fallback}
+    report = probes.write_report(heavy_ball.to_json(), tmp_path, evaluation=ev)
+    page = (tmp_path / "index.html").read_text()
+    assert f"learned on mnist (data: {fallback})" in page
+    assert f"held-out mnist problems (data: {fallback})" in report["results_sentence"]
+    assert report["results"]["data_source"] == fallback
+    # a synthetic family's own data is not a note
+    plain = probes.write_report(heavy_ball.to_json(), tmp_path / "lr", evaluation=_eval_json())
+    assert "(data:" not in plain["results_sentence"]
+
+
 def test_probes_report_missing_run_is_one_line(tmp_path, capsys):
     no_theta = tmp_path / "no_theta"
     no_theta.mkdir()
