@@ -3,13 +3,15 @@
 The public names are re-exported here; see the README for a tour.
 """
 
-from lopt import cells, distill, distributed, estimators
+from lopt import cells, compare, distill, distributed, estimators, presets
 from lopt.base import LearnedOptimizer, from_config
 from lopt.baselines import SearchSpace, baseline, baseline_names, search_space
 from lopt.cell import Cell, CellOptimizerState, apply_cell, cell_optimizer, make_cell
 from lopt.checkpoint import CheckpointError, load, save
 from lopt.distill import build_chain
 from lopt.meta_train import (
+    PRODUCT_BUDGET,
+    VALIDATION_SEED,
     ConfigError,
     MetaTrainConfig,
     MetaTrainDiverged,
@@ -34,6 +36,10 @@ from lopt.unroll import (
 from lopt.zoo import pretrained, pretrained_names
 
 __all__ = [
+    "PRODUCT_BUDGET",
+    "VALIDATION_SEED",
+    "compare",
+    "presets",
     "ConfigError",
     "MetaTrainConfig",
     "MetaTrainDiverged",

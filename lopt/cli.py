@@ -235,7 +235,7 @@ def _add_meta_train(sub: argparse._SubParsersAction) -> None:
         choices=sorted(_SAVE_PRODUCTS),
         help="keep the learned optimizer's matrix products for the backward pass (on: a "
         "quarter fewer GRU FLOPs, more memory), recompute them (off), or decide by memory "
-        "(auto, the default: lopt.meta_train.PRODUCT_BUDGET)",
+        "(auto, the default: lopt.PRODUCT_BUDGET)",
     )
     p.add_argument("--resume", action="store_true", help="continue the run in --out")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

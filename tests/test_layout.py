@@ -29,3 +29,35 @@ def test_importing_every_module_of_a_package_leaves_the_upper_layers_out(package
         check=True,
     ).stdout
     assert set(ast.literal_eval(out.strip().splitlines()[-1])) == allowed
+
+
+def test_every_dotted_name_the_readme_mentions_exists():
+    # `lopt.x.y`, `probes.x.y` and `tasks.x` in the README's inline code resolve after a plain
+    # `import lopt, probes, tasks` (schema names such as `lopt.eval/1` are not names).
+    import re
+    from pathlib import Path
+
+    import lopt
+    import probes
+    import tasks
+
+    text = (Path(__file__).parents[1] / "README.md").read_text()
+    text = re.sub(r"```.*?```", "", text, flags=re.S)
+    names = {
+        m.group(1)
+        for span in re.findall(r"`([^`\n]+)`", text)
+        for m in re.finditer(
+            r"(?<![\w./-])((?:lopt|probes|tasks)(?:\.[A-Za-z_]\w*)+)(?![\w/])", span
+        )
+    }
+    assert len(names) > 30  # the README names a good part of the API this way
+    roots = {"lopt": lopt, "probes": probes, "tasks": tasks}
+    missing = []
+    for name in sorted(names):
+        root, *attrs = name.split(".")
+        obj = roots[root]
+        for a in attrs:
+            obj = getattr(obj, a, None)
+        if obj is None:
+            missing.append(name)
+    assert not missing
