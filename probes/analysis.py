@@ -567,9 +567,9 @@ def _adaptation_along_branches(
 def analyze(opt: Any, theta: Any, family: Any = None, key: jax.Array | None = None, **kwargs):
     """Analyses a learned optimizer at ``theta``.
 
-    Uses ``opt.cell(theta)`` (white box). With ``family`` and ``key`` it first records
-    trajectories (:func:`probes.trajectories`) for the gradient histogram, the gradient scale
-    and the typical step of the state. An optimizer without a cell (``cell`` raises
+    Uses ``opt.cell(theta)`` (white box). With ``family`` it first records trajectories
+    (:func:`probes.trajectories`, problems drawn from ``key``, by default ``key(0)``) for the
+    gradient histogram, the gradient scale and the typical step of the state. An optimizer without a cell (``cell`` raises
     ``TypeError``, e.g. the per-parameter MLP optimizer) is analysed as a black box with
     :func:`analyze_optax` on ``opt.optimizer(theta)``.
 
@@ -577,7 +577,7 @@ def analyze(opt: Any, theta: Any, family: Any = None, key: jax.Array | None = No
         opt: a learned optimizer (``cell``, ``optimizer``).
         theta: its meta-parameters.
         family: optional task family for trajectories.
-        key: PRNG key for the trajectories.
+        key: PRNG key for the trajectories (default ``jax.random.key(0)`` with a family).
         **kwargs: passed to :func:`analyze_cell` / :func:`analyze_optax`.
 
     Returns:
@@ -587,7 +587,8 @@ def analyze(opt: Any, theta: Any, family: Any = None, key: jax.Array | None = No
     from probes.trajectories import typical_step as _typical
 
     samples, step = None, None
-    if family is not None and key is not None:
+    if family is not None:
+        key = jax.random.key(0) if key is None else key
         tr = trajectories(opt, family, key, theta=theta)
         samples = np.asarray(tr.grads)
         if tr.hidden is not None:
