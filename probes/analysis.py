@@ -569,9 +569,9 @@ def analyze(opt: Any, theta: Any, family: Any = None, key: jax.Array | None = No
 
     Uses ``opt.cell(theta)`` (white box). With ``family`` it first records trajectories
     (:func:`probes.trajectories`, problems drawn from ``key``, by default ``key(0)``) for the
-    gradient histogram, the gradient scale and the typical step of the state. An optimizer without a cell (``cell`` raises
-    ``TypeError``, e.g. the per-parameter MLP optimizer) is analysed as a black box with
-    :func:`analyze_optax` on ``opt.optimizer(theta)``.
+    gradient histogram, the gradient scale and the typical step of the state. An optimizer
+    without a cell (``cell`` raises ``TypeError``, e.g. the per-parameter MLP optimizer) is
+    analysed as a black box with :func:`analyze_optax` on ``opt.optimizer(theta)``.
 
     Args:
         opt: a learned optimizer (``cell``, ``optimizer``).

@@ -81,6 +81,30 @@ def describe(result: dict[str, Any]) -> list[str]:
     return lines
 
 
+def saved_analysis(run: str | os.PathLike, *, key_seed: int = 0) -> tuple[dict | None, str]:
+    """``RUN/analysis.json`` if it still describes the run, else ``None``; and why.
+
+    It is out of date when older than ``RUN/theta.npz``, written by a version of the probes
+    without every result of this one (:func:`probes.analysis.is_current`), or drawn with another
+    trajectory seed than ``key_seed`` (analyses that do not record one were drawn with 0).
+    """
+    from lopt.rundir import read_json
+    from probes.analysis import is_current
+
+    run = Path(run)
+    path, theta = run / "analysis.json", run / "theta.npz"
+    if not path.exists():
+        return None, "no analysis.json"
+    if theta.exists() and path.stat().st_mtime < theta.stat().st_mtime:
+        return None, "analysis.json is older than theta.npz"
+    analysis = read_json(path)
+    if not is_current(analysis):
+        return None, "analysis.json predates this version's probes (no oscillation damping)"
+    if int(analysis.get("key_seed", 0)) != key_seed:
+        return None, f"analysis.json was drawn with seed {analysis['key_seed']}, not {key_seed}"
+    return analysis, "re-using analysis.json"
+
+
 def analyze_run(run: str | os.PathLike, *, key_seed: int = 0) -> dict[str, Any]:
     """Analyses ``RUN/theta.npz`` on the run's task family; writes ``RUN/analysis.json``."""
     import jax

@@ -77,12 +77,17 @@ def _load(run: Path) -> tuple[dict[str, Any], str, dict | None, dict | None]:
 
     if not run.is_dir():
         raise ValueError(f"{run}: no such run directory")
-    if (run / "analysis.json").exists():
-        analysis, source = read_json(run / "analysis.json"), "analysis.json"
-    else:
-        from probes.cli import analyze_run
+    from probes.cli import analyze_run, saved_analysis
 
-        analysis, source = analyze_run(run), "computed (written to analysis.json)"
+    analysis, why = saved_analysis(run)
+    if analysis is not None:
+        source = "analysis.json"
+    elif (run / "theta.npz").exists():
+        analysis, source = analyze_run(run), f"computed ({why}; written to analysis.json)"
+    elif (run / "analysis.json").exists():  # nothing to analyse again: use it, and say so
+        analysis, source = read_json(run / "analysis.json"), f"analysis.json ({why})"
+    else:
+        raise ValueError(f"{run}: neither analysis.json nor theta.npz")
     ev = read_json(run / "eval.json") if (run / "eval.json").exists() else None
     cfg = read_json(run / "config.json") if (run / "config.json").exists() else None
     return analysis, source, ev, cfg

@@ -1768,10 +1768,6 @@ def write_report(
     return report
 
 
-def _stale(derived: Path, source: Path) -> bool:
-    return not derived.exists() or derived.stat().st_mtime < source.stat().st_mtime
-
-
 def report_run(
     run: str | os.PathLike,
     out: str | os.PathLike | None = None,
@@ -1808,19 +1804,11 @@ def report_run(
     opt, theta, _ = load(run / "theta.npz")
     family = family_from_config(cfg)
     stage(f"loaded {run} ({family.name})")
-    from probes.analysis import is_current
+    from probes.cli import analyze_run, saved_analysis
 
-    analysis = None
-    if not _stale(run / "analysis.json", run / "theta.npz"):
-        analysis = read_json(run / "analysis.json")
-        if is_current(analysis):
-            stage("re-using analysis.json")
-        else:
-            stage("analysis.json predates this version's probes (no oscillation damping)")
-            analysis = None
+    analysis, why = saved_analysis(run, key_seed=seed)
+    stage(why)
     if analysis is None:
-        from probes.cli import analyze_run
-
         stage("analysing the optimizer (writes analysis.json)")
         analysis = analyze_run(run, key_seed=seed)
     evidence = None

@@ -38,3 +38,29 @@ def test_probes_analyze_missing_run_is_one_line(tmp_path, capsys):
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
     assert err.startswith("probes: error:") and "\n" not in err and "config.json" in err
+
+
+def test_a_saved_analysis_is_reused_only_while_it_describes_the_run(tmp_path):
+    import os
+
+    from lopt.rundir import write_json
+    from probes.cli import saved_analysis
+
+    assert saved_analysis(tmp_path) == (None, "no analysis.json")
+    write_json(tmp_path / "analysis.json", {"schema_version": 2, "key_seed": 0})
+    assert saved_analysis(tmp_path)[0] == {"schema_version": 2, "key_seed": 0}
+    # another trajectory seed; an analysis without one was drawn with seed 0
+    analysis, why = saved_analysis(tmp_path, key_seed=3)
+    assert analysis is None and "seed 0, not 3" in why
+    write_json(tmp_path / "analysis.json", {"schema_version": 2})
+    assert saved_analysis(tmp_path)[0] is not None
+    # written by probes without the damping result
+    write_json(tmp_path / "analysis.json", {"schema_version": 1})
+    assert saved_analysis(tmp_path)[0] is None
+    # older than the weights it describes
+    write_json(tmp_path / "analysis.json", {"schema_version": 2})
+    (tmp_path / "theta.npz").write_bytes(b"")
+    t = os.stat(tmp_path / "analysis.json").st_mtime
+    os.utime(tmp_path / "theta.npz", (t + 10, t + 10))
+    analysis, why = saved_analysis(tmp_path)
+    assert analysis is None and "older than theta.npz" in why
