@@ -60,7 +60,8 @@ class Preset:
 # every meta-parameter and the meta-loss rose to 3.0 by step 320 (seed 0). Freezing h0 did not
 # prevent it (seed 1 exploded at step 56). With the outliers left out, seed 0 kept falling
 # (0.034 at step 400). (2) The best of 50 validations (64 fixed problems, never the held-out
-# ones) is returned, which changes nothing in training.
+# ones) is returned, which changes nothing in training. The paper's meta-loss adds a "tiny" L2
+# term whose coefficient is not given; the preset leaves it out (l2=0; MetaTrainConfig.l2 adds it).
 _PAPER = MetaTrainConfig(validate_every=100, outlier_threshold=10.0)
 # Truncated BPTT over windows of a third of the horizon: full 201-step unrolls of an
 # aggressive optimizer give chaotic meta-gradients (norms of 1e7-1e16 were measured), which

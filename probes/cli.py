@@ -157,7 +157,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             raise
         raise ValueError("'probes compare' is not available in this installation") from None
     out = Path(args.out)
-    result = compare_runs([Path(r) for r in args.runs], out)
+    result = compare_runs([Path(r) for r in args.runs], out, progress=True)
     index = result if isinstance(result, str | os.PathLike) else out / "index.html"
     print(f"wrote {index}")
     return 0

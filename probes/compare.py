@@ -420,14 +420,20 @@ th, td {{ border-bottom: 1px solid #ddd; padding: 0.35em 0.6em; text-align: left
 """
 
 
-def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike | None = None):
+def compare_runs(
+    runs: Sequence[str | os.PathLike],
+    out_dir: str | os.PathLike | None = None,
+    *,
+    progress: bool = False,
+):
     """Compares the analyses of several runs and writes ``compare.json``, figures, ``index.html``.
 
     Args:
         runs: run directories (each with ``config.json`` and ``theta.npz``, or at least an
             ``analysis.json``); analysed with ``probes analyze`` where ``analysis.json`` is
-            missing (and written there).
+            missing or out of date (:func:`probes.cli.saved_analysis`; written there).
         out_dir: where to write; default ``compare/`` in the runs' common parent directory.
+        progress: a progress bar over the runs (analysing one takes seconds to minutes).
 
     Returns:
         The ``compare.json`` dict (schema ``probes.compare/1``), with ``out_dir`` and the
@@ -445,7 +451,9 @@ def compare_runs(runs: Sequence[str | os.PathLike], out_dir: str | os.PathLike |
         parents = [str(p.resolve().parent) for p in paths]
         out_dir = Path(os.path.commonpath(parents)) / "compare"
     out = Path(out_dir)
-    loaded = [_load(p) for p in paths]
+    from tqdm.auto import tqdm
+
+    loaded = [_load(p) for p in tqdm(paths, desc="runs", disable=not progress, dynamic_ncols=True)]
     names = _names(paths)
     table = [_row(n, a, ev, cfg) for n, (a, _, ev, cfg) in zip(names, loaded, strict=True)]
     images = _figures(names, [a for a, *_ in loaded])

@@ -302,13 +302,15 @@ def test_probes_compare_is_wired_to_compare_runs(tmp_path, capsys, monkeypatch):
 
     calls = []
     fake = types.ModuleType("probes.compare")
-    fake.compare_runs = lambda runs, out: calls.append((runs, out)) or out / "index.html"
+    fake.compare_runs = lambda runs, out, progress: (
+        calls.append((runs, out, progress)) or out / "index.html"
+    )
     monkeypatch.setitem(sys.modules, "probes.compare", fake)
     a, b = tmp_path / "a", tmp_path / "b"
     a.mkdir()
     b.mkdir()
     assert main(["compare", str(a), str(b), "--out", str(tmp_path / "cmp")]) == 0
-    assert calls == [([a, b], tmp_path / "cmp")]
+    assert calls == [([a, b], tmp_path / "cmp", True)]
     assert capsys.readouterr().out.strip() == f"wrote {tmp_path / 'cmp' / 'index.html'}"
     with pytest.raises(SystemExit) as e:
         main(["compare", str(a), str(tmp_path / "missing")])
