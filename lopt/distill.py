@@ -65,6 +65,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
+import sys
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -957,6 +958,7 @@ def retune_chain(
     every: int = RETUNE_EVERY,
     validation: int = RETUNE_VALIDATION,
     chunk: int = RETUNE_CHUNK,
+    progress: Callable[[int, int], None] | None = None,
 ) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
     """Tunes every number of the chain on the loss, on training problems (never held-out ones).
 
@@ -991,6 +993,8 @@ def retune_chain(
         every: validation interval in steps.
         validation: validation problems.
         chunk: problems differentiated at once.
+        progress: called as ``progress(done, total)`` from inside the compiled loop after each
+            validation round (a host callback; the arithmetic is the same without it).
 
     Returns:
         ``(chain, notes)``: the tuned chain (same structure, plain floats; the starting chain if
@@ -1051,6 +1055,8 @@ def retune_chain(
     def run(z):
         def one_round(carry, r):
             carry, masked = jax.lax.scan(step, carry, r * every + jnp.arange(every))
+            if progress is not None:
+                jax.debug.callback(lambda i: progress(int(i) + 1, rounds), r)
             return carry, (carry[0], score(carry[0]), jnp.sum(masked))
 
         _, (zs, scores, masked) = jax.lax.scan(one_round, (z, meta.init(z)), jnp.arange(rounds))
@@ -1269,6 +1275,26 @@ def _summary(losses: np.ndarray) -> tuple[dict[str, Any], dict[str, Any], np.nda
     return metric, curve, per_problem_metric(losses)
 
 
+class _RoundBar:
+    """A tqdm bar over rounds of a compiled loop (``update_to(done, total)``)."""
+
+    def __init__(self, desc: str):
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(desc=desc, unit="round", dynamic_ncols=True, file=sys.stderr)
+
+    def update_to(self, done: int, total: int) -> None:
+        self._bar.total = total
+        self._bar.update(done - self._bar.n)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def _round_bar(progress: bool, desc: str) -> _RoundBar | None:
+    return _RoundBar(desc) if progress else None
+
+
 def distill(
     run_dir: str | Path,
     *,
@@ -1317,8 +1343,6 @@ def distill(
             current analysis and no ``analyze``).
         OSError: if the run directory or its files are missing.
     """
-    import sys
-
     from lopt.baselines import baseline
     from lopt.checkpoint import load
     from lopt.compare import evaluate_run, family_from_config
@@ -1418,7 +1442,10 @@ def distill(
                 every=RETUNE_EVERY,
                 validation=RETUNE_VALIDATION,
                 chunk=RETUNE_CHUNK,
+                progress=bar.update_to if (bar := _round_bar(progress, "re-tune")) else None,
             )
+            if bar:
+                bar.close()
             notes["retune"].update(start=start, key="fold_in(key(0), 0)", cost=cost)
         if chain_rt is not None:
             tx_rt = build_chain(chain_rt)

@@ -487,9 +487,18 @@ def test_retune_chain_leaves_diverging_problems_out_of_each_step():
         {"transform": "trace", "decay": 0.5},
         {"transform": "scale_by_learning_rate", "learning_rate": 20.0},
     ]
+    rounds = []
     chain, notes = lopt.distill.retune_chain(
-        start, family, jax.random.key(3), steps=200, num_problems=16, validation=16, every=20
+        start,
+        family,
+        jax.random.key(3),
+        steps=200,
+        num_problems=16,
+        validation=16,
+        every=20,
+        progress=lambda done, total: rounds.append((done, total)),
     )
+    assert rounds == [(r, 10) for r in range(1, 11)]  # one progress call per validation round
     val = notes["validation_metric"]
     assert val[0] is None and notes["masked"] > 0
     assert chain is not None and 0 < chain[1]["learning_rate"] < 10
