@@ -217,7 +217,7 @@ def _add_meta_train(sub: argparse._SubParsersAction) -> None:
         "exactly where the run stopped.",
     )
     p.add_argument("--task", help="task family (see 'tasks.names()'); not needed with --resume")
-    p.add_argument("--preset", choices=["quick", "paper"], default="quick")
+    p.add_argument("--preset", choices=["quick", "paper"], help="settings (default quick)")
     p.add_argument("--out", required=True, help="run directory")
     p.add_argument("--steps", type=_positive_int, help="meta-steps (overrides the preset)")
     p.add_argument("--estimator", choices=ESTIMATORS, help="gradient estimator override")
@@ -262,6 +262,7 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
         for flag, value in (
             ("--outlier-threshold", args.outlier_threshold),
             ("--save-products", args.save_products),
+            ("--preset", args.preset),
             ("--seed", args.seed),
             ("--estimator", args.estimator),
             ("--truncation", args.truncation),
@@ -280,7 +281,7 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
         if args.task is None:
             raise ValueError("--task is required (unless --resume)")
         tasks.get(args.task)  # an unknown task is reported with the list of valid ones
-        p = preset(args.task, args.preset)
+        p = preset(args.task, args.preset or "quick")
         family = tasks.get(args.task, **p.task_settings)
         opt, config = p.build()
     changes = {

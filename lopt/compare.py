@@ -39,8 +39,9 @@ def paired(learned: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
     problem on which only the baseline diverged counts for the learned optimizer
     (``baseline_diverged``); one on which only the learned optimizer diverged counts against
     it (``learned_diverged``). The learned optimizer beats the baseline when it diverged on no
-    problem the baseline survived and either the mean difference is below ``-2`` s.e.m. or
-    there is no finite pair and the baseline diverged somewhere.
+    problem the baseline survived and the mean difference over the finite pairs is below ``-2``
+    s.e.m.; with fewer than two finite pairs (no s.e.m.), when the baseline diverged somewhere
+    and the learned optimizer is lower on every finite pair.
     """
     learned, baseline = np.asarray(learned), np.asarray(baseline)
     ok_l, ok_b = np.isfinite(learned), np.isfinite(baseline)
@@ -50,10 +51,11 @@ def paired(learned: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
         "learned_diverged": int(np.sum(~ok_l & ok_b)),
         "baseline_diverged": int(np.sum(ok_l & ~ok_b)),
     }
-    if len(d) == 0:
-        beats = out["learned_diverged"] == 0 and out["baseline_diverged"] > 0
-        return {"diff": None, "diff_sem": None, "beats": bool(beats), **out}
-    sem = float(np.std(d, ddof=1) / np.sqrt(len(d))) if len(d) > 1 else float("inf")
+    if len(d) < 2:
+        beats = out["learned_diverged"] == 0 and out["baseline_diverged"] > 0 and np.all(d < 0)
+        diff = float(d[0]) if len(d) else None
+        return {"diff": diff, "diff_sem": None, "beats": bool(beats), **out}
+    sem = float(np.std(d, ddof=1) / np.sqrt(len(d)))
     beats = out["learned_diverged"] == 0 and np.mean(d) < -2 * sem
     return {"diff": float(np.mean(d)), "diff_sem": sem, "beats": bool(beats), **out}
 
@@ -282,7 +284,10 @@ def format_table(result: Mapping[str, Any]) -> str:
                 vs = "beaten (diverged)" if v["beats"] else "diverged runs"
             else:
                 verdict = "beaten" if v["beats"] else "not beaten"
-                vs = f"{-v['diff']:+.4f}±{v['diff_sem']:.4f} {verdict}"
+                if v.get("learned_diverged"):
+                    verdict += f" (learned diverged on {v['learned_diverged']})"
+                sem = "-" if v["diff_sem"] is None else f"{v['diff_sem']:.4f}"
+                vs = f"{-v['diff']:+.4f}±{sem} {verdict}"
             hp = ", ".join(f"{k}={val:.3g}" for k, val in s.get("hyperparams", {}).items())
             lines.append(
                 f"  {name:<10} {metric:>10} {sem:>9} {final:>11} {s['diverged']:>8}  {vs:>22}  {hp}"

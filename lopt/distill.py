@@ -1308,7 +1308,7 @@ def distill(
     """Distils a run's learned optimizer into an optax chain and evaluates it.
 
     Reads ``RUN/analysis.json`` (written by ``probes analyze RUN``, or by ``analyze`` when
-    missing or older than the damping probe) and
+    missing, older than ``theta.npz`` or older than the damping probe) and
     ``RUN/eval.json`` (computed with :func:`lopt.compare.evaluate_run` if missing), builds the
     chain (:func:`chain_from_analysis`), optionally identifies its numbers from the learned
     optimizer's updates (:func:`identify_chain`; no loss involved), optionally tunes every
@@ -1356,12 +1356,16 @@ def distill(
     run = Path(run_dir)
     cfg = rundir.read_json(run / "config.json")
     family = family_from_config(cfg)
-    analysis, why = None, f"no {run / 'analysis.json'}"
-    if (run / "analysis.json").exists():
-        analysis = rundir.read_json(run / "analysis.json")
-        if int(analysis.get("schema_version") or 0) < ANALYSIS_SCHEMA:
-            why = f"{run / 'analysis.json'} predates the oscillation-damping probe"
-            analysis = None
+    analysis, why, path = None, f"no {run / 'analysis.json'}", run / "analysis.json"
+    if path.exists():
+        theta = run / "theta.npz"
+        if theta.exists() and path.stat().st_mtime < theta.stat().st_mtime:
+            why = f"{path} is older than theta.npz"
+        else:
+            analysis = rundir.read_json(path)
+            if int(analysis.get("schema_version") or 0) < ANALYSIS_SCHEMA:
+                why = f"{path} predates the oscillation-damping probe"
+                analysis = None
     if analysis is None:
         if analyze is None:
             raise DistillError(f"{why}: run 'probes analyze {run}' first")

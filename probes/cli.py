@@ -81,12 +81,13 @@ def describe(result: dict[str, Any]) -> list[str]:
     return lines
 
 
-def saved_analysis(run: str | os.PathLike, *, key_seed: int = 0) -> tuple[dict | None, str]:
+def saved_analysis(run: str | os.PathLike, *, key_seed: int | None = 0) -> tuple[dict | None, str]:
     """``RUN/analysis.json`` if it still describes the run, else ``None``; and why.
 
-    It is out of date when older than ``RUN/theta.npz``, written by a version of the probes
-    without every result of this one (:func:`probes.analysis.is_current`), or drawn with another
-    trajectory seed than ``key_seed`` (analyses that do not record one were drawn with 0).
+    It is out of date when older than ``RUN/theta.npz`` (by modification time), written by a
+    version of the probes without every result of this one (:func:`probes.analysis.is_current`),
+    or drawn with another trajectory seed than ``key_seed`` (``None``: any seed; analyses that
+    do not record one were drawn with 0).
     """
     from lopt.rundir import read_json
     from probes.analysis import is_current
@@ -98,10 +99,12 @@ def saved_analysis(run: str | os.PathLike, *, key_seed: int = 0) -> tuple[dict |
     if theta.exists() and path.stat().st_mtime < theta.stat().st_mtime:
         return None, "analysis.json is older than theta.npz"
     analysis = read_json(path)
-    if not is_current(analysis):
+    if not isinstance(analysis, dict) or not is_current(analysis):
         return None, "analysis.json predates this version's probes (no oscillation damping)"
-    if int(analysis.get("key_seed", 0)) != key_seed:
-        return None, f"analysis.json was drawn with seed {analysis['key_seed']}, not {key_seed}"
+    seed = analysis.get("key_seed")
+    seed = 0 if seed is None else seed
+    if key_seed is not None and seed != key_seed:
+        return None, f"analysis.json was drawn with seed {seed}, not {key_seed}"
     return analysis, "re-using analysis.json"
 
 
@@ -150,12 +153,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     for run in args.runs:
         if not Path(run).is_dir():
             raise ValueError(f"{run}: no such run directory")
-    try:
-        from probes.compare import compare_runs
-    except ModuleNotFoundError as e:
-        if e.name != "probes.compare":
-            raise
-        raise ValueError("'probes compare' is not available in this installation") from None
+    from probes.compare import compare_runs
+
     out = Path(args.out)
     result = compare_runs([Path(r) for r in args.runs], out, progress=True)
     index = result if isinstance(result, str | os.PathLike) else out / "index.html"
@@ -175,8 +174,9 @@ def build_parser() -> argparse.ArgumentParser:
         "report",
         help="write the interpretation report of a run (RUN/report/index.html)",
         description="Writes index.html (self-contained, figures embedded), report.json and "
-        "figures/*.png for a meta-training run. Re-uses RUN/analysis.json when it is newer than "
-        "theta.npz; adds RUN/eval.json and RUN/distill.json when present.",
+        "figures/*.png for a meta-training run. Re-uses RUN/analysis.json while it describes the "
+        "run (newer than theta.npz, current probes, same --seed); adds RUN/eval.json and "
+        "RUN/distill.json when present.",
     )
     p.add_argument("run", help="run directory written by 'lopt meta-train'")
     p.add_argument("--out", default=None, help="report directory (default RUN/report)")

@@ -79,7 +79,7 @@ def _load(run: Path) -> tuple[dict[str, Any], str, dict | None, dict | None]:
         raise ValueError(f"{run}: no such run directory")
     from probes.cli import analyze_run, saved_analysis
 
-    analysis, why = saved_analysis(run)
+    analysis, why = saved_analysis(run, key_seed=None)  # an analysis drawn with any seed
     if analysis is not None:
         source = "analysis.json"
     elif (run / "theta.npz").exists():

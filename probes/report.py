@@ -555,6 +555,8 @@ def _results(evaluation: Mapping[str, Any] | None) -> dict[str, Any] | None:
                     "diff_baseline_minus_learned": None if diff is None else -diff,
                     "diff_sem": _finite(v.get("diff_sem")),
                     "learned_better": v.get("beats") if v else None,
+                    # problems where only the learned optimizer diverged (rule "better" out)
+                    "learned_diverged": v.get("learned_diverged") if v else None,
                     "curve_mean": o.get("curve_mean"),
                     "curve_sem": o.get("curve_sem"),
                 }
@@ -1543,6 +1545,8 @@ def _results_html(res: Mapping[str, Any], colors: Callable[[str], str]) -> str:
                     if r["learned_better"]
                     else ("baseline better" if cls == "worse" else "not significant")
                 )
+                if not r["learned_better"] and r.get("learned_diverged"):
+                    verdict += f" (learned diverged on {r['learned_diverged']})"
                 vs = f'{_pm(d, r["diff_sem"])} <span class="{cls}">{verdict}</span>'
             hp = ", ".join(f"{k} = {_fmt(v)}" for k, v in (r["hyperparams"] or {}).items())
             sw = f'<span class="swatch" style="background:{colors(r["name"])}"></span>'

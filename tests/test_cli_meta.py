@@ -45,7 +45,12 @@ def test_meta_train_and_resume_through_the_cli(tmp_path, capsys):
     with pytest.raises(SystemExit):  # and its own choice of stored products
         main(["meta-train", "--out", out, "--resume", "--save-products", "off", "--quiet"])
     assert "--save-products cannot change on --resume" in capsys.readouterr().err
-    for flag in (["--seed", "3"], ["--estimator", "pes"], ["--truncation", "4"]):
+    for flag in (
+        ["--preset", "paper"],
+        ["--seed", "3"],
+        ["--estimator", "pes"],
+        ["--truncation", "4"],
+    ):
         with pytest.raises(SystemExit):  # the run keeps its seed and estimator too
             main(["meta-train", "--out", out, "--resume", *flag, "--quiet"])
         assert f"{flag[0]} cannot change on --resume" in capsys.readouterr().err

@@ -43,6 +43,33 @@ def test_a_baseline_that_diverges_can_still_be_beaten():
     # No finite pair at all: beaten only if the baseline diverged and the learned never did.
     assert paired(np.ones(3), np.full(3, np.inf))["beats"]
     assert not paired(np.full(3, np.inf), np.full(3, np.inf))["beats"]
+    # One finite pair (no s.e.m.): the learned optimizer must also be lower on it, so more
+    # baseline divergences never make beating it harder.
+    one = paired(np.ones(3), np.array([np.inf, np.inf, 2.0]))
+    assert one["beats"] and one["diff"] == -1.0 and one["diff_sem"] is None
+    assert not paired(np.ones(3), np.array([np.inf, np.inf, 0.5]))["beats"]
+
+
+def test_the_table_says_when_the_learned_optimizer_diverged():
+    base = np.array([1.0, 2.0, 3.0, 4.0])
+    result = {
+        "num_problems": 4,
+        "horizons": {
+            "10": {
+                "optimizers": {
+                    n: {"metric": 1.0, "sem": 0.1, "final": 0.5, "diverged": 0}
+                    for n in ("learned", "a", "b")
+                },
+                "versus": {
+                    "a": paired(np.append(base[:3] - 0.5, np.inf), base),
+                    "b": paired(np.array([0.5, 1.0]), np.array([1.0, np.inf])),
+                },
+            }
+        },
+    }
+    text = format_table(result)
+    assert "not beaten (learned diverged on 1)" in text
+    assert "+0.5000±- beaten" in text  # one finite pair: no s.e.m., printed as '-'
 
 
 def test_per_problem_metric_marks_divergence():

@@ -303,6 +303,16 @@ def test_distill_redoes_an_analysis_from_before_the_damping_probe(tiny_run, tmp_
     write_json(run / "analysis.json", {**_analysis(0.5, 0.05, clip=1.0), "schema_version": 1})
     with pytest.raises(lopt.distill.DistillError, match="run 'probes analyze"):
         lopt.distill.distill(run, retune=False, progress=False)  # lopt never imports probes
+    # an analysis older than the weights it describes is not used either
+    import os
+
+    write_json(run / "analysis.json", _analysis(0.5, 0.05, clip=1.0))
+    t = os.stat(run / "analysis.json").st_mtime
+    os.utime(run / "theta.npz", (t + 10, t + 10))
+    with pytest.raises(lopt.distill.DistillError, match="older than theta.npz"):
+        lopt.distill.distill(run, retune=False, progress=False)
+    write_json(run / "analysis.json", {**_analysis(0.5, 0.05, clip=1.0), "schema_version": 1})
+    os.utime(run / "theta.npz", (t - 10, t - 10))
     d = lopt.distill.distill(run, retune=False, progress=True, analyze=analyze_run)
     assert "predates the oscillation-damping probe" in capsys.readouterr().err
     redone = json.loads((run / "analysis.json").read_text())
@@ -410,6 +420,8 @@ def test_distill_reports_the_identified_variant_of_a_moving_gru(tiny_run, tmp_pa
     theta = opt.init(jax.random.key(0))
     theta["readout"]["w"] = 0.1 * jax.random.normal(jax.random.key(1), (4,))
     lopt.save(run / "theta.npz", opt, theta, step=0)
+    # the hand-made analysis stands for one of these weights: written after them
+    write_json(run / "analysis.json", json.loads((run / "analysis.json").read_text()))
     monkeypatch.setattr(lopt.distill, "IDENTIFY_ROUNDS", 2)
     monkeypatch.setattr(lopt.distill, "IDENTIFY_PROBLEMS", 8)
     d = lopt.distill.distill(run, retune=False, progress=False)

@@ -49,11 +49,14 @@ def test_a_saved_analysis_is_reused_only_while_it_describes_the_run(tmp_path):
     assert saved_analysis(tmp_path) == (None, "no analysis.json")
     write_json(tmp_path / "analysis.json", {"schema_version": 2, "key_seed": 0})
     assert saved_analysis(tmp_path)[0] == {"schema_version": 2, "key_seed": 0}
-    # another trajectory seed; an analysis without one was drawn with seed 0
+    # another trajectory seed (compare takes any); an analysis without one was drawn with 0
     analysis, why = saved_analysis(tmp_path, key_seed=3)
     assert analysis is None and "seed 0, not 3" in why
+    assert saved_analysis(tmp_path, key_seed=None)[0] is not None
     write_json(tmp_path / "analysis.json", {"schema_version": 2})
     assert saved_analysis(tmp_path)[0] is not None
+    analysis, why = saved_analysis(tmp_path, key_seed=3)
+    assert analysis is None and "seed 0, not 3" in why
     # written by probes without the damping result
     write_json(tmp_path / "analysis.json", {"schema_version": 1})
     assert saved_analysis(tmp_path)[0] is None
@@ -64,3 +67,5 @@ def test_a_saved_analysis_is_reused_only_while_it_describes_the_run(tmp_path):
     os.utime(tmp_path / "theta.npz", (t + 10, t + 10))
     analysis, why = saved_analysis(tmp_path)
     assert analysis is None and "older than theta.npz" in why
+    os.utime(tmp_path / "theta.npz", (t - 10, t - 10))  # the weights older: reused
+    assert saved_analysis(tmp_path)[0] == {"schema_version": 2}

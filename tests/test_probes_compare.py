@@ -75,3 +75,20 @@ def test_damping_missing_from_an_older_analysis_is_unmeasured_not_absent():
     assert any("damping not measured in b" in t for t in s["text"])
     both = summarize([_row("a", new, None, None), _row("c", new, None, None)])
     assert "damping" in both["universal"] and both["unmeasured"] == {}
+
+
+def test_runs_without_weights_keep_an_old_analysis_and_say_so(two_runs, tmp_path):
+    import shutil
+
+    from probes.compare import _load
+
+    old = tmp_path / "old"
+    shutil.copytree(two_runs / "beta09", old)
+    a = json.loads((old / "analysis.json").read_text())
+    write_json(old / "analysis.json", {**a, "schema_version": 1})
+    analysis, source, _, _ = _load(old)  # no theta.npz: nothing to analyse again
+    assert analysis["schema_version"] == 1 and "predates" in source
+    assert _load(two_runs / "beta09")[1] == "analysis.json"
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="neither analysis.json nor theta.npz"):
+        _load(tmp_path / "empty")
