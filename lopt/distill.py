@@ -74,6 +74,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from tqdm.auto import tqdm
 
 from lopt import rundir
 
@@ -1275,26 +1276,6 @@ def _summary(losses: np.ndarray) -> tuple[dict[str, Any], dict[str, Any], np.nda
     return metric, curve, per_problem_metric(losses)
 
 
-class _RoundBar:
-    """A tqdm bar over rounds of a compiled loop (``update_to(done, total)``)."""
-
-    def __init__(self, desc: str):
-        from tqdm.auto import tqdm
-
-        self._bar = tqdm(desc=desc, unit="round", dynamic_ncols=True, file=sys.stderr)
-
-    def update_to(self, done: int, total: int) -> None:
-        self._bar.total = total
-        self._bar.update(done - self._bar.n)
-
-    def close(self) -> None:
-        self._bar.close()
-
-
-def _round_bar(progress: bool, desc: str) -> _RoundBar | None:
-    return _RoundBar(desc) if progress else None
-
-
 def distill(
     run_dir: str | Path,
     *,
@@ -1358,8 +1339,7 @@ def distill(
     family = family_from_config(cfg)
     analysis, why, path = None, f"no {run / 'analysis.json'}", run / "analysis.json"
     if path.exists():
-        theta = run / "theta.npz"
-        if theta.exists() and path.stat().st_mtime < theta.stat().st_mtime:
+        if rundir.older_than(path, run / "theta.npz"):
             why = f"{path} is older than theta.npz"
         else:
             analysis = rundir.read_json(path)
@@ -1433,6 +1413,14 @@ def distill(
                 f"re-tuning every number of the chain on training problems (from the {start} "
                 f"numbers; {steps} steps × {problems} problems)"
             )
+            bar = tqdm(
+                total=-(-steps // RETUNE_EVERY),  # validation rounds
+                desc="re-tune",
+                unit="round",
+                file=sys.stderr,
+                dynamic_ncols=True,
+                disable=not progress,
+            )
             # The momentum baseline's tuning key in lopt.compare.tune_baselines (its problems
             # are resampled per step here); never the held-out key.
             chain_rt, notes["retune"] = retune_chain(
@@ -1446,10 +1434,9 @@ def distill(
                 every=RETUNE_EVERY,
                 validation=RETUNE_VALIDATION,
                 chunk=RETUNE_CHUNK,
-                progress=bar.update_to if (bar := _round_bar(progress, "re-tune")) else None,
+                progress=lambda done, total: bar.update(done - bar.n),
             )
-            if bar:
-                bar.close()
+            bar.close()
             notes["retune"].update(start=start, key="fold_in(key(0), 0)", cost=cost)
         if chain_rt is not None:
             tx_rt = build_chain(chain_rt)

@@ -77,6 +77,12 @@ def read_json(path: str | os.PathLike) -> Any:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
 
 
+def older_than(derived: str | os.PathLike, source: str | os.PathLike) -> bool:
+    """Whether ``derived`` was last written before ``source`` (both existing; by mtime)."""
+    derived, source = Path(derived), Path(source)
+    return derived.exists() and source.exists() and derived.stat().st_mtime < source.stat().st_mtime
+
+
 def checksum(arrays: Mapping[str, np.ndarray]) -> str:
     """SHA-256 over names, dtypes, shapes and bytes of ``arrays`` in sorted-name order."""
     h = hashlib.sha256()

@@ -89,14 +89,13 @@ def saved_analysis(run: str | os.PathLike, *, key_seed: int | None = 0) -> tuple
     or drawn with another trajectory seed than ``key_seed`` (``None``: any seed; analyses that
     do not record one were drawn with 0).
     """
-    from lopt.rundir import read_json
+    from lopt.rundir import older_than, read_json
     from probes.analysis import is_current
 
-    run = Path(run)
-    path, theta = run / "analysis.json", run / "theta.npz"
+    path = Path(run) / "analysis.json"
     if not path.exists():
         return None, "no analysis.json"
-    if theta.exists() and path.stat().st_mtime < theta.stat().st_mtime:
+    if older_than(path, path.parent / "theta.npz"):
         return None, "analysis.json is older than theta.npz"
     analysis = read_json(path)
     if not isinstance(analysis, dict) or not is_current(analysis):
