@@ -453,7 +453,8 @@ def compare_runs(
     out = Path(out_dir)
     from tqdm.auto import tqdm
 
-    loaded = [_load(p) for p in tqdm(paths, desc="runs", disable=not progress, dynamic_ncols=True)]
+    with tqdm(paths, desc="runs", disable=not progress, dynamic_ncols=True) as bar:
+        loaded = [_load(p) for p in bar]
     names = _names(paths)
     table = [_row(n, a, ev, cfg) for n, (a, _, ev, cfg) in zip(names, loaded, strict=True)]
     images = _figures(names, [a for a, *_ in loaded])
