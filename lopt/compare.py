@@ -286,8 +286,8 @@ def format_table(result: Mapping[str, Any]) -> str:
                 verdict = "beaten" if v["beats"] else "not beaten"
                 if v.get("learned_diverged"):
                     verdict += f" (learned diverged on {v['learned_diverged']})"
-                sem = "-" if v["diff_sem"] is None else f"{v['diff_sem']:.4f}"
-                vs = f"{-v['diff']:+.4f}±{sem} {verdict}"
+                dsem = "-" if v["diff_sem"] is None else f"{v['diff_sem']:.4f}"
+                vs = f"{-v['diff']:+.4f}±{dsem} {verdict}"
             hp = ", ".join(f"{k}={val:.3g}" for k, val in s.get("hyperparams", {}).items())
             lines.append(
                 f"  {name:<10} {metric:>10} {sem:>9} {final:>11} {s['diverged']:>8}  {vs:>22}  {hp}"

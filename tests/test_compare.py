@@ -70,6 +70,8 @@ def test_the_table_says_when_the_learned_optimizer_diverged():
     text = format_table(result)
     assert "not beaten (learned diverged on 1)" in text
     assert "+0.5000±- beaten" in text  # one finite pair: no s.e.m., printed as '-'
+    # each baseline's own s.e.m. column stays its own, not the paired difference's
+    assert all(line.split()[2] == "0.1000" for line in text.splitlines()[2:])
 
 
 def test_per_problem_metric_marks_divergence():
