@@ -49,7 +49,7 @@ import optax
 from lopt import distill, rundir
 from lopt.baselines import baseline
 from lopt.checkpoint import load
-from lopt.compare import family_from_config
+from lopt.evaluation import family_from_config
 from lopt.tune import heldout_key
 from lopt.unroll import evaluate, init_inner, normalized_loss, unroll
 

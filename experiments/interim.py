@@ -40,10 +40,10 @@ def main(argv: list[str] | None = None) -> int:
 
     import tasks
     from lopt import load
-    from lopt.compare import evaluate_run, tune_baselines
+    from lopt.evaluation import evaluate_run, tune_baselines
     from lopt.rundir import read_json
     from probes import report_run
-    from probes.cli import analyze_run
+    from probes.runs import analyze_run
 
     out.mkdir(parents=True, exist_ok=True)
     for name in ("config.json", "metrics.jsonl"):

@@ -46,7 +46,7 @@ def _log(msg: str) -> None:
 def run_seed(task: str, preset_name: str, seed: int, run: Path, tuned_cache: dict) -> dict:
     """Runs (or finishes) every stage for one seed; returns the timings of the stages run."""
     import tasks
-    from lopt.compare import evaluate_run, tune_baselines
+    from lopt.evaluation import evaluate_run, tune_baselines
     from lopt.meta_train import meta_train
     from lopt.presets import preset
     from lopt.rundir import read_json
@@ -75,7 +75,7 @@ def run_seed(task: str, preset_name: str, seed: int, run: Path, tuned_cache: dic
         (run / "analysis.json").unlink(missing_ok=True)  # the analysis follows the weights
 
     if not (run / "analysis.json").exists():
-        from probes.cli import analyze_run
+        from probes.runs import analyze_run
 
         t = time.perf_counter()
         analyze_run(run)

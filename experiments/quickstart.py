@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
 
     import tasks
-    from lopt.compare import evaluate_run, format_table
+    from lopt.evaluation import evaluate_run, format_table
     from lopt.meta_train import meta_train
     from lopt.presets import preset
 
@@ -69,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
     t_eval = time.perf_counter() - t0 - t_train
 
     print("[3/5] analysing the learned optimizer's dynamics", flush=True)
-    from probes.cli import analyze_run, describe
+    from probes.runs import analyze_run
+    from probes.words import describe
 
     for line in describe(analyze_run(out)):
         print(f"  {line}")

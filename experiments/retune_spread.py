@@ -37,7 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from lopt import distill as D
     from lopt import rundir
     from lopt.baselines import baseline
-    from lopt.compare import family_from_config
+    from lopt.evaluation import family_from_config
     from lopt.tune import heldout_key
     from lopt.unroll import evaluate, per_problem_metric
 

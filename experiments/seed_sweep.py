@@ -26,7 +26,7 @@ import time
 import numpy as np
 
 import tasks
-from lopt.compare import DEFAULT_BASELINES, paired, per_problem_metric, tune_baselines
+from lopt.evaluation import DEFAULT_BASELINES, paired, per_problem_metric, tune_baselines
 from lopt.meta_train import meta_train
 from lopt.presets import preset
 from lopt.rnn import RNNOptimizer

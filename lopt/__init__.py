@@ -3,7 +3,7 @@
 The public names are re-exported here; see the README for a tour.
 """
 
-from lopt import cells, compare, distill, distributed, estimators, presets
+from lopt import cells, distill, distributed, estimators, evaluation, presets
 from lopt.base import LearnedOptimizer, from_config
 from lopt.baselines import SearchSpace, baseline, baseline_names, search_space
 from lopt.cell import Cell, CellOptimizerState, apply_cell, cell_optimizer, make_cell
@@ -38,7 +38,7 @@ from lopt.zoo import pretrained, pretrained_names
 __all__ = [
     "PRODUCT_BUDGET",
     "VALIDATION_SEED",
-    "compare",
+    "evaluation",
     "presets",
     "ConfigError",
     "MetaTrainConfig",

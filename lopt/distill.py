@@ -600,7 +600,7 @@ _FREE_FIELDS = {
 }
 #: Identification settings: problems per round, rounds, Levenberg-Marquardt iterations per fit,
 #: coordinates kept per problem, and the base key ``fold_in(key(0), IDENTIFY_KEY)`` (also Adam's
-#: tuning key in :func:`lopt.compare.tune_baselines`, but its problems are drawn as
+#: tuning key in :func:`lopt.evaluation.tune_baselines`, but its problems are drawn as
 #: ``split(fold_in(base, round))``, not ``split(base)``; never the held-out key).
 IDENTIFY_PROBLEMS = 64
 IDENTIFY_ROUNDS = 6
@@ -1148,7 +1148,7 @@ def fraction_report(
     """Gain of the learned optimizer over the baseline, its significance, recovered fractions.
 
     The gain is the paired difference ``baseline − learned`` (mean and s.e.m. over problems); it
-    is significant when it exceeds 2 s.e.m. (the rule of ``lopt.compare.paired``). Fractions are
+    is significant when it exceeds 2 s.e.m. (the rule of ``lopt.evaluation.paired``). Fractions are
     reported only then; otherwise they are ``None`` and ``reason`` says why.
     """
     L, B = np.asarray(learned, np.float64), np.asarray(baseline, np.float64)
@@ -1224,7 +1224,7 @@ class Distillation:
 
     def to_json(self) -> dict[str, Any]:
         """The ``distill.json`` dict (schema :data:`SCHEMA`; strict JSON, no NaN)."""
-        from lopt.compare import _finite_json
+        from lopt.evaluation import _finite_json
 
         out = {
             "schema": SCHEMA,
@@ -1290,12 +1290,12 @@ def distill(
 
     Reads ``RUN/analysis.json`` (written by ``probes analyze RUN``, or by ``analyze`` when
     missing, older than ``theta.npz`` or older than the damping probe) and
-    ``RUN/eval.json`` (computed with :func:`lopt.compare.evaluate_run` if missing), builds the
+    ``RUN/eval.json`` (computed with :func:`lopt.evaluation.evaluate_run` if missing), builds the
     chain (:func:`chain_from_analysis`), optionally identifies its numbers from the learned
     optimizer's updates (:func:`identify_chain`; no loss involved), optionally tunes every
     number on the loss of training problems, starting from the identified numbers when there
     are some and from the detected ones otherwise (:func:`retune_chain`; problems drawn from the
-    tuning key of the momentum baseline in :func:`lopt.compare.tune_baselines`), and evaluates
+    tuning key of the momentum baseline in :func:`lopt.evaluation.tune_baselines`), and evaluates
     the learned
     optimizer, the best tuned baseline of ``eval.json`` (with its recorded hyperparameters) and
     the chains on the same held-out problems as ``eval.json`` (:func:`lopt.heldout_key`, its
@@ -1312,7 +1312,7 @@ def distill(
             ``retune_problems`` runs the re-tuning whatever its cost.
         retune_problems: re-tuning's training problems (default ``RETUNE_PROBLEMS``).
         analyze: ``run_dir -> analysis dict`` that writes ``RUN/analysis.json`` when it is
-            missing or outdated, e.g. ``probes.cli.analyze_run`` (``lopt distill`` passes it;
+            missing or outdated, e.g. ``probes.runs.analyze_run`` (``lopt distill`` passes it;
             ``lopt`` itself never imports ``probes``). ``None``: such a run is a
             :class:`DistillError` naming the command to run first.
 
@@ -1326,7 +1326,7 @@ def distill(
     """
     from lopt.baselines import baseline
     from lopt.checkpoint import load
-    from lopt.compare import evaluate_run, family_from_config
+    from lopt.evaluation import evaluate_run, family_from_config
     from lopt.tune import heldout_key
     from lopt.unroll import evaluate
 
@@ -1421,7 +1421,7 @@ def distill(
                 dynamic_ncols=True,
                 disable=not progress,
             )
-            # The momentum baseline's tuning key in lopt.compare.tune_baselines (its problems
+            # The momentum baseline's tuning key in lopt.evaluation.tune_baselines (its problems
             # are resampled per step here); never the held-out key.
             chain_rt, notes["retune"] = retune_chain(
                 chain_id if chain_id is not None else chain,

@@ -1,7 +1,7 @@
 """Several learned optimizers side by side: which mechanisms are universal, which idiosyncratic.
 
 :func:`compare_runs` reads each run's analysis (``RUN/analysis.json``, computed with
-:func:`probes.cli.analyze_run` and written there if missing) and, when present, its evaluation
+:func:`probes.runs.analyze_run` and written there if missing) and, when present, its evaluation
 (``RUN/eval.json``), and writes to ``out_dir``:
 
 * ``compare.json`` (schema ``probes.compare/1``): one table row per run (detected mechanisms
@@ -77,7 +77,7 @@ def _load(run: Path) -> tuple[dict[str, Any], str, dict | None, dict | None]:
 
     if not run.is_dir():
         raise ValueError(f"{run}: no such run directory")
-    from probes.cli import analyze_run, saved_analysis
+    from probes.runs import analyze_run, saved_analysis
 
     analysis, why = saved_analysis(run, key_seed=None)  # an analysis drawn with any seed
     if analysis is not None:
@@ -431,7 +431,7 @@ def compare_runs(
     Args:
         runs: run directories (each with ``config.json`` and ``theta.npz``, or at least an
             ``analysis.json``); analysed with ``probes analyze`` where ``analysis.json`` is
-            missing or out of date (:func:`probes.cli.saved_analysis`; written there).
+            missing or out of date (:func:`probes.runs.saved_analysis`; written there).
         out_dir: where to write; default ``compare/`` in the runs' common parent directory.
         progress: a progress bar over the runs (analysing one takes seconds to minutes).
 

@@ -1798,7 +1798,7 @@ def report_run(
     import jax
 
     from lopt.checkpoint import load
-    from lopt.compare import family_from_config
+    from lopt.evaluation import family_from_config
     from lopt.rundir import read_json
 
     stage = _stage(progress)
@@ -1808,7 +1808,7 @@ def report_run(
     opt, theta, _ = load(run / "theta.npz")
     family = family_from_config(cfg)
     stage(f"loaded {run} ({family.name})")
-    from probes.cli import analyze_run, saved_analysis
+    from probes.runs import analyze_run, saved_analysis
 
     analysis, why = saved_analysis(run, key_seed=seed)
     stage(why)

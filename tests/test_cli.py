@@ -6,7 +6,7 @@ import sys
 import pytest
 
 import tasks
-from lopt.cli import main
+from lopt_cli.lopt import main
 
 TINY = ["--num-steps", "15", "--num-problems", "3", "--eval-problems", "6", "--no-refine"]
 
@@ -93,7 +93,7 @@ def test_command_line_entry_point_has_no_traceback():
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     env.pop("LOPT_DEBUG", None)
     proc = subprocess.run(
-        [sys.executable, "-m", "lopt.cli", "tune", "--task", "nope"],
+        [sys.executable, "-m", "lopt_cli.lopt", "tune", "--task", "nope"],
         capture_output=True,
         text=True,
         env=env,

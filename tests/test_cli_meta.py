@@ -9,14 +9,14 @@ from unittest import mock
 
 import pytest
 
-from lopt.cli import main
+from lopt_cli.lopt import main
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
 def _run(*args, timeout=300):
     return subprocess.run(
-        [sys.executable, "-m", "lopt.cli", *args],
+        [sys.executable, "-m", "lopt_cli.lopt", *args],
         capture_output=True,
         text=True,
         env=ENV,
@@ -127,7 +127,7 @@ def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path, st
         [
             sys.executable,
             "-m",
-            "lopt.cli",
+            "lopt_cli.lopt",
             "meta-train",
             "--task",
             "linear_regression",

@@ -6,7 +6,7 @@ import optax
 
 import lopt
 import tasks
-from lopt.compare import compare, evaluate_run, format_table, paired, per_problem_metric
+from lopt.evaluation import compare, evaluate_run, format_table, paired, per_problem_metric
 from lopt.meta_train import MetaTrainConfig, meta_train
 
 FAMILY = tasks.get("linear_regression", dim=3, num_steps=10)

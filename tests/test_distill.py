@@ -10,7 +10,6 @@ import lopt
 import lopt.distill
 import probes
 import tasks
-from lopt.cli import main
 from lopt.distill import (
     build_chain,
     chain_code,
@@ -20,7 +19,8 @@ from lopt.distill import (
 )
 from lopt.meta_train import MetaTrainConfig, run_config
 from lopt.rundir import write_json
-from probes.cli import analyze_run
+from lopt_cli.lopt import main
+from probes.runs import analyze_run
 
 
 def _updates(tx, grads):

@@ -1,63 +1,101 @@
-"""The dependency direction of DESIGN.md: ``tasks`` <- ``lopt`` <- ``probes``."""
+"""The house plan: ``tasks`` <- ``lopt`` <- ``probes`` <- ``lopt_cli``, no import cycles."""
 
 import ast
-import subprocess
-import sys
+import re
+from pathlib import Path
 
 import pytest
 
-_CHECK = """
-import importlib, pkgutil, sys
-import {package}
-for m in pkgutil.walk_packages({package}.__path__, "{package}."):
-    importlib.import_module(m.name)
-print(sorted({{n.split(".")[0] for n in sys.modules}} & {{"lopt", "probes", "seaborn"}}))
-"""
+ROOT = Path(__file__).parents[1]
+#: Each package may import only itself and the packages below it (seaborn: plots, probes only).
+LAYERS = ["tasks", "lopt", "probes", "lopt_cli"]
 
 
-@pytest.mark.parametrize(
-    "package, allowed",
-    [("tasks", set()), ("lopt", {"lopt"})],
-)
-def test_importing_every_module_of_a_package_leaves_the_upper_layers_out(package, allowed):
-    # Every module of the package is imported (the command-line modules too); only their
-    # functions may reach upwards, lazily (lopt's CLI hands probes.cli.analyze_run to distill).
-    out = subprocess.run(
-        [sys.executable, "-c", _CHECK.format(package=package)],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    assert set(ast.literal_eval(out.strip().splitlines()[-1])) == allowed
+def _modules() -> dict[str, Path]:
+    mods = {}
+    for package in LAYERS:
+        for path in sorted((ROOT / package).rglob("*.py")):
+            parts = path.relative_to(ROOT).with_suffix("").parts
+            name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+            mods[name] = path
+    return mods
 
 
-def test_every_dotted_name_the_readme_mentions_exists():
-    # `lopt.x.y`, `probes.x.y` and `tasks.x` in the README's inline code resolve after a plain
-    # `import lopt, probes, tasks` (schema names such as `lopt.eval/1` are not names).
-    import re
-    from pathlib import Path
+def _imports(name: str, path: Path, mods: dict[str, Path]) -> set[str]:
+    """Every project module ``name`` imports, at any depth (inside functions too)."""
+    is_package = path.name == "__init__.py"
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        targets = []
+        if isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                pkg = name.split(".") if is_package else name.split(".")[:-1]
+                pkg = pkg[: len(pkg) - node.level + 1]
+                base = ".".join([*pkg, base] if base else pkg)
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+        for t in targets:
+            while t and t not in mods:
+                t = t.rpartition(".")[0]
+            if t and t != name:
+                found.add(t)
+    return found
 
-    import lopt
-    import probes
-    import tasks
 
-    text = (Path(__file__).parents[1] / "README.md").read_text()
-    text = re.sub(r"```.*?```", "", text, flags=re.S)
-    names = {
-        m.group(1)
-        for span in re.findall(r"`([^`\n]+)`", text)
-        for m in re.finditer(
-            r"(?<![\w./-])((?:lopt|probes|tasks)(?:\.[A-Za-z_]\w*)+)(?![\w/])", span
-        )
+def test_no_module_imports_a_layer_above_it_not_even_inside_a_function():
+    mods = _modules()
+    bad = []
+    for name, path in mods.items():
+        layer = LAYERS.index(name.split(".")[0])
+        for target in _imports(name, path, mods):
+            if LAYERS.index(target.split(".")[0]) > layer:
+                bad.append(f"{name} -> {target}")
+        if layer < LAYERS.index("probes") and re.search(
+            r"^\s*import seaborn", path.read_text(), re.M
+        ):
+            bad.append(f"{name} -> seaborn")
+    assert not bad
+
+
+def test_no_import_cycles():
+    # A package's __init__ re-exports its modules; a module that imports its own package's
+    # __init__ (``import probes`` inside probes) closes a cycle, which this test reports.
+    mods = _modules()
+    graph = {n: _imports(n, p, mods) for n, p in mods.items()}
+    cycles = []
+    state: dict[str, int] = {}
+
+    def visit(n: str, stack: list[str]) -> None:
+        state[n] = 1
+        for m in sorted(graph[n]):
+            if state.get(m) == 1:
+                cycles.append(" -> ".join([*stack[stack.index(m) :], m]))
+            elif m not in state:
+                visit(m, [*stack, m])
+        state[n] = 2
+
+    for n in sorted(graph):
+        if n not in state:
+            visit(n, [n])
+    # Submodules importing their parent package's names (``from probes import figures``) are
+    # edges to the __init__; only cycles between two modules that are not __init__ count.
+    real = [c for c in cycles if sum(1 for part in c.split(" -> ") if part in LAYERS) == 0]
+    assert not real
+
+
+def test_the_layer_check_sees_a_lazy_import(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("def f():\n    from probes.runs import analyze_run\n")
+    assert "probes.runs" in _imports("lopt.m", path, _modules())
+
+
+@pytest.mark.parametrize("package", LAYERS)
+def test_no_module_is_longer_than_700_lines(package):
+    long = {
+        str(p.relative_to(ROOT)): n
+        for p in (ROOT / package).rglob("*.py")
+        if (n := len(p.read_text().splitlines())) > 700
     }
-    assert len(names) > 30  # the README names a good part of the API this way
-    roots = {"lopt": lopt, "probes": probes, "tasks": tasks}
-    missing = []
-    for name in sorted(names):
-        root, *attrs = name.split(".")
-        obj = roots[root]
-        for a in attrs:
-            obj = getattr(obj, a, None)
-        if obj is None:
-            missing.append(name)
-    assert not missing
+    assert not long

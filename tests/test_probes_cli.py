@@ -5,7 +5,7 @@ import pytest
 import lopt
 import tasks
 from lopt.meta_train import MetaTrainConfig, meta_train
-from probes.cli import main
+from lopt_cli.probes import main
 
 
 def test_probes_analyze_writes_analysis_json(tmp_path, capsys):
@@ -44,7 +44,7 @@ def test_a_saved_analysis_is_reused_only_while_it_describes_the_run(tmp_path):
     import os
 
     from lopt.rundir import write_json
-    from probes.cli import saved_analysis
+    from probes.runs import saved_analysis
 
     assert saved_analysis(tmp_path) == (None, "no analysis.json")
     write_json(tmp_path / "analysis.json", {"schema_version": 2, "key_seed": 0})

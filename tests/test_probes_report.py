@@ -18,7 +18,7 @@ import pytest
 import lopt
 import probes
 from lopt.rundir import write_json
-from probes.cli import main
+from lopt_cli.probes import main
 from probes.report import SCHEMA
 
 WHITE_BOX = {

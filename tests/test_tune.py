@@ -148,7 +148,7 @@ def test_bad_input_is_one_clear_value_error(kwargs, match):
 
 
 def test_tuned_baselines_cache_round_trip_and_invalidation(tmp_path, monkeypatch):
-    import lopt.compare as compare
+    import lopt.evaluation as compare
 
     cache = tmp_path / "tuned.json"
     first = compare.tune_baselines(QUADRATIC, ("sgd", "momentum"), cache=cache)

@@ -171,7 +171,7 @@ def main():
         # A full probes.analyze of a trained optimizer (trajectories on its task family
         # included), first call with compilation, then again.
         import lopt
-        from lopt.compare import family_from_config
+        from lopt.evaluation import family_from_config
         from lopt.rundir import read_json
 
         opt, theta, _ = lopt.load(os.path.join(args.run, "theta.npz"))

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 
 import tasks
-from lopt.compare import DEFAULT_BASELINES, paired, per_problem_metric, tune_baselines
+from lopt.evaluation import DEFAULT_BASELINES, paired, per_problem_metric, tune_baselines
 from lopt.meta_train import make_meta_step
 from lopt.presets import preset
 from lopt.rnn import RNNOptimizer
@@ -46,7 +46,7 @@ def main() -> None:
     parser.add_argument(
         "--tuned",
         default=None,
-        help="cache file of the tuned baselines (lopt.compare.tune_baselines(cache=...)): "
+        help="cache file of the tuned baselines (lopt.evaluation.tune_baselines(cache=...)): "
         "read when it matches the family, else written",
     )
     parser.add_argument(

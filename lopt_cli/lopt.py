@@ -355,7 +355,7 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lopt.compare import evaluate_run, format_table
+    from lopt.evaluation import evaluate_run, format_table
 
     result = evaluate_run(
         args.run, baselines=args.baselines, num_problems=args.num_problems, progress=not args.quiet
@@ -415,7 +415,7 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         raise FileNotFoundError(f"no run directory {args.run}")
     # The command-line tools sit on top of both packages (the lopt library never imports
     # probes): a missing or outdated analysis.json is written here by the probes.
-    from probes.cli import analyze_run
+    from probes.runs import analyze_run
 
     result = distill_run(
         args.run,

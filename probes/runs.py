@@ -1,0 +1,57 @@
+"""A meta-training run directory as the probes see it: its analysis, written and re-used.
+
+``RUN/analysis.json`` is derived from ``RUN/theta.npz``; :func:`saved_analysis` says whether a
+saved one still describes the run, :func:`analyze_run` writes a fresh one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+
+from lopt.checkpoint import load
+from lopt.evaluation import family_from_config
+from lopt.rundir import older_than, read_json, write_json
+from probes.analysis import analyze, is_current
+
+
+def saved_analysis(run: str | os.PathLike, *, key_seed: int | None = 0) -> tuple[dict | None, str]:
+    """``RUN/analysis.json`` if it still describes the run, else ``None``; and why.
+
+    It is out of date when older than ``RUN/theta.npz`` (by modification time), written by a
+    version of the probes without every result of this one (:func:`probes.analysis.is_current`),
+    or drawn with another trajectory seed than ``key_seed`` (``None``: any seed; analyses that
+    do not record one were drawn with 0).
+    """
+    path = Path(run) / "analysis.json"
+    if not path.exists():
+        return None, "no analysis.json"
+    if older_than(path, path.parent / "theta.npz"):
+        return None, "analysis.json is older than theta.npz"
+    analysis = read_json(path)
+    if not isinstance(analysis, dict) or not is_current(analysis):
+        return None, "analysis.json predates this version's probes (no oscillation damping)"
+    seed = analysis.get("key_seed")
+    seed = 0 if seed is None else seed
+    if key_seed is not None and seed != key_seed:
+        return None, f"analysis.json was drawn with seed {seed}, not {key_seed}"
+    return analysis, "re-using analysis.json"
+
+
+def analyze_run(run: str | os.PathLike, *, key_seed: int = 0) -> dict[str, Any]:
+    """Analyses ``RUN/theta.npz`` on the run's task family; writes ``RUN/analysis.json``."""
+    run = Path(run)
+    cfg = read_json(run / "config.json")
+    opt, theta, _ = load(run / "theta.npz")
+    family = family_from_config(cfg)
+    analysis = analyze(opt, theta, family=family, key=jax.random.key(key_seed))
+    result = analysis.to_json()
+    # What was analysed, so that results on the MNIST fallback digits cannot pass for MNIST and
+    # a later command can tell which seed drew the trajectories.
+    result["task"] = {"name": family.name, "data_source": getattr(family, "data_source", None)}
+    result["key_seed"] = key_seed
+    write_json(run / "analysis.json", result)
+    return result
