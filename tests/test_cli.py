@@ -4,6 +4,7 @@ import subprocess
 import sys
 
 import pytest
+from hang import HANG_S
 
 import tasks
 from lopt_cli.lopt import main
@@ -97,7 +98,7 @@ def test_command_line_entry_point_has_no_traceback():
         capture_output=True,
         text=True,
         env=env,
-        timeout=120,
+        timeout=HANG_S,
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

@@ -8,13 +8,14 @@ import types
 from unittest import mock
 
 import pytest
+from hang import HANG_S
 
 from lopt_cli.lopt import main
 
 ENV = {**os.environ, "JAX_PLATFORMS": "cpu"}
 
 
-def _run(*args, timeout=300):
+def _run(*args, timeout=HANG_S):
     return subprocess.run(
         [sys.executable, "-m", "lopt_cli.lopt", *args],
         capture_output=True,
@@ -143,15 +144,14 @@ def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path, st
         text=True,
     )
     try:
-        deadline = time.time() + 240
+        # Ready once the first metrics line is written (compiled and stepping), however long
+        # compilation takes on a loaded machine.
         metrics = os.path.join(out, "metrics.jsonl")
         while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
-            assert proc.poll() is None and time.time() < deadline, (
-                proc.stderr.read() if proc.poll() else "timeout"
-            )
+            assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.2)
         proc.send_signal(stop)
-        _, err = proc.communicate(timeout=120)
+        _, err = proc.communicate(timeout=HANG_S)
     finally:
         proc.kill()
     assert proc.returncode == 130, err

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hang import HANG_S
 
 ROOT = Path(__file__).resolve().parents[1]
-TIMEOUT_S = 240
 
 WORKER = r"""
 import json, sys
@@ -134,10 +134,10 @@ def runs(tmp_path_factory):
     try:
         for proc in procs:
             try:
-                stdout, _ = proc.communicate(timeout=TIMEOUT_S)
+                stdout, _ = proc.communicate(timeout=HANG_S)
             except subprocess.TimeoutExpired:
                 _kill_all(procs)
-                pytest.fail(f"a distributed worker did not finish in {TIMEOUT_S} s")
+                pytest.fail(f"a distributed worker did not finish in {HANG_S} s")
             logs.append(stdout)
     finally:
         _kill_all(procs)

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from hang import HANG_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -100,7 +101,7 @@ def _start(num_devices: int, out: Path) -> subprocess.Popen:
 
 def _finish(proc: subprocess.Popen, out: Path) -> tuple[dict, dict]:
     try:
-        stdout, stderr = proc.communicate(timeout=240)
+        stdout, stderr = proc.communicate(timeout=HANG_S)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.communicate()
