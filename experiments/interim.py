@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -33,25 +32,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, required=True, help="where to write (not RUN)")
     args = parser.parse_args(argv)
     run, out = args.run, args.out
-    if not (run / "best.npz").exists():
-        parser.error(f"{run}: no best.npz (the run needs validate_every and one validation)")
-    if out.resolve() == run.resolve():
-        parser.error("--out must differ from the run directory")
 
-    import tasks
     from lopt import load
-    from lopt.evaluation import evaluate_run, tune_baselines
+    from lopt.evaluation import evaluate_run, family_from_config, tune_baselines
     from lopt.rundir import read_json
     from probes import report_run
-    from probes.runs import analyze_run
+    from probes.runs import analyze_run, copy_best
 
-    out.mkdir(parents=True, exist_ok=True)
-    for name in ("config.json", "metrics.jsonl"):
-        shutil.copy(run / name, out / name)
-    shutil.copy(run / "best.npz", out / "theta.npz")
+    try:
+        copy_best(run, out)
+    except ValueError as e:
+        parser.error(str(e))
     _, _, meta = load(out / "theta.npz")
-    cfg = read_json(run / "config.json")
-    family = tasks.get(cfg["task"]["name"], **cfg["task"].get("settings", {}))
+    family = family_from_config(read_json(run / "config.json"))
     tuned = tune_baselines(family, BASELINES, progress=True, cache=run.parent / "tuned.json")
     ev = evaluate_run(out, tuned=tuned)
     analyze_run(out)

@@ -7,6 +7,7 @@ saved one still describes the run, :func:`analyze_run` writes a fresh one.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -55,3 +56,26 @@ def analyze_run(run: str | os.PathLike, *, key_seed: int = 0) -> dict[str, Any]:
     result["key_seed"] = key_seed
     write_json(run / "analysis.json", result)
     return result
+
+
+def copy_best(run: str | os.PathLike, out: str | os.PathLike) -> Path:
+    """Copies a run's best-validated iterate into a new run directory ``out``.
+
+    ``RUN/best.npz`` becomes ``OUT/theta.npz``, beside copies of the run's ``config.json`` and
+    ``metrics.jsonl``, so every later stage (evaluation, analysis, report) treats it as a
+    finished run while ``RUN`` itself can keep training.
+
+    Raises:
+        ValueError: ``RUN`` has no ``best.npz`` (it needs ``validate_every`` and one
+            validation), or ``out`` is ``run``.
+    """
+    run, out = Path(run), Path(out)
+    if not (run / "best.npz").exists():
+        raise ValueError(f"{run}: no best.npz (the run needs validate_every and one validation)")
+    if out.resolve() == run.resolve():
+        raise ValueError("the output directory must differ from the run directory")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("config.json", "metrics.jsonl"):
+        shutil.copy(run / name, out / name)
+    shutil.copy(run / "best.npz", out / "theta.npz")
+    return out

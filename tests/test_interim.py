@@ -1,41 +1,35 @@
 """experiments/interim.py: the best-validated iterate of an unfinished run, evaluated."""
 
-import importlib.util
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import jax
 import numpy as np
 import pytest
+from hang import HANG_S
 
 import lopt
 import tasks
 from lopt.meta_train import MetaTrainConfig, meta_train
+from probes.runs import copy_best
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _interim():
-    spec = importlib.util.spec_from_file_location("interim", ROOT / "experiments" / "interim.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
-
-
-def test_a_run_without_best_npz_or_out_equal_to_run_is_refused(tmp_path, capsys):
-    mod = _interim()
+def test_a_run_without_best_npz_or_out_equal_to_run_is_refused(tmp_path):
     (tmp_path / "run").mkdir()
-    with pytest.raises(SystemExit):
-        mod.main([str(tmp_path / "run"), "--out", str(tmp_path / "o")])
-    assert "no best.npz" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="no best.npz"):
+        copy_best(tmp_path / "run", tmp_path / "o")
     (tmp_path / "run" / "best.npz").write_bytes(b"")
-    with pytest.raises(SystemExit):
-        mod.main([str(tmp_path / "run"), "--out", str(tmp_path / "run")])
-    assert "must differ" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="must differ"):
+        copy_best(tmp_path / "run", tmp_path / "run")
+    assert not (tmp_path / "o").exists()
 
 
 @pytest.mark.slow
-def test_interim_evaluates_the_best_iterate_and_leaves_the_run_alone(tmp_path, capsys):
+def test_interim_evaluates_the_best_iterate_and_leaves_the_run_alone(tmp_path):
     family = tasks.get("linear_regression", dim=3, num_steps=8)
     opt = lopt.RNNOptimizer(hidden_size=4)
     config = MetaTrainConfig(
@@ -44,9 +38,16 @@ def test_interim_evaluates_the_best_iterate_and_leaves_the_run_alone(tmp_path, c
     run = tmp_path / "task" / "seed0"
     meta_train(opt, family, config, out_dir=run, progress=False)
     before = sorted(p.name for p in run.iterdir())
-    assert _interim().main([str(run), "--out", str(tmp_path / "out")]) == 0
+    script = ROOT / "experiments" / "interim.py"
+    proc = subprocess.run(
+        [sys.executable, str(script), str(run), "--out", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+        timeout=HANG_S,
+    )
+    assert proc.returncode == 0, proc.stderr
     assert sorted(p.name for p in run.iterdir()) == before  # untouched
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
     _, best, meta = lopt.load(run / "best.npz")
     assert summary["best_step"] == meta["step"]
     _, theta, _ = lopt.load(tmp_path / "out" / "theta.npz")
