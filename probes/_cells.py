@@ -18,9 +18,13 @@ def canonical(cell: Cell) -> Cell:
 
     A ``Partial``'s function is part of the pytree structure, so factories that build a fresh
     closure for ``init_state`` on every call (``lopt.cells`` does) would otherwise make every new
-    cell a new jit cache key. ``step`` and ``readout`` are left alone (module-level there).
+    cell a new jit cache key. ``step`` and ``readout`` built by :func:`lopt.make_cell` are
+    ``Partial``s already; plain functions (which :func:`lopt.cell_optimizer` accepts too) are
+    wrapped in one, so a jitted probe can take them as an argument (a new function object is
+    then a new compilation, as it would be for any closure).
     """
+    step, readout = (f if isinstance(f, Partial) else Partial(f) for f in cell[1:])
     if isinstance(cell.init_state, Partial) and cell.init_state.func is _constant:
-        return cell
+        return cell._replace(step=step, readout=readout)
     h0 = jnp.asarray(cell.init_state(), jnp.float32)
-    return cell._replace(init_state=Partial(_constant, h0))
+    return Cell(Partial(_constant, h0), step, readout)

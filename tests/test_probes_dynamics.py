@@ -179,3 +179,11 @@ def test_dedup_keeps_lowest_q(seed):
     assert list(np.asarray(reps)) == [4, 1] and np.all(mask)
     assert list(np.asarray(assign)) == [1, 1, -1, -1, 0]
     assert list(np.asarray(counts)) == [1, 2]
+
+
+def test_a_cell_of_plain_functions_is_analysed_like_a_made_one():
+    # lopt.cell_optimizer accepts a Cell of plain functions; the probes do too.
+    cell = lopt.Cell(lambda: jnp.zeros(1), lambda h, g: 0.8 * h + g, lambda h: -0.05 * h[0])
+    m = probes.analyze_cell(cell).momentum
+    assert m.detected
+    np.testing.assert_allclose([m.beta, m.alpha], [0.8, 0.05], rtol=1e-4)
