@@ -11,7 +11,6 @@ from lopt.checkpoint import CheckpointError, load, save
 from lopt.distill import build_chain
 from lopt.meta_train import (
     PRODUCT_BUDGET,
-    VALIDATION_SEED,
     ConfigError,
     MetaTrainConfig,
     MetaTrainDiverged,
@@ -33,6 +32,7 @@ from lopt.unroll import (
     summarize,
     unroll,
 )
+from lopt.validation import VALIDATION_SEED
 from lopt.zoo import pretrained, pretrained_names
 
 __all__ = [

@@ -21,11 +21,11 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import functools
-import json
 import math
 import signal
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -38,13 +38,12 @@ from jax.sharding import PartitionSpec as P
 from tqdm.auto import tqdm
 
 from lopt import distributed, estimators, rundir
-from lopt.checkpoint import save
+from lopt.checkpoint import load, save
 from lopt.unroll import product_floats
+from lopt.validation import Validation
 from tasks import TaskFamily
 
 STATE_FORMAT = "lopt.meta_train.state/1"
-#: Seed of the fixed validation problems (``MetaTrainConfig.validate_every``).
-VALIDATION_SEED = 2_000_029
 
 
 class ConfigError(ValueError):
@@ -527,6 +526,9 @@ def meta_train(
             raise ConfigError("resume needs a run directory")
         template = jax.eval_shape(init_fn, family, theta, k_run)
         state = rundir.load_tree(out / "state.npz", template, STATE_FORMAT)
+        done = _finished(out, opt, int(state.step), config)
+        if done is not None:
+            return done
         if writer:
             rundir.truncate_jsonl(
                 out / "metrics.jsonl", lambda r: r.get("step", 0) <= int(state.step)
@@ -541,7 +543,7 @@ def meta_train(
     step = int(state.step)
     history: list[dict[str, Any]] = []
     pending: list[dict[str, jax.Array]] = []
-    validate = _Validation(opt, family, config, out, resume, write=writer)
+    validate = Validation(opt, family, config, out, resume, write=writer)
     interrupted = False
     bar = tqdm(
         total=config.num_steps,
@@ -596,7 +598,11 @@ def meta_train(
                         raise MetaTrainDiverged(
                             f"{streak} consecutive meta-steps had no finite problem "
                             f"(step {step}); theta was left at its last good value"
-                            + (f" and {out}/state.npz holds it" if out else "")
+                            + (
+                                f" and {out}/state.npz holds it"
+                                if out and (out / "state.npz").exists()
+                                else ""
+                            )
                         )
                 if out is not None and step % config.checkpoint_every == 0:
                     save_state(out, opt, state, family)
@@ -623,91 +629,37 @@ def meta_train(
     return MetaTrainResult(theta, step, history, interrupted, out, selected)
 
 
-@functools.lru_cache(maxsize=8)
-def _validation_losses(opt, horizon: int):
-    """Jitted ``(family, theta, keys) -> losses[B, T]`` of ``opt.optimizer(theta)``."""
-    from lopt.unroll import init_inner, unroll
+def _finished(out: Path, opt: Any, step: int, config: MetaTrainConfig) -> MetaTrainResult | None:
+    """The result of a resumed run, read without writing, if it already reached its end.
 
-    @jax.jit
-    def run(family, theta, keys):
-        tx = optax.with_extra_args_support(opt.optimizer(theta))
+    ``state.npz`` is the source of truth for where a run stands; ``theta.npz`` is derived
+    from it (the last checkpoint's theta, or the validation-selected one once the run is
+    finished). A ``theta.npz`` that is missing, unreadable, of another optimizer or of
+    another step is reported with a warning and rewritten from ``state.npz``.
 
-        def one(k):
-            return unroll(tx, family, init_inner(tx, family, k), horizon)[1]
-
-        return jax.vmap(one)(keys)
-
-    return run
-
-
-class _Validation:
-    """Scores theta on fixed validation problems and keeps the best (``validate_every``).
-
-    The best theta is written to ``best.npz`` (atomic) whenever it improves, so a resumed run
-    knows the best so far; on resume the record is read back from that file.
+    Resuming a finished run changes nothing: rewriting its files would make every result
+    derived from ``theta.npz`` (evaluation, analysis, report) look out of date. ``None`` when
+    there is more to do, or the end of the run must be redone to rewrite ``theta.npz``.
     """
-
-    def __init__(self, opt, family, config, out: Path | None, resume: bool, *, write: bool):
-        self.enabled = config.validate_every > 0
-        self.every, self.last = config.validate_every, config.num_steps
-        self.opt, self.family, self.out, self.write = opt, family, out, write
-        self.best: float | None = None
-        self.best_step: int | None = None
-        self.best_theta: Any = None
-        self._row: dict[str, Any] = {}
-        if not self.enabled:
-            return
-        try:
-            hash(opt)
-            self._fn = _validation_losses(opt, config.horizon)
-        except TypeError:
-            self._fn = _validation_losses.__wrapped__(opt, config.horizon)
-        self._keys = jax.random.split(jax.random.key(VALIDATION_SEED), config.validation_problems)
-        if resume and out is not None and (out / "best.npz").exists():
-            from lopt.checkpoint import load
-
-            _, self.best_theta, meta = load(out / "best.npz")
-            self.best, self.best_step = float(meta["validation"]), int(meta["step"])
-
-    def due(self, step: int) -> bool:
-        """Whether to validate after meta-step ``step``."""
-        return self.enabled and (step % self.every == 0 or step == self.last)
-
-    def __call__(self, step: int, theta: Any) -> float:
-        """Scores ``theta`` (``inf`` if any validation problem diverged); keeps the best."""
-        from lopt.unroll import per_problem_metric
-
-        theta = jax.device_get(distributed.to_host(theta))
-        losses = np.asarray(self._fn(self.family, theta, self._keys))
-        score = float(np.mean(per_problem_metric(losses)))
-        improved = bool(np.isfinite(score) and (self.best is None or score < self.best))
-        if improved:
-            self.best, self.best_step, self.best_theta = score, step, theta
-            if self.write:
-                save(self.out / "best.npz", self.opt, theta, step=step, validation=score)
-        self._row = {
-            "validation": score if np.isfinite(score) else None,
-            "validation_step": step,
-            "best_validation": self.best,
-            "best_step": self.best_step,
-        }
-        return score
-
-    def pop_row(self) -> dict[str, Any]:
-        """The latest validation's numbers for the next ``metrics.jsonl`` row (once)."""
-        row, self._row = self._row, {}
-        return row
+    try:
+        saved_opt, theta, meta = load(out / "theta.npz")
+    except (OSError, ValueError) as e:
+        warnings.warn(
+            f"{out}/theta.npz is unreadable ({e}); rewriting it from state.npz", stacklevel=3
+        )
+        return None
+    if saved_opt.config() != opt.config() or meta.get("step") != step:
+        warnings.warn(
+            f"{out}/theta.npz does not match state.npz (step {step}); rewriting it", stacklevel=3
+        )
+        return None
+    if step < config.num_steps:
+        return None
+    return MetaTrainResult(
+        theta, step, meta_train_metrics(out), False, out, meta.get("selected_step")
+    )
 
 
 def meta_train_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
     """The rows of a run's ``metrics.jsonl`` (a line torn by a crash mid-write is skipped)."""
-    path = Path(out_dir) / "metrics.jsonl"
-    if not path.exists():
-        return []
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            rows.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return rows
+    return rundir.read_jsonl(Path(out_dir) / "metrics.jsonl")

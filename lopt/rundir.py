@@ -189,18 +189,31 @@ def append_jsonl(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
         os.fsync(f.fileno())
 
 
+def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
+    """The rows of a JSON-lines file; ``[]`` if it does not exist.
+
+    A line that is not a JSON object (torn by a crash mid-write, or not UTF-8) is skipped:
+    rows are appended one line at a time, so a damaged line never hides the others.
+    """
+    path = Path(path)
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_bytes().splitlines():
+        try:
+            row = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
 def truncate_jsonl(path: str | os.PathLike, keep: Callable[[dict[str, Any]], bool]) -> None:
-    """Rewrites a JSON-lines file keeping the rows ``keep`` accepts (drops torn last lines)."""
+    """Rewrites a JSON-lines file keeping the rows ``keep`` accepts (drops damaged lines)."""
     path = Path(path)
     if not path.exists():
         return
-    rows = []
-    for line in path.read_text().splitlines():
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:
-            continue  # a line torn by a crash mid-write
-        if keep(row):
-            rows.append(line + "\n")
-    data = "".join(rows).encode()
+    rows = [r for r in read_jsonl(path) if keep(r)]
+    data = "".join(json.dumps(r, allow_nan=True) + "\n" for r in rows).encode()
     atomic_write(path, lambda f: f.write(data))

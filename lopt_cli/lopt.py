@@ -14,6 +14,7 @@ import argparse
 import math
 import os
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
@@ -250,6 +251,7 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
 
     import tasks
     from lopt.base import from_config
+    from lopt.evaluation import family_from_config
     from lopt.meta_train import MetaTrainConfig, MetaTrainDiverged, meta_train
     from lopt.presets import preset
     from lopt.rundir import read_json
@@ -262,7 +264,6 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
         for flag, value in (
             ("--outlier-threshold", args.outlier_threshold),
             ("--save-products", args.save_products),
-            ("--preset", args.preset),
             ("--seed", args.seed),
             ("--estimator", args.estimator),
             ("--truncation", args.truncation),
@@ -271,10 +272,19 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
                 raise ValueError(f"{flag} cannot change on --resume (the run keeps its own)")
         cfg = read_json(os.path.join(out, "config.json"))
         opt = from_config(cfg["optimizer"])
-        family = tasks.get(cfg["task"]["name"], **cfg["task"].get("settings", {}))
+        family = family_from_config(cfg)
         config = MetaTrainConfig.from_dict(cfg["meta_train"])
         if args.task is not None and args.task != family.name:
             raise ValueError(f"{out} is a {family.name} run, not {args.task}")
+        if args.preset is not None:  # accepted when it names the run's own preset
+            p = preset(family.name, args.preset)
+            popt, _ = p.build()
+            own = tasks.get(family.name, **p.task_settings).settings() == family.settings()
+            if not own or popt.config() != cfg["optimizer"]:
+                raise ValueError(
+                    f"--preset cannot change on --resume ({out} was not started with "
+                    f"--preset {args.preset}; the run keeps its own)"
+                )
     else:
         if has_state:
             raise ValueError(f"{out} already holds a run; use --resume, or another --out")
@@ -318,8 +328,7 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
     except MetaTrainDiverged as e:
         print(f"{PROG}: error: {e}", file=sys.stderr)
         return 1
-    last = result.metrics[-1] if result.metrics else {}
-    loss = last.get("meta_loss", float("nan"))
+    losses = [row["meta_loss"] for row in result.metrics if "meta_loss" in row]
     if result.interrupted:
         print(
             f"interrupted at step {result.step}; checkpoint written. Continue with: "
@@ -327,7 +336,8 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         return 130
-    print(f"done: {result.step} meta-steps, meta-loss {_fmt(loss)}; run directory {out}")
+    loss = f", meta-loss {_fmt(losses[-1])}" if losses else ""
+    print(f"done: {result.step} meta-steps{loss}; run directory {out}")
     return 0
 
 
@@ -460,6 +470,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return (TaskError, ValueError, OSError)
 
 
+def _one_line_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    del category, filename, lineno, file, line
+    print(f"{PROG}: warning: {message}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs the ``lopt`` command line; returns the exit status.
 
@@ -472,7 +487,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """
     args = build_parser().parse_args(argv)
     try:
-        return int(args.func(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _one_line_warning
+            return int(args.func(args) or 0)
     except _user_errors() as e:
         if os.environ.get("LOPT_DEBUG", "") not in ("", "0"):
             raise

@@ -57,6 +57,14 @@ def test_meta_train_and_resume_through_the_cli(tmp_path, capsys):
         assert f"{flag[0]} cannot change on --resume" in capsys.readouterr().err
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert rows[-1]["step"] == 3
+    # The run's own preset may be named again; resuming the finished run rewrites nothing
+    # (every result derived from theta.npz stays current) and prints no meta-loss of nan.
+    files = {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in os.listdir(out)}
+    capsys.readouterr()
+    assert main(["meta-train", "--out", out, "--resume", "--preset", "quick", "--quiet"]) == 0
+    assert {n: os.stat(os.path.join(out, n)).st_mtime_ns for n in os.listdir(out)} == files
+    said = capsys.readouterr().out
+    assert "3 meta-steps" in said and "nan" not in said
     # A threshold given on the command line reaches config.json; 'none' turns the paper
     # preset's off, and ES drops it (it applies to gradient estimators only).
     for flag, preset_name, extra, want in (

@@ -90,8 +90,9 @@ def test_all_nonfinite_steps_stop_the_run_with_theta_intact(tmp_path):
     opt = _Exploding()
     family = tasks.get("linear_regression", dim=3, num_steps=40)
     config = MetaTrainConfig(num_problems=4, num_steps=20, log_every=1, max_nonfinite_steps=3)
-    with pytest.raises(MetaTrainDiverged, match="3 consecutive"):
+    with pytest.raises(MetaTrainDiverged, match="3 consecutive") as e:
         meta_train(opt, family, config, out_dir=tmp_path, progress=False)
+    assert "state.npz" not in str(e.value)  # no checkpoint holds it yet
     rows = lopt.meta_train_metrics(tmp_path)
     assert [r["skipped"] for r in rows] == [1, 1, 1]
     assert all(r["num_nonfinite"] == 4 for r in rows)
@@ -143,7 +144,7 @@ def test_resume_from_a_corrupted_state_is_a_clear_error(tmp_path):
 
 
 def test_validation_keeps_the_best_theta_and_resumes_exactly(tmp_path):
-    from lopt.meta_train import VALIDATION_SEED
+    from lopt.validation import VALIDATION_SEED
     from lopt.unroll import per_problem_metric
 
     config = MetaTrainConfig(
@@ -220,3 +221,38 @@ def test_saved_products_are_decided_by_their_size(monkeypatch):
     es = MetaTrainConfig(estimator="es", truncation=10).resolved(family)
     assert not mt.saves_products(gru, family, es)
     assert not mt.saves_products(TinyMomentum(), family, config)
+
+
+def test_resuming_a_finished_run_writes_nothing_and_returns_its_result(tmp_path):
+    done = meta_train(OPT, FAMILY, CONFIG, out_dir=tmp_path, progress=False)
+    stamps = {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()}
+    again = meta_train(OPT, FAMILY, CONFIG, out_dir=tmp_path, resume=True, progress=False)
+    assert {p.name: p.stat().st_mtime_ns for p in tmp_path.iterdir()} == stamps
+    assert again.step == done.step and [r["step"] for r in again.metrics] == [2, 4, 6]
+    for a, b in zip(_leaves(done.theta), _leaves(again.theta), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("damage", ["missing", "corrupt"])
+def test_state_npz_is_the_source_of_truth_and_a_bad_theta_npz_is_rewritten(tmp_path, damage):
+    done = meta_train(OPT, FAMILY, CONFIG, out_dir=tmp_path, progress=False)
+    if damage == "missing":
+        (tmp_path / "theta.npz").unlink()
+    else:
+        (tmp_path / "theta.npz").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning, match="theta.npz is unreadable"):
+        again = meta_train(OPT, FAMILY, CONFIG, out_dir=tmp_path, resume=True, progress=False)
+    _, theta, meta = lopt.load(tmp_path / "theta.npz")
+    assert meta["step"] == 6 == again.step
+    for a, b in zip(_leaves(done.theta), _leaves(theta), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_damaged_metrics_line_is_skipped_on_read_and_on_resume(tmp_path):
+    first = MetaTrainConfig(**{**CONFIG.to_dict(), "num_steps": 4})
+    meta_train(OPT, FAMILY, first, out_dir=tmp_path, progress=False)
+    with open(tmp_path / "metrics.jsonl", "ab") as f:
+        f.write(b'{"step": \xff\xfe}\n[1, 2]\n{"step": 3')  # not UTF-8, not a row, torn
+    assert [r["step"] for r in lopt.meta_train_metrics(tmp_path)] == [2, 4]
+    meta_train(OPT, FAMILY, CONFIG, out_dir=tmp_path, resume=True, progress=False)
+    assert [r["step"] for r in lopt.meta_train_metrics(tmp_path)] == [2, 4, 6]
