@@ -545,11 +545,13 @@ def meta_train(
     pending: list[dict[str, jax.Array]] = []
     validate = Validation(opt, family, config, out, resume, write=writer)
     interrupted = False
+    # The bar starts after the first meta-step, which includes compilation: a time estimate
+    # from it would be off by orders of magnitude.
     bar = tqdm(
         total=config.num_steps,
         initial=step,
         disable=not progress,
-        desc="meta-train",
+        desc="meta-train (compiling)",
         dynamic_ncols=True,
     )
     t_start, step_start = time.perf_counter(), step
@@ -588,7 +590,13 @@ def meta_train(
                 state, metrics = step_fn(family, state)
                 step += 1
                 pending.append(metrics)
-                bar.update(1)
+                if step == step_start + 1 and not bar.disable:
+                    jax.block_until_ready(metrics)
+                    bar.reset(config.num_steps)  # restarts the clock
+                    bar.initial = bar.n = bar.last_print_n = step
+                    bar.set_description("meta-train")
+                else:
+                    bar.update(1)
                 if validate.due(step):
                     validate(step, state.theta)
                 if step % config.log_every == 0 or step == config.num_steps:
