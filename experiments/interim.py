@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     run, out = args.run, args.out
 
     from lopt import load
-    from lopt.evaluation import evaluate_run, family_from_config, tune_baselines
+    from lopt.evaluation import Evaluation, evaluate_run, family_from_config, tune_baselines
     from lopt.rundir import read_json
     from probes import report_run
     from probes.runs import analyze_run, copy_best
@@ -46,15 +46,14 @@ def main(argv: list[str] | None = None) -> int:
     _, _, meta = load(out / "theta.npz")
     family = family_from_config(read_json(run / "config.json"))
     tuned = tune_baselines(family, BASELINES, progress=True, cache=run.parent / "tuned.json")
-    ev = evaluate_run(out, tuned=tuned)
+    ev = Evaluation.from_json(evaluate_run(out, tuned=tuned))
     analyze_run(out)
     report_run(out, progress=False)
-    block = ev["horizons"][str(ev["horizon"])]
     summary = {
         "best_step": meta.get("step"),
         "validation": meta.get("validation"),
-        "heldout": {k: v["metric"] for k, v in block["optimizers"].items()},
-        "beats_all": block.get("beats_all"),
+        "heldout": {k: ev.main.metric(k) for k in ev.main.optimizers},
+        "beats_all": ev.main.beats_all,
     }
     print(json.dumps(summary))
     print(f"report: {out / 'report' / 'index.html'}", file=sys.stderr)

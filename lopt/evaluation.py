@@ -13,6 +13,7 @@ diverged are counted apart (see :func:`paired`).
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -249,35 +250,129 @@ def evaluate_run(
         selected_step=meta.get("selected_step", meta.get("step")),
         horizon=horizon,
     )
-    rundir.write_json(run / "eval.json", _finite_json(result))
+    rundir.write_json(run / "eval.json", result)
     return result
 
 
-def _finite_json(x: Any) -> Any:
-    """Replaces non-finite floats by ``None`` so the file is strict JSON."""
-    if isinstance(x, dict):
-        return {k: _finite_json(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_finite_json(v) for v in x]
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
+_finite_json = rundir.plain
 
 
-def format_table(result: Mapping[str, Any]) -> str:
-    """A plain-text table of an :func:`compare` result (one block per horizon)."""
+@dataclasses.dataclass(frozen=True)
+class HorizonResult:
+    """The comparison at one horizon of an ``eval.json`` (``Evaluation.horizons[T]``).
+
+    Attributes:
+        steps: the horizon (inner steps).
+        optimizers: name -> summary (``metric``, ``sem``, ``final``, ``diverged``, ``curve``,
+            ... of :meth:`lopt.Summary.to_json`) and its ``hyperparams``.
+        versus: baseline name -> :func:`paired` comparison with the learned optimizer.
+        best_baseline: the baseline with the lowest metric (``None``: all diverged, or no
+            learned optimizer was compared).
+        beats_all: whether the learned optimizer beats every baseline.
+    """
+
+    steps: int
+    optimizers: Mapping[str, Mapping[str, Any]]
+    versus: Mapping[str, Mapping[str, Any]]
+    best_baseline: str | None
+    beats_all: bool | None
+
+    def metric(self, name: str) -> float | None:
+        """Mean normalised loss of ``name`` (``None``: diverged, or not evaluated)."""
+        return (self.optimizers.get(name) or {}).get("metric")
+
+
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """A run's ``eval.json`` (schema ``lopt.eval/1``), read once and checked.
+
+    Every consumer (the command line, the report, the distillation, the comparison of runs)
+    reads it through :meth:`read` or :meth:`from_json`, so a malformed file is one clear error
+    naming the file and the field.
+
+    Attributes:
+        horizon: the training horizon; ``horizons[horizon]`` is the headline comparison.
+        horizons: steps -> :class:`HorizonResult` (the horizon and twice it).
+        num_problems: held-out problems per optimizer.
+        learned: the learned optimizer's name in ``optimizers``.
+        task: ``name``, ``settings`` and ``data_source`` of the evaluated family.
+        meta_step: the meta-step of the run's ``theta.npz``.
+        selected_step: the meta-step of the evaluated theta (validation may select an
+            earlier one than ``meta_step``).
+    """
+
+    horizon: int
+    horizons: Mapping[int, HorizonResult]
+    num_problems: int
+    learned: str | None
+    task: Mapping[str, Any]
+    meta_step: int | None = None
+    selected_step: int | None = None
+
+    @property
+    def main(self) -> HorizonResult:
+        """The comparison at the training horizon."""
+        return self.horizons[self.horizon]
+
+    @classmethod
+    def from_json(cls, d: Any, *, source: str = "eval.json") -> Evaluation:
+        """Checks and wraps an ``eval.json`` dict; :class:`lopt.CheckpointError` if malformed."""
+
+        def need(ok: bool, field: str) -> None:
+            if not ok:
+                raise rundir.CheckpointError(f"{source}: missing or malformed field {field!r}")
+
+        need(isinstance(d, Mapping), "(top level)")
+        need(isinstance(d.get("horizons"), Mapping) and bool(d["horizons"]), "horizons")
+        horizons = {}
+        for key, block in d["horizons"].items():
+            need(str(key).isdigit() and isinstance(block, Mapping), f"horizons.{key}")
+            opts = block.get("optimizers")
+            need(isinstance(opts, Mapping), f"horizons.{key}.optimizers")
+            for name, summary in opts.items():
+                need(isinstance(summary, Mapping), f"horizons.{key}.optimizers.{name}")
+            versus = block.get("versus", {})
+            need(isinstance(versus, Mapping), f"horizons.{key}.versus")
+            horizons[int(key)] = HorizonResult(
+                int(key), opts, versus, block.get("best_baseline"), block.get("beats_all")
+            )
+        horizon = d.get("horizon", min(horizons))
+        need(isinstance(horizon, int) and horizon in horizons, "horizon")
+        task = d.get("task") or {}
+        need(isinstance(task, Mapping), "task")
+        return cls(
+            horizon=horizon,
+            horizons=horizons,
+            num_problems=d.get("num_problems"),
+            learned=d.get("learned"),
+            task=task,
+            meta_step=d.get("meta_step"),
+            selected_step=d.get("selected_step", d.get("meta_step")),
+        )
+
+    @classmethod
+    def read(cls, path: str | Path) -> Evaluation:
+        """Reads ``path`` (an ``eval.json``, or a run directory holding one)."""
+        path = Path(path)
+        path = path / "eval.json" if path.is_dir() else path
+        return cls.from_json(rundir.read_json(path), source=str(path))
+
+
+def format_table(result: Mapping[str, Any] | Evaluation) -> str:
+    """A plain-text table of an :func:`compare` result or evaluation (one block per horizon)."""
+    ev = result if isinstance(result, Evaluation) else Evaluation.from_json(result)
     lines = []
-    for t, block in result["horizons"].items():
-        lines.append(f"horizon {t} steps, {result['num_problems']} held-out problems")
+    for t, block in ev.horizons.items():
+        lines.append(f"horizon {t} steps, {ev.num_problems} held-out problems")
         lines.append(
             f"  {'optimizer':<10} {'metric':>10} {'± s.e.m.':>9} {'final loss':>11} "
             f"{'diverged':>8}  {'vs learned':>22}  hyperparameters"
         )
-        for name, s in block["optimizers"].items():
+        for name, s in block.optimizers.items():
             metric = "inf" if s["metric"] is None else f"{s['metric']:.4f}"
             sem = "-" if s["sem"] is None else f"{s['sem']:.4f}"
             final = "inf" if s["final"] is None else f"{s['final']:.3g}"
-            v = block.get("versus", {}).get(name)
+            v = block.versus.get(name)
             if v is None:
                 vs = ""
             elif v["diff"] is None:

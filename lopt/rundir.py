@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import math
 import os
 import tempfile
 import zipfile
@@ -61,9 +62,28 @@ def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], N
         os.close(dir_fd)
 
 
+def plain(x: Any) -> Any:
+    """``x`` as strict JSON data, the one sanitiser behind every JSON file the toolkit writes.
+
+    NumPy/JAX scalars and arrays become Python numbers and lists, tuples become lists, and
+    non-finite floats (a diverged run's loss) become ``None``.
+    """
+    if isinstance(x, Mapping):
+        return {str(k): plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [plain(v) for v in x]
+    if isinstance(x, np.ndarray | jax.Array):
+        return plain(np.asarray(x).tolist())
+    if isinstance(x, np.generic):
+        return plain(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x
+
+
 def write_json(path: str | os.PathLike, obj: Any) -> None:
-    """Writes ``obj`` as indented JSON, atomically."""
-    data = (json.dumps(obj, indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
+    """Writes ``obj`` as indented strict JSON (through :func:`plain`), atomically."""
+    data = (json.dumps(plain(obj), indent=2, sort_keys=True, allow_nan=False) + "\n").encode()
     atomic_write(path, lambda f: f.write(data))
 
 

@@ -365,18 +365,22 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lopt.evaluation import evaluate_run, format_table
+    from lopt.evaluation import Evaluation, evaluate_run, format_table
 
-    result = evaluate_run(
-        args.run, baselines=args.baselines, num_problems=args.num_problems, progress=not args.quiet
+    ev = Evaluation.from_json(
+        evaluate_run(
+            args.run,
+            baselines=args.baselines,
+            num_problems=args.num_problems,
+            progress=not args.quiet,
+        )
     )
-    step, selected = result["meta_step"], result["selected_step"]
+    step, selected = ev.meta_step, ev.selected_step
     print(
-        f"{result['task']['name']} (data: {result['task']['data_source']}), "
-        f"meta-step {step}"
+        f"{ev.task['name']} (data: {ev.task['data_source']}), meta-step {step}"
         + (f" (theta selected by validation at step {selected})" if selected != step else "")
     )
-    print(format_table(result))
+    print(format_table(ev))
     print(f"wrote {os.path.join(args.run, 'eval.json')}")
     return 0
 

@@ -1,12 +1,22 @@
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import lopt
 import tasks
-from lopt.evaluation import compare, evaluate_run, format_table, paired, per_problem_metric
+from lopt import rundir
+from lopt.evaluation import (
+    Evaluation,
+    compare,
+    evaluate_run,
+    format_table,
+    paired,
+    per_problem_metric,
+)
 from lopt.meta_train import MetaTrainConfig, meta_train
 
 FAMILY = tasks.get("linear_regression", dim=3, num_steps=10)
@@ -111,3 +121,36 @@ def test_evaluate_run_writes_eval_json(tmp_path):
     assert set(hp) == {"learning_rate", "momentum"}
     assert len(saved["horizons"]["20"]["optimizers"]["learned"]["curve_mean"]) == 20
     assert res["horizons"]["10"]["versus"]["momentum"]["beats"] is False  # 2 meta-steps: no
+    ev = Evaluation.read(tmp_path)
+    assert ev.horizon == 10 and set(ev.horizons) == {10, 20} and ev.selected_step == 2
+    assert ev.main.metric("learned") == saved["horizons"]["10"]["optimizers"]["learned"]["metric"]
+    assert ev.main.best_baseline == "momentum" and ev.main.beats_all is False
+
+
+@pytest.mark.parametrize(
+    "damage, field",
+    [
+        ([], "(top level)"),
+        ({"horizons": {}}, "horizons"),
+        ({"horizons": {"ten": {}}}, "horizons.ten"),
+        ({"horizons": {"10": {"optimizers": []}}}, "horizons.10.optimizers"),
+        ({"horizons": {"10": {"optimizers": {"a": 1}}}}, "horizons.10.optimizers.a"),
+        ({"horizon": 7, "horizons": {"10": {"optimizers": {}}}}, "horizon"),
+    ],
+)
+def test_a_malformed_eval_json_is_one_error_naming_the_file_and_field(tmp_path, damage, field):
+    (tmp_path / "eval.json").write_text(json.dumps(damage))
+    with pytest.raises(lopt.CheckpointError, match="eval.json") as e:
+        Evaluation.read(tmp_path)
+    assert repr(field) in str(e.value)
+
+
+def test_json_files_are_written_strict_through_one_sanitiser(tmp_path):
+    obj = {"a": np.float32(1.5), "b": (np.inf, float("nan")), "c": jnp.arange(2), 3: np.bool_(1)}
+    rundir.write_json(tmp_path / "x.json", obj)
+    assert json.loads((tmp_path / "x.json").read_text()) == {
+        "a": 1.5,
+        "b": [None, None],
+        "c": [0, 1],
+        "3": True,
+    }
