@@ -13,13 +13,14 @@ from typing import Any
 
 import jax
 
-from lopt.checkpoint import load
-from lopt.evaluation import family_from_config
-from lopt.rundir import older_than, read_json, write_json
+from lopt.run import Run
+from lopt.rundir import read_json, write_json
 from probes.analysis import analyze, is_current
 
 
-def saved_analysis(run: str | os.PathLike, *, key_seed: int | None = 0) -> tuple[dict | None, str]:
+def saved_analysis(
+    run: Run | str | os.PathLike, *, key_seed: int | None = 0
+) -> tuple[dict | None, str]:
     """``RUN/analysis.json`` if it still describes the run, else ``None``; and why.
 
     It is out of date when older than ``RUN/theta.npz`` (by modification time), written by a
@@ -27,10 +28,11 @@ def saved_analysis(run: str | os.PathLike, *, key_seed: int | None = 0) -> tuple
     or drawn with another trajectory seed than ``key_seed`` (``None``: any seed; analyses that
     do not record one were drawn with 0).
     """
-    path = Path(run) / "analysis.json"
+    run = run if isinstance(run, Run) else Run(run)
+    path = run.file("analysis.json")
     if not path.exists():
         return None, "no analysis.json"
-    if older_than(path, path.parent / "theta.npz"):
+    if not run.is_current("analysis.json"):
         return None, "analysis.json is older than theta.npz"
     analysis = read_json(path)
     if not isinstance(analysis, dict) or not is_current(analysis):
@@ -42,19 +44,18 @@ def saved_analysis(run: str | os.PathLike, *, key_seed: int | None = 0) -> tuple
     return analysis, "re-using analysis.json"
 
 
-def analyze_run(run: str | os.PathLike, *, key_seed: int = 0) -> dict[str, Any]:
+def analyze_run(run: Run | str | os.PathLike, *, key_seed: int = 0) -> dict[str, Any]:
     """Analyses ``RUN/theta.npz`` on the run's task family; writes ``RUN/analysis.json``."""
-    run = Path(run)
-    cfg = read_json(run / "config.json")
-    opt, theta, _ = load(run / "theta.npz")
-    family = family_from_config(cfg)
+    run = run if isinstance(run, Run) else Run(run)
+    opt, theta, _ = run.checkpoint()
+    family = run.family
     analysis = analyze(opt, theta, family=family, key=jax.random.key(key_seed))
     result = analysis.to_json()
     # What was analysed, so that results on the MNIST fallback digits cannot pass for MNIST and
     # a later command can tell which seed drew the trajectories.
     result["task"] = {"name": family.name, "data_source": getattr(family, "data_source", None)}
     result["key_seed"] = key_seed
-    write_json(run / "analysis.json", result)
+    write_json(run.file("analysis.json"), result)
     return result
 
 

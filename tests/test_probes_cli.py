@@ -37,7 +37,7 @@ def test_probes_analyze_missing_run_is_one_line(tmp_path, capsys):
         main(["analyze", str(tmp_path / "nope")])
     assert e.value.code == 2
     err = capsys.readouterr().err.strip()
-    assert err.startswith("probes: error:") and "\n" not in err and "config.json" in err
+    assert err.startswith("probes: error:") and "\n" not in err and "no such run directory" in err
 
 
 def test_a_saved_analysis_is_reused_only_while_it_describes_the_run(tmp_path):
@@ -69,3 +69,26 @@ def test_a_saved_analysis_is_reused_only_while_it_describes_the_run(tmp_path):
     assert analysis is None and "older than theta.npz" in why
     os.utime(tmp_path / "theta.npz", (t - 10, t - 10))  # the weights older: reused
     assert saved_analysis(tmp_path)[0] == {"schema_version": 2}
+
+
+def test_a_run_reads_its_files_once_and_knows_what_is_current(tmp_path):
+    import os
+
+    from lopt.run import Run
+
+    with pytest.raises(FileNotFoundError, match="no such run directory"):
+        Run(tmp_path / "missing")
+    opt = lopt.RNNOptimizer(hidden_size=4)
+    family = tasks.get("linear_regression", dim=3, num_steps=4)
+    config = lopt.MetaTrainConfig(num_problems=2, num_steps=1, log_every=1)
+    lopt.meta_train(opt, family, config, out_dir=tmp_path, progress=False)
+    run = Run(tmp_path)
+    assert run.family.settings() == family.settings() and run.evaluation() is None
+    assert run.checkpoint()[0].config() == opt.config() and [r["step"] for r in run.metrics()] == [
+        1
+    ]
+    (tmp_path / "derived.json").write_text("{}")
+    assert run.is_current("derived.json") and not run.is_current("absent.json")
+    later = (tmp_path / "derived.json").stat().st_mtime + 10
+    os.utime(tmp_path / "theta.npz", (later, later))
+    assert not run.is_current("derived.json")
