@@ -8,7 +8,7 @@ hand. Every cell keeps its parameters as pytree leaves, so cells of one kind sha
 * :func:`saddle_cell`: ``h' = (tanh(k h₀), a h₁)``; fixed points at ``h₀ ∈ {0, ±x*}`` with
   ``x* = tanh(k x*)``: the origin is a saddle (eigenvalues ``k > 1`` and ``a < 1``), the other two
   are attractors.
-* :func:`random_gru_cell`: the paper's GRU (METHOD.md §2) with random weights, for shapes and
+* :func:`random_gru_cell`: the learned optimizer's own GRU with random weights, for shapes and
   speed.
 
 Shapes: ``H`` hidden units.
@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from lopt.cell import Cell, make_cell
+from lopt.rnn import RNNOptimizer
 
 
 def _param_init_state(p):
@@ -83,57 +84,38 @@ def saddle_cell(k: float = 2.0, a: float = 0.5, lr: float = 0.1) -> Cell:
     return make_cell(params, _param_init_state, _saddle_step, _saddle_readout)
 
 
-def _gru_step(p, h, g):
-    x = jnp.reshape(g * p["input_scale"], (1,))
-    u = jax.nn.sigmoid(p["A"][0] @ x + p["W"][0] @ h + p["bias"][0])
-    r = jax.nn.sigmoid(p["A"][1] @ x + p["W"][1] @ h + p["bias"][1])
-    c = jnp.tanh(p["A"][2] @ x + p["W"][2] @ (r * h) + p["bias"][2])
-    return u * h + (1.0 - u) * c
-
-
-def _gru_readout(p, h):
-    return p["output_scale"] * (p["w"] @ h + p["b"])
-
-
-def gru_params(
+def random_gru_cell(
     key: jax.Array,
-    hidden_size: int,
+    hidden_size: int = 16,
     *,
     recurrent_gain: float = 0.9,
     input_gain: float = 1.0,
     readout_gain: float = 0.1,
-) -> dict[str, jax.Array]:
-    """Random GRU weights with sensible scales.
+) -> Cell:
+    """The learned optimizer's own GRU (:class:`lopt.RNNOptimizer`) with random weights.
 
-    Recurrent matrices are ``N(0, gain²/H)`` (spectral radius ≈ gain), input weights
-    ``N(0, input_gain²)``, biases ``N(0, 0.1²)`` except the update gate's bias ``+1`` (a mildly
-    slow memory, like trained GRUs), readout ``N(0, readout_gain²/H)``.
+    Unlike a freshly initialised optimizer (zero readout, zero ``h0``: inert), its dynamics
+    and readout are both non-trivial. Recurrent matrices are ``N(0, gain²/H)`` (spectral
+    radius ≈ gain), input weights ``N(0, input_gain²)``, biases ``N(0, 0.1²)`` except the
+    update gate's ``+1`` (a mildly slow memory, like trained GRUs), readout
+    ``N(0, readout_gain²/H)``, ``h0`` ``N(0, 0.1²)``.
     """
     ks = jax.random.split(key, 5)
     H = hidden_size
-    bias = 0.1 * jax.random.normal(ks[2], (3, H))
-    bias = bias.at[0].add(1.0)
-    return {
-        "W": recurrent_gain / jnp.sqrt(H) * jax.random.normal(ks[0], (3, H, H)),
-        "A": input_gain * jax.random.normal(ks[1], (3, H, 1)),
-        "bias": bias,
-        "w": readout_gain / jnp.sqrt(H) * jax.random.normal(ks[3], (H,)),
-        "b": jnp.float32(0.0),
+    opt = RNNOptimizer(hidden_size=H)
+    bias = 0.1 * jax.random.normal(ks[2], (3 * H,))
+    theta = {
+        "rnn": {
+            "gru": {  # gates [u, r, c] side by side (lopt.networks)
+                "w_h": recurrent_gain / jnp.sqrt(H) * jax.random.normal(ks[0], (H, 3 * H)),
+                "w_i": input_gain * jax.random.normal(ks[1], (1, 3 * H)),
+                "b": bias.at[:H].add(1.0),
+            }
+        },
+        "readout": {
+            "w": readout_gain / jnp.sqrt(H) * jax.random.normal(ks[3], (H,)),
+            "b": jnp.float32(0.0),
+        },
         "h0": 0.1 * jax.random.normal(ks[4], (H,)),
-        "input_scale": jnp.float32(1.0),
-        "output_scale": jnp.float32(1.0),
     }
-
-
-def gru_cell(params: dict[str, jax.Array]) -> Cell:
-    """The GRU of METHOD.md §2 as a Cell (``u, r, c`` gates, readout from the new state).
-
-    ``params`` holds ``W (3, H, H)``, ``A (3, H, 1)``, ``bias (3, H)``, ``w (H,)``, ``b``,
-    ``h0 (H,)``, ``input_scale`` and ``output_scale`` (see :func:`gru_params`).
-    """
-    return make_cell(params, _param_init_state, _gru_step, _gru_readout)
-
-
-def random_gru_cell(key: jax.Array, hidden_size: int = 16, **kwargs) -> Cell:
-    """A GRU Cell with random weights from :func:`gru_params`."""
-    return gru_cell(gru_params(key, hidden_size, **kwargs))
+    return opt.cell(theta)

@@ -7,7 +7,7 @@ runs after compilation), a matmul roofline measured in the same process, and a f
 optimizer, trajectories included), and a verification that polishes every seed of a few inputs
 (no clustering) to show where seeds outside the kept clusters go. One JSON object per line.
 
-The cell is random with sensible scales (``probes.reference.gru_params``) unless ``--theta``
+The cell is random with sensible scales (``probes.reference.random_gru_cell``) unless ``--theta``
 names a ``lopt.save`` file of a trained GRU optimizer (``lopt.load``, when it exists). The CPU is
 shared: numbers are noisy; compare ratios measured in the same run.
 
