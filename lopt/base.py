@@ -19,6 +19,11 @@ from lopt.cell import Cell
 
 _REGISTRY: dict[str, type[LearnedOptimizer]] = {}
 
+#: Largest hidden layer a learned optimizer accepts: a GRU of this size already has 0.8 G
+#: meta-parameters per recurrent matrix; a config asking for more is a mistake (or hostile)
+#: and is refused before anything is allocated.
+MAX_HIDDEN_SIZE = 16_384
+
 
 class LearnedOptimizer(abc.ABC):
     """Base class of learned optimizers.

@@ -32,7 +32,7 @@ import numpy as np
 import optax
 
 from lopt import networks
-from lopt.base import LearnedOptimizer
+from lopt.base import MAX_HIDDEN_SIZE, LearnedOptimizer
 
 _EPS = 1e-8  # inside √(v + ε)
 _NORM_EPS = 1e-6  # inside the per-tensor rms normaliser
@@ -114,11 +114,17 @@ class MLPOptimizer(LearnedOptimizer):
         step_mult: float = 1e-3,
     ):
         sizes = tuple(hidden_sizes) if isinstance(hidden_sizes, (list, tuple)) else None
-        if sizes is None or not all(
-            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in sizes
+        if (
+            sizes is None
+            or not all(
+                isinstance(s, int) and not isinstance(s, bool) and 0 < s <= MAX_HIDDEN_SIZE
+                for s in sizes
+            )
+            or len(sizes) > 64
         ):
             raise ValueError(
-                f"hidden_sizes must be a sequence of positive ints, got {hidden_sizes!r}"
+                f"hidden_sizes must be at most 64 ints in [1, {MAX_HIDDEN_SIZE}], "
+                f"got {hidden_sizes!r}"
             )
         self.hidden_sizes = sizes
         self.momentum_decays = _floats("momentum_decays", momentum_decays, low=0.0, high=1.0)

@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import optax
 
 from lopt import networks
-from lopt.base import LearnedOptimizer
+from lopt.base import MAX_HIDDEN_SIZE, LearnedOptimizer
 from lopt.cell import Cell, cell_optimizer, make_cell
 
 INPUT_MODES = ("raw", "log1p_sign")
@@ -105,8 +105,14 @@ class RNNOptimizer(LearnedOptimizer):
     ):
         if cell not in networks.CORES:
             raise ValueError(f"cell must be one of {networks.CORES}, got {cell!r}")
-        if isinstance(hidden_size, bool) or not isinstance(hidden_size, int) or hidden_size < 1:
-            raise ValueError(f"hidden_size must be a positive int, got {hidden_size!r}")
+        if (
+            isinstance(hidden_size, bool)
+            or not isinstance(hidden_size, int)
+            or not 1 <= hidden_size <= MAX_HIDDEN_SIZE
+        ):
+            raise ValueError(
+                f"hidden_size must be an int in [1, {MAX_HIDDEN_SIZE}], got {hidden_size!r}"
+            )
         if input_mode not in INPUT_MODES:
             raise ValueError(f"input_mode must be one of {INPUT_MODES}, got {input_mode!r}")
         self.cell_type = cell

@@ -22,8 +22,10 @@ from typing import Any
 
 import tasks
 from lopt import rundir
+from lopt.base import LearnedOptimizer, from_config
 from lopt.checkpoint import load
 from lopt.evaluation import Evaluation, family_from_config
+from lopt.meta_config import MetaTrainConfig
 
 
 class Run:
@@ -56,10 +58,32 @@ class Run:
             raise rundir.CheckpointError(f"{self.file('config.json')}: not a JSON object")
         return cfg
 
+    def _field(self, name: str, build: Any) -> Any:
+        try:
+            return build(self.config.get(name))
+        except (ValueError, TypeError, KeyError) as e:
+            raise rundir.CheckpointError(f"{self.file('config.json')}: {name}: {e}") from None
+
     @functools.cached_property
     def family(self) -> tasks.TaskFamily:
         """The task family the run was trained on, rebuilt from ``config.json``."""
-        return family_from_config(self.config)
+        return self._field("task", lambda _: family_from_config(self.config))
+
+    @functools.cached_property
+    def optimizer(self) -> LearnedOptimizer:
+        """The learned optimizer described by ``config.json`` (its sizes checked)."""
+        return self._field("optimizer", from_config)
+
+    @functools.cached_property
+    def meta_config(self) -> MetaTrainConfig:
+        """The meta-training settings of ``config.json``, validated against the family."""
+
+        def build(d: Any) -> MetaTrainConfig:
+            config = MetaTrainConfig.from_dict(d)
+            config.resolved(self.family)  # raises on anything out of bounds
+            return config
+
+        return self._field("meta_train", build)
 
     def checkpoint(self) -> tuple[Any, Any, dict[str, Any]]:
         """``(opt, theta, metadata)`` from ``theta.npz`` (:func:`lopt.load`)."""

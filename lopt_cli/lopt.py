@@ -250,11 +250,9 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
     import dataclasses
 
     import tasks
-    from lopt.base import from_config
-    from lopt.evaluation import family_from_config
-    from lopt.meta_train import MetaTrainConfig, MetaTrainDiverged, meta_train
+    from lopt.meta_train import MetaTrainDiverged, meta_train
     from lopt.presets import preset
-    from lopt.rundir import read_json
+    from lopt.run import Run
 
     out = args.out
     has_state = os.path.exists(os.path.join(out, "state.npz"))
@@ -270,10 +268,9 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
         ):
             if value is not None:
                 raise ValueError(f"{flag} cannot change on --resume (the run keeps its own)")
-        cfg = read_json(os.path.join(out, "config.json"))
-        opt = from_config(cfg["optimizer"])
-        family = family_from_config(cfg)
-        config = MetaTrainConfig.from_dict(cfg["meta_train"])
+        run = Run(out)
+        cfg, opt, family = run.config, run.optimizer, run.family
+        config = run.meta_config
         if args.task is not None and args.task != family.name:
             raise ValueError(f"{out} is a {family.name} run, not {args.task}")
         if args.preset is not None:  # accepted when it names the run's own preset

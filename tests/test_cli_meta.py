@@ -170,3 +170,49 @@ def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path, st
     done = _run("meta-train", "--out", out, "--resume", "--steps", str(step + 1), "--quiet")
     assert done.returncode == 0, done.stderr
     assert f"{step + 1} meta-steps" in done.stdout
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [
+        ("optimizer", {"type": "rnn", "hidden_size": 10**9}, "config.json: optimizer: hidden_size"),
+        ("optimizer", {"type": "nope"}, "config.json: optimizer: unknown optimizer type"),
+        ("optimizer", [], "config.json: optimizer:"),
+        ("meta_train", {"num_problems": 2**40}, "config.json: meta_train: num_problems"),
+        ("meta_train", {"bogus": 1}, "config.json: meta_train: unknown meta-training setting"),
+        ("task", {"name": "../etc"}, "config.json: task:"),
+    ],
+)
+def test_an_absurd_or_malformed_config_is_one_line_naming_the_file_and_field(
+    tmp_path, capsys, field, value, message
+):
+    out = tmp_path / "run"
+    assert (
+        main(["meta-train", "--task", "linear_regression", "--out", str(out), "--steps", "1"]) == 0
+    )
+    cfg = json.loads((out / "config.json").read_text())
+    cfg[field] = value if field != "meta_train" else {**cfg["meta_train"], **value}
+    (out / "config.json").write_text(json.dumps(cfg))
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e:
+        main(["meta-train", "--out", str(out), "--resume", "--steps", "2", "--quiet"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and message in err, err
+
+
+def test_a_meta_step_larger_than_the_machine_is_refused_before_anything_runs(tmp_path):
+    import lopt
+    import tasks
+    from lopt.meta_train import MetaTrainConfig, meta_step_bytes, meta_train
+
+    opt = lopt.RNNOptimizer(hidden_size=64)
+    family = tasks.get("linear_regression", dim=3, num_steps=10)
+    config = MetaTrainConfig(num_problems=2**24, num_steps=1)
+    # At least 2^24 problems x 10 steps x 3 parameters x (1 + 64 hidden) floats x 4 bytes:
+    # 122 GiB, more than this machine (and CI's) has. Too large to store the products.
+    need = meta_step_bytes(opt, family, config)
+    assert 4 * 2**24 * 10 * 3 * 65 <= need < 4 * 2**24 * 10 * 3 * (65 + 192)
+    with pytest.raises(lopt.ConfigError, match="GiB"):
+        meta_train(opt, family, config, out_dir=tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
