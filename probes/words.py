@@ -1,8 +1,75 @@
-"""Analysis results in plain words: one line per mechanism, as the command line prints them."""
+"""Analysis results in plain words: the command line's lines and the report's sentences.
+
+:func:`describe` gives one line per mechanism as ``probes analyze`` prints it;
+:func:`summary_sentences`, :func:`results_sentence` and :func:`distill_sentence` write the
+report's plain-language summary from the numbers (an ``Analysis.to_json()`` dict, the results
+table of ``eval.json``, ``distill.json``); :func:`fmt`, :func:`pm` and :func:`slope` format the
+numbers the report's tables show.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping, Sequence
 from typing import Any
+
+from probes.values import finite
+
+#: How the report names the optimizers of ``eval.json``.
+NAMES = {
+    "learned": "learned",
+    "momentum": "momentum",
+    "rmsprop": "RMSProp",
+    "adam": "Adam",
+    "sgd": "SGD",
+}
+
+
+# ----------------------------------------------------------------------------- numbers
+
+
+def fmt(x: Any, spec: str = ".3g") -> str:
+    """``x`` formatted with ``spec`` and a real minus sign; ``∞`` or ``–`` when not finite."""
+    v = finite(x)
+    if v is None:
+        return "∞" if isinstance(x, float) and math.isinf(x) else "–"
+    return format(v, spec).replace("-", "−")
+
+
+def slope(x: Any) -> str:
+    """A log-log slope: two significant digits, and ``0`` for float noise (``|s| < 5e-4``)."""
+    v = finite(x)
+    return "–" if v is None else ("0" if abs(v) < 5e-4 else fmt(v, ".2g"))
+
+
+def pm(mean: Any, sem: Any, spec: str = ".4f") -> str:
+    """``mean ± sem`` (``diverged`` for a ``None`` mean, no ``±`` without a finite s.e.m.)."""
+    if finite(mean) is None:
+        return "diverged" if mean is None else "–"
+    return f"{fmt(mean, spec)} ± {fmt(sem, spec)}" if finite(sem) is not None else fmt(mean, spec)
+
+
+def label(name: str) -> str:
+    """The display name of an optimizer of ``eval.json`` (``rmsprop`` -> ``RMSProp``)."""
+    return NAMES.get(name, name)
+
+
+def join(items: Sequence[str]) -> str:
+    """``a``, ``a and b``, ``a, b and c``."""
+    items = list(items)
+    if len(items) <= 1:
+        return "".join(items)
+    return ", ".join(items[:-1]) + " and " + items[-1]
+
+
+def data_note(data_source: str | None) -> str:
+    """`` (data: …)`` for data other than a synthetic family's own, else ``""``."""
+    if not data_source or data_source == "synthetic":
+        return ""
+    return f" (data: {data_source})"
+
+
+# ----------------------------------------------------------------------------- command line
 
 
 def describe(result: dict[str, Any]) -> list[str]:
@@ -58,3 +125,152 @@ def describe(result: dict[str, Any]) -> list[str]:
             f"|g| {num(lo, '.2g')}–{num(hi, '.2g')})"
         )
     return lines
+
+
+# ----------------------------------------------------------------------------- report
+
+
+def schedule_phrase(s: Mapping[str, Any]) -> str:
+    """The schedule's shape in words, from a ``schedule`` result dict."""
+    shape, peak = s.get("shape"), s.get("peak_step")
+    n = len(s.get("effective_lr") or [])
+    fall = finite(s.get("fall"))
+    falls = f" (α_eff falls by {fall:.0%} over {n} steps)" if fall is not None and n else ""
+    if shape == "warm-up-then-decay":
+        return f"warms up over {peak} steps then decays{falls}"
+    if shape == "warm-up":
+        return f"warms up over {peak} steps (no decay within {n} steps)"
+    if shape == "decay":
+        return f"decays its learning rate from the first step{falls}"
+    return "learning-rate schedule not detected (α_eff stays within 5% of its peak)"
+
+
+def range_name(d: Mapping[str, Any]) -> str:
+    """Which gradient range a ``damping`` result was decided on (training or probed)."""
+    training = str(d.get("gradient_range_source") or "").startswith("training")
+    return "the training range" if training else "the probed range"
+
+
+def damping_phrase(d: Mapping[str, Any]) -> str:
+    """The summary sentence of a ``damping`` result dict."""
+    kappa, low = finite(d.get("kappa")), finite(d.get("min_ratio"))
+    if d.get("detected") and kappa is not None:
+        low_txt = f", down to {low:.0%} within {range_name(d)}" if low is not None else ""
+        mem = finite(d.get("memory"))
+        mem_txt = ""
+        if mem is not None and 0.5 <= mem < 1:
+            mem_txt = f"; the damping builds up over about {1 / (1 - mem):.0f} steps"
+        elif mem is not None and mem < 0.5:
+            mem_txt = "; the damping sets in within a step or two"
+        return (
+            "Damps oscillations: for gradients that flip sign every step its gain, relative to "
+            f"persistent gradients, halves at |g| ≈ {kappa:.2g}{low_txt}{mem_txt}."
+        )
+    keep = f" (it stays above {low:.0%})" if low is not None else ""
+    return (
+        "Oscillation damping: not detected; sign-flipping and persistent gradients keep the "
+        f"same relative gain{keep}."
+    )
+
+
+def summary_sentences(a: Mapping[str, Any], evidence: Mapping[str, Any] | None = None) -> list[str]:
+    """Plain-language sentences, one per mechanism, generated from the analysis numbers."""
+    m, c, s, ad = (a.get(k) or {} for k in ("momentum", "clipping", "schedule", "adaptation"))
+    out = []
+    beta, tau, share = finite(m.get("beta")), finite(m.get("timescale")), finite(m.get("share"))
+    resp = "response" if a.get("source") == "optax" else "linearised response"
+    if m.get("detected") and beta is not None:
+        t = f" (timescale ≈ {tau:.0f} steps)" if tau is not None else ""
+        sh = f" carries {share:.0%} of its {resp}" if share is not None else ""
+        pair = ""
+        if m.get("is_real") is False:
+            pair = " (a complex pair whose response stays monotone while it decays)"
+        out.append(f"Momentum with β ≈ {beta:.2f}{t}{sh}{pair}.")
+    else:
+        why = ""
+        if beta is not None and share is not None:
+            why = f" (dominant mode β ≈ {beta:.2f}, {share:.0%} of the {resp})"
+        out.append(f"Momentum: not detected{why}.")
+    thr = finite(c.get("threshold"))
+    if c.get("detected") and thr is not None:
+        out.append(f"Clips updates beyond |g| ≈ {thr:.2g}.")
+    else:
+        out.append("Gradient clipping: not detected within the probed range.")
+    sched = schedule_phrase(s)
+    out.append(sched[0].upper() + sched[1:] + ".")
+    ad_slope = finite(ad.get("slope"))
+    sl = f" (log-log slope {slope(ad_slope)})" if ad_slope is not None else ""
+    if ad.get("detected"):
+        out.append(f"Adapts its learning rate: α_eff falls as gradients grow{sl}.")
+    else:
+        extra = ""
+        for arm in ((evidence or {}).get("s_curve") or {}).get("arms", {}).values():
+            after = finite(arm.get("slope_after"))
+            if arm.get("fold_at") is not None and after is not None and after <= -0.2:
+                extra = (
+                    f"; past a fold at |g*| ≈ {arm['fold_at']:.2g} its fixed points jump to a "
+                    f"second branch where it does fall (slope {after:.2g})"
+                )
+                break
+        out.append(
+            "Learning-rate adaptation: not detected; its learning rate does not fall as "
+            f"gradients grow{sl}{extra}."
+        )
+    d = a.get("damping") or {}
+    if d:
+        out.append(damping_phrase(d))
+    return [x.replace("-0", "−0").replace(" -", " −") for x in out]
+
+
+def distill_sentence(distill: Mapping[str, Any]) -> str | None:
+    """One summary line: how much of the gain the distilled chains recover (``distill.json``)."""
+    parts = []
+    for key, how in (
+        ("fraction", "with the probed numbers"),
+        ("fraction_identified", "with numbers fitted to its updates"),
+        ("fraction_retuned", "with numbers tuned on training problems"),
+    ):
+        f = distill.get(key)
+        if isinstance(f, Mapping) and finite(f.get("mean")) is not None:
+            ci = [finite(x) for x in list(f.get("ci") or [])[:2]]
+            band = f" (95% CI {ci[0]:.0%} … {ci[1]:.0%})" if len(ci) == 2 and None not in ci else ""
+            parts.append(f"{how} {f['mean']:.0%}{band}")
+    if not parts:
+        return None
+    steps = [
+        str(e.get("mechanism", e.get("transform", "?"))).split(" (")[0]
+        for e in distill.get("chain") or []
+        if isinstance(e, Mapping)
+    ]
+    best = ((distill.get("results") or {}).get("best_baseline") or {}).get("name")
+    over = f" over tuned {label(str(best))}" if best else ""
+    chain = f" ({' → '.join(steps)})" if steps else ""
+    return (
+        f"Written as an optax chain{chain}, the mechanisms recover this share of its gain{over}: "
+        + "; ".join(parts)
+        + "."
+    )
+
+
+def results_sentence(res: Mapping[str, Any]) -> str:
+    """Which tuned baselines the learned optimizer beats at each horizon (the results table)."""
+    parts = []
+    for h in res["horizons"]:
+        won = [label(r["name"]) for r in h["rows"] if r["learned_better"]]
+        lost = [label(r["name"]) for r in h["rows"] if r["learned_better"] is False]
+        mult = h.get("multiple")
+        when = (
+            f"at the training horizon ({h['steps']} steps)"
+            if mult == 1
+            else (f"at {mult:.3g}× it ({h['steps']} steps)" if mult else f"at {h['steps']} steps")
+        )
+        s = f"{when} it beats {join(won) if won else 'no tuned baseline'}"
+        if won and lost:
+            s += f" but not {join(lost)}"
+        parts.append(s)
+    task = f" {res['task']}" if res.get("task") else ""
+    n = f"{res['num_problems']} " if res.get("num_problems") else ""
+    return (
+        f"On {n}held-out{task} problems{data_note(res.get('data_source'))} (mean normalised loss, "
+        "paired differences > 2 s.e.m.), " + "; ".join(parts) + "."
+    )

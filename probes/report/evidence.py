@@ -1,0 +1,329 @@
+"""Evidence for the white-box figures of a report, computed from a :class:`lopt.Cell`.
+
+:func:`white_box_evidence` runs the public probes (:func:`probes.trajectories`,
+:func:`probes.pca`, :func:`probes.continuation`, :func:`probes.linearize`) around the
+convergence point the analysis measured: the states near it, update functions along its slowest
+mode and along the S-curve of fixed points, the eigenvalues. :func:`heavy_ball_optimum` gives
+Polyak's optimal heavy-ball parameters on ``linear_regression``.
+
+Shapes: ``B`` problems, ``T`` steps, ``C`` recorded coordinates, ``H`` hidden units,
+``G`` gradient values, ``A`` perturbation amounts, ``N`` continuation inputs.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import numpy as np
+
+from probes.values import finite, plain
+
+
+def as_dict(analysis: Any) -> dict[str, Any]:
+    """The ``to_json()`` dict of an :class:`probes.Analysis` (a dict is copied)."""
+    if hasattr(analysis, "to_json"):
+        return analysis.to_json()
+    if isinstance(analysis, Mapping):
+        return dict(analysis)
+    raise TypeError(f"expected a probes.Analysis or its to_json() dict, got {type(analysis)}")
+
+
+def progress_lines(progress: bool | Callable[[str], None] | None) -> Callable[[str], None]:
+    """A stage printer: ``progress`` itself if callable, timed lines on stderr if true."""
+    if callable(progress):
+        return progress
+    if not progress:
+        return lambda msg: None
+    start = time.perf_counter()
+
+    def emit(msg: str) -> None:
+        print(f"[{time.perf_counter() - start:6.1f} s] {msg}", file=sys.stderr, flush=True)
+
+    return emit
+
+
+def heavy_ball_optimum(family: Any, key: Any = None, num_problems: int = 256) -> dict | None:
+    """Optimal heavy-ball ``(α*, β*)`` for ``linear_regression``, else ``None``.
+
+    With Hessian eigenvalues in ``[μ, L]`` (the extremes over ``num_problems`` sampled problems),
+    ``κ = L/μ``, ``β* = ((√κ-1)/(√κ+1))²`` and ``α* = 4/(√L+√μ)²`` (Polyak's optimal rate).
+    """
+    if getattr(family, "name", None) != "linear_regression":
+        return None
+    import jax
+
+    key = jax.random.key(0) if key is None else key
+    sample = jax.jit(jax.vmap(type(family).sample, in_axes=(None, 0)))
+    batch = sample(family, jax.random.split(key, num_problems))
+    if not isinstance(batch, Mapping) or "eigenvalues" not in batch:
+        return None
+    lam = np.asarray(batch["eigenvalues"], np.float64)
+    mu, L = float(lam.min()), float(lam.max())
+    kappa = L / mu
+    beta = ((math.sqrt(kappa) - 1) / (math.sqrt(kappa) + 1)) ** 2
+    alpha = 4.0 / (math.sqrt(L) + math.sqrt(mu)) ** 2
+    return {"alpha": alpha, "beta": beta, "mu": mu, "L": L, "num_problems": int(num_problems)}
+
+
+def _autonomous(cell: Any, steps: int):
+    import jax
+    import jax.numpy as jnp
+
+    @jax.jit
+    def run(cell, xs):
+        def body(h, _):
+            h = cell.step(h, jnp.zeros([], jnp.float32))
+            return h, h
+
+        h0 = jnp.asarray(cell.init_state(), jnp.float32)
+        return jax.lax.scan(body, h0, xs)[1]
+
+    return run(cell, jnp.zeros(steps))
+
+
+def _fold_slopes(inputs: np.ndarray, alpha: np.ndarray, fold: np.ndarray, ok: np.ndarray):
+    """Fold position and log-log slopes of ``α_eff`` before/after the first fold of a sweep."""
+    m, a = np.abs(inputs), np.abs(alpha)
+    use = ok & (m > 0) & np.isfinite(a) & (a > 0)
+    idx = np.nonzero(fold & (m > 0))[0]
+    out: dict[str, Any] = {"fold_at": None, "slope_before": None, "slope_after": None}
+
+    def slope(sel):
+        sel = sel & use
+        if sel.sum() < 3:
+            return None
+        return float(np.polyfit(np.log(m[sel]), np.log(a[sel]), 1)[0])
+
+    n = np.arange(m.size)
+    if idx.size:
+        f = int(idx[0])
+        out["fold_at"] = float(m[f])
+        out["slope_before"] = slope(n < f)
+        out["slope_after"] = slope(n >= f)
+        out["alpha_before"] = finite(a[f - 1]) if f > 0 else None
+        out["alpha_after"] = finite(a[f])
+    else:
+        out["slope_before"] = slope(n >= 0)
+    return out
+
+
+def white_box_evidence(
+    cell: Any,
+    analysis: Any,
+    *,
+    family: Any = None,
+    key: Any = None,
+    trajectories: Any = None,
+    num_problems: int = 8,
+    max_lines: int = 24,
+    num_amounts: int = 7,
+    num_gradients: int = 121,
+    continuation_points: int = 40,
+    progress: bool | Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Evidence for the white-box figures, from a cell and its analysis (JSON-able dict).
+
+    * ``convergence``: the fixed point ``h*`` at ``g* = 0``: the state the autonomous dynamics
+      ``h ← F(h, 0)`` reach from ``h0`` in 200 steps, Newton-polished (the first point of the
+      continuation below), its kind, and the slowest real eigenvalue of ``∂F/∂h`` there
+      (:func:`probes.linearize`).
+    * ``states``: hidden-state trajectories on ``num_problems`` problems of ``family``
+      (:func:`probes.trajectories`) projected on their two principal components
+      (:func:`probes.pca`), with ``h*`` and ``h0`` projected too (needs ``family``).
+    * ``slow_mode``: ``U(h* + a·v, g)`` for the slowest real eigenvector ``v`` of ``∂F/∂h`` at
+      ``h*`` (:func:`probes.update_function.perturbed_states`), ``a`` spanning the states visited.
+    * ``s_curve``: branches of fixed points ``h*(g*)`` traced by :func:`probes.continuation`
+      from ``h*`` for ``g* > 0`` and ``g* < 0`` and back (hysteresis), their first principal
+      component, ``α_eff`` along each, folds (with the log-log slope of ``α_eff`` before and
+      after the first one); ``s_curve_updates``: update functions at points evenly spaced
+      along each rising arm.
+    * ``optimum``: :func:`heavy_ball_optimum` when ``family`` is ``linear_regression``.
+
+    Every probe of one kind runs as one batched call (one compilation each).
+
+    Args:
+        cell: the optimizer's :class:`lopt.Cell`.
+        analysis: its :class:`probes.Analysis` (or ``to_json()`` dict): gradient scale, histogram.
+        family: task family for trajectories and the optimum (optional).
+        key: PRNG key for the trajectories (default ``key(0)``).
+        trajectories: already recorded :class:`probes.Trajectories` of this optimizer (then
+            ``family`` is only used for the optimum).
+        num_problems: problems recorded.
+        max_lines: at most this many (problem, coordinate) trajectories are kept for the figure.
+        num_amounts: perturbation amounts along the slow mode.
+        num_gradients: ``G``, gradient grid of the update functions.
+        continuation_points: inputs per continuation sweep (log-spaced, plus ``0``).
+        progress: print stage lines (``True``) or call this function with each stage.
+
+    Returns:
+        A JSON-able dict (see above).
+    """
+    import jax
+    import jax.numpy as jnp
+
+    from probes._cells import canonical
+    from probes.fixed_points import FAILED, KIND_NAMES, continuation
+    from probes.linearize import linearize
+    from probes.trajectories import pca
+    from probes.trajectories import trajectories as record_trajectories
+    from probes.update_function import effective_lr, perturbed_states, update_function
+
+    stage = progress_lines(progress)
+    a = as_dict(analysis)
+    cell = canonical(cell)
+    key = jax.random.key(0) if key is None else key
+    scale = finite(a.get("meta", {}).get("gradient_scale")) or 1.0
+    h0 = np.asarray(cell.init_state(), np.float32)
+    H = h0.shape[0]
+    out: dict[str, Any] = {"hidden_size": int(H), "gradient_scale": scale}
+
+    tr = trajectories
+    if tr is None and family is not None:
+        stage(f"recording trajectories on {num_problems} problems")
+        tr = record_trajectories(cell, family, key, num_problems=num_problems)
+    grads = hidden = None
+    if tr is not None:
+        grads = np.asarray(tr.grads, np.float64).reshape(-1)
+        grads = grads[np.isfinite(grads)]
+        if tr.hidden is not None and tr.initial_hidden is not None:
+            hidden = np.concatenate(
+                [np.asarray(tr.initial_hidden)[:, None], np.asarray(tr.hidden)], axis=1
+            )  # (B, T+1, C, H)
+
+    # Gradient range of the update functions: the gradients actually seen, else the histogram.
+    edges = np.asarray(a.get("clipping", {}).get("histogram_edges") or [], float)
+    if grads is not None and grads.size:
+        g_max, g_top = float(np.percentile(np.abs(grads), 99.5)), float(np.max(np.abs(grads)))
+    else:
+        g_max = g_top = float(np.max(np.abs(edges))) if edges.size else 10 * scale
+    g_max = g_max if g_max > 0 else 10 * scale
+    gs = np.linspace(-g_max, g_max, num_gradients)
+    out["gradient_range"] = g_max
+
+    # Convergence point and S-curve: one continuation program for all four sweeps. The rising
+    # positive sweep starts at g* = 0 from the end of the autonomous trajectory, so its first
+    # point is the convergence point h*.
+    stage("tracing fixed points: convergence point and S-curve (continuation)")
+    auto = np.asarray(_autonomous(cell, 200))
+    lo, hi = 1e-2 * scale, max(1e3 * scale, 2.0 * g_top)
+    up = np.concatenate([[0.0], np.geomspace(lo, hi, continuation_points)])
+    branches = {"pos_up": continuation(cell, up, auto[-1])}
+    h_star = np.asarray(branches["pos_up"].points[0])
+    star_kind = KIND_NAMES[int(branches["pos_up"].kind[0])]
+    if star_kind == "failed":
+        h_star, star_kind = auto[-1], "trajectory end"
+    branches["pos_down"] = continuation(cell, up[::-1], branches["pos_up"].points[-1])
+    branches["neg_up"] = continuation(cell, -up, h_star)
+    branches["neg_down"] = continuation(cell, -up[::-1], branches["neg_up"].points[-1])
+
+    stage("linearising at the convergence point")
+    lin = linearize(cell, h_star)
+    lam = np.asarray(lin.eigenvalues)
+    real = np.abs(lam.imag) <= 1e-6 * np.maximum(1.0, np.abs(lam))
+    i_slow = int(np.argmax(np.where(real, np.abs(lam), -1.0))) if real.any() else 0
+    v = np.real(np.asarray(lin.right)[:, i_slow])
+    v = v / max(float(np.linalg.norm(v)), 1e-30)
+    out["convergence"] = {
+        "kind": star_kind,
+        "residual": float(branches["pos_up"].residual[0]),
+        "alpha_eff": float(lin.alpha_eff),
+        "spectral_radius": float(np.max(np.abs(lam))),
+        "slow_eigenvalue": complex(lam[i_slow]),
+        "slow_timescale": float(np.asarray(lin.timescale)[i_slow]),
+    }
+
+    # States near the convergence point: PCA of the recorded trajectories.
+    if hidden is not None:
+        stage("projecting the states on principal components")
+        B, T1, C, _ = hidden.shape
+        p = pca(jnp.asarray(hidden), num_components=2)
+        lines = np.transpose(hidden, (0, 2, 1, 3)).reshape(B * C, T1, H)
+        pick = np.linspace(0, B * C - 1, min(max_lines, B * C)).astype(int)
+        steps = np.unique(np.linspace(0, T1 - 1, min(T1, 200)).astype(int))
+        comps, mean = np.asarray(p.components), np.asarray(p.mean)
+        out["states"] = {
+            "lines": (lines[pick][:, steps] - mean) @ comps.T,
+            "steps": steps,
+            "fixed_point": (h_star - mean) @ comps.T,
+            "start": (h0 - mean) @ comps.T,
+            "explained_ratio": np.asarray(p.explained_ratio),
+            "num_problems": int(B),
+            "num_coords": int(C),
+        }
+        reach = float(np.percentile(np.abs((hidden.reshape(-1, H) - h_star) @ v), 95))
+    else:
+        reach = float(abs((h0 - h_star) @ v))
+    reach = reach if reach > 1e-6 else max(1.0, float(np.linalg.norm(h0 - h_star)))
+    amounts = np.linspace(-reach, reach, num_amounts)
+    slow_states = np.asarray(perturbed_states(h_star, v[None], amounts)[0])  # (A, H)
+
+    # First principal component of all fixed points found, oriented to rise with g* > 0.
+    arms: dict[str, Any] = {}
+    ok_pts = []
+    for name, b in branches.items():
+        ok = np.asarray(b.kind) != FAILED
+        arms[name] = {
+            "inputs": np.asarray(b.inputs),
+            "kind": [KIND_NAMES[int(x)] for x in np.asarray(b.kind)],
+            "fold": np.asarray(b.fold),
+        }
+        ok_pts.append(np.asarray(b.points)[ok])
+    cloud = np.concatenate(ok_pts)
+    pc = pca(jnp.asarray(cloud if cloud.shape[0] > 1 else h_star[None]), num_components=1)
+    comp, mean = np.asarray(pc.components)[0], np.asarray(pc.mean)
+    y_up = (np.asarray(branches["pos_up"].points) - mean) @ comp
+    if y_up[-1] < y_up[0]:
+        comp = -comp
+
+    # Update functions at points evenly spaced along each rising arm (the S-curve bends in a
+    # narrow band of g*, so even spacing in g* would crowd them on the flat parts).
+    picks, pick_states = [], []
+    for name in ("pos_up", "neg_up"):
+        b = branches[name]
+        ok = (np.asarray(b.kind) != FAILED) & (np.abs(np.asarray(b.inputs)) > 0)
+        idx = np.nonzero(ok)[0]
+        if idx.size:
+            y = (np.asarray(b.points)[idx] - mean) @ comp
+            chosen = {int(idx[np.argmin(np.abs(y - t))]) for t in np.linspace(y[0], y[-1], 5)}
+            for j in sorted(chosen):
+                picks.append(float(b.inputs[j]))
+                pick_states.append(np.asarray(b.points[j]))
+
+    # α_eff and U for every state at once (one compilation each).
+    stage("update functions and effective learning rates")
+    arm_states = [np.asarray(b.points) for b in branches.values()]
+    all_states = np.concatenate([slow_states, *arm_states])
+    alpha = np.asarray(effective_lr(cell, jnp.asarray(all_states), secant=1e-3 * scale))
+    u_states = np.concatenate([slow_states, *(np.stack(pick_states)[None] if picks else [])])
+    updates = np.asarray(update_function(cell, jnp.asarray(u_states), gs))
+    A = slow_states.shape[0]
+    out["slow_mode"] = {
+        "eigenvalue": complex(lam[i_slow]),
+        "amounts": amounts,
+        "gradients": gs,
+        "updates": updates[:A],
+        "alpha_eff": alpha[:A],
+    }
+    n = A
+    for name, b, pts in zip(list(branches), branches.values(), arm_states, strict=True):
+        ok = np.asarray(b.kind) != FAILED
+        arm = arms[name]
+        arm["alpha_eff"] = np.where(ok, alpha[n : n + pts.shape[0]], np.nan)
+        arm["pc1"] = np.where(ok, (pts - mean) @ comp, np.nan)
+        n += pts.shape[0]
+        if name.endswith("_up"):
+            arm.update(_fold_slopes(arm["inputs"], arm["alpha_eff"], arm["fold"], ok))
+    if picks:
+        out["s_curve_updates"] = {
+            "g_star": np.asarray(picks),
+            "gradients": gs,
+            "updates": updates[A:],
+        }
+    out["s_curve"] = {"arms": arms, "explained_ratio": float(np.asarray(pc.explained_ratio)[0])}
+    if family is not None:
+        out["optimum"] = heavy_ball_optimum(family)
+    return plain(out)

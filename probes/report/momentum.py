@@ -1,0 +1,209 @@
+"""The report's momentum section: the dominant mode, the eigenmodes, the impulse response."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import numpy as np
+
+from probes.report.sections import Builder, mechanism_section, num_row
+from probes.values import complex_array, finite, floats
+from probes.words import fmt
+
+
+def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | None) -> dict:
+    """The momentum section: numbers, states near ``h*``, slow mode, eigenvalues, (β, α)."""
+    m = a.get("momentum") or {}
+    source = a.get("source")
+    nums = [
+        num_row("beta", "β (dominant mode)", m.get("beta"), fmt(m.get("beta"), ".4g")),
+        num_row("alpha", "α (its learning rate)", m.get("alpha"), fmt(m.get("alpha"), ".4g")),
+        num_row(
+            "timescale",
+            "timescale −1/ln β (steps)",
+            m.get("timescale"),
+            fmt(m.get("timescale"), ".3g"),
+        ),
+        num_row("share", "share of the response", m.get("share"), fmt(m.get("share"), ".0%")),
+        num_row("is_real", "dominant mode real", m.get("is_real"), str(m.get("is_real"))),
+        num_row(
+            "sign_change_level",
+            "envelope at its first sign change (complex pair)",
+            m.get("sign_change_level"),
+            fmt(m.get("sign_change_level"), ".2%"),
+        ),
+        num_row(
+            "point_kind", "where it was measured", m.get("point_kind"), str(m.get("point_kind"))
+        ),
+    ]
+    fe, fa = complex_array(m.get("fit_eigenvalues")), complex_array(m.get("fit_alphas"))
+    eigs, alphas = complex_array(m.get("eigenvalues")), complex_array(m.get("alphas"))
+    if source == "cell" and alphas.size:
+        total = np.real(np.nansum(alphas))
+        nums.append(num_row("sum_alpha", "Σα_i over eigenmodes (= α_eff(h*))", total))
+        nums.append(
+            num_row("sum_abs_alpha", "Σ|α_i| (cancellation)", float(np.nansum(np.abs(alphas))))
+        )
+    conv = (ev or {}).get("convergence") or {}
+    if conv:
+        nums.append(
+            num_row(
+                "slow_eigenvalue",
+                "slowest real eigenvalue at h*",
+                complex_array([conv.get("slow_eigenvalue")])[0].real,
+            )
+        )
+        nums.append(
+            num_row("spectral_radius", "spectral radius at h*", conv.get("spectral_radius"))
+        )
+    opt = (ev or {}).get("optimum")
+    if opt:
+        nums.append(
+            num_row("optimum_beta", "heavy-ball optimum β*", opt["beta"], fmt(opt["beta"], ".4g"))
+        )
+        nums.append(
+            num_row(
+                "optimum_alpha", "heavy-ball optimum α*", opt["alpha"], fmt(opt["alpha"], ".4g")
+            )
+        )
+    tuned = None
+    for h in (res or {}).get("horizons", [])[:1]:
+        for r in h["rows"]:
+            hp = r["hyperparams"]
+            if r["name"] == "momentum" and "momentum" in hp and "learning_rate" in hp:
+                tuned = {"alpha": hp["learning_rate"], "beta": hp["momentum"]}
+    figs = []
+    st = (ev or {}).get("states")
+    if st:
+        figs.append(
+            b.add(
+                "momentum_states",
+                b.fig.state_trajectories(
+                    np.asarray(st["lines"], float),
+                    np.asarray(st["fixed_point"], float),
+                    np.asarray(st["start"], float),
+                    st["explained_ratio"],
+                ),
+                f"Hidden states of {st['num_coords']} coordinates × {st['num_problems']} problems, "
+                "projected on their first two principal components and coloured by step. Look "
+                "for the trajectories leaving h0 (circle) and settling on the convergence point "
+                "h* (star), the "
+                f"fixed point at g = 0 ({conv.get('kind', '?')}).",
+                "momentum",
+                True,
+            )
+        )
+    sm = (ev or {}).get("slow_mode")
+    if sm and sm.get("updates"):
+        lam = complex_array([sm.get("eigenvalue")])[0]
+        figs.append(
+            b.add(
+                "momentum_update_functions",
+                b.fig.update_functions(
+                    sm["gradients"],
+                    np.asarray(sm["updates"], float),
+                    sm["amounts"],
+                    title=f"U(h* + a·v, g) along the slow mode (λ = {lam.real:.3g})",
+                    amount_label="amount a along v",
+                    reference_slope=-finite(conv.get("alpha_eff") or 0.0),
+                ),
+                "Update functions at states displaced from h* along the slowest eigenvector v. "
+                "Momentum shows up as curves shifted up or down (the state carries a velocity that "
+                "adds to the update) with nearly the same slope.",
+                "momentum",
+                True,
+            )
+        )
+    if source == "cell" and eigs.size:
+        dom = (
+            complex(m["beta"], 0.0)
+            if m.get("detected") and finite(m.get("beta")) is not None
+            else None
+        )
+        figs.append(
+            b.add(
+                "momentum_eigenvalues",
+                b.fig.eigenvalues(eigs, alphas, fe[np.abs(fe) > 0] if fe.size else None, dom),
+                "Eigenvalues λ_i of ∂F/∂h at the convergence point, coloured by the mode's "
+                "learning "
+                "rate α_i. Each mode is a momentum component with β_i = λ_i; look for real modes "
+                "close to (but inside) the unit circle, and for large α_i of opposite signs that "
+                "cancel (the squares are the modes fitted to the actual response).",
+                "momentum",
+                True,
+            )
+        )
+    resp = m.get("impulse_response") or (a.get("meta") or {}).get("impulse_response") or []
+    r = floats(resp)
+    if r.size:
+        k = np.arange(r.size)
+        fitted = np.real(-(fa[None, :] * fe[None, :] ** k[:, None]).sum(1)) if fe.size else None
+        if fitted is not None and fe.size:
+            fitted[0] = np.real(-fa.sum())
+        figs.append(
+            b.add(
+                "momentum_impulse_response",
+                b.fig.impulse_response(r, fitted),
+                "How much a unit gradient at step t moves the update at step t + k "
+                + ("(linearised at h*). " if source == "cell" else "(measured by autodiff). ")
+                + "Heavy-ball momentum gives a straight line on this log scale, α βᵏ; the dashed "
+                "curve is the fit by at most two exponential modes.",
+                "momentum",
+                False,
+            )
+        )
+    modes = []
+    for lam, al in zip(fe, fa, strict=False):
+        if abs(lam.imag) <= 1e-9 and abs(lam) > 0:
+            modes.append({"beta": lam.real, "alpha": al.real, "kind": "fit"})
+    if source == "cell":
+        for lam, al in zip(eigs, alphas, strict=False):
+            if abs(lam.imag) <= 1e-6 * max(1.0, abs(lam)) and np.isfinite(al.real):
+                modes.append({"beta": lam.real, "alpha": al.real, "kind": "eig"})
+    points = []
+    if m.get("detected") and finite(m.get("beta")) is not None:
+        points.append(
+            {
+                "beta": m["beta"],
+                "alpha": m["alpha"],
+                "label": "dominant (learned)",
+                "color": b.fig.color("learned"),
+                "marker": "*",
+            }
+        )
+    if tuned:
+        points.append(
+            {**tuned, "label": "tuned momentum", "color": b.fig.color("momentum"), "marker": "D"}
+        )
+    if opt:
+        points.append(
+            {
+                "beta": opt["beta"],
+                "alpha": opt["alpha"],
+                "label": "optimum (α*, β*)",
+                "color": b.fig.NEG,
+                "marker": "X",
+            }
+        )
+    if modes or points:
+        cap = "Momentum modes as (β, α) pairs: a heavy-ball optimizer is one point. "
+        if opt:
+            cap += (
+                f"The cross marks Polyak's optimal heavy-ball parameters for this family, "
+                f"β* = {opt['beta']:.3g}, α* = {opt['alpha']:.3g} (Hessian eigenvalues in "
+                f"[{opt['mu']:.2g}, {opt['L']:.2g}] over {opt['num_problems']} sampled "
+                "problems). Look for how close the learned dominant mode lands."
+            )
+        else:
+            cap += "Look for where the learned dominant mode lands relative to tuned momentum."
+        figs.append(
+            b.add("momentum_alpha_beta", b.fig.alpha_beta(modes, points), cap, "momentum", False)
+        )
+    lead = (
+        "Linearising the optimizer around the state it converges to splits it into modes, each "
+        "a heavy-ball momentum term with decay β and learning rate α (METHOD.md §5.4). "
+        if source == "cell"
+        else "The response of the update to a single gradient impulse, fitted with exponential "
+        "modes: each mode is a heavy-ball momentum term with decay β and learning rate α. "
+    )
+    return mechanism_section("momentum", "Momentum", m, lead, nums, figs)
