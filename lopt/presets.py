@@ -106,6 +106,14 @@ _add(
         validated=True,
     )
 )
+# linear_regression_scaled (gradient scales spread over four decades between problems) takes
+# the linear_regression quick preset unchanged, so the family is the only difference: the
+# experiment on whether learning-rate adaptation appears when it pays (experiments/adaptation.py).
+_add(
+    dataclasses.replace(
+        _PRESETS["linear_regression", "quick"], task="linear_regression_scaled", validated=False
+    )
+)
 _ROSENBROCK = {"input_mode": "log1p_sign", "output_scale": 0.01}
 _TWO_MOONS = {"input_mode": "raw", "input_scale": 100.0, "output_scale": 0.03}
 _MNIST = {**_TWO_MOONS, "output_scale": 0.01}

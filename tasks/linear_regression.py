@@ -4,6 +4,11 @@ Each problem is ``f(x) = ½ xᵀHx + vᵀx + c`` in ``dim`` dimensions with ``H 
 ``log10 λᵢ ~ U[log10_min, log10_max]`` (default ``[-3, 0]``, condition number ≤ 1000), ``Q`` a
 random orthogonal matrix, ``v ~ N(0, I)`` and ``c`` such that ``min f = 0``; ``x0 ~ N(0, I)``.
 Reference: Maheswaranathan et al. (2021), section 3.
+
+``linear_regression_scaled`` multiplies each problem's loss by its own factor ``s`` with
+``log10 s ~ U[-d/2, d/2]`` (``scale_decades = d = 4``): gradient magnitudes then differ by four
+decades between problems, a family on which adapting the learning rate to the gradient's
+scale pays (the normalised meta-objective ``f_t / f_0`` is unchanged by ``s``).
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ class LinearRegression(TaskFamily):
     dim: int = static(5)
     log10_min: float = static(-3.0)
     log10_max: float = static(0.0)
+    scale_decades: float = static(0.0)
 
     def __post_init__(self):
         if not isinstance(self.dim, int) or isinstance(self.dim, bool) or self.dim < 1:
@@ -47,6 +53,10 @@ class LinearRegression(TaskFamily):
                 f"linear_regression: need log10_min <= log10_max, got "
                 f"{self.log10_min!r} > {self.log10_max!r}"
             )
+        if not 0.0 <= float(self.scale_decades) <= 12.0:
+            raise TaskError(
+                f"linear_regression: scale_decades must be in [0, 12], got {self.scale_decades!r}"
+            )
 
     def sample(self, key):  # noqa: D102
         k_eig, k_rot, k_v = jax.random.split(key, 3)
@@ -58,7 +68,14 @@ class LinearRegression(TaskFamily):
         hessian = (q * eigenvalues) @ q.T
         # x* = -H⁻¹ v, computed in the eigenbasis (exact inverse of a known spectrum).
         optimum = -(q / eigenvalues) @ (q.T @ v)
-        return {"hessian": hessian, "optimum": optimum, "eigenvalues": eigenvalues}
+        task = {"hessian": hessian, "optimum": optimum, "eigenvalues": eigenvalues}
+        if self.scale_decades:  # a key of its own: the other draws stay those of the plain family
+            half = 0.5 * float(self.scale_decades)
+            log10_scale = jax.random.uniform(
+                jax.random.fold_in(key, 1), (), minval=-half, maxval=half
+            )
+            task["scale"] = 10.0**log10_scale
+        return task
 
     def init(self, task, key):  # noqa: D102
         del task
@@ -67,4 +84,5 @@ class LinearRegression(TaskFamily):
     def loss(self, task, params, key):  # noqa: D102
         del key
         delta = params - task["optimum"]
-        return 0.5 * delta @ (task["hessian"] @ delta)
+        loss = 0.5 * delta @ (task["hessian"] @ delta)
+        return loss * task["scale"] if "scale" in task else loss

@@ -168,6 +168,29 @@ def _run_linear_regression(method):
     return err, modes, rate
 
 
+def test_scaled_linear_regression_spreads_gradient_scales_over_four_decades():
+    plain, scaled = LR, tasks.get("linear_regression_scaled")
+    keys = jax.random.split(jax.random.key(2), 2000)
+    a, b = jax.vmap(plain.sample)(keys), jax.vmap(scaled.sample)(keys)
+    # The same quadratics, each loss (so each gradient) times s, log10 s ~ U[-2, 2].
+    for name in ("hessian", "optimum", "eigenvalues"):
+        np.testing.assert_array_equal(a[name], b[name])
+    logs = np.log10(np.asarray(b["scale"]))
+    assert -2 <= logs.min() < -1.9 and 1.9 < logs.max() <= 2
+    assert abs(logs.mean()) < 0.1 and abs(logs.std() - 4 / math.sqrt(12)) < 0.05
+    x = jnp.ones(5)
+    task = jax.tree.map(lambda t: t[0], b)
+    g_plain = jax.grad(plain.loss, argnums=1)(jax.tree.map(lambda t: t[0], a), x, None)
+    g_scaled = jax.grad(scaled.loss, argnums=1)(task, x, None)
+    want = task["scale"] * g_plain  # to float32 rounding (the gradient cancels in part)
+    np.testing.assert_allclose(g_scaled, want, atol=1e-5 * float(jnp.abs(want).max()))
+    assert "scale" not in a and tasks.get("linear_regression", scale_decades=0).settings() == {
+        **plain.settings()
+    }
+    with pytest.raises(tasks.TaskError, match="scale_decades"):
+        tasks.get("linear_regression", scale_decades=-1)
+
+
 def test_method_reference_constants():
     lo, hi = 1e-3, 1.0
     assert 2 / (lo + hi) == pytest.approx(1.998, abs=1e-3)
