@@ -46,12 +46,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from lopt import distill, rundir
+from lopt import rundir
 from lopt.baselines import baseline
+from lopt.chain import build_chain
 from lopt.checkpoint import load
 from lopt.evaluation import family_from_config
 from lopt.tune import heldout_key
 from lopt.unroll import evaluate, init_inner, normalized_loss, unroll
+from probes.distill import fraction_report
 
 #: name → (low, high, log?) of each searched number.
 RANGES = {
@@ -77,7 +79,7 @@ KNOTS = (0, 1, 2, 3, 5, 8, 12, 18, 27, 40, 60, 90, 135, 200)
 
 
 def chain(p: dict, family: str) -> list[dict]:
-    """The chain (``lopt.distill.build_chain`` format) for numbers ``p`` (may be traced)."""
+    """The chain (``lopt.build_chain`` format) for numbers ``p`` (may be traced)."""
     out = []
     names = FAMILIES[family]
     damp = {"transform": "damp_oscillations", "scale": p.get("kappa"), "decay": p.get("decay")}
@@ -119,7 +121,7 @@ def scorer(task_family, num_steps: int, family: str):
     @jax.jit
     def score(p, keys):
         def one(q):
-            tx = optax.with_extra_args_support(distill.build_chain(chain(q, family)))
+            tx = optax.with_extra_args_support(build_chain(chain(q, family)))
             losses = jax.vmap(
                 lambda k: unroll(tx, task_family, init_inner(tx, task_family, k), num_steps)[1]
             )(keys)
@@ -207,8 +209,8 @@ def main() -> None:
     for family in args.families:
         t0 = time.time()
         found = search(task_family, horizon, family, args.candidates, args.seed, args.rounds)
-        per = heldout(distill.build_chain(chain(found["numbers"], family)))
-        rep = distill.fraction_report(learned, base, per)
+        per = heldout(build_chain(chain(found["numbers"], family)))
+        rep = fraction_report(learned, base, per)
         frac = rep["fraction"] or {}
         ci = frac.get("ci") or [float("nan")] * 2
         print(

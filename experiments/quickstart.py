@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {line}")
 
     print("[4/5] distilling the mechanisms into an optax chain", flush=True)
-    from lopt.distill import distill_run, format_report
+    from probes.distill import distill_run, format_report
 
     print("\n".join(f"  {line}" for line in format_report(distill_run(out)).splitlines()))
 

@@ -1,6 +1,6 @@
 """How much does the re-tuned distilled chain depend on the problems it was tuned on?
 
-``lopt distill`` re-tunes the chain's numbers (:func:`lopt.distill.retune_chain`) on one draw of
+``lopt distill`` re-tunes the chain's numbers (:func:`probes.distill.retune_chain`) on one draw of
 training and validation problems, from the key ``fold_in(key(0), 0)``. This script repeats the
 re-tuning from the same starting chain (the identified one in ``RUN/distill.json``, else the
 detected one) with the keys ``fold_in(key(0), K)`` for each ``K`` given, with the default
@@ -34,12 +34,13 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     import lopt
-    from lopt import distill as D
     from lopt import rundir
     from lopt.baselines import baseline
+    from lopt.chain import build_chain
     from lopt.evaluation import family_from_config
     from lopt.tune import heldout_key
     from lopt.unroll import evaluate, per_problem_metric
+    from probes.distill import recovered_fraction, retune_chain
 
     run = Path(args.run)
     try:
@@ -62,13 +63,13 @@ def main(argv: list[str] | None = None) -> int:
     learned = per_problem(learned_opt.optimizer(theta))
     base = per_problem(baseline(best["name"], **best["hyperparameters"]))
     for k in args.keys:
-        chain, notes = D.retune_chain(
+        chain, notes = retune_chain(
             start, family, jax.random.fold_in(jax.random.key(0), k), num_steps=ev["horizon"]
         )
         out = {"key": k, "note": notes.get("note")}
         if chain is not None:
-            per = per_problem(D.build_chain(chain))
-            frac = D.recovered_fraction(learned, base, per)
+            per = per_problem(build_chain(chain))
+            frac = recovered_fraction(learned, base, per)
             out.update(
                 selected_step=notes["selected_step"],
                 validation=min(x for x in notes["validation_metric"] if x is not None),

@@ -3,12 +3,12 @@
 The public names are re-exported here; see the README for a tour.
 """
 
-from lopt import cells, distill, distributed, estimators, evaluation, presets
+from lopt import cells, chain, distributed, estimators, evaluation, presets
 from lopt.base import LearnedOptimizer, from_config
 from lopt.baselines import SearchSpace, baseline, baseline_names, search_space
 from lopt.cell import Cell, CellOptimizerState, apply_cell, cell_optimizer, make_cell
+from lopt.chain import build_chain
 from lopt.checkpoint import CheckpointError, load, save
-from lopt.distill import build_chain
 from lopt.meta_train import (
     PRODUCT_BUDGET,
     ConfigError,
@@ -45,7 +45,7 @@ __all__ = [
     "MetaTrainDiverged",
     "MetaTrainResult",
     "build_chain",
-    "distill",
+    "chain",
     "distributed",
     "estimators",
     "meta_train",

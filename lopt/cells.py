@@ -16,7 +16,7 @@ Degenerate cases, stated once:
 * ``adam``: ``h = (m, ν, t)``, optax's bias-corrected Adam; the step count is state.
 * ``damped_momentum``: ``h = (m, g_prev, e, started)``; heavy-ball momentum on the gradient
   scaled by ``1/(1 + √e'/κ)``, ``e' = ρe + (1-ρ)((g - g_prev)/2)²`` (no change is counted at
-  the first step, ``started = 0``): :func:`lopt.distill.damp_oscillations` followed by momentum.
+  the first step, ``started = 0``): :func:`lopt.chain.damp_oscillations` followed by momentum.
 """
 
 from __future__ import annotations

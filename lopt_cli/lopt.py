@@ -420,23 +420,24 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_distill(args: argparse.Namespace) -> int:
-    from lopt.distill import distill_run, format_report
+    from probes.distill import (
+        DistillConfig,
+        IdentifyConfig,
+        RetuneConfig,
+        distill_run,
+        format_report,
+    )
 
     if not os.path.isdir(args.run):
         raise FileNotFoundError(f"no run directory {args.run}")
-    # The command-line tools sit on top of both packages (the lopt library never imports
-    # probes): a missing or outdated analysis.json is written here by the probes.
-    from probes.runs import analyze_run
-
-    result = distill_run(
-        args.run,
-        retune=not args.no_retune,
-        identify=not args.no_identify,
-        progress=not args.quiet,
-        retune_steps=args.retune_steps,
-        retune_problems=args.retune_problems,
-        analyze=analyze_run,
-    )
+    retune = None
+    if not args.no_retune:
+        chosen = {"steps": args.retune_steps, "num_problems": args.retune_problems}
+        chosen = {k: v for k, v in chosen.items() if v is not None}
+        # numbers the user chose are run whatever their cost
+        retune = RetuneConfig(**chosen, budget=None) if chosen else RetuneConfig()
+    config = DistillConfig(identify=None if args.no_identify else IdentifyConfig(), retune=retune)
+    result = distill_run(args.run, config, progress=not args.quiet)
     print(format_report(result))
     print(f"wrote {os.path.join(args.run, 'distill.json')}")
     return 0

@@ -7,20 +7,24 @@ import optax
 import pytest
 
 import lopt
-import lopt.distill
 import probes
 import tasks
-from lopt.distill import (
-    build_chain,
-    chain_code,
-    chain_from_analysis,
-    fraction_report,
-    soft_clip,
-)
+from lopt.chain import build_chain, chain_code, damp_oscillations, soft_clip
 from lopt.meta_train import MetaTrainConfig, run_config
 from lopt.rundir import write_json
 from lopt_cli.lopt import main
-from probes.runs import analyze_run
+from probes.distill import (
+    DistillConfig,
+    IdentifyConfig,
+    RetuneConfig,
+    chain_from_analysis,
+    distill_analysis,
+    distill_run,
+    fraction_report,
+    identify_chain,
+    retune_chain,
+)
+from probes.distill.from_analysis import DAMP_DECAY
 
 
 def _updates(tx, grads):
@@ -169,11 +173,11 @@ def test_detected_damping_comes_first_with_the_probed_kappa():
     assert notes["detected"]["damping"]
     # the chain is damp_oscillations in front of the heavy ball
     tx = build_chain(chain)
-    ref = optax.chain(lopt.distill.damp_oscillations(0.25, 0.8), optax.sgd(0.1, momentum=0.9))
+    ref = optax.chain(damp_oscillations(0.25, 0.8), optax.sgd(0.1, momentum=0.9))
     np.testing.assert_allclose(_updates(tx, GRADS), _updates(ref, GRADS), rtol=1e-6)
     # an analysis without a measured memory falls back to DAMP_DECAY
     a["damping"] = {"detected": True, "kappa": 0.25}
-    assert chain_from_analysis(a)[0][0]["decay"] == lopt.distill.DAMP_DECAY
+    assert chain_from_analysis(a)[0][0]["decay"] == DAMP_DECAY
     a["damping"] = {"detected": False, "kappa": None}
     assert [e["transform"] for e in chain_from_analysis(a)[0]][0] == "trace"
 
@@ -181,7 +185,7 @@ def test_detected_damping_comes_first_with_the_probed_kappa():
 def test_black_box_damped_momentum_is_distilled_back():
     # analyze_optax finds damping, momentum and (through the damping) a falling α_eff; the
     # chain keeps the damping and leaves out scale_by_rms, and trains like the original.
-    tx = optax.chain(lopt.distill.damp_oscillations(0.2, 0.9), optax.sgd(0.5, momentum=0.8))
+    tx = optax.chain(damp_oscillations(0.2, 0.9), optax.sgd(0.5, momentum=0.8))
     analysis = probes.analyze_optax(tx).to_json()
     assert analysis["adaptation"]["detected"]
     chain, notes = chain_from_analysis(analysis)
@@ -200,7 +204,7 @@ def test_black_box_damped_momentum_is_distilled_back():
 
 
 def test_damp_oscillations_passes_persistent_and_damps_alternating_gradients():
-    tx = lopt.distill.damp_oscillations(0.5, decay=0.0)  # e is the last squared half-change
+    tx = damp_oscillations(0.5, decay=0.0)  # e is the last squared half-change
     state = tx.init(jnp.zeros(2))
     outs = []
     for t in range(4):
@@ -285,7 +289,7 @@ def test_cli_distill_writes_distill_json(tiny_run, capsys):
     assert "from the detected numbers" in r["distilled_retuned"]["label"]
     rt = d["notes"]["retune"]
     assert rt["start"] == "detected"
-    assert rt["validation_problems"] == lopt.distill.RETUNE_VALIDATION
+    assert rt["validation_problems"] == RetuneConfig().validation
     assert [e["transform"] for e in d["chain_retuned"]] == [e["transform"] for e in d["chain"]]
     assert len(d["curves"]["distilled"]["mean"]) == 8
     # the untrained GRU makes no update: nothing to identify, no identified variant
@@ -295,30 +299,40 @@ def test_cli_distill_writes_distill_json(tiny_run, capsys):
     build_chain(d["chain"])  # what a user loads from distill.json trains
 
 
-def test_distill_redoes_an_analysis_from_before_the_damping_probe(tiny_run, tmp_path, capsys):
+def test_distill_redoes_an_outdated_analysis(tiny_run, tmp_path):
+    # analysis.json is re-used only while probes.runs.saved_analysis accepts it: one from before
+    # the damping probe, one older than the weights it describes and one drawn with another
+    # seed are redone (key seed 0) before the chain is built.
+    import os
     import shutil
 
     run = tmp_path / "old"
     shutil.copytree(tiny_run, run)
-    write_json(run / "analysis.json", {**_analysis(0.5, 0.05, clip=1.0), "schema_version": 1})
-    with pytest.raises(lopt.distill.DistillError, match="run 'probes analyze"):
-        lopt.distill.distill(run, retune=False, progress=False)  # lopt never imports probes
-    # an analysis older than the weights it describes is not used either
-    import os
-
-    write_json(run / "analysis.json", _analysis(0.5, 0.05, clip=1.0))
-    t = os.stat(run / "analysis.json").st_mtime
-    os.utime(run / "theta.npz", (t + 10, t + 10))
-    with pytest.raises(lopt.distill.DistillError, match="older than theta.npz"):
-        lopt.distill.distill(run, retune=False, progress=False)
-    write_json(run / "analysis.json", {**_analysis(0.5, 0.05, clip=1.0), "schema_version": 1})
-    os.utime(run / "theta.npz", (t - 10, t - 10))
-    d = lopt.distill.distill(run, retune=False, progress=True, analyze=analyze_run)
-    assert "predates the oscillation-damping probe" in capsys.readouterr().err
-    redone = json.loads((run / "analysis.json").read_text())
-    assert redone["schema_version"] == 2 and "damping" in redone
-    # the untrained GRU (zero readout) has no momentum or clipping: the hand-built ones are gone
-    assert [e["transform"] for e in d.chain] == ["scale_by_learning_rate"]
+    chain_only = DistillConfig(identify=None, retune=None)
+    hand_made = _analysis(0.5, 0.05, clip=1.0)
+    theta = run / "theta.npz"
+    for outdated in ("schema", "older", "seed"):
+        write_json(run / "analysis.json", hand_made)
+        t = os.stat(run / "analysis.json").st_mtime
+        os.utime(theta, (t - 10, t - 10))
+        if outdated == "schema":
+            write_json(run / "analysis.json", {**hand_made, "schema_version": 1})
+        elif outdated == "older":
+            os.utime(theta, (t + 10, t + 10))
+        else:
+            write_json(run / "analysis.json", {**hand_made, "key_seed": 3})
+        d = distill_run(run, chain_only, progress=False)
+        redone = json.loads((run / "analysis.json").read_text())
+        assert redone["schema_version"] == 2 and "damping" in redone, outdated
+        assert redone["key_seed"] == 0, outdated
+        # the untrained GRU (zero readout) has no momentum or clipping: the hand-built ones go
+        assert [e["transform"] for e in d["chain"]] == ["scale_by_learning_rate"], outdated
+        assert "identify" not in d["notes"] and "retune" not in d["notes"]
+    # a current analysis is used as it is
+    write_json(run / "analysis.json", hand_made)
+    d = distill_run(run, chain_only, progress=False)
+    assert json.loads((run / "analysis.json").read_text()) == hand_made
+    assert [e["transform"] for e in d["chain"]] == ["soft_clip", "trace", "scale_by_learning_rate"]
 
 
 def test_cli_distill_missing_run_is_one_line(tmp_path, capsys):
@@ -357,8 +371,8 @@ def test_identify_chain_recovers_the_numbers_of_a_chain_teacher():
         {"transform": "scale_by_learning_rate", "learning_rate": 0.1, "schedule": _schedule(WARM)},
     ]
     family = tasks.get("linear_regression", dim=3, num_steps=30)
-    chain, notes = lopt.distill.identify_chain(
-        start, build_chain(truth), family, rounds=2, num_problems=16
+    chain, notes = identify_chain(
+        start, build_chain(truth), family, IdentifyConfig(rounds=2, num_problems=16)
     )
     assert [e["transform"] for e in chain] == [e["transform"] for e in truth]
     got = [chain[0]["scale"], chain[0]["decay"], chain[1]["scale"], chain[2]["decay"]]
@@ -388,8 +402,8 @@ def test_identify_chain_starting_from_a_diverging_chain():
         {"transform": "scale_by_learning_rate", "learning_rate": 20.0},
     ]
     family = tasks.get("linear_regression", dim=3, num_steps=30)
-    chain, notes = lopt.distill.identify_chain(
-        start, build_chain(truth), family, rounds=1, num_problems=8
+    chain, notes = identify_chain(
+        start, build_chain(truth), family, IdentifyConfig(rounds=1, num_problems=8)
     )
     assert notes["candidates"][0]["validation_error"] == np.inf and notes["selected_round"] == 1
     np.testing.assert_allclose(
@@ -403,13 +417,13 @@ def test_identify_chain_can_flip_the_sign_of_the_learning_rate():
     truth = [{"transform": "scale_by_learning_rate", "learning_rate": 0.3}]
     start = [{"transform": "scale_by_learning_rate", "learning_rate": -0.1}]
     family = tasks.get("linear_regression", dim=3, num_steps=30)
-    chain, _ = lopt.distill.identify_chain(
-        start, build_chain(truth), family, rounds=1, num_problems=8
+    chain, _ = identify_chain(
+        start, build_chain(truth), family, IdentifyConfig(rounds=1, num_problems=8)
     )
     np.testing.assert_allclose(chain[0]["learning_rate"], 0.3, rtol=1e-3)
 
 
-def test_distill_reports_the_identified_variant_of_a_moving_gru(tiny_run, tmp_path, monkeypatch):
+def test_distill_reports_the_identified_variant_of_a_moving_gru(tiny_run, tmp_path):
     # The tiny run's GRU with a non-zero readout makes updates, so the identified chain exists,
     # is evaluated on the held-out problems and labelled; two rounds keep the test short.
     import shutil
@@ -421,10 +435,9 @@ def test_distill_reports_the_identified_variant_of_a_moving_gru(tiny_run, tmp_pa
     theta["readout"]["w"] = 0.1 * jax.random.normal(jax.random.key(1), (4,))
     lopt.save(run / "theta.npz", opt, theta, step=0)
     # the hand-made analysis stands for one of these weights: written after them
-    write_json(run / "analysis.json", json.loads((run / "analysis.json").read_text()))
-    monkeypatch.setattr(lopt.distill, "IDENTIFY_ROUNDS", 2)
-    monkeypatch.setattr(lopt.distill, "IDENTIFY_PROBLEMS", 8)
-    d = lopt.distill.distill(run, retune=False, progress=False)
+    analysis = json.loads((run / "analysis.json").read_text())
+    config = DistillConfig(identify=IdentifyConfig(rounds=2, num_problems=8), retune=None)
+    d = distill_analysis(analysis, run, config, progress=False)
     assert d.chain_identified is not None and d.tx_identified is not None
     assert [e["transform"] for e in d.chain_identified] == [e["transform"] for e in d.chain]
     ident = d.notes["identify"]
@@ -463,15 +476,11 @@ def test_retune_chain_finds_the_best_numbers_on_identity_quadratics():
             "0.5 (numbers identified)",
         },
     ]
-    chain, notes = lopt.distill.retune_chain(
+    chain, notes = retune_chain(
         start,
         family,
         jax.random.key(3),
-        steps=200,
-        num_problems=4,
-        validation=4,
-        every=20,
-        learning_rate=0.05,
+        RetuneConfig(steps=200, num_problems=4, validation=4, every=20, learning_rate=0.05),
     )
     lr = chain[1]["learning_rate"] * chain[1]["schedule"]["values"][0]
     assert chain[0]["decay"] < 0.1 and lr == pytest.approx(1.0, rel=0.03)
@@ -500,14 +509,11 @@ def test_retune_chain_leaves_diverging_problems_out_of_each_step():
         {"transform": "scale_by_learning_rate", "learning_rate": 20.0},
     ]
     rounds = []
-    chain, notes = lopt.distill.retune_chain(
+    chain, notes = retune_chain(
         start,
         family,
         jax.random.key(3),
-        steps=200,
-        num_problems=16,
-        validation=16,
-        every=20,
+        RetuneConfig(steps=200, num_problems=16, validation=16, every=20),
         progress=lambda done, total: rounds.append((done, total)),
     )
     assert rounds == [(r, 10) for r in range(1, 11)]  # one progress call per validation round
@@ -517,19 +523,32 @@ def test_retune_chain_leaves_diverging_problems_out_of_each_step():
     assert val[notes["selected_step"] // 20] < 1.0
 
 
-def test_distill_skips_a_costly_default_re_tuning_unless_asked(tiny_run, tmp_path, monkeypatch):
-    # Over the budget, the default settings are not run (the note says how to ask); explicit
-    # settings run whatever the cost.
+def test_distill_skips_a_re_tuning_over_its_budget(tiny_run, tmp_path, capsys):
+    # Over the budget the re-tuning is not run (the note says how to ask); without a budget it
+    # runs whatever the cost, which is what the command line's explicit settings ask for.
     import shutil
 
     run = tmp_path / "costly"
     shutil.copytree(tiny_run, run)
-    monkeypatch.setattr(lopt.distill, "RETUNE_BUDGET", 1.0)
-    d = lopt.distill.distill(run, identify=False, progress=False)
+    analysis = json.loads((run / "analysis.json").read_text())
+    costly = DistillConfig(identify=None, retune=RetuneConfig(budget=1.0))
+    d = distill_analysis(analysis, run, costly, progress=False)
     assert d.chain_retuned is None and d.results["distilled_retuned"] is None
     assert "--retune-steps" in d.notes["retune"]["note"] and d.notes["retune"]["cost"] > 1.0
-    d = lopt.distill.distill(
-        run, identify=False, progress=False, retune_steps=25, retune_problems=4
-    )
+    asked = DistillConfig(identify=None, retune=RetuneConfig(steps=25, num_problems=4, budget=None))
+    d = distill_analysis(analysis, run, asked, progress=False)
     assert d.chain_retuned is not None and d.notes["retune"]["steps"] == 25
     assert d.notes["retune"]["num_problems"] == 4
+    args = ["distill", str(run), "--quiet", "--no-identify", "--retune-steps", "25"]
+    assert main([*args, "--retune-problems", "4"]) == 0
+    notes = json.loads((run / "distill.json").read_text())["notes"]
+    assert "identify" not in notes and notes["retune"]["steps"] == 25
+    assert notes["retune"]["num_problems"] == 4 and notes["retune"]["validation_problems"] == 256
+    assert main(["distill", str(run), "--quiet", "--no-identify", "--no-retune"]) == 0
+    assert json.loads((run / "distill.json").read_text())["chain_retuned"] is None
+    capsys.readouterr()
+
+
+def test_configs_refuse_what_cannot_run():
+    with pytest.raises(ValueError, match="must be >= 1"):
+        RetuneConfig(every=0)

@@ -1,0 +1,314 @@
+"""Chains of optax transformations written as JSON, and the transformations distillation adds.
+
+A *chain* is a JSON list of dicts, ``{"transform": name, <parameters>}``, applied in order; the
+keys ``mechanism`` and ``note`` are comments. :func:`build_chain` turns it into an optax
+transformation and :func:`chain_code` into one Python expression, both from the same table
+(:data:`TRANSFORMS`), so a transform is added with one entry. ``probes.distill`` writes the
+mechanisms the probes find in a learned optimizer as such a chain (``distill.json``); this
+module knows nothing of probes.
+
+Besides optax's own (``clip``, ``trace``, ``scale_by_rms``, ``scale_by_learning_rate``), three
+transformations live here: :func:`soft_clip` (a smooth gradient clip), :func:`damp_oscillations`
+(damping of gradients that keep changing sign) and :func:`interpolated_schedule` (a
+piecewise-linear learning-rate multiplier with a geometric tail).
+
+Example:
+    >>> import lopt, optax
+    >>> tx = lopt.build_chain([{"transform": "trace", "decay": 0.9},
+    ...                        {"transform": "scale_by_learning_rate",
+    ...                         "learning_rate": 0.1}])   # = optax.sgd(0.1, momentum=0.9)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+#: Keys of a chain entry that are comments, not parameters.
+META_KEYS = ("mechanism", "note")
+#: :func:`soft_clip`'s slope ``1/(1+|g|/c)²`` halves at ``|g| = HALF_SLOPE · c = (√2 − 1)c``.
+HALF_SLOPE = math.sqrt(2.0) - 1.0
+
+
+# ----------------------------------------------------------------------------- transformations
+
+
+def soft_clip(scale: float | jax.Array) -> optax.GradientTransformation:
+    """Saturates each gradient entry: ``g ↦ g / (1 + |g|/c)`` (``c = scale``).
+
+    Linear with slope 1 near 0, slope ``1/(1 + |g|/c)²`` (half at ``|g| = (√2 − 1)c``), and
+    saturating at ``±c``: a smooth gradient clip. Stateless.
+
+    Args:
+        scale: ``c > 0``.
+
+    Returns:
+        The transformation.
+    """
+
+    def init_fn(params):
+        del params
+        return optax.EmptyState()
+
+    def update_fn(updates, state, params=None):
+        del params
+
+        def one(g):
+            g32 = jnp.asarray(g, jnp.float32)
+            return (g32 / (1.0 + jnp.abs(g32) / scale)).astype(jnp.asarray(g).dtype)
+
+        return jax.tree.map(one, updates), state
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class DampOscillationsState(NamedTuple):
+    """State of :func:`damp_oscillations`: the previous input and the EMA of its changes."""
+
+    count: jax.Array
+    previous: Any
+    energy: Any
+
+
+def damp_oscillations(scale: float | jax.Array, decay: float = 0.8) -> optax.GradientTransformation:
+    """Scales each entry down when its input keeps changing sign: ``g ↦ g / (1 + √e/κ)``.
+
+    ``e ← decay·e + (1 − decay)·((g − g_prev)/2)²`` is a running mean of the squared
+    half-change of each entry (0 at the first step), so a persistent input passes unchanged and
+    an input alternating ``±a`` is scaled by ``1/(1 + a/κ)`` once ``e`` has settled: the gain for
+    sign-flipping gradients, relative to persistent ones, halves at ``a = κ`` (``κ = scale``).
+    This is the oscillation damping measured by :class:`probes.detectors.Damping`; AdaBelief's
+    ``√EMA((g − m)²)`` denominator is a relative of it.
+
+    Args:
+        scale: ``κ > 0``.
+        decay: memory of ``e`` in ``[0, 1)``.
+
+    Returns:
+        The transformation.
+
+    Example:
+        >>> import optax, lopt
+        >>> tx = optax.chain(lopt.chain.damp_oscillations(0.2), optax.sgd(1.0, momentum=0.9))
+    """
+
+    def init_fn(params):
+        zeros = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), params)
+        return DampOscillationsState(jnp.zeros([], jnp.int32), zeros, zeros)
+
+    def update_fn(updates, state, params=None):
+        del params
+        first = state.count == 0
+
+        def energy(g, prev, e):
+            half = jnp.where(first, 0.0, 0.5 * (jnp.asarray(g, jnp.float32) - prev))
+            return decay * e + (1.0 - decay) * half * half
+
+        def damped(g, e):
+            # √e with a zero (not infinite) derivative at e = 0: a constant input has e = 0,
+            # and linear probes (jvp) around it must see the plain pass-through.
+            pos = e > 0
+            root = jnp.where(pos, jnp.sqrt(jnp.where(pos, e, 1.0)), 0.0)
+            out = jnp.asarray(g, jnp.float32) / (1.0 + root / scale)
+            return out.astype(jnp.asarray(g).dtype)
+
+        # One tree_map per output: parameter trees may themselves hold tuples.
+        e = jax.tree.map(energy, updates, state.previous, state.energy)
+        out = jax.tree.map(damped, updates, e)
+        previous = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), updates)
+        return out, DampOscillationsState(optax.safe_increment(state.count), previous, e)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+def interpolated_schedule(
+    learning_rate: float | jax.Array,
+    steps: Sequence[int],
+    values: Sequence[float],
+    tail_ratio: float = 0.0,
+) -> optax.Schedule:
+    """``learning_rate × m(t)`` with ``m`` piecewise-linear through ``(steps, values)``.
+
+    After the last knot ``m`` approaches 1 geometrically: ``m(t) = 1 + (m_last − 1)·ρ^(t − t_last)``
+    with ``ρ = tail_ratio`` (``0``: jump to 1; ``1``: stay at ``m_last``).
+
+    Args:
+        learning_rate: the steady-state learning rate (may be a traced scalar).
+        steps: increasing knot steps, starting at 0.
+        values: multipliers at the knots.
+        tail_ratio: ``ρ`` in ``[0, 1]``.
+
+    Returns:
+        An optax schedule (a function of the step count).
+    """
+    xs = jnp.asarray(steps, jnp.float32)
+    ys = jnp.asarray(values, jnp.float32)
+    last = float(steps[-1])
+
+    def schedule(count):
+        t = jnp.asarray(count, jnp.float32)
+        inside = jnp.interp(t, xs, ys)
+        tail = 1.0 + (ys[-1] - 1.0) * jnp.float32(tail_ratio) ** jnp.maximum(t - last, 0.0)
+        return learning_rate * jnp.where(t <= last, inside, tail)
+
+    return schedule
+
+
+# ----------------------------------------------------------------------------- the table
+
+
+def number_code(x: float) -> str:
+    """``x`` as a Python literal with 6 significant digits (``0.894978``, ``1e-08``)."""
+    return repr(float(f"{float(x):.6g}"))
+
+
+class Transform(NamedTuple):
+    """One kind of chain entry: how it is built and how it is written as Python.
+
+    Attributes:
+        build: called with the entry's parameters as keywords; returns the transformation.
+        name: the callable as code names it (``"optax.trace"``, ``"lopt.chain.soft_clip"``).
+        positional: required parameters written positionally, in order.
+        keywords: required parameters written as ``name=value``, in order.
+        optional: parameters an entry may leave out.
+        code: writes an entry's parameters as a call, when the default (``name`` called with
+            the required numbers, :func:`number_code`) does not fit.
+    """
+
+    build: Callable[..., optax.GradientTransformation]
+    name: str
+    positional: tuple[str, ...] = ()
+    keywords: tuple[str, ...] = ()
+    optional: tuple[str, ...] = ()
+    code: Callable[[Mapping[str, Any]], str] | None = None
+
+
+def _scale_by_learning_rate(
+    learning_rate: float | jax.Array, schedule: Mapping[str, Any] | None = None
+) -> optax.GradientTransformation:
+    if schedule is None:
+        return optax.scale_by_learning_rate(learning_rate)
+    s = {k: v for k, v in schedule.items() if k not in META_KEYS}
+    missing = {"steps", "values"} - set(s)
+    if missing or len(s["steps"]) != len(s["values"]) or not s["steps"]:
+        raise ValueError("chain entry 'scale_by_learning_rate': bad schedule")
+    return optax.scale_by_learning_rate(
+        interpolated_schedule(learning_rate, s["steps"], s["values"], s.get("tail_ratio", 0.0))
+    )
+
+
+def _scale_by_learning_rate_code(params: Mapping[str, Any]) -> str:
+    lr, s = number_code(params["learning_rate"]), params.get("schedule")
+    if s is None:
+        return f"optax.scale_by_learning_rate({lr})"
+    steps = "[" + ", ".join(str(int(t)) for t in s["steps"]) + "]"
+    values = "[" + ", ".join(number_code(v) for v in s["values"]) + "]"
+    tail = number_code(s.get("tail_ratio", 0.0))
+    return (
+        "optax.scale_by_learning_rate(lopt.chain.interpolated_schedule("
+        f"{lr}, {steps}, {values}, tail_ratio={tail}))"
+    )
+
+
+#: Every transform a chain may name. ``scale_by_learning_rate``'s optional ``schedule`` is
+#: ``{"steps", "values", "tail_ratio"}`` (:func:`interpolated_schedule`).
+TRANSFORMS: dict[str, Transform] = {
+    "clip": Transform(optax.clip, "optax.clip", positional=("max_delta",)),
+    "soft_clip": Transform(soft_clip, "lopt.chain.soft_clip", positional=("scale",)),
+    "damp_oscillations": Transform(
+        damp_oscillations,
+        "lopt.chain.damp_oscillations",
+        positional=("scale",),
+        keywords=("decay",),
+    ),
+    "trace": Transform(optax.trace, "optax.trace", keywords=("decay",)),
+    "scale_by_rms": Transform(optax.scale_by_rms, "optax.scale_by_rms", keywords=("decay", "eps")),
+    "scale_by_learning_rate": Transform(
+        _scale_by_learning_rate,
+        "optax.scale_by_learning_rate",
+        positional=("learning_rate",),
+        optional=("schedule",),
+        code=_scale_by_learning_rate_code,
+    ),
+}
+
+
+def _lookup(entry: Mapping[str, Any]) -> tuple[Transform, dict[str, Any]]:
+    """The entry's :class:`Transform` and its parameters, checked against the table."""
+    kind = entry.get("transform")
+    if kind not in TRANSFORMS:
+        raise ValueError(f"unknown chain transform {kind!r}; known: {', '.join(TRANSFORMS)}")
+    t = TRANSFORMS[kind]
+    params = {k: v for k, v in entry.items() if k != "transform" and k not in META_KEYS}
+    required = (*t.positional, *t.keywords)
+    missing = [n for n in required if n not in params]
+    extra = sorted(set(params) - set(required) - set(t.optional))
+    if missing or extra:
+        raise ValueError(
+            f"chain entry {kind!r}: "
+            + (f"missing {', '.join(missing)}" if missing else f"unknown {', '.join(extra)}")
+        )
+    return t, params
+
+
+def _check(chain: Sequence[Mapping[str, Any]]) -> None:
+    if isinstance(chain, Mapping) or not all(isinstance(e, Mapping) for e in chain):
+        raise ValueError("a chain is a list of {'transform': ..., ...} dicts")
+
+
+def build_chain(chain: Sequence[Mapping[str, Any]]) -> optax.GradientTransformation:
+    """Builds the optax transformation described by a chain (e.g. ``distill.json``'s).
+
+    Args:
+        chain: a list of ``{"transform": name, <parameters>}`` dicts, applied in order:
+            ``clip`` (``max_delta``: ``optax.clip``), ``soft_clip`` (``scale``:
+            :func:`soft_clip`), ``damp_oscillations`` (``scale``, ``decay``:
+            :func:`damp_oscillations`), ``trace`` (``decay``: ``optax.trace``), ``scale_by_rms``
+            (``decay``, ``eps``), ``scale_by_learning_rate`` (``learning_rate`` and optional
+            ``schedule``: ``{"steps", "values", "tail_ratio"}``, see
+            :func:`interpolated_schedule`). Keys ``mechanism`` and ``note`` are ignored. The
+            numbers may be traced (the chain is then differentiable in them).
+
+    Returns:
+        ``optax.chain`` of the transformations.
+
+    Raises:
+        ValueError: for an unknown transform or missing/unknown parameters.
+
+    Example:
+        >>> import json, lopt
+        >>> d = json.load(open("runs/quickstart/distill.json"))  # doctest: +SKIP
+        >>> tx = lopt.build_chain(d["chain"])  # doctest: +SKIP
+    """
+    _check(chain)
+    built = []
+    for entry in chain:
+        t, params = _lookup(entry)
+        built.append(t.build(**params))
+    return optax.chain(*built)
+
+
+def chain_code(chain: Sequence[Mapping[str, Any]]) -> str:
+    """The chain as one Python expression, ``optax.chain(...)``, with numbers to 6 digits.
+
+    The expression needs ``optax`` and ``lopt`` (for this module's transformations) in scope.
+
+    Raises:
+        ValueError: as :func:`build_chain`.
+    """
+    _check(chain)
+    parts = []
+    for entry in chain:
+        t, params = _lookup(entry)
+        if t.code is not None:
+            parts.append(t.code(params))
+            continue
+        args = [number_code(params[k]) for k in t.positional]
+        args += [f"{k}={number_code(params[k])}" for k in t.keywords]
+        parts.append(f"{t.name}({', '.join(args)})")
+    return "optax.chain(" + ", ".join(parts) + ")"

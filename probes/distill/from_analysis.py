@@ -1,0 +1,295 @@
+"""From an analysis to a chain: the probes' findings written as optax transformations.
+
+:func:`chain_from_analysis` reads what the probes detected in a learned optimizer
+(``analysis.json``, see :mod:`probes.analysis`) and writes it down as a chain of ordinary
+transformations (:mod:`lopt.chain`), each one a mechanism of the paper (Maheswaranathan et al.,
+2021, §5):
+
+1. **clipping** → :func:`lopt.chain.soft_clip` of the *gradient*, ``g ↦ g / (1 + |g|/c)``, with
+   ``c = threshold / (√2 − 1)``. Why a saturating map and not ``optax.clip``: the probes define
+   the threshold as the gradient where the slope of ``U(h0, g)`` has halved (METHOD.md §5.5).
+   A hard clip at that threshold drops the slope to 0 there and saturates at ``α·threshold``,
+   about half of the asymptotes the learned update actually reaches; this map has slope
+   ``1/(1 + |g|/c)²``, which halves exactly at ``(√2 − 1)c``, and saturates at ``±c`` (times the
+   learning rate). On the quickstart GRU it puts the asymptote at ``9.0 × 1.72 = 15.5``, the
+   measured ``U(h0, −∞)``. Both maps are scored against the measured ``U(h0, g)`` (relative
+   RMS error over the range of training gradients) and the better one is used; the scores are
+   recorded in ``distill.json`` (``clip_fit``).
+2. **momentum** → ``optax.trace(decay=β)`` with the dominant fitted mode's ``β``.
+3. **learning rate and schedule** → ``optax.scale_by_learning_rate`` with the dominant mode's
+   ``α`` (the learned update has no built-in minus sign; ``α > 0`` means descent, and
+   ``scale_by_learning_rate`` supplies the minus). If a schedule was detected, ``α`` is
+   multiplied by ``α_eff(t) / α_eff(h*)``: the probed effective learning rate along the
+   autonomous dynamics, divided by its value at the convergence point, so that the multiplier
+   tends to 1 and the steady-state learning rate is the mode's ``α``. It is interpolated
+   piecewise-linearly between knots (:func:`lopt.chain.interpolated_schedule`) and, after the
+   last probed step, approaches 1 geometrically at the rate of the probed tail.
+4. **adaptation** (only if detected, and not if the detected damping alone accounts for it: the
+   adaptation probe's step from ``g*`` to 0 is a gradient change the damping reacts to) →
+   ``optax.scale_by_rms`` whose ``ε`` puts the half-point of
+   ``α_eff(|g*|)`` where the probes found it; ``α`` is multiplied by ``√ε`` so the small-gradient
+   learning rate is unchanged (the decay, which the steady-state probe cannot see, is 0.9).
+5. **oscillation damping** (only if detected; a mechanism beyond the paper's four, see
+   :class:`probes.detectors.Damping`) → :func:`lopt.chain.damp_oscillations` first in the chain,
+   with the probed ``κ`` (the gradient amplitude where gradients that flip sign every step lose
+   half their gain relative to persistent ones; the transform has exactly that half-point) and
+   the probed memory ``ρ`` (how fast the damping builds up from a fresh state; ``DAMP_DECAY``
+   for analyses that lack it).
+
+Mechanisms that were not detected are left out; without momentum the learning rate is
+``α_eff(h*)`` (plain, possibly scheduled, SGD).
+
+The constants below are part of the mapping (what a detected mechanism becomes), not settings
+of how hard to work: ``distill.json`` does not record them.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from lopt.chain import HALF_SLOPE
+
+#: Schedule knots are kept until piecewise-linear interpolation is within this relative error.
+KNOT_TOL = 2e-3
+#: :func:`lopt.chain.damp_oscillations`' memory in a distilled chain when the analysis has no
+#: measured ``damping.memory`` (analyses written before the probe measured it).
+DAMP_DECAY = 0.8
+
+
+class DistillError(ValueError):
+    """A run or analysis cannot be distilled (missing or unusable analysis / evaluation)."""
+
+
+def _knots(values: np.ndarray, tol: float = KNOT_TOL) -> list[int]:
+    """Fewest greedy knots whose linear interpolation stays within ``tol`` (relative)."""
+    n = len(values)
+    if n <= 2:
+        return list(range(n))
+    scale = max(float(np.max(np.abs(values))), 1e-30)
+    knots, i = [0], 0
+    while i < n - 1:
+        j = i + 1
+        while j + 1 < n:
+            t = np.arange(i, j + 2)
+            line = np.interp(t, [i, j + 1], [values[i], values[j + 1]])
+            if np.max(np.abs(line - values[i : j + 2])) > tol * scale:
+                break
+            j += 1
+        knots.append(j)
+        i = j
+    return knots
+
+
+def _tail_ratio(m: np.ndarray, window: int = 10) -> float:
+    """Per-step ratio of ``m_t − 1`` over the last ``window`` steps, clipped to ``[0, 1]``.
+
+    ``0`` (jump to 1 after the last knot) when the tail does not approach 1 monotonically.
+    """
+    if len(m) <= window:
+        return 0.0
+    a, b = m[-1 - window] - 1.0, m[-1] - 1.0
+    if a == 0 or b / a <= 0:
+        return 0.0
+    return float(min(1.0, (b / a) ** (1.0 / window)))
+
+
+def _clip_fit(clipping: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Scores ``soft_clip`` and ``optax.clip`` against the measured ``U(h0, g)``.
+
+    Both are scaled by the measured slope at 0 (``U ≈ slope0 · map(g)``) after removing
+    ``U(h0, 0)`` (a bias the chain does not model), over the range of training gradients (the
+    histogram's edges; the whole grid if there is none). Returns relative RMS errors.
+    """
+    g = np.asarray(clipping.get("gradients") or [], np.float64)
+    u = np.asarray([np.nan if x is None else x for x in clipping.get("updates") or []], np.float64)
+    slope0, thr = clipping.get("slope0"), clipping.get("threshold")
+    if g.size == 0 or g.size != u.size or not slope0 or not thr:
+        return None
+    edges = np.asarray(clipping.get("histogram_edges") or [], np.float64)
+    lim = float(np.max(np.abs(edges))) if edges.size else float(np.max(np.abs(g)))
+    sel = (np.abs(g) <= lim) & np.isfinite(u)
+    if sel.sum() < 3:
+        return None
+    g, u = g[sel], u[sel] - np.interp(0.0, g[sel], u[sel])
+    c = thr / HALF_SLOPE
+    models = {"soft_clip": g / (1.0 + np.abs(g) / c), "clip": np.clip(g, -thr, thr)}
+    norm = max(float(np.sqrt(np.mean(u**2))), 1e-30)
+    err = {k: float(np.sqrt(np.mean((slope0 * v - u) ** 2)) / norm) for k, v in models.items()}
+    return {"range": lim, "relative_rms_error": err, "chosen": min(err, key=err.get)}
+
+
+#: The adaptation probe's fall counts as the damping's own response (no ``scale_by_rms``) when
+#: every measured ``α_eff(|g*|)/α_eff(|g*|₀)`` is at least this fraction of the damping's
+#: prediction ``1/(1 + √(1−ρ)|g*|/(2κ))``.
+DAMPING_EXPLAINS = 0.8
+
+
+def _adaptation_explained_by_damping(ada: Mapping[str, Any], damp: Mapping[str, Any]) -> bool:
+    """Whether the adaptation probe's fall is what the detected damping alone produces.
+
+    The probe reads ``α_eff`` at ``g = 0`` from the state reached under a constant ``g*``: for
+    :func:`lopt.chain.damp_oscillations` that step is a half-change of ``g*/2`` on top of
+    ``e ≈ 0``, so the damping scales ``α_eff`` by ``1/(1 + √(1−ρ)|g*|/(2κ))``. RMSProp-like
+    adaptation falls further (as ``1/|g*|``).
+    """
+    m = np.asarray(ada.get("magnitudes") or [], np.float64)
+    arms = ada.get("lr_vs_magnitude") or {}
+    kappa, rho = float(damp["scale"]), float(damp["decay"])
+    predicted = 1.0 / (1.0 + math.sqrt(1.0 - rho) * m / (2.0 * kappa))
+    ok_any = False
+    for arm in ("pos", "neg"):
+        a = np.abs(np.asarray([np.nan if x is None else x for x in arms.get(arm, [])], float))
+        if a.size != m.size or a.size < 2 or not np.isfinite(a[0]) or a[0] <= 0:
+            continue
+        ratio = a / a[0]
+        ok = np.isfinite(ratio)
+        if np.any(ratio[ok] < DAMPING_EXPLAINS * predicted[ok] / predicted[0]):
+            return False
+        ok_any = True
+    return ok_any
+
+
+def chain_from_analysis(
+    analysis: Mapping[str, Any], *, clip_form: str = "auto"
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Turns an ``Analysis.to_json()`` dict into a chain (see the module docstring).
+
+    Args:
+        analysis: the probes' result (``analysis.json``).
+        clip_form: ``"auto"`` (the map closer to the measured ``U(h0, g)``), ``"soft_clip"``
+            or ``"clip"``.
+
+    Returns:
+        ``(chain, notes)``: the chain (JSON-able) and what was derived how (JSON-able).
+
+    Raises:
+        DistillError: if the analysis lacks the four mechanisms.
+    """
+    for k in ("momentum", "clipping", "schedule", "adaptation"):
+        if not isinstance(analysis.get(k), Mapping):
+            raise DistillError(f"analysis has no {k!r} result; re-run 'probes analyze'")
+    mom, clip, sch, ada = (analysis[k] for k in ("momentum", "clipping", "schedule", "adaptation"))
+    notes: dict[str, Any] = {
+        "detected": {
+            k: bool(analysis[k].get("detected"))
+            for k in ("momentum", "clipping", "schedule", "adaptation")
+        }
+    }
+    chain: list[dict[str, Any]] = []
+    damping = analysis.get("damping")
+    if isinstance(damping, Mapping):
+        notes["detected"]["damping"] = bool(damping.get("detected"))
+        kappa, memory = damping.get("kappa"), damping.get("memory")
+        if damping.get("detected") and kappa is not None and math.isfinite(float(kappa)):
+            measured = memory is not None and 0.0 <= float(memory) < 1.0
+            chain.append(
+                {
+                    "transform": "damp_oscillations",
+                    "scale": float(kappa),
+                    "decay": float(memory) if measured else DAMP_DECAY,
+                    "mechanism": f"oscillation damping (gain for sign-flipping gradients "
+                    f"halves at |g| = {float(kappa):.4g})",
+                }
+            )
+
+    # α_eff at the convergence point: the impulse response at lag 0 (= Σ α_i), else the end of
+    # the schedule probe, else the slope of U(h0, g) at 0.
+    resp = [x for x in (mom.get("impulse_response") or []) if x is not None]
+    fit_alphas = mom.get("fit_alphas") or []
+    eff = sch.get("effective_lr") or []
+    if resp:
+        alpha_star, src = -float(resp[0]), "impulse response at lag 0"
+    elif fit_alphas:
+        alpha_star, src = float(sum(a[0] for a in fit_alphas)), "sum of fitted α_i"
+    elif eff and eff[-1] is not None:
+        alpha_star, src = float(eff[-1]), "end of the schedule probe"
+    else:
+        alpha_star, src = -float(clip.get("slope0") or 0.0), "slope of U(h0, g) at 0"
+    notes["alpha_eff_steady"] = {"value": alpha_star, "source": src}
+
+    if clip.get("detected") and clip.get("threshold"):
+        thr = float(clip["threshold"])
+        fit = _clip_fit(clip)
+        notes["clip_fit"] = fit
+        form = clip_form if clip_form != "auto" else (fit["chosen"] if fit else "soft_clip")
+        if form == "soft_clip":
+            chain.append(
+                {
+                    "transform": "soft_clip",
+                    "scale": thr / HALF_SLOPE,
+                    "mechanism": f"clipping (slope halves at the detected |g| = {thr:.4g})",
+                }
+            )
+        elif form == "clip":
+            chain.append(
+                {
+                    "transform": "clip",
+                    "max_delta": thr,
+                    "mechanism": f"clipping at the detected |g| = {thr:.4g}",
+                }
+            )
+        else:
+            raise ValueError(f"clip_form must be auto, soft_clip or clip, got {clip_form!r}")
+
+    lr = alpha_star
+    damp_entry = chain[0] if chain and chain[0]["transform"] == "damp_oscillations" else None
+    explained = damp_entry is not None and _adaptation_explained_by_damping(ada, damp_entry)
+    notes["adaptation_from_damping"] = explained
+    if ada.get("detected") and not explained:
+        m = np.asarray(ada.get("magnitudes") or [], np.float64)
+        arms = ada.get("lr_vs_magnitude") or {}
+        arm = "pos" if (ada.get("slope_pos") or 0) <= (ada.get("slope_neg") or 0) else "neg"
+        a = np.abs(np.asarray([np.nan if x is None else x for x in arms.get(arm, [])], float))
+        ok = np.isfinite(a) & (a > 0)
+        decay = 0.9
+        if ok.sum() >= 2 and m.size == a.size:
+            # RMSProp's steady α_eff ∝ 1/√(ρ g*² + ε) halves at ρ g*² = 3ε.
+            half = float(np.interp(0.5, (a[ok] / a[ok][0])[::-1], m[ok][::-1]))
+            eps = decay * half**2 / 3.0
+        else:
+            eps = 1e-8
+        chain.append(
+            {
+                "transform": "scale_by_rms",
+                "decay": decay,
+                "eps": eps,
+                "mechanism": "adaptation (α_eff falls with |g*|)",
+            }
+        )
+        lr = lr * math.sqrt(eps)
+    if mom.get("detected"):
+        chain.append(
+            {
+                "transform": "trace",
+                "decay": float(mom["beta"]),
+                "mechanism": f"momentum (dominant mode, timescale "
+                f"{float(mom.get('timescale') or 0):.3g} steps)",
+            }
+        )
+        lr = float(mom["alpha"]) * (lr / alpha_star if alpha_star else 1.0)
+    entry: dict[str, Any] = {
+        "transform": "scale_by_learning_rate",
+        "learning_rate": lr,
+        "schedule": None,
+        "mechanism": "learning rate",
+    }
+    knots: list[int] = []
+    if sch.get("detected") and eff and alpha_star:
+        e = np.asarray([np.nan if x is None else x for x in eff], np.float64)
+        if not np.all(np.isfinite(e)):  # keep the finite prefix
+            e = e[: int(np.argmax(~np.isfinite(e)))]
+        mult = e / alpha_star
+        knots = _knots(mult)
+    if sch.get("detected") and eff and alpha_star and knots:
+        entry["schedule"] = {
+            "steps": knots,
+            "values": [float(mult[k]) for k in knots],
+            "tail_ratio": _tail_ratio(mult),
+        }
+        entry["mechanism"] = f"learning rate with a {sch.get('shape')} schedule"
+    chain.append(entry)
+    return chain, notes

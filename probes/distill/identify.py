@@ -1,0 +1,267 @@
+"""Identification: a chain's numbers fitted to the learned optimizer's updates (no loss).
+
+:func:`identify_chain` keeps the structure the probes detected and refits its numbers so that
+the chain, replayed on the gradients it meets, outputs what the learned optimizer outputs for
+them (Levenberg-Marquardt on the imitation error, with DAgger rounds). It answers whether
+numbers fitted to the optimizer's behaviour describe it, where the probed numbers
+(:mod:`probes.distill.from_analysis`) may not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from lopt.chain import build_chain
+from lopt.unroll import init_inner, unroll
+from probes.distill.free_numbers import decode, encode, free_numbers, relabel
+
+
+@dataclasses.dataclass(frozen=True)
+class IdentifyConfig:
+    """How hard :func:`identify_chain` works, and on which problems.
+
+    Attributes:
+        rounds: fits (the first on the learned optimizer's trajectories, then DAgger rounds).
+        num_problems: training problems recorded per round.
+        fit_steps: Levenberg-Marquardt iterations per fit.
+        coords: coordinates kept per problem (evenly spaced in the flattened parameters);
+            ``None`` keeps all.
+        validation: problems on which the candidates are compared.
+        key: problems are drawn from ``fold_in(key(0), key)``: round ``r``'s as
+            ``split(fold_in(base, r))``, the validation problems' as
+            ``split(fold_in(base, 10_000))`` (also Adam's tuning key in
+            :func:`lopt.evaluation.tune_baselines`, whose problems are ``split(base)``; never the
+            held-out key).
+    """
+
+    rounds: int = 6
+    num_problems: int = 64
+    fit_steps: int = 40
+    coords: int | None = 256
+    validation: int = 64
+    key: int = 2
+
+
+def _replay(tx: optax.GradientTransformationExtraArgs, seq: Mapping[str, jax.Array]) -> jax.Array:
+    """``tx``'s updates, open loop, on one recorded sequence ``{"g", "p", "f"}`` ([T, m])."""
+
+    def body(s, x):
+        u, s = tx.update(x["g"], s, x["p"], value=x["f"])
+        return s, u
+
+    return jax.lax.scan(body, tx.init(seq["p"][0]), seq)[1]
+
+
+def _imitation_error(chain_tx, teacher_u: jax.Array, seqs: Mapping[str, jax.Array]) -> jax.Array:
+    """Per problem: ``Σ(u_chain − u_learned)² / Σ u_learned²`` over steps and coordinates."""
+    u = jax.vmap(lambda s: _replay(chain_tx, s))(seqs)
+    num = jnp.sum((u - teacher_u) ** 2, axis=(1, 2))
+    return num / jnp.maximum(jnp.sum(teacher_u**2, axis=(1, 2)), 1e-30)
+
+
+def identify_chain(
+    chain: Sequence[Mapping[str, Any]],
+    learned: optax.GradientTransformation,
+    family: Any,
+    config: IdentifyConfig = IdentifyConfig(),
+    *,
+    num_steps: int | None = None,
+    say: Callable[[str], None] | None = None,
+) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
+    """Fits the chain's numbers to the learned optimizer's *updates* (system identification).
+
+    The structure stays the one the probes detected; its numbers are refitted: clip and damping
+    scales (positive), decays (inside (0, 1)), the learning rate (non-zero; its sign may flip),
+    and an exponent ``γ`` on the detected schedule's multipliers when they are all positive
+    (``m(t)^γ``: ``γ = 1`` is the probed schedule, ``γ = 0`` none). No loss enters: the target
+    is what the learned optimizer outputs for the gradients the chain sees. The learned
+    optimizer must act coordinate by coordinate (a :class:`~lopt.cell.Cell`), so that replaying
+    it on a recorded subset of coordinates reproduces what it did.
+
+    1. Record the gradients the learned optimizer meets on ``config.num_problems`` training
+       problems (``config.coords`` coordinates per problem; both optimizers act
+       coordinate-wise, so replaying a subset is exact), and its updates.
+    2. Fit the numbers (Levenberg-Marquardt in log / logit coordinates, the learning rate
+       linearly in units of its detected magnitude) to minimise the imitation error: per problem
+       ``Σ_t,i (u_chain − u_learned)² / Σ_t,i u_learned²`` with the chain replayed open loop on
+       the recorded gradients, averaged over problems.
+    3. Run the fitted chain on fresh problems, record the gradients *it* meets and the learned
+       optimizer's updates for them, add them to the data and refit (DAgger: the chain is then
+       fitted where it actually goes, not only along the learned optimizer's path). Repeat.
+
+    The returned chain is the candidate (the detected numbers or a round's fit) with the lowest
+    imitation error on its own trajectories on ``config.validation`` other problems.
+
+    Args:
+        chain: the detected chain (:func:`probes.distill.chain_from_analysis`).
+        learned: the learned optimizer. Replaying it on a subset of coordinates is exact only
+            if it is coordinate-wise (one with a :class:`~lopt.cell.Cell`).
+        family: the task family.
+        config: rounds, problems, iterations, coordinates and key (:class:`IdentifyConfig`).
+        num_steps: updates per problem (default: the family's).
+        say: optional progress callback (one line per round).
+
+    Returns:
+        ``(chain, notes)``: the identified chain (same structure, plain floats; the detected
+        chain itself if no fit does better) and a record (schedule exponent, per-candidate
+        errors, the selected candidate, settings); ``(None, {"note": why})`` when there is
+        nothing to identify (no number in the chain to fit, or a learned optimizer that makes no
+        finite, non-zero update).
+    """
+    num_steps = family.num_steps if num_steps is None else num_steps
+    rounds, num_problems, fit_steps = config.rounds, config.num_problems, config.fit_steps
+    key = jax.random.fold_in(jax.random.key(0), config.key)
+    free = free_numbers(chain)
+    if not free:
+        return None, {"note": "the chain has no number to fit: nothing to identify"}
+    learned = optax.with_extra_args_support(learned)
+    n = family.num_params()
+    keep = n if config.coords is None else min(n, config.coords)
+    idx = np.unique(np.linspace(0, n - 1, keep).round().astype(np.int32))
+
+    def record(tx, keys):
+        tx = optax.with_extra_args_support(tx)
+
+        def pick(r):
+            return {
+                "g": ravel_pytree(r.grads)[0][idx],
+                "p": ravel_pytree(r.params)[0][idx],
+                "f": r.loss,
+            }
+
+        def one(k):
+            return unroll(tx, family, init_inner(tx, family, k), num_steps, record=pick)[1]
+
+        seqs = jax.vmap(one)(keys)
+        teacher = jax.vmap(lambda s: _replay(learned, s))(seqs)
+        finite = jnp.all(jnp.isfinite(seqs["g"]), (1, 2)) & jnp.all(jnp.isfinite(teacher), (1, 2))
+        finite &= jnp.all(jnp.isfinite(seqs["p"]), (1, 2)) & jnp.isfinite(seqs["f"]).all(1)
+        # a problem on which the learned optimizer makes no update has nothing to imitate
+        return seqs, teacher, finite & (jnp.sum(teacher**2, (1, 2)) > 0)
+
+    @jax.jit
+    def record_chain(z, keys):
+        return record(build_chain(decode(chain, free, unravel(z))), keys)
+
+    z_flat, unravel = ravel_pytree(encode(chain, free))
+
+    @jax.jit
+    def fit(x, seqs, teacher):
+        # Levenberg-Marquardt on the residuals (u_chain − u_learned)·√(w_p), w_p = 1/(P·Σu²): a
+        # handful of numbers and many residuals, often ill-conditioned (β and α trade off), where
+        # first-order steps crawl. Normal equations are accumulated problem by problem.
+        w = 1.0 / (jnp.sum(teacher**2, (1, 2)) * teacher.shape[0])
+
+        def resid(x, seq, target, wp):
+            u = _replay(build_chain(decode(chain, free, unravel(x))), seq)
+            return ((u - target) * jnp.sqrt(wp)).reshape(-1)
+
+        def normal(x):
+            def one(a):
+                r = resid(x, *a)
+                jac = jax.jacfwd(resid)(x, *a)
+                return jac.T @ jac, jac.T @ r, r @ r
+
+            jj, jr, rr = jax.lax.map(one, (seqs, teacher, w), batch_size=16)
+            return jj.sum(0), jr.sum(0), rr.sum()
+
+        def value(x):
+            return jax.lax.map(lambda a: jnp.sum(resid(x, *a) ** 2), (seqs, teacher, w)).sum()
+
+        def step(carry, _):
+            x, lam = carry
+            jj, jr, f = normal(x)
+            d = jnp.diag(jj)
+            damp = lam * jnp.diag(d + 1e-6 * jnp.mean(d) + 1e-30)
+            # at most one unit per number and iteration (a factor e, or a logit unit): a
+            # trust region that keeps a decay from jumping into its logistic's flat tail
+            cand = x - jnp.clip(jnp.linalg.solve(jj + damp, jr), -1.0, 1.0)
+            f_new = value(cand)
+            ok = jnp.isfinite(f_new) & (f_new < f)
+            return (jnp.where(ok, cand, x), jnp.where(ok, lam / 3.0, lam * 3.0)), f
+
+        (x, _), _ = jax.lax.scan(step, (x, jnp.float32(1.0)), length=fit_steps)
+        return x, value(x)
+
+    def keys(i, count=num_problems):
+        return jax.random.split(jax.random.fold_in(key, i), count)
+
+    val_keys = keys(10_000, config.validation)
+
+    @jax.jit
+    def chain_error(z, teacher, seqs):
+        return _imitation_error(build_chain(decode(chain, free, unravel(z))), teacher, seqs)
+
+    def score(finite, err):
+        # mean imitation error on the validation problems; inf if the chain diverged on any
+        finite, err = np.asarray(finite), np.asarray(err)
+        return float(np.mean(err)) if finite.all() and np.isfinite(err).all() else math.inf
+
+    def validate(z):
+        seqs, teacher, finite = record_chain(z, val_keys)
+        return score(finite, chain_error(z, teacher, seqs))
+
+    def usable(recorded):
+        # problems whose gradients and learned updates are finite and not all zero; the others
+        # (a chain diverging in a DAgger round, an optimizer that never moves) are dropped, so
+        # no inf or NaN reaches the fit (a zero weight would not mask it in the Jacobian)
+        seqs, teacher, ok = recorded
+        ok = np.asarray(ok)
+        return jax.tree.map(lambda x: x[ok], seqs), teacher[ok]
+
+    data = [usable(jax.jit(lambda k: record(learned, k))(keys(0)))]
+    if data[0][1].shape[0] == 0:
+        return None, {
+            "note": "the learned optimizer makes no finite, non-zero update on the recorded "
+            "problems: nothing to identify"
+        }
+    detected = build_chain(chain)
+    seqs0, teacher0, finite0 = jax.jit(lambda k: record(detected, k))(val_keys)
+    err0 = jax.jit(lambda t, s: _imitation_error(detected, t, s))(teacher0, seqs0)
+    z = z_flat
+    candidates = [(None, math.nan, score(finite0, err0))]
+    for r in range(rounds):
+        seqs = jax.tree.map(lambda *x: jnp.concatenate(x), *[d[0] for d in data])
+        teacher = jnp.concatenate([d[1] for d in data])
+        z, train_err = fit(z, seqs, teacher)  # finite: the fit only accepts finite steps
+        candidates.append((z, float(train_err), validate(z)))
+        if say:
+            say(
+                f"identification round {r + 1}/{rounds}: imitation error {float(train_err):.4f} "
+                f"(fit), {candidates[-1][2]:.4f} (own trajectories, validation)"
+            )
+        if r + 1 < rounds:
+            new = usable(record_chain(z, keys(r + 1)))
+            if new[1].shape[0]:
+                data.append(new)
+    best = int(np.argmin([c[2] for c in candidates]))
+    if best == 0:
+        fitted, gamma = [dict(e) for e in chain], {}
+    else:
+        fitted, gamma = relabel(chain, free, unravel(candidates[best][0]), "numbers identified")
+    notes = {
+        "method": "numbers fitted to the learned optimizer's updates on the gradients the chain "
+        "meets (DAgger rounds); no loss is used",
+        "schedule_exponent": gamma,
+        "candidates": [
+            {"round": i, "fit_error": c[1], "validation_error": c[2]}
+            for i, c in enumerate(candidates)
+        ],
+        "selected_round": best,
+        "rounds": rounds,
+        "num_problems": num_problems,
+        "validation_problems": config.validation,
+        "coords": int(idx.size),
+        "fit_steps": fit_steps,
+        "key": f"fold_in(key(0), {config.key})",
+    }
+    return fitted, notes
