@@ -50,8 +50,7 @@ from lopt import rundir
 from lopt.baselines import baseline
 from lopt.chain import build_chain
 from lopt.checkpoint import load
-from lopt.evaluation import family_from_config
-from lopt.tune import heldout_key
+from lopt.evaluation import family_from_config, heldout_key
 from lopt.unroll import evaluate, init_inner, normalized_loss, unroll
 from probes.distill import fraction_report
 

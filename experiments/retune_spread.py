@@ -37,8 +37,7 @@ def main(argv: list[str] | None = None) -> int:
     from lopt import rundir
     from lopt.baselines import baseline
     from lopt.chain import build_chain
-    from lopt.evaluation import family_from_config
-    from lopt.tune import heldout_key
+    from lopt.evaluation import family_from_config, heldout_key
     from lopt.unroll import evaluate, per_problem_metric
     from probes.distill import recovered_fraction, retune_chain
 

@@ -26,11 +26,16 @@ import time
 import numpy as np
 
 import tasks
-from lopt.evaluation import DEFAULT_BASELINES, paired, per_problem_metric, tune_baselines
+from lopt.evaluation import (
+    DEFAULT_BASELINES,
+    heldout_key,
+    paired,
+    per_problem_metric,
+    tune_baselines,
+)
 from lopt.meta_train import meta_train
 from lopt.presets import preset
 from lopt.rnn import RNNOptimizer
-from lopt.tune import heldout_key
 from lopt.unroll import evaluate
 from lopt_cli.args import seed_list
 

@@ -9,6 +9,7 @@ from lopt.baselines import SearchSpace, baseline, baseline_names, search_space
 from lopt.cell import Cell, CellOptimizerState, apply_cell, cell_optimizer, make_cell
 from lopt.chain import build_chain
 from lopt.checkpoint import CheckpointError, load, save
+from lopt.evaluation import heldout_key
 from lopt.meta_train import (
     PRODUCT_BUDGET,
     ConfigError,
@@ -20,7 +21,7 @@ from lopt.meta_train import (
 )
 from lopt.mlp_optimizer import MLPOptimizer, MLPOptimizerState
 from lopt.rnn import RNNOptimizer
-from lopt.tune import TuneResult, heldout_key, tune
+from lopt.tune import TuneResult, tune
 from lopt.unroll import (
     InnerState,
     StepRecord,

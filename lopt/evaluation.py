@@ -25,12 +25,24 @@ from tqdm.auto import tqdm
 
 import tasks
 from lopt import rundir
-from lopt.tune import TuneResult, heldout_key, tune
+from lopt.tune import TuneResult, tune
 from lopt.unroll import evaluate, per_problem_metric, summarize
 
 EVAL_SCHEMA = "lopt.eval/1"
 DEFAULT_BASELINES = ("momentum", "rmsprop", "adam")
 TUNED_SCHEMA = "lopt.tuned/1"
+#: Seed of :func:`heldout_key`.
+HELDOUT_SEED = 1_000_003
+
+
+def heldout_key() -> jax.Array:
+    """The fixed key of the held-out evaluation problems (pass it to :func:`lopt.evaluate`).
+
+    Tuning keys are derived as ``fold_in(key(seed), 0)`` by the command line, which never
+    equals this key, so held-out problems are never tuned on; every optimizer evaluated with
+    this key sees the same problems, so comparisons are paired.
+    """
+    return jax.random.key(HELDOUT_SEED)
 
 
 def paired(learned: np.ndarray, baseline: np.ndarray) -> dict[str, Any]:
@@ -179,7 +191,7 @@ def tune_baselines(
         bar.set_postfix_str(name)
         out[name] = tune(name, family, jax.random.fold_in(key, len(out)))
     if cache is not None:
-        results = {n: _finite_json(r.to_json()) for n, r in out.items()}
+        results = {n: rundir.plain(r.to_json()) for n, r in out.items()}
         rundir.write_json(cache, {"schema": TUNED_SCHEMA, "identity": ident, "results": results})
     return out
 
@@ -252,9 +264,6 @@ def evaluate_run(
     )
     rundir.write_json(run / "eval.json", result)
     return result
-
-
-_finite_json = rundir.plain
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,21 +34,8 @@ from lopt.unroll import Summary, evaluate, init_inner, normalized_loss, summariz
 #: ``final`` (mean loss after the last update).
 METRICS = ("normalized", "log", "final")
 
-#: Seed of :func:`heldout_key`.
-HELDOUT_SEED = 1_000_003
-
 #: Memory allowed for one chunk of candidates when ``chunk_size`` is not given.
 DEFAULT_MEMORY_BUDGET = 2 * 2**30
-
-
-def heldout_key() -> jax.Array:
-    """The fixed key of the held-out evaluation problems (pass it to :func:`lopt.evaluate`).
-
-    Tuning keys are derived as ``fold_in(key(seed), 0)`` by the command line, which never
-    equals this key, so held-out problems are never tuned on; every optimizer evaluated with
-    this key sees the same problems, so comparisons are paired.
-    """
-    return jax.random.key(HELDOUT_SEED)
 
 
 class TuneResult(NamedTuple):
@@ -363,10 +350,8 @@ def tune(
 
 __all__ = [
     "DEFAULT_MEMORY_BUDGET",
-    "HELDOUT_SEED",
     "METRICS",
     "TuneResult",
     "baseline_names",
-    "heldout_key",
     "tune",
 ]

@@ -119,8 +119,9 @@ def _cmd_tune(args: argparse.Namespace) -> int:
 
     import tasks
     from lopt.baselines import baseline_names
+    from lopt.evaluation import HELDOUT_SEED, heldout_key
     from lopt.rundir import write_json
-    from lopt.tune import HELDOUT_SEED, heldout_key, tune
+    from lopt.tune import tune
 
     family = tasks.get(args.task)
     names = baseline_names() if args.optimizer == "all" else [args.optimizer]

@@ -144,8 +144,8 @@ def test_resume_from_a_corrupted_state_is_a_clear_error(tmp_path):
 
 
 def test_validation_keeps_the_best_theta_and_resumes_exactly(tmp_path):
-    from lopt.validation import VALIDATION_SEED
     from lopt.unroll import per_problem_metric
+    from lopt.validation import VALIDATION_SEED
 
     config = MetaTrainConfig(
         **{**CONFIG.to_dict(), "learning_rate": 0.1, "validate_every": 2, "validation_problems": 4}

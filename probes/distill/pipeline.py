@@ -36,9 +36,8 @@ from tqdm.auto import tqdm
 from lopt import rundir
 from lopt.baselines import baseline
 from lopt.chain import META_KEYS, build_chain, chain_code, number_code
-from lopt.evaluation import evaluate_run
+from lopt.evaluation import evaluate_run, heldout_key
 from lopt.run import Run
-from lopt.tune import heldout_key
 from lopt.unroll import evaluate, per_problem_metric, summarize
 from probes.distill.from_analysis import DistillError, chain_from_analysis
 from probes.distill.identify import IdentifyConfig, identify_chain
