@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 class MetaTrainConfig:
     """Everything that defines a meta-training run (JSON-able).
 
-    The defaults are the paper's linear-regression settings (METHOD.md §3): full BPTT over the
+    The defaults are the paper's linear-regression settings: full BPTT over the
     family's horizon, 64 problems per step, Adam (lr 7.8e-4, β1 0.806, β2 0.594, ε 4.5e-6)
     with the learning rate decayed ×0.555 every 1000 steps and element-wise gradient clipping
     at 0.047, 5000 steps.

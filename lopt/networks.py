@@ -8,7 +8,7 @@ Recurrent cores act on **one coordinate**: ``apply(params, state, x) -> state'``
 of a model, which turns every matrix-vector product below into one ``(P, H) @ (H, k·H)``
 matrix product per step (checked in ``tests/test_rnn_optimizer.py``).
 
-Conventions (Maheswaranathan et al. 2021, arXiv 2011.02159, §2 of ``METHOD.md``):
+Conventions (Maheswaranathan et al. 2021, arXiv 2011.02159; docs/method.md, The learned optimizer):
 
 * ``gru``: the paper's equations, with ``u`` the gate that *keeps* the old state::
 

@@ -52,8 +52,8 @@ class Preset:
         return RNNOptimizer(**self.optimizer), self.config
 
 
-# GRU-256 settings of METHOD.md §3, plus two documented choices. (1) Problems whose
-# meta-gradient exceeds 10x the median problem's are left out of each step: with the paper's
+# GRU-256 settings of the paper (docs/method.md, Meta-training), plus two documented choices.
+# (1) Problems whose meta-gradient exceeds 10x the median problem's are left out of each step: with the paper's
 # settings alone, linear_regression seeds 0 and 1 both reached a meta-loss of ~0.06 by step 100,
 # then one to a dozen of the 64 problems per step turned chaotic (ordinary losses, meta-gradient
 # norms of 1e7...inf against a median of ~0.1); after the element-wise clip their signs steered

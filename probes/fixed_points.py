@@ -30,7 +30,7 @@ The search minimises ``q(h) = ½‖F(h, g*) - h‖²`` for every (input, seed) p
 :func:`continuation` traces a branch ``h*(g*)`` across a grid of inputs instead (warm start from
 the neighbour, the same polish), flagging folds where the branch jumps: a jump out of line with
 the neighbouring steps' (or a sign change of ``det(I - J_h)``, a real eigenvalue crossing +1)
-*and* a solve that left the previous basin (a saddle-node bifurcation, METHOD.md §5.7).
+*and* a solve that left the previous basin (a saddle-node bifurcation, docs/method.md, Adaptation).
 
 Every entry point is jitted with the cell as an *argument*: a new ``theta`` re-uses the compiled
 program. Shapes: ``N`` inputs, ``S`` seeds, ``K`` kept points per input, ``H`` hidden units.

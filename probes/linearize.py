@@ -1,4 +1,4 @@
-"""Linearisation at a fixed point: every eigenmode is a momentum component (METHOD.md §5.4).
+"""Linearisation at a fixed point: every eigenmode is a momentum component.
 
 Around ``(h*, g=0)``: ``δh' = J_h δh + J_g g`` with ``J_h = ∂F/∂h = R Λ Lᴴ`` and ``J_g = ∂F/∂g``;
 the update is read out linearly, ``δU = ∇readout(h*)·δh'`` (the gradient of the readout at

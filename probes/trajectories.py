@@ -1,4 +1,4 @@
-"""Record what an optimizer does on problems from a family (METHOD.md §5.2), and PCA.
+"""Record what an optimizer does on problems from a family (docs/method.md, Trajectories), and PCA.
 
 :func:`trajectories` runs :func:`lopt.unroll` with a ``record`` function that keeps, per step,
 the loss and, for a fixed subsample of ``C`` coordinates, the parameters (before the update),
@@ -177,6 +177,6 @@ def pca(x: jax.Array, num_components: int = 3) -> PCA:
 def across_problem_variance(hidden: jax.Array) -> jax.Array:
     """Total variance of the states across problems at each step, ``(T,)`` from ``(B, T, C, H)``.
 
-    It shrinks as every problem converges (METHOD.md §5.2).
+    It shrinks as every problem converges (docs/method.md, Trajectories).
     """
     return jnp.mean(jnp.sum(jnp.var(hidden, axis=0), axis=-1), axis=-1)

@@ -1,6 +1,6 @@
 """The update function ``U(h, g) = readout(F(h, g))`` and the effective learning rate.
 
-``α_eff(h) = -∂U/∂g |_{g=0}`` by autodiff (METHOD.md §5.1). SGD with learning rate ``α`` has
+``α_eff(h) = -∂U/∂g |_{g=0}`` by autodiff. SGD with learning rate ``α`` has
 ``U = -α g`` and ``α_eff = α`` everywhere. Perturbations of ``h`` along given directions
 (principal components, slow eigenvectors) show how the state reshapes the update.
 

@@ -32,7 +32,7 @@ def _sigmoid(x):
 
 
 def _reference_step(kind, rnn, h, x):
-    """The paper's equations (METHOD.md §2) in NumPy, float64."""
+    """The paper's equations (docs/method.md, The learned optimizer) in NumPy, float64."""
     if kind == "gru":
         p = {k: np.asarray(v, np.float64) for k, v in rnn["gru"].items()}
         gx, w_h = x @ p["w_i"] + p["b"], p["w_h"]

@@ -103,12 +103,12 @@ def test_vectorised_and_sequential_pick_the_same_candidate():
 
 def test_momentum_on_linear_regression_lands_near_the_analytic_optimum():
     # Heavy ball's optimum on a spectrum in [1e-3, 1]: α* = (2 / (1 + √1e-3))² ≈ 3.76,
-    # β* = ((√1000 - 1) / (√1000 + 1))² ≈ 0.88 (METHOD.md §1).
+    # β* = ((√1000 - 1) / (√1000 + 1))² ≈ 0.88 (docs/method.md, Task families).
     family = tasks.get("linear_regression")
     res = lopt.tune("momentum", family, KEY, num_problems=16)
     assert 2.0 < res.hyperparams["learning_rate"] < 6.0
     assert 0.8 < res.hyperparams["momentum"] < 0.95
-    assert res.metric < 0.07  # tuned momentum ≈ 0.05 (METHOD.md §4); plain SGD ≈ 0.3
+    assert res.metric < 0.07  # tuned momentum ≈ 0.05 (the paper); plain SGD ≈ 0.3
 
 
 def test_metric_options_and_held_out_evaluation():

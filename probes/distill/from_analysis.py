@@ -7,7 +7,7 @@ transformations (:mod:`lopt.chain`), each one a mechanism of the paper (Maheswar
 
 1. **clipping** → :func:`lopt.chain.soft_clip` of the *gradient*, ``g ↦ g / (1 + |g|/c)``, with
    ``c = threshold / (√2 − 1)``. Why a saturating map and not ``optax.clip``: the probes define
-   the threshold as the gradient where the slope of ``U(h0, g)`` has halved (METHOD.md §5.5).
+   the threshold as the gradient where the slope of ``U(h0, g)`` has halved.
    A hard clip at that threshold drops the slope to 0 there and saturates at ``α·threshold``,
    about half of the asymptotes the learned update actually reaches; this map has slope
    ``1/(1 + |g|/c)²``, which halves exactly at ``(√2 − 1)c``, and saturates at ``±c`` (times the
