@@ -52,16 +52,16 @@ class Preset:
         return RNNOptimizer(**self.optimizer), self.config
 
 
-# GRU-256 settings of the paper (docs/method.md, Meta-training), plus two documented choices.
-# (1) Problems whose meta-gradient exceeds 10x the median problem's are left out of each step: with the paper's
-# settings alone, linear_regression seeds 0 and 1 both reached a meta-loss of ~0.06 by step 100,
-# then one to a dozen of the 64 problems per step turned chaotic (ordinary losses, meta-gradient
-# norms of 1e7...inf against a median of ~0.1); after the element-wise clip their signs steered
-# every meta-parameter and the meta-loss rose to 3.0 by step 320 (seed 0). Freezing h0 did not
-# prevent it (seed 1 exploded at step 56). With the outliers left out, seed 0 kept falling
-# (0.034 at step 400). (2) The best of 50 validations (64 fixed problems, never the held-out
-# ones) is returned, which changes nothing in training. The paper's meta-loss adds a "tiny" L2
-# term whose coefficient is not given; the preset leaves it out (l2=0; MetaTrainConfig.l2 adds it).
+# GRU-256 settings of the paper (docs/method.md, Meta-training), plus two documented choices. (1)
+# Problems whose meta-gradient exceeds 10x the median problem's are left out of each step: with the
+# paper's settings alone, linear_regression seeds 0 and 1 both reached a meta-loss of ~0.06 by step
+# 100, then one to a dozen of the 64 problems per step turned chaotic (ordinary losses, meta-
+# gradient norms of 1e7...inf against a median of ~0.1); after the element-wise clip their signs
+# steered every meta-parameter and the meta-loss rose to 3.0 by step 320 (seed 0). Freezing h0 did
+# not prevent it (seed 1 exploded at step 56). With the outliers left out, seed 0 kept falling
+# (0.034 at step 400). (2) The best of 50 validations (64 fixed problems, never the held-out ones)
+# is returned, which changes nothing in training. The paper's meta-loss adds a "tiny" L2 term whose
+# coefficient is not given; the preset leaves it out (l2=0; MetaTrainConfig.l2 adds it).
 _PAPER = MetaTrainConfig(validate_every=100, outlier_threshold=10.0)
 # Truncated BPTT over windows of a third of the horizon: full 201-step unrolls of an
 # aggressive optimizer give chaotic meta-gradients (norms of 1e7-1e16 were measured), which
