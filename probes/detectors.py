@@ -10,9 +10,13 @@ Shapes: ``H`` modes, ``G`` gradient values, ``T`` steps, ``M`` gradient magnitud
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from probes.modes import fit_modes
+from probes.values import complex_array, plain
 
 #: Momentum: the dominant mode must decay no faster than this per step (``λ ≥ MIN_BETA``); an
 #: SGD-like mode has ``λ = 0``.
@@ -45,33 +49,64 @@ ADAPT_DROP = 0.2
 DAMP_RATIO = 0.5
 
 
-def _num(x: Any) -> Any:
-    """JSON-safe conversion: arrays to lists, non-finite to ``None``, complex to ``[re, im]``."""
-    if isinstance(x, dict):
-        return {k: _num(v) for k, v in x.items()}
-    if isinstance(x, list | tuple):
-        return [_num(v) for v in x]
-    if isinstance(x, np.ndarray) or hasattr(x, "__array__") and not isinstance(x, str | bool):
-        arr = np.asarray(x)
-        if arr.ndim == 0:
-            return _num(arr.item())
-        return [_num(v) for v in arr.tolist()]
-    if isinstance(x, bool | np.bool_):
-        return bool(x)
-    if isinstance(x, int | np.integer):
-        return int(x)
-    if isinstance(x, complex | np.complexfloating):
-        return [_num(float(x.real)), _num(float(x.imag))]
-    if isinstance(x, float | np.floating):
-        x = float(x)
-        return x if np.isfinite(x) else None
-    return x
+#: The mechanisms an analysis answers, in the order reports and comparisons show them.
+MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping")
 
 
 class _Result:
+    #: Array fields that hold complex numbers (``[re, im]`` pairs in JSON).
+    _COMPLEX: tuple[str, ...] = ()
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (non-finite numbers become ``None``, complex ``[re, im]``)."""
-        return {f.name: _num(getattr(self, f.name)) for f in dataclasses.fields(self)}
+        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
+
+    @classmethod
+    def from_json(cls, d: Mapping[str, Any]) -> Any:
+        """The result from its :meth:`to_json` dict (``None`` numbers come back as ``nan``).
+
+        Raises:
+            ValueError: ``d`` is not a JSON object, lacks a field without a default, or holds
+                a value of the wrong kind (naming the field).
+        """
+        name = cls.__name__.lower()
+        if not isinstance(d, Mapping):
+            raise ValueError(f"{name}: expected an object, got {type(d).__name__}")
+        kwargs = {}
+        for f in dataclasses.fields(cls):
+            if f.name not in d:
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                    raise ValueError(f"{name}: missing {f.name!r}")
+                continue
+            try:
+                kwargs[f.name] = _read(str(f.type), d[f.name], f.name in cls._COMPLEX)
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"{name}.{f.name}: {e}") from None
+        return cls(**kwargs)
+
+
+def _read(kind: str, v: Any, is_complex: bool) -> Any:
+    """A JSON value as the field type ``kind`` (a dataclass annotation) of a result."""
+    if kind in ("bool", "str"):
+        if not isinstance(v, bool if kind == "bool" else str):
+            raise TypeError(f"expected a {kind}, got {v!r}")
+        return v
+    if kind == "float":
+        return float("nan") if v is None else float(v)
+    if kind == "int":
+        return int(v)
+    if kind == "np.ndarray":
+        if is_complex:
+            return complex_array(v)
+        return np.asarray([np.nan if x is None else x for x in v])
+    if kind == "tuple[float, float]":
+        lo, hi = v
+        return (_read("float", lo, False), _read("float", hi, False))
+    if kind == "dict[str, np.ndarray]":
+        return {k: _read("np.ndarray", x, False) for k, x in v.items()}
+    if not isinstance(v, dict):
+        raise TypeError(f"expected an object, got {v!r}")
+    return v
 
 
 # ----------------------------------------------------------------------------- momentum
@@ -110,6 +145,8 @@ class Momentum(_Result):
             where its response ``2 Re(α λᵏ)`` changes sign (0 for a real mode or no change
             before ``|λ|ᵏ < 10⁻⁶``).
     """
+
+    _COMPLEX = ("eigenvalues", "alphas", "fit_eigenvalues", "fit_alphas")
 
     detected: bool
     beta: float
@@ -657,55 +694,3 @@ def detect_damping(
         (lo, hi),
         gradient_range_source,
     )
-
-
-# ----------------------------------------------------------------------------- impulse responses
-
-
-def fit_modes(
-    response: np.ndarray, *, max_modes: int = 2, rel_floor: float = 1e-5, fit_tol: float = 1e-3
-) -> tuple[np.ndarray, np.ndarray]:
-    """Fits ``r_k = Σ_j c_j λ_j^k`` to an impulse response (Prony's method) and returns modes.
-
-    A mode with ``λ = 0`` only touches lag 0, so exponentials are fitted to lags ``≥ 1`` and the
-    ``λ = 0`` mode takes what is left at lag 0. One exponential is used when its relative
-    residual is below ``fit_tol``, otherwise ``max_modes``. Lags where ``|r_k|`` has fallen below
-    ``rel_floor`` of the peak are dropped (float32 noise).
-
-    Args:
-        response: ``r_k = ∂u_{t+k}/∂g_t``, ``(T,)``.
-        max_modes: at most this many exponentials.
-        rel_floor: see above.
-        fit_tol: see above.
-
-    Returns:
-        ``(eigenvalues, alphas)`` with ``α_j = -c_j`` (the update has no built-in minus), so
-        heavy-ball momentum ``-α Σ β^k g`` gives ``(β, α)``.
-    """
-    r = np.asarray(response, np.float64)
-    peak = np.max(np.abs(r)) if r.size else 0.0
-    if peak == 0 or not np.all(np.isfinite(r)):
-        return np.zeros(1, complex), np.array([-r[0] if r.size else 0.0], complex)
-    keep = np.nonzero(np.abs(r) >= rel_floor * peak)[0]
-    s = r[1 : keep[-1] + 1]
-    lams, cs = np.zeros(0, complex), np.zeros(0, complex)
-    for M in range(1, max_modes + 1):
-        if s.size < 2 * M + 1:
-            break
-        rows = s.size - M
-        A = np.stack([s[M - 1 - j : M - 1 - j + rows] for j in range(M)], axis=1)
-        p = np.linalg.lstsq(A, s[M : M + rows], rcond=None)[0]
-        roots = np.roots(np.concatenate([[1.0], -p])).astype(complex)
-        V = roots[None, :] ** np.arange(s.size)[:, None]
-        c = np.linalg.lstsq(V, s.astype(complex), rcond=None)[0]
-        err = np.linalg.norm(V @ c - s) / max(np.linalg.norm(s), 1e-300)
-        # s_k = r_{k+1} = Σ c_j λ_j^{k+1}: the weights at lag 0 are c_j/λ_j.
-        with np.errstate(divide="ignore", invalid="ignore"):
-            c0 = np.where(np.abs(roots) > 0, c / roots, 0.0)
-        lams, cs = roots, c0
-        if err <= fit_tol:
-            break
-    zero_mode = r[0] - np.real(np.sum(cs))
-    lams = np.concatenate([np.zeros(1, complex), lams])
-    cs = np.concatenate([[zero_mode], cs])
-    return lams, -cs

@@ -1,6 +1,7 @@
 """analyze() on the project's learned optimizers (random theta; the meta-trained test is slow)."""
 
 import json
+import re
 
 import jax
 import jax.numpy as jnp
@@ -37,6 +38,12 @@ def test_analyze_rnn_optimizer_with_trajectories():
         assert len(b["alpha_eff"]) == len(a.adaptation.magnitudes) + 1
     out = json.dumps(a.to_json(), allow_nan=False)
     assert '"schema_version": 2' in out
+    # analysis.json reads back into the same Analysis (arrays, complex modes, branches)
+    back = probes.Analysis.from_json(json.loads(out))
+    assert back.to_json() == a.to_json()
+    assert back.momentum.eigenvalues.dtype == complex and back.momentum.beta == a.momentum.beta
+    # h* is recorded where the linearisation was taken
+    assert np.asarray(a.meta["convergence_point"]).shape == (8,)
     # the momentum number is the dominant mode of the linearisation at the convergence point
     lin = probes.linearize(opt.cell(theta), jnp.zeros(8))
     assert np.isfinite(np.asarray(lin.alpha)).all()
@@ -48,3 +55,25 @@ def test_analyze_falls_back_to_black_box_without_a_cell():
     a = probes.analyze(opt, theta)
     assert a.source == "optax"
     json.dumps(a.to_json(), allow_nan=False)
+    assert probes.Analysis.from_json(a.to_json()).to_json() == a.to_json()
+
+
+def test_analysis_from_json_names_what_is_wrong():
+    import optax
+    import pytest
+
+    good = probes.analyze_optax(optax.sgd(0.1)).to_json()
+    assert probes.Analysis.from_json({**good, "task": {}, "key_seed": 3}).to_json() == good
+    older = {k: v for k, v in good.items() if k != "damping"}  # before the damping probe
+    assert probes.Analysis.from_json(older).damping is None
+    cases = [
+        ([], "analysis: expected an object"),
+        ({k: v for k, v in good.items() if k != "schedule"}, "analysis: missing 'schedule'"),
+        ({**good, "meta": [1]}, "analysis.meta"),
+        ({**good, "clipping": {**good["clipping"], "detected": "yes"}}, "clipping.detected"),
+        ({**good, "momentum": {**good["momentum"], "beta": "fast"}}, "momentum.beta"),
+        ({**good, "damping": {**good["damping"], "amplitudes": 3}}, "damping.amplitudes"),
+    ]
+    for bad, message in cases:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            probes.Analysis.from_json(bad)

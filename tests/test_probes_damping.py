@@ -13,7 +13,8 @@ import pytest
 import lopt
 import probes
 from probes import detectors
-from probes.analysis import _cell_run, _damping, _scalar_updates, damping_gains
+from probes.analysis import _cell_run
+from probes.black_box import _scalar_updates, damping_gains, probe_damping
 
 AMPS = np.logspace(-5, 1, 49)  # a decade and more below every κ tested: R starts at 1
 
@@ -69,7 +70,7 @@ def test_damp_oscillations_kappa_recovered(kappa):
 @pytest.mark.parametrize("rho, beta", [(0.5, 0.0), (0.5, 0.8), (0.9, 0.8), (0.98, 0.8)])
 def test_damping_memory_recovered_through_the_momentum_filter(rho, beta):
     tx = optax.chain(lopt.distill.damp_oscillations(0.2, rho), optax.sgd(0.5, momentum=beta))
-    d = _damping(jax.jit(_scalar_updates(tx)), 1e-3, 10.0, "test", 25, 200)
+    d = probe_damping(jax.jit(_scalar_updates(tx)), 1e-3, 10.0, "test", 25, 200)
     assert d.detected and d.buildup_amplitude == pytest.approx(3 * d.kappa)
     # the timescale 1/(1-ρ) within 5% (at ρ = 0.98 the 200 probe steps leave ρ^200 ≈ 2% of
     # the build-up unfinished, which also biases κ up by about 1%)
@@ -90,7 +91,7 @@ def test_damped_momentum_cell_matches_its_optax_form_and_is_detected():
     tx = optax.chain(lopt.distill.damp_oscillations(0.2, 0.9), optax.sgd(0.5, momentum=0.8))
     gs = jax.numpy.asarray(np.random.default_rng(0).normal(size=50), jax.numpy.float32)
     np.testing.assert_allclose(_cell_run(cell, gs), _scalar_updates(tx)(gs), rtol=1e-5, atol=1e-6)
-    d = _damping(lambda g: _cell_run(cell, g), 1e-3, 10.0, "test", 25, 200)
+    d = probe_damping(lambda g: _cell_run(cell, g), 1e-3, 10.0, "test", 25, 200)
     assert d.detected and abs(d.kappa - 0.2) <= 0.02 * 0.2
     assert abs((1 - d.memory) / 0.1 - 1) <= 0.05, d.memory
     np.testing.assert_allclose(d.dc_gain, 0.5 / 0.2, rtol=1e-5)
@@ -127,6 +128,6 @@ def test_detect_damping_edge_cases():
 
 def test_kappa_below_the_training_range_is_recovered():
     tx = optax.chain(lopt.distill.damp_oscillations(0.005, 0.5), optax.sgd(0.5, momentum=0.8))
-    d = _damping(jax.jit(_scalar_updates(tx)), 0.01, 10.0, "test", 25, 200)
+    d = probe_damping(jax.jit(_scalar_updates(tx)), 0.01, 10.0, "test", 25, 200)
     # grid from lo/100 = 1e-4: R normalised there reports κ + 2e-4
     assert d.detected and abs(d.kappa - 0.0052) <= 0.02 * 0.0052, d.kappa

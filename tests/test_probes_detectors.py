@@ -172,3 +172,25 @@ def test_optax_adam_mixes_b1_and_b2_on_a_background():
     assert abs(a.meta["steady_response"]) <= 0.2 * lr  # scale invariance: Σ r_k ≈ 0
     assert a.adaptation.detected and -1.1 <= a.adaptation.slope <= -0.9
     json.dumps(a.to_json(), allow_nan=False)
+
+
+@pytest.mark.parametrize("kind", ["cell", "optax"])
+def test_every_detector_result_reads_back_from_json(kind):
+    from probes import detectors
+
+    if kind == "cell":
+        a = probes.analyze_cell(lopt.cells.adam(0.01), gradient_scale=1.0)
+    else:
+        a = probes.analyze_optax(optax.chain(optax.clip(0.5), optax.sgd(0.1, momentum=0.9)))
+    for name in detectors.MECHANISMS:
+        result = getattr(a, name)
+        d = json.loads(json.dumps(result.to_json(), allow_nan=False))
+        back = type(result).from_json(d)
+        assert back.to_json() == result.to_json(), name
+        assert back.detected == result.detected
+    m = detectors.Momentum.from_json(a.momentum.to_json())
+    np.testing.assert_allclose(m.eigenvalues, a.momentum.eigenvalues, rtol=1e-6)
+    c = detectors.Clipping.from_json(a.clipping.to_json())
+    np.testing.assert_allclose(c.updates, a.clipping.updates)
+    with pytest.raises(ValueError, match="schedule: missing 'shape'"):
+        detectors.Schedule.from_json({"detected": False})

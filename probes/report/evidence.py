@@ -69,20 +69,24 @@ def heavy_ball_optimum(family: Any, key: Any = None, num_problems: int = 256) ->
     return {"alpha": alpha, "beta": beta, "mu": mu, "L": L, "num_problems": int(num_problems)}
 
 
-def _autonomous(cell: Any, steps: int):
-    import jax
-    import jax.numpy as jnp
+def analysis_convergence_point(cell: Any, analysis: Mapping[str, Any]) -> tuple[np.ndarray, str]:
+    """The convergence point ``h*`` of an analysis and its kind (``fixed``, ``slow``, ...).
 
-    @jax.jit
-    def run(cell, xs):
-        def body(h, _):
-            h = cell.step(h, jnp.zeros([], jnp.float32))
-            return h, h
+    The point :func:`probes.analysis.analyze_cell` recorded (``meta["convergence_point"]``);
+    for an analysis written before it was recorded, :func:`probes.analysis.convergence_point`
+    again with the analysis's settings (the same function, so the same point for the same
+    settings).
+    """
+    from probes.analysis import convergence_point
 
-        h0 = jnp.asarray(cell.init_state(), jnp.float32)
-        return jax.lax.scan(body, h0, xs)[1]
-
-    return run(cell, jnp.zeros(steps))
+    meta = analysis.get("meta") or {}
+    h0 = np.asarray(cell.init_state(), np.float32)
+    point = np.asarray([np.nan if x is None else x for x in meta.get("convergence_point") or []])
+    if point.shape == h0.shape and np.all(np.isfinite(point)):
+        kind = meta.get("linearized_at") or (analysis.get("momentum") or {}).get("point_kind")
+        return point.astype(np.float32), str(kind)
+    conv = convergence_point(cell, typical_step=finite(meta.get("typical_step")))
+    return np.asarray(conv.point), conv.kind
 
 
 def _fold_slopes(inputs: np.ndarray, alpha: np.ndarray, fold: np.ndarray, ok: np.ndarray):
@@ -127,9 +131,9 @@ def white_box_evidence(
 ) -> dict[str, Any]:
     """Evidence for the white-box figures, from a cell and its analysis (JSON-able dict).
 
-    * ``convergence``: the fixed point ``h*`` at ``g* = 0``: the state the autonomous dynamics
-      ``h ← F(h, 0)`` reach from ``h0`` in 200 steps, Newton-polished (the first point of the
-      continuation below), its kind, and the slowest real eigenvalue of ``∂F/∂h`` there
+    * ``convergence``: the convergence point ``h*`` (``point``) where the analysis measured β and
+      α (:func:`analysis_convergence_point`), its kind, the residual of the continuation's first
+      point there, and the slowest real eigenvalue of ``∂F/∂h`` at ``h*``
       (:func:`probes.linearize`).
     * ``states``: hidden-state trajectories on ``num_problems`` problems of ``family``
       (:func:`probes.trajectories`) projected on their two principal components
@@ -204,18 +208,13 @@ def white_box_evidence(
     gs = np.linspace(-g_max, g_max, num_gradients)
     out["gradient_range"] = g_max
 
-    # Convergence point and S-curve: one continuation program for all four sweeps. The rising
-    # positive sweep starts at g* = 0 from the end of the autonomous trajectory, so its first
-    # point is the convergence point h*.
+    # Convergence point: the analysis's own, so that the figures are drawn around the state where
+    # β and α were measured. S-curve: one continuation program for all four sweeps, from h*.
     stage("tracing fixed points: convergence point and S-curve (continuation)")
-    auto = np.asarray(_autonomous(cell, 200))
+    h_star, star_kind = analysis_convergence_point(cell, a)
     lo, hi = 1e-2 * scale, max(1e3 * scale, 2.0 * g_top)
     up = np.concatenate([[0.0], np.geomspace(lo, hi, continuation_points)])
-    branches = {"pos_up": continuation(cell, up, auto[-1])}
-    h_star = np.asarray(branches["pos_up"].points[0])
-    star_kind = KIND_NAMES[int(branches["pos_up"].kind[0])]
-    if star_kind == "failed":
-        h_star, star_kind = auto[-1], "trajectory end"
+    branches = {"pos_up": continuation(cell, up, h_star)}
     branches["pos_down"] = continuation(cell, up[::-1], branches["pos_up"].points[-1])
     branches["neg_up"] = continuation(cell, -up, h_star)
     branches["neg_down"] = continuation(cell, -up[::-1], branches["neg_up"].points[-1])
@@ -228,6 +227,7 @@ def white_box_evidence(
     v = np.real(np.asarray(lin.right)[:, i_slow])
     v = v / max(float(np.linalg.norm(v)), 1e-30)
     out["convergence"] = {
+        "point": h_star,
         "kind": star_kind,
         "residual": float(branches["pos_up"].residual[0]),
         "alpha_eff": float(lin.alpha_eff),

@@ -10,6 +10,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from probes.analysis_result import Analysis
 from probes.report.adaptation import adaptation_section
 from probes.report.distillation import distill_section
 from probes.report.evidence import as_dict, progress_lines, white_box_evidence
@@ -52,6 +53,9 @@ def write_report(
     Returns:
         The ``report.json`` dict (``"schema": "probes.report/1"``).
 
+    Raises:
+        ValueError: ``analysis`` is malformed (one line naming the result and field).
+
     Example:
         >>> import optax, probes
         >>> rep = probes.write_report(probes.analyze_optax(optax.sgd(0.1, momentum=0.9)), "out")
@@ -61,6 +65,7 @@ def write_report(
     from lopt.rundir import atomic_write, write_json
 
     a = as_dict(analysis)
+    Analysis.from_json(a)  # a malformed analysis fails here, naming the field
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     ev = dict(evidence) if evidence else None
@@ -189,13 +194,17 @@ def report_run(
     if analysis is None:
         stage("analysing the optimizer (writes analysis.json)")
         analysis = analyze_run(run, key_seed=seed)
+    try:
+        parsed = Analysis.from_json(analysis)
+    except ValueError as e:
+        raise ValueError(f"{run / 'analysis.json'}: {e}") from None
     evidence = None
     try:
         cell = opt.cell(theta)
     except TypeError:
         cell = None
         stage("no cell (black box): behavioural figures only")
-    if cell is not None and analysis.get("source") == "cell":
+    if cell is not None and parsed.source == "cell":
         evidence = white_box_evidence(
             cell, analysis, family=family, key=jax.random.key(seed), progress=stage
         )

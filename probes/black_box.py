@@ -1,0 +1,372 @@
+"""Black-box probes: what an optimizer does, read from its updates alone (no hidden state).
+
+:func:`analyze_optax` answers the mechanism questions on one
+scalar coordinate, with exact linear responses from ``jax.jvp`` through the update sequence:
+
+* **momentum**: impulse response ``r_k = ∂u_{W+k}/∂g_W`` after ``W`` steps of a background
+  gradient ``b`` (``b = 0``; if that is not finite, e.g. Adam's ``√ν`` at ``ν = 0``,
+  ``b = gradient_scale``), fitted with modes (:func:`probes.detectors.fit_modes`). Expected:
+  ``sgd(α)``: one mode ``λ = 0``, ``α``; ``sgd(α, momentum=β)``: ``(β, α)``; ``rmsprop``: a
+  dominant ``λ = 0`` mode (no momentum); ``adam(α, b1, b2)`` on background ``b``:
+  ``r_k = -(α/|b|)[(1-b1)b1^k - c(1-b2)b2^k]`` with ``c = 1/(1-b2^{W+k+1}) ≈ 1`` for a long
+  ``W``, so the dominant mode is ``β = b1``, ``α = α(1-b1)/|b|`` (share ≈ ``(1-b1)/(2-b1-b2)``)
+  and the ``b2`` mode has the opposite sign: the steady response
+  ``-Σ α_j/(1-λ_j) = -α(1-c)/|b| ≈ 0``
+  (Adam's update is invariant to the gradient's scale; ``c - 1 ≈ 0.16`` at ``W = 2000``).
+* **clipping**: the first update from a fresh state, ``u_0(g)``, as for cells. ``adam``'s first
+  update is ``-α g/(|g| + ε)``: a sign step, which this probe reports as clipping at ``≈ ε``.
+* **schedule**: ``-∂u_t/∂g_t`` after ``t`` zero gradients (a secant at ``±10⁻³·scale`` where the
+  derivative is not finite).
+* **adaptation**: ``-∂u_W/∂g_W`` at ``g_W = 0`` after ``W`` steps of constant ``g*``. Expected:
+  constant for sgd/momentum/clip; ``α/√(ρ g*² + ε)`` for rmsprop and
+  ``≈ α(1-b1)/(√b2 |g*|)`` for adam (log-log slope ``-1``).
+
+The behavioural probes here serve the white-box analysis too (:mod:`probes.analysis`): the
+clipping threshold from ``U(g)`` and ``∂U/∂g`` (:func:`probe_clipping`), the range of training
+gradients (:func:`gradient_range`) and the oscillation-damping gains (:func:`damping_gains`,
+:func:`nyquist_response`, :func:`probe_damping`).
+
+Shapes: ``T`` steps, ``G`` gradient values, ``M`` magnitudes, ``A`` amplitudes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from probes import detectors
+from probes.analysis_result import Analysis
+from probes.detectors import Clipping, Damping
+
+# ----------------------------------------------------------------------------- shared pieces
+
+
+def log_grid(scale: float, lo: float, hi: float, num: int) -> np.ndarray:
+    """``num`` log-spaced values from ``scale·lo`` to ``scale·hi``."""
+    return scale * np.logspace(np.log10(lo), np.log10(hi), num)
+
+
+def probe_clipping(
+    slope_fn: Callable[[np.ndarray], np.ndarray],
+    update_fn: Callable[[np.ndarray], np.ndarray],
+    magnitudes: np.ndarray,
+    gradient_samples: np.ndarray | None,
+    fraction: float,
+) -> Clipping:
+    """Clipping evidence and threshold from vectorised ``∂U/∂g`` and ``U`` (see module doc)."""
+    slope0 = float(slope_fn(np.zeros(1))[0])
+    thresholds = {}
+    for sign in (1.0, -1.0):
+        s = slope_fn(sign * magnitudes)
+        t, j = detectors.one_sided_threshold(magnitudes, s, slope0, fraction)
+        if j > 0:  # refine between the bracketing grid points
+            lo, hi = magnitudes[j - 1], magnitudes[j]
+            for _ in range(2):
+                sub = np.linspace(lo, hi, 64)
+                ts, k = detectors.one_sided_threshold(sub, slope_fn(sign * sub), slope0, fraction)
+                if k <= 0:
+                    break
+                lo, hi, t = sub[k - 1], sub[k], ts
+        thresholds[sign] = t
+    grid = np.concatenate([-magnitudes[::-1], [0.0], magnitudes])
+    updates = update_fn(grid)
+    slopes = slope_fn(grid)
+    if gradient_samples is not None and np.size(gradient_samples):
+        gs = np.asarray(gradient_samples, np.float64).reshape(-1)
+        gs = gs[np.isfinite(gs)]
+        counts, edges = np.histogram(gs, bins=64)
+    else:
+        counts, edges = np.zeros(0), np.zeros(0)
+    tp, tn = thresholds[1.0], thresholds[-1.0]
+    if not (np.isfinite(slope0) and slope0 != 0.0):
+        tp = tn = float("inf")
+    detected = bool(slope0 != 0.0 and np.isfinite(min(tp, tn)))
+    return Clipping(
+        detected,
+        float(min(tp, tn)),
+        float(tp),
+        float(tn),
+        float(updates[-1]),
+        float(updates[0]),
+        slope0,
+        grid,
+        np.asarray(updates),
+        np.asarray(slopes),
+        counts,
+        edges,
+    )
+
+
+def median_gradient(gradient_samples: Any, default: float = 1.0) -> float:
+    """The median non-zero finite ``|g|`` of the samples (``default`` without any)."""
+    if gradient_samples is None:
+        return default
+    g = np.abs(np.asarray(gradient_samples, np.float64).reshape(-1))
+    g = g[np.isfinite(g) & (g > 0)]
+    return float(np.median(g)) if g.size else default
+
+
+#: Percentiles of the training ``|g|`` spanned by the adaptation grid.
+GRADIENT_PERCENTILES = (1.0, 99.9)
+
+
+def gradient_range(
+    gradient_samples: Any, scale: float, magnitude_range: tuple[float, float]
+) -> tuple[float, float, str]:
+    """``(lo, hi, source)``: the ``|g*|`` covered by the adaptation grid.
+
+    The percentiles ``GRADIENT_PERCENTILES`` of the non-zero finite ``|g|`` seen in training, or
+    ``scale × magnitude_range`` without samples.
+    """
+    if gradient_samples is not None:
+        g = np.abs(np.asarray(gradient_samples, np.float64).reshape(-1))
+        g = g[np.isfinite(g) & (g > 0)]
+        if g.size >= 2:
+            lo, hi = np.percentile(g, GRADIENT_PERCENTILES)
+            if hi > lo > 0:
+                p0, p1 = GRADIENT_PERCENTILES
+                return float(lo), float(hi), f"training |g| percentiles {p0:g}%-{p1:g}%"
+    lo, hi = magnitude_range
+    return scale * lo, scale * hi, "gradient scale x magnitude_range"
+
+
+def damping_gains(
+    run: Callable[[jax.Array], jax.Array],
+    amplitudes: Any,
+    *,
+    steps: int = 200,
+    tail: int = 20,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Steady DC and Nyquist gains of a scalar optimizer at each amplitude (oscillation damping).
+
+    For each amplitude ``a`` four gradient sequences of ``steps`` steps are run from a fresh
+    state: ``+a`` and ``-a`` constant, and ``±a`` alternating starting with either sign. Over
+    the last ``tail`` steps (even, so the alternation averages out):
+
+    * DC gain ``G₀(a) = -(ū(+a) - ū(-a)) / 2a``, the mean update per unit of a persistent
+      gradient;
+    * Nyquist gain ``G_π(a) = -mean((u(+alt) - u(-alt))·s_t) / 2a`` with ``s_t = ±1`` the sign
+      of the ``+alt`` input: the alternating part of the update per unit of a gradient that
+      flips sign every step.
+
+    Differences between the two signs cancel an update the optimizer makes with no gradient
+    (a learned bias) and average asymmetric responses. A linear optimizer gives constant gains:
+    heavy-ball ``(α, β)``: ``G₀ = α/(1-β)``, ``G_π = α/(1+β)``.
+
+    Args:
+        run: ``gs (T,) -> updates (T,)`` for one coordinate from a fresh state.
+        amplitudes: ``(A,)`` positive amplitudes.
+        steps: ``T``, long enough for the state to settle.
+        tail: steps averaged at the end (rounded down to even, at least 2).
+
+    Returns:
+        ``(dc_gain, nyquist_gain)``, each ``(A,)``.
+    """
+    a = jnp.asarray(np.asarray(amplitudes, np.float32).reshape(-1))
+    tail = max(2, int(tail) // 2 * 2)
+    if steps < tail:
+        raise ValueError(f"steps ({steps}) must be at least tail ({tail})")
+    const = jnp.stack([jnp.ones(steps), -jnp.ones(steps)]).astype(jnp.float32)
+    u = jax.vmap(jax.vmap(run))(a[:, None, None] * const[None])[..., -tail:]  # (A, 2, tail)
+    dc = -(u[:, 0].mean(-1) - u[:, 1].mean(-1)) / (2 * a)
+    ny = nyquist_response(run, amplitudes, steps=steps)[:, -tail:].mean(-1)
+    return np.asarray(dc, np.float64), ny
+
+
+def nyquist_response(
+    run: Callable[[jax.Array], jax.Array], amplitudes: Any, *, steps: int = 200
+) -> np.ndarray:
+    """Per-step Nyquist gain ``-(u_t(+alt) - u_t(-alt))·s_t / 2a`` from a fresh state, ``(A, T)``.
+
+    The step-by-step version of :func:`damping_gains`' ``G_π``: how the response to a gradient
+    alternating ``±a`` evolves while the optimizer's state settles.
+    """
+    a = jnp.asarray(np.asarray(amplitudes, np.float32).reshape(-1))
+    sign = jnp.where(jnp.arange(steps) % 2 == 0, 1.0, -1.0).astype(jnp.float32)
+    u = jax.vmap(jax.vmap(run))(a[:, None, None] * jnp.stack([sign, -sign])[None])
+    return np.asarray(-(u[:, 0] - u[:, 1]) * sign / (2 * a[:, None]), np.float64)
+
+
+def probe_damping(
+    run: Callable[[jax.Array], jax.Array],
+    lo: float,
+    hi: float,
+    range_source: str,
+    points: int,
+    steps: int,
+) -> Damping:
+    """The damping probe over ``[lo/100, 10·hi]`` (log grid), decided on ``[lo, hi]``."""
+    amps = np.logspace(np.log10(lo) - 2.0, np.log10(hi) + 1.0, points)
+    dc, ny = damping_gains(run, amps, steps=steps)
+    d = detectors.detect_damping(
+        amps, dc, ny, gradient_range=(lo, hi), gradient_range_source=range_source
+    )
+    if d.detected:
+        # How fast it builds up: at 3κ (inside the range), relative to the smallest amplitude.
+        a_m = float(min(3.0 * d.kappa, hi))
+        resp = nyquist_response(run, [float(amps[0]), a_m], steps=steps)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            d.buildup = resp[1] / resp[0]
+        d.buildup_amplitude = a_m
+        d.memory, d.buildup_fit = detectors.fit_damping_memory(
+            d.buildup, a_m, d.kappa, reference=resp[0], return_fit=True
+        )
+    return d
+
+
+# ----------------------------------------------------------------------------- optax
+
+
+def _scalar_updates(tx: optax.GradientTransformation) -> Callable[[jax.Array], jax.Array]:
+    """``gs (T,) -> updates (T,)`` for one scalar parameter trained by ``tx`` (params advance)."""
+
+    def run(gs):
+        p0 = jnp.zeros([], jnp.float32)
+        state0 = tx.init(p0)
+
+        def body(c, g):
+            p, s = c
+            u, s = tx.update(g, s, p)
+            return (optax.apply_updates(p, u), s), u
+
+        return jax.lax.scan(body, (p0, state0), gs)[1]
+
+    return run
+
+
+def analyze_optax(
+    tx: optax.GradientTransformation,
+    *,
+    gradient_scale: float = 1.0,
+    gradient_samples: Any = None,
+    impulse_steps: int = 200,
+    warmup: int = 2000,
+    schedule_steps: int = 100,
+    num_magnitudes: int = 9,
+    magnitude_range: tuple[float, float] = (1e-2, 1e1),
+    clip_range: tuple[float, float] = (1e-4, 1e4),
+    clip_points: int = 161,
+    damping_points: int = 25,
+    damping_steps: int = 200,
+) -> Analysis:
+    """The detectors for any coordinate-wise optax transformation, by behaviour alone.
+
+    See the module docstring for each probe and the number every optax optimizer should give.
+
+    Args:
+        tx: the transformation (acting on each coordinate independently).
+        gradient_scale: the typical gradient magnitude (background, grids).
+        gradient_samples: gradients seen in training (histogram only).
+        impulse_steps: lags ``T`` of the impulse response.
+        warmup: ``W``, steps of background / constant gradient before probing.
+        schedule_steps: steps of the schedule probe.
+        num_magnitudes: ``M`` per arm for adaptation.
+        magnitude_range: ``scale × [lo, hi]`` for adaptation.
+        clip_range: ``scale × [lo, hi]`` for the clipping grid.
+        clip_points: grid points per side.
+        damping_points: amplitudes of the oscillation-damping probe (:func:`damping_gains`).
+        damping_steps: steps of each damping sequence.
+
+    Returns:
+        An :class:`Analysis` (``momentum.point_kind == "impulse response"``).
+    """
+    run = _scalar_updates(tx)
+    scale = float(gradient_scale)
+
+    @jax.jit
+    def impulse(background):
+        gs = jnp.full(warmup + impulse_steps, background, jnp.float32)
+        tangent = jnp.zeros_like(gs).at[warmup].set(1.0)
+        return jax.jvp(run, (gs,), (tangent,))[1][warmup:]
+
+    response = np.asarray(impulse(jnp.float32(0.0)))
+    background = 0.0
+    if not np.all(np.isfinite(response)):
+        background = scale
+        response = np.asarray(impulse(jnp.float32(background)))
+    lams, alphas = detectors.fit_modes(response)
+    momentum = detectors.detect_momentum(lams, alphas, point_kind="impulse response")
+
+    @jax.jit
+    def first_update(gs):
+        return jax.vmap(lambda g: run(g[None])[0])(gs)
+
+    @jax.jit
+    def first_slope(gs):
+        return jax.vmap(jax.grad(lambda g: run(g[None])[0]))(gs)
+
+    mags = log_grid(scale, *clip_range, clip_points)
+    clipping = probe_clipping(
+        lambda g: np.asarray(first_slope(jnp.asarray(g, jnp.float32))),
+        lambda g: np.asarray(first_update(jnp.asarray(g, jnp.float32))),
+        mags,
+        gradient_samples,
+        detectors.SLOPE_FRACTION,
+    )
+
+    delta = 1e-3 * scale
+
+    @jax.jit
+    def schedule_lr():
+        def at(t):
+            gs = jnp.zeros(schedule_steps, jnp.float32)
+            tangent = (jnp.arange(schedule_steps) == t).astype(jnp.float32)
+            d = -jax.jvp(run, (gs,), (tangent,))[1][t]
+            plus = run(gs.at[t].set(delta))[t]
+            minus = run(gs.at[t].set(-delta))[t]
+            return jnp.where(jnp.isfinite(d), d, -(plus - minus) / (2 * delta))
+
+        return jax.vmap(at)(jnp.arange(schedule_steps))
+
+    schedule = detectors.detect_schedule(np.asarray(schedule_lr()))
+
+    m = log_grid(scale, *magnitude_range, num_magnitudes)
+
+    @jax.jit
+    def steady_lr(gstar):
+        def one(g):
+            gs = jnp.concatenate([jnp.full(warmup, g, jnp.float32), jnp.zeros(1, jnp.float32)])
+            tangent = jnp.zeros_like(gs).at[-1].set(1.0)
+            return -jax.jvp(run, (gs,), (tangent,))[1][-1]
+
+        return jax.vmap(one)(gstar)
+
+    a_pos = np.asarray(steady_lr(jnp.asarray(m, jnp.float32)))
+    a_neg = np.asarray(steady_lr(jnp.asarray(-m, jnp.float32)))
+    M = len(m)
+    adaptation = detectors.detect_adaptation(
+        m,
+        a_pos,
+        a_neg,
+        point_kind={"pos": ["iterated"] * M, "neg": ["iterated"] * M},
+        evidence={
+            "pos": {"method": "iterated", "inputs": m, "alpha_eff": a_pos},
+            "neg": {"method": "iterated", "inputs": -m, "alpha_eff": a_neg},
+        },
+        gradient_samples=gradient_samples,
+        gradient_range=(float(m[0]), float(m[-1])),
+        gradient_range_source="gradient scale x magnitude_range",
+    )
+    meta = {
+        "gradient_scale": scale,
+        "impulse_background": background,
+        "impulse_response": response,
+        # -Σ α_j/(1-λ_j) from the fitted modes (the lags recorded may be shorter than the
+        # slowest mode): Adam ≈ 0 (only the bias-correction factor of the ν mode remains).
+        "steady_response": float(-np.real(np.sum(alphas / (1.0 - lams)))),
+        "warmup": warmup,
+    }
+    damping = probe_damping(
+        jax.jit(run),
+        float(m[0]),
+        float(m[-1]),
+        "gradient scale x magnitude_range",
+        damping_points,
+        damping_steps,
+    )
+    return Analysis(momentum, clipping, schedule, adaptation, "optax", meta, damping)
