@@ -23,8 +23,6 @@ configuration. The default ``out_dir`` is ``compare/`` inside the runs' common p
 
 from __future__ import annotations
 
-import base64
-import html
 import json
 import os
 from collections.abc import Mapping, Sequence
@@ -33,26 +31,12 @@ from typing import Any
 
 import numpy as np
 
+from probes.detectors import MECHANISMS
+from probes.report.page import Html, concat, document, figure, figure_grid, header, html, table
+from probes.values import complex_array, finite, floats
+from probes.words import fmt, slope
+
 SCHEMA = "probes.compare/1"
-MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping")
-
-
-def _f(x: Any) -> float | None:
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return None
-    return v if np.isfinite(v) else None
-
-
-def _complex(pairs: Any) -> np.ndarray:
-    out = []
-    for p in pairs or []:
-        if isinstance(p, list | tuple) and len(p) == 2:
-            out.append(complex(_f(p[0]) or 0.0, _f(p[1]) or 0.0))
-        elif _f(p) is not None:
-            out.append(complex(_f(p), 0.0))
-    return np.asarray(out, complex)
 
 
 def _names(runs: Sequence[Path]) -> list[str]:
@@ -95,7 +79,7 @@ def _load(run: Path) -> tuple[dict[str, Any], str, dict | None, dict | None]:
 
 def _fixed_points(a: Mapping[str, Any]) -> dict[str, Any]:
     meta = a.get("meta") or {}
-    eigs = _complex((a.get("momentum") or {}).get("eigenvalues"))
+    eigs = complex_array((a.get("momentum") or {}).get("eigenvalues"))
     ok = eigs[np.isfinite(eigs)]
     if ok.size:
         i = int(np.argmax(np.abs(ok)))
@@ -123,10 +107,10 @@ def _eval_row(ev: Mapping[str, Any] | None) -> dict[str, Any] | None:
     learned = opts.get("learned") or {}
     return {
         "horizon": int(horizon),
-        "learned_metric": _f(learned.get("metric")),
-        "learned_sem": _f(learned.get("sem")),
+        "learned_metric": finite(learned.get("metric")),
+        "learned_sem": finite(learned.get("sem")),
         "best_baseline": best,
-        "best_baseline_metric": _f((opts.get(best) or {}).get("metric")) if best else None,
+        "best_baseline_metric": finite((opts.get(best) or {}).get("metric")) if best else None,
         "beats_all": block.get("beats_all"),
     }
 
@@ -140,27 +124,27 @@ def _row(name: str, a: Mapping[str, Any], ev: Mapping | None, cfg: Mapping | Non
         "hidden_size": opt.get("hidden_size") or (a.get("meta") or {}).get("hidden_size"),
         "momentum": {
             "detected": bool(m.get("detected")),
-            "beta": _f(m.get("beta")),
-            "alpha": _f(m.get("alpha")),
-            "timescale": _f(m.get("timescale")),
-            "share": _f(m.get("share")),
+            "beta": finite(m.get("beta")),
+            "alpha": finite(m.get("alpha")),
+            "timescale": finite(m.get("timescale")),
+            "share": finite(m.get("share")),
         },
         "clipping": {
             "detected": bool(c.get("detected")),
-            "threshold": _f(c.get("threshold")),
-            "asymptote_pos": _f(c.get("asymptote_pos")),
-            "asymptote_neg": _f(c.get("asymptote_neg")),
+            "threshold": finite(c.get("threshold")),
+            "asymptote_pos": finite(c.get("asymptote_pos")),
+            "asymptote_neg": finite(c.get("asymptote_neg")),
         },
         "schedule": {
             "detected": bool(s.get("detected")),
             "shape": s.get("shape"),
             "peak_step": s.get("peak_step"),
         },
-        "adaptation": {"detected": bool(d.get("detected")), "slope": _f(d.get("slope"))},
+        "adaptation": {"detected": bool(d.get("detected")), "slope": finite(d.get("slope"))},
         # absent from analyses written before the damping probe existed: not measured
         "damping": {
             "detected": bool(o.get("detected")),
-            "kappa": _f(o.get("kappa")),
+            "kappa": finite(o.get("kappa")),
             "measured": bool(o),
         },
         "fixed_points": _fixed_points(a),
@@ -279,6 +263,7 @@ def _figures(names: Sequence[str], analyses: Sequence[Mapping[str, Any]]) -> dic
 
     out: dict[str, bytes] = {}
     palette = __import__("seaborn").color_palette("colorblind", max(len(names), 3)).as_hex()
+    names = [F.literal(n) for n in names]  # run directories may hold "$" (mathtext)
 
     # α–β spectra: fitted modes (α against β) and raw eigenvalues in the complex plane.
     fig, (ax1, ax2) = F._figure(2, width=10.5, height=4.4)
@@ -286,12 +271,12 @@ def _figures(names: Sequence[str], analyses: Sequence[Mapping[str, Any]]) -> dic
     ax2.plot(np.cos(th), np.sin(th), color=F.GREY, lw=1, ls="--")
     for name, a, col in zip(names, analyses, palette, strict=False):
         m = a.get("momentum") or {}
-        lam, al = _complex(m.get("fit_eigenvalues")), _complex(m.get("fit_alphas"))
+        lam, al = complex_array(m.get("fit_eigenvalues")), complex_array(m.get("fit_alphas"))
         if lam.size and lam.size == al.size:
             ax1.scatter(lam.real, al.real, s=50, color=col, ec="#333333", lw=0.5, label=name)
-        if _f(m.get("beta")) is not None and _f(m.get("alpha")) is not None:
+        if finite(m.get("beta")) is not None and finite(m.get("alpha")) is not None:
             ax1.plot(m["beta"], m["alpha"], "*", ms=15, color=col, mec="#222222", mew=0.6)
-        eig = _complex(m.get("eigenvalues"))
+        eig = complex_array(m.get("eigenvalues"))
         if eig.size:
             ax2.scatter(eig.real, eig.imag, s=22, color=col, alpha=0.75, label=name)
     ax1.axhline(0, color=F.GREY, lw=0.8)
@@ -310,12 +295,7 @@ def _figures(names: Sequence[str], analyses: Sequence[Mapping[str, Any]]) -> dic
     # Schedules: α_eff along the autonomous dynamics.
     fig, (ax,) = F._figure(1, width=6.4, height=3.9)
     for name, a, col in zip(names, analyses, palette, strict=False):
-        e = np.asarray(
-            [
-                np.nan if x is None else x
-                for x in (a.get("schedule") or {}).get("effective_lr") or []
-            ]
-        )
+        e = floats((a.get("schedule") or {}).get("effective_lr"))
         if e.size:
             ax.plot(np.arange(e.size), e, color=col, lw=1.8, label=name)
     ax.set_xlabel("step t (zero gradients from h0)")
@@ -328,11 +308,10 @@ def _figures(names: Sequence[str], analyses: Sequence[Mapping[str, Any]]) -> dic
     fig, (ax,) = F._figure(1, width=6.4, height=3.9)
     for name, a, col in zip(names, analyses, palette, strict=False):
         c = a.get("clipping") or {}
-        g = np.asarray([np.nan if x is None else x for x in c.get("gradients") or []], float)
-        u = np.asarray([np.nan if x is None else x for x in c.get("updates") or []], float)
+        g, u = floats(c.get("gradients")), floats(c.get("updates"))
         if g.size and g.size == u.size:
             ax.plot(g, u, color=col, lw=1.8, label=name)
-            t = _f(c.get("threshold"))
+            t = finite(c.get("threshold"))
             if c.get("detected") and t is not None:
                 ax.axvline(-t, color=col, lw=0.8, ls=":")
     ax.set_xscale("symlog", linthresh=1e-3)
@@ -346,78 +325,77 @@ def _figures(names: Sequence[str], analyses: Sequence[Mapping[str, Any]]) -> dic
 
 # ----------------------------------------------------------------------------- HTML
 
-
-def _fmt(x: Any, spec: str = ".3g") -> str:
-    v = _f(x)
-    return "–" if v is None else format(v, spec)
+#: Captions of the comparison's figures (``figures/NAME.png``).
+CAPTIONS = {
+    "spectra": "Left: the momentum modes fitted to each run's impulse response, α against β "
+    "(star: the dominant mode). Right: the eigenvalues of the linearisation at each run's "
+    "convergence point, with the unit circle. One colour per run.",
+    "schedules": "The effective learning rate α_eff along the autonomous dynamics (zero "
+    "gradients from h0): each run's schedule.",
+    "update_functions": "The first update U(h0, g) against the gradient (symmetric-log x axis); "
+    "dotted lines mark each clipping run's −threshold.",
+}
 
 
 def _html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
-    e = html.escape
+    """``index.html`` of a comparison, with the report's page engine and stylesheet."""
+
+    def mark(d: Mapping[str, Any], text: str) -> Html:
+        if d["detected"]:
+            return html('<span class="better">✓</span> {}', text)
+        return html('<span class="mech">✗ {}</span>', text)
+
     rows = []
     for r in result["table"]:
-        m, c, s, a, dmp, fp, ev = (
-            r[k]
-            for k in (
-                "momentum",
-                "clipping",
-                "schedule",
-                "adaptation",
-                "damping",
-                "fixed_points",
-                "eval",
-            )
-        )
-
-        def yes(d: Mapping[str, Any], text: str) -> str:
-            return f"<b>✓</b> {text}" if d["detected"] else f"<span class=no>✗</span> {text}"
-
-        mom_txt = f"β={_fmt(m['beta'])}, α={_fmt(m['alpha'])}"
-        clip_txt = f"|g|≈{_fmt(c['threshold'])}"
-        ada_txt = f"slope {_fmt(a['slope'])}"
-        damp_txt = f"κ≈{_fmt(dmp['kappa'])}"
+        m, c, s, a, dmp = (r[k] for k in MECHANISMS)
+        fp, ev = r["fixed_points"], r["eval"]
         ev_txt = (
             "–"
             if not ev
-            else f"{_fmt(ev['learned_metric'], '.4f')} vs {e(str(ev['best_baseline']))} "
-            f"{_fmt(ev['best_baseline_metric'], '.4f')}"
+            else f"{fmt(ev['learned_metric'], '.4f')} vs {ev['best_baseline']} "
+            f"{fmt(ev['best_baseline_metric'], '.4f')}"
         )
         rows.append(
-            "<tr>"
-            f"<td>{e(r['run'])}</td><td>{e(str(r['optimizer'] or '–'))}</td>"
-            f"<td>{yes(m, mom_txt)}</td>"
-            f"<td>{yes(c, clip_txt)}</td>"
-            f"<td>{yes(s, e(str(s['shape'])))}</td>"
-            f"<td>{yes(a, ada_txt)}</td>"
-            f"<td>{yes(dmp, damp_txt)}</td>"
-            f"<td>{e(str(fp['at_zero']))} ({e(str(fp['linearized_at']))}), "
-            f"ρ={_fmt(fp['spectral_radius'])}</td>"
-            f"<td>{ev_txt}</td></tr>"
+            [
+                r["run"],
+                r["optimizer"] or "–",
+                mark(m, f"β={fmt(m['beta'])}, α={fmt(m['alpha'])}"),
+                mark(c, f"|g|≈{fmt(c['threshold'])}"),
+                mark(s, str(s["shape"])),
+                mark(a, f"slope {slope(a['slope'])}"),
+                mark(dmp, f"κ≈{fmt(dmp['kappa'])}"),
+                f"{fp['at_zero']} ({fp['linearized_at']}), ρ={fmt(fp['spectral_radius'])}",
+                ev_txt,
+            ]
         )
-    figs = "".join(
-        f'<figure><img alt="{e(k)}" src="data:image/png;base64,'
-        f'{base64.b64encode(v).decode()}"><figcaption>{e(k)}</figcaption></figure>'
-        for k, v in images.items()
-    )
-    summary = "".join(f"<li>{e(t)}</li>" for t in result["summary"]["text"])
-    return f"""<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>probes compare</title>
-<style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; color: #222; }}
-table {{ border-collapse: collapse; font-size: 0.9em; }}
-th, td {{ border-bottom: 1px solid #ddd; padding: 0.35em 0.6em; text-align: left; }}
-.no {{ color: #999; }} figure {{ margin: 1.5em 0; }} img {{ max-width: 100%; }}
-</style></head><body>
-<h1>Learned optimizers compared</h1>
-<h2>Universal vs idiosyncratic</h2><ul>{summary}</ul>
-<h2>Mechanisms per run</h2>
-<table><tr><th>run</th><th>cell</th><th>momentum</th><th>clipping</th><th>schedule</th>
-<th>adaptation</th><th>oscillation damping</th><th>fixed points at g*=0</th>
-<th>held-out (learned vs best)</th></tr>
-{"".join(rows)}</table>
-<h2>Figures</h2>{figs}
-</body></html>
-"""
+    columns = [
+        "run",
+        "cell",
+        "momentum",
+        "clipping",
+        "schedule",
+        "adaptation",
+        "oscillation damping",
+        "fixed points at g*=0",
+        "held-out (learned vs best)",
+    ]
+    n = len(result["table"])
+    nav = [("summary", "Summary"), ("mechanisms", "Mechanisms per run"), ("figures", "Figures")]
+    body = header("Learned optimizers compared", f"{n} runs · schema {result['schema']}", nav)
+    body += [
+        Html('<h2 id="summary" style="border:0;margin-top:8px">Universal vs idiosyncratic</h2>'),
+        html(
+            '<div class="summary">{}</div>',
+            concat(html("<p>{}</p>", x) for x in result["summary"]["text"]),
+        ),
+        Html('<h2 id="mechanisms">Mechanisms per run</h2>'),
+        table(columns, rows),
+        Html('<h2 id="figures">Figures</h2>'),
+        figure_grid(
+            [figure(png, CAPTIONS.get(k, k), wide=k == "spectra") for k, png in images.items()]
+        ),
+    ]
+    return document("probes compare", body)
 
 
 def compare_runs(

@@ -49,6 +49,22 @@ def color(name: str) -> str:
     return (_CB[6], _CB[8])[sum(map(ord, name)) % 2]
 
 
+def literal(text: Any) -> str:
+    r"""``text`` as matplotlib shows it literally: no mathtext, whatever the data holds.
+
+    Matplotlib parses a label with an even number of unescaped ``$`` as mathtext, where a
+    backslash starts a command (a run directory named ``$a\undefined$`` fails to draw).
+    Escaping every ``$`` as ``\$`` leaves no math, and outside math matplotlib shows ``\$`` as
+    ``$`` and every other character (backslashes included) as it is. Every label or title built
+    from data (optimizer and run names, a schedule's shape) goes through here.
+
+    Example:
+        >>> literal("run $1")
+        'run \\$1'
+    """
+    return str(text).replace("$", r"\$")
+
+
 @contextlib.contextmanager
 def _style() -> Iterator[None]:
     rc = {
@@ -112,7 +128,7 @@ def loss_curves(panels: Sequence[Mapping[str, Any]]) -> Figure:
             col = color(name)
             lw = 2.2 if name == "learned" else 1.5
             style = "--" if name.startswith("distilled") else "-"
-            ax.plot(t, mean, color=col, lw=lw, ls=style, label=c.get("label", name))
+            ax.plot(t, mean, color=col, lw=lw, ls=style, label=literal(c.get("label", name)))
             # On a log axis a band reaching zero would swamp the plot: where mean - sem ≤ 0 the
             # lower edge mirrors the upper one in log space, mean² / (mean + sem).
             with np.errstate(divide="ignore", invalid="ignore"):
@@ -126,7 +142,7 @@ def loss_curves(panels: Sequence[Mapping[str, Any]]) -> Figure:
             ax.set_ylim(m.min() / 3, m.max() * 3)
         ax.set_xlabel("step")
         ax.set_ylabel("normalised loss $f_t/f_0$")
-        ax.set_title(panel["title"])
+        ax.set_title(literal(panel["title"]))
         ax.legend(loc="best")
     return fig
 
@@ -216,13 +232,13 @@ def update_functions(
     ax.axhline(0, color="#bbbbbb", lw=0.8, zorder=0)
     ax.axvline(0, color="#bbbbbb", lw=0.8, zorder=0)
     sm = matplotlib.cm.ScalarMappable(cmap=cmap, norm=norm)
-    cb = fig.colorbar(sm, ax=ax, label=amount_label, shrink=0.85)
+    cb = fig.colorbar(sm, ax=ax, label=literal(amount_label), shrink=0.85)
     if log_color:
         decades = 10.0 ** np.arange(np.ceil(np.log10(lt)), np.floor(np.log10(lim)) + 1)
         cb.set_ticks(np.concatenate([-decades[::-1], [0.0], decades]))
     ax.set_xlabel("gradient g")
     ax.set_ylabel("update U(h, g)")
-    ax.set_title(title)
+    ax.set_title(literal(title))
     return fig
 
 
@@ -345,7 +361,7 @@ def alpha_beta(
             ms=13 if p.get("marker") == "*" else 9,
             color=p.get("color", MARK),
             mec="white",
-            label=p["label"],
+            label=literal(p["label"]),
             zorder=5,
         )
     ax.axhline(0, color="#bbbbbb", lw=0.8, zorder=0)
@@ -473,7 +489,7 @@ def schedule(alpha: np.ndarray, *, peak: int | None, shape: str) -> Figure:
         ax.legend(loc="best")
     ax.set_xlabel("step t (zero gradients)")
     ax.set_ylabel("effective learning rate $\\alpha_{eff}$")
-    ax.set_title(f"Learning-rate schedule: {shape}")
+    ax.set_title(literal(f"Learning-rate schedule: {shape}"))
     ax.set_ylim(bottom=min(0.0, float(np.nanmin(a)) * 1.1) if np.isfinite(a).any() else 0)
     return fig
 
@@ -502,7 +518,7 @@ def s_curve(arms: Sequence[Mapping[str, Any]], *, ylabel: str) -> Figure:
             ls="--" if arm.get("dashed") else "-",
             marker=".",
             ms=4,
-            label=arm["label"],
+            label=literal(arm["label"]),
         )
         fold = np.asarray(arm.get("fold", []), bool)
         if fold.any():
@@ -538,8 +554,9 @@ def adaptation_lr(series: Sequence[Mapping[str, Any]], *, reference: float | Non
         m, a = _arr(s["magnitudes"]), np.abs(_arr(s["alpha"]))
         ok = np.isfinite(m) & np.isfinite(a) & (m > 0) & (a > 0)
         allm.append(m[ok])
+        lab = literal(s["label"])
         if s.get("style") == "dots":
-            ax.plot(m[ok], a[ok], "o", ms=6, mfc="none", mec=s["color"], mew=1.4, label=s["label"])
+            ax.plot(m[ok], a[ok], "o", ms=6, mfc="none", mec=s["color"], mew=1.4, label=lab)
         else:
             ax.plot(
                 m[ok],
@@ -547,7 +564,7 @@ def adaptation_lr(series: Sequence[Mapping[str, Any]], *, reference: float | Non
                 color=s["color"],
                 lw=1.4 if s.get("dashed") else 2.2,
                 ls="--" if s.get("dashed") else "-",
-                label=s["label"],
+                label=lab,
             )
     m = np.concatenate(allm) if allm else np.zeros(0)
     ys = [np.abs(_arr(s["alpha"])) for s in series]
@@ -601,7 +618,7 @@ def damping(
     a = _arr(amplitudes)
     for ax in (ax0, ax1):
         if gradient_range is not None and all(np.isfinite(gradient_range)):
-            ax.axvspan(*gradient_range, color=GREY, alpha=0.12, lw=0, label=range_label)
+            ax.axvspan(*gradient_range, color=GREY, alpha=0.12, lw=0, label=literal(range_label))
         ax.set_xscale("log")
         ax.set_xlabel("gradient amplitude a")
     for y, lab, col in (

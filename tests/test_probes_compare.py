@@ -92,3 +92,41 @@ def test_runs_without_weights_keep_an_old_analysis_and_say_so(two_runs, tmp_path
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="neither analysis.json nor theta.npz"):
         _load(tmp_path / "empty")
+
+
+def test_compare_page_shares_the_report_stylesheet(two_runs, tmp_path):
+    from probes.report.page import CSS
+
+    compare_runs([two_runs / "beta09", two_runs / "beta05"], tmp_path / "cmp")
+    page = (tmp_path / "cmp" / "index.html").read_text()
+    assert f"<style>{CSS}</style>" in page and page.count("<style>") == 1
+    assert '<div class="figs">' in page and '<div class="summary">' in page
+
+
+def test_run_names_are_shown_literally_in_figures_and_page(two_runs, tmp_path):
+    import shutil
+
+    names = ["a\\undefinedcmd", "$x\\undefinedcmd$ <b>"]
+    for name in names:
+        shutil.copytree(two_runs / "beta09", tmp_path / name)
+    result = compare_runs([tmp_path / n for n in names], tmp_path / "cmp")  # mathtext would fail
+    assert [r["run"] for r in result["table"]] == names
+    page = (tmp_path / "cmp" / "index.html").read_text()
+    assert "$x\\undefinedcmd$ &lt;b&gt;" in page and "<b>" not in page
+
+
+def test_literal_escapes_mathtext_only():
+    from probes import figures as F
+
+    assert F.literal("a\\undefinedcmd") == "a\\undefinedcmd"
+    assert F.literal("$x\\undefinedcmd$") == "\\$x\\undefinedcmd\\$"
+    assert F.literal(3) == "3"
+    fig, (ax,) = F._figure(1)
+    ax.plot([0, 1], [0, 1], label=F.literal("$x\\undefinedcmd$"))
+    ax.set_title(F.literal("$\\alpha$ costs $5"))
+    ax.legend()
+    assert F.png(fig)[:4] == b"\x89PNG"
+    unescaped, (ax,) = F._figure(1)
+    ax.set_title("$x\\undefinedcmd$")
+    with pytest.raises(ValueError):
+        F.png(unescaped)
