@@ -528,7 +528,7 @@ class Damping(_Result):
     AdaBelief (``√EMA((g − m)²)`` in the denominator: ``R = 1/(1 + a/κ)`` with
     ``κ = (1+β₁)ε/(2β₁)`` once its second moment has settled, e.g. ``β₂ ≤ 0.9`` within 200
     probe steps; a slower ``β₂`` still carries the constant input's start-up and reads higher)
-    and :func:`lopt.distill.damp_oscillations` (``R = 1/(1 + a/κ)``).
+    and :func:`lopt.chain.damp_oscillations` (``R = 1/(1 + a/κ)``).
     Such damping lets an optimizer use a learning rate far above the linear stability limit of
     stiff directions (whose gradients alternate) while keeping its full step along flat
     directions (whose gradients persist).
@@ -548,7 +548,7 @@ class Damping(_Result):
         gradient_range: the ``(lo, hi)`` of ``|g|`` where detection is decided.
         gradient_range_source: where that range came from.
         memory: how slowly the damping builds up, as the decay ``ρ`` of
-            :func:`lopt.distill.damp_oscillations` whose damping factor
+            :func:`lopt.chain.damp_oscillations` whose damping factor
             ``1/(1 + (a/κ)√(1 − ρᵗ))`` best fits ``buildup`` (:func:`fit_damping_memory`);
             ``nan`` if not detected.
         buildup: ``D_t``, the Nyquist gain at step ``t`` under ``±a_m`` (``a_m = 3κ``, within the
@@ -589,7 +589,7 @@ def fit_damping_memory(
 
     ``D_t = N_t(a)/N_t(a₀)`` is the Nyquist gain at step ``t`` of an input alternating ``±a``,
     relative to the same at a tiny amplitude ``a₀`` (no damping), both from a fresh state. The
-    model is :func:`lopt.distill.damp_oscillations` in front of a linear filter: the input is
+    model is :func:`lopt.chain.damp_oscillations` in front of a linear filter: the input is
     scaled by ``f_t = 1/(1 + (a/κ')√(1 − ρᵗ))`` (``e_t = a²(1 − ρᵗ)`` after ``t`` changes of
     ``±a``) and then filtered. The filter's alternating-input weights are read off the reference
     itself, ``w_k = N_k(a₀) − N_{k−1}(a₀)``, so ``D_t = Σ_k w_k f_{t−k} / N_t(a₀)``; without a

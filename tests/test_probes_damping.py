@@ -1,7 +1,7 @@
 """Oscillation damping: the gain for sign-flipping gradients against the gain for persistent ones.
 
 Known answers: every optimizer whose nonlinearity sees only the gradient's magnitude keeps the
-ratio of the two gains (``R``) at 1; AdaBelief and ``lopt.distill.damp_oscillations`` halve it
+ratio of the two gains (``R``) at 1; AdaBelief and ``lopt.chain.damp_oscillations`` halve it
 at a closed-form amplitude ``κ``.
 """
 
@@ -60,7 +60,7 @@ def test_adabelief_is_detected_at_its_closed_form_kappa(b1, b2, eps):
 
 @pytest.mark.parametrize("kappa", [0.01, 0.2, 1.0])
 def test_damp_oscillations_kappa_recovered(kappa):
-    d = _detect(optax.chain(lopt.distill.damp_oscillations(kappa), optax.sgd(0.5, momentum=0.8)))
+    d = _detect(optax.chain(lopt.chain.damp_oscillations(kappa), optax.sgd(0.5, momentum=0.8)))
     assert d.detected
     assert abs(d.kappa - kappa) <= 0.01 * kappa
     # R = 1/(1 + a/κ) at every amplitude
@@ -69,7 +69,7 @@ def test_damp_oscillations_kappa_recovered(kappa):
 
 @pytest.mark.parametrize("rho, beta", [(0.5, 0.0), (0.5, 0.8), (0.9, 0.8), (0.98, 0.8)])
 def test_damping_memory_recovered_through_the_momentum_filter(rho, beta):
-    tx = optax.chain(lopt.distill.damp_oscillations(0.2, rho), optax.sgd(0.5, momentum=beta))
+    tx = optax.chain(lopt.chain.damp_oscillations(0.2, rho), optax.sgd(0.5, momentum=beta))
     d = probe_damping(jax.jit(_scalar_updates(tx)), 1e-3, 10.0, "test", 25, 200)
     assert d.detected and d.buildup_amplitude == pytest.approx(3 * d.kappa)
     # the timescale 1/(1-ρ) within 5% (at ρ = 0.98 the 200 probe steps leave ρ^200 ≈ 2% of
@@ -88,7 +88,7 @@ def test_fit_damping_memory_without_a_reference_and_degenerate_input():
 
 def test_damped_momentum_cell_matches_its_optax_form_and_is_detected():
     cell = lopt.cells.damped_momentum(0.5, 0.8, 0.2, decay=0.9)
-    tx = optax.chain(lopt.distill.damp_oscillations(0.2, 0.9), optax.sgd(0.5, momentum=0.8))
+    tx = optax.chain(lopt.chain.damp_oscillations(0.2, 0.9), optax.sgd(0.5, momentum=0.8))
     gs = jax.numpy.asarray(np.random.default_rng(0).normal(size=50), jax.numpy.float32)
     np.testing.assert_allclose(_cell_run(cell, gs), _scalar_updates(tx)(gs), rtol=1e-5, atol=1e-6)
     d = probe_damping(lambda g: _cell_run(cell, g), 1e-3, 10.0, "test", 25, 200)
@@ -98,7 +98,7 @@ def test_damped_momentum_cell_matches_its_optax_form_and_is_detected():
 
 
 def test_analyze_optax_reports_damping_and_the_momentum_behind_it():
-    tx = optax.chain(lopt.distill.damp_oscillations(0.2), optax.sgd(0.5, momentum=0.8))
+    tx = optax.chain(lopt.chain.damp_oscillations(0.2), optax.sgd(0.5, momentum=0.8))
     a = probes.analyze_optax(tx)
     assert a.damping.detected and abs(a.damping.kappa - 0.2) <= 0.02 * 0.2
     # Around a constant input the damping is inactive: the linear response is the heavy ball.
@@ -127,7 +127,7 @@ def test_detect_damping_edge_cases():
 
 
 def test_kappa_below_the_training_range_is_recovered():
-    tx = optax.chain(lopt.distill.damp_oscillations(0.005, 0.5), optax.sgd(0.5, momentum=0.8))
+    tx = optax.chain(lopt.chain.damp_oscillations(0.005, 0.5), optax.sgd(0.5, momentum=0.8))
     d = probe_damping(jax.jit(_scalar_updates(tx)), 0.01, 10.0, "test", 25, 200)
     # grid from lo/100 = 1e-4: R normalised there reports κ + 2e-4
     assert d.detected and abs(d.kappa - 0.0052) <= 0.02 * 0.0052, d.kappa
