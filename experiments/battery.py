@@ -1,0 +1,115 @@
+"""Runs the battery of hand-designed optimizers (``probes.battery``) through the detectors.
+
+Every case goes through the black box (``probes.analyze_optax``) and, where it has a Cell, the
+white box (``probes.analyze_cell``), both with default settings. One JSON line per case and
+source (the verdict for each mechanism, measured vs expected, and the seconds it took), then a
+summary: outcomes per mechanism and source, and cases passed / total.
+
+Usage::
+
+    python3 experiments/battery.py                   # everything (about 10-20 minutes on 2 cores)
+    python3 experiments/battery.py --black-box-only  # analyze_optax only (a few minutes)
+    python3 experiments/battery.py --cases sgd,adam,nesterov
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import time
+
+import numpy as np
+
+import probes
+from probes import battery
+
+
+def _plain(x):
+    """JSON-safe: NumPy scalars to Python, non-finite floats to None."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_plain(v) for v in x]
+    if isinstance(x, bool | np.bool_):
+        return bool(x)
+    if isinstance(x, int | np.integer):
+        return int(x)
+    if isinstance(x, float | np.floating):
+        return float(x) if np.isfinite(x) else None
+    return x
+
+
+def run_case(case: battery.Case, source: str) -> dict:
+    t0 = time.perf_counter()
+    if source == "optax":
+        analysis = probes.analyze_optax(case.optax())
+    else:
+        analysis = probes.analyze_cell(case.cell())
+    seconds = time.perf_counter() - t0
+    verdicts = battery.check(case, analysis)
+    return {
+        "case": case.name,
+        "family": case.family,
+        "source": source,
+        "passed": all(v.ok for v in verdicts),
+        "seconds": round(seconds, 2),
+        "verdicts": [_plain(v._asdict()) for v in verdicts],
+    }
+
+
+def summary(rows: list[dict]) -> dict:
+    out = {}
+    for source in ("optax", "cell"):
+        mine = [r for r in rows if r["source"] == source]
+        if not mine:
+            continue
+        per = collections.defaultdict(collections.Counter)
+        for r in mine:
+            for v in r["verdicts"]:
+                per[v["mechanism"]][v["outcome"]] += 1
+        out[source] = {
+            "passed": sum(r["passed"] for r in mine),
+            "total": len(mine),
+            "seconds": round(sum(r["seconds"] for r in mine), 1),
+            "by_mechanism": {m: dict(per[m]) for m in battery.MECHANISMS if m in per},
+            "failed": {
+                r["case"]: [
+                    v["mechanism"] for v in r["verdicts"] if v["outcome"] in battery.OUTCOMES[2:]
+                ]
+                for r in mine
+                if not r["passed"]
+            },
+        }
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--cases", default="", help="comma-separated case names (default all)")
+    parser.add_argument("--black-box-only", action="store_true")
+    parser.add_argument("--white-box-only", action="store_true")
+    args = parser.parse_args()
+    chosen = battery.cases()
+    if args.cases:
+        names = set(args.cases.split(","))
+        chosen = [c for c in chosen if c.name in names]
+    sources = [
+        s for s, off in (("optax", args.white_box_only), ("cell", args.black_box_only)) if not off
+    ]
+    rows = []
+    t0 = time.perf_counter()
+    for case in chosen:
+        for source in sources:
+            if source == "cell" and case.cell is None:
+                continue
+            row = run_case(case, source)
+            rows.append(row)
+            print(json.dumps(row), flush=True)
+    result = summary(rows)
+    result["wall_seconds"] = round(time.perf_counter() - t0, 1)
+    print(json.dumps({"summary": result}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,694 @@
+"""A battery of hand-designed optimizers whose mechanisms are known in closed form.
+
+Each :class:`Case` holds an optax factory, a :class:`lopt.Cell` factory (white box), its
+hyperparameters, and the answer the probes should give, derived from the maths next to the
+case. :func:`check` scores an :class:`probes.analysis.Analysis` against it; :func:`sample_case`
+draws a case of a family with random hyperparameters. No expected answer comes from what the
+detectors output.
+
+The expectations refer to the probes' protocols at default settings (:mod:`probes.analysis`):
+gradient scale 1; black-box impulse response after ``W = 2000`` steps of a background gradient
+``b = 0`` (``b = 1`` where that is not finite); clipping from the first update on ``[1e-4, 1e4]``;
+adaptation from ``α_eff(h*(g*)) = -∂U/∂g`` at ``g = 0`` from the steady state of a constant
+``g*`` in ``[1e-2, 1e1]`` (METHOD.md §5.7); damping from 200-step gain ratios.
+
+Decisions on the ambiguous definitions:
+
+* **Momentum** is the slowest linear mode ``β`` with a *positive*, non-negligible ``α``
+  (``r_k = -Σ α_i β_i^k``); a mode with ``α < 0`` (Adam's ``ν`` mode at ``b2``, the second pole
+  of two cascaded EMAs) is a correction. Nesterov (and NAdam) is momentum with ``β`` its
+  coefficient and ``α`` that mode's weight, plus an instantaneous term (``λ = 0``) that may
+  outweigh it. With two modes the expected one dominates both ``|α|`` and ``α/(1-β)``. Under a
+  schedule ``α`` varies and is unchecked; ``β`` is the coefficient (a decay must not bias it).
+* **Sign-like updates** (sign-SGD, signum, Lion; the first step of Adam, NAdam, AdaBelief,
+  ``-α g/(|g| + ε)``) are clipping at threshold 0 (``sign g = lim_{c→0} clip(g, ±c)/c``); a
+  threshold below the grid's smallest magnitude passes when the measured one is at most that.
+  The memory *inside* the sign is momentum (signum, Lion: ``β`` the EMA coefficient; a
+  large-signal probe sees it as how long an opposite impulse flips the sign); ``α`` is
+  scale-free, unchecked. The small-signal gain is 0 at any ``g* ≠ 0``: no adaptation.
+* **Adam** is momentum ``β = b1`` (black box ``α = lr(1-b1)/|b|``) AND adaptation (slope
+  ``-1``). White box: the convergence point has ``ν = 0``, where ``α`` is singular: unchecked.
+* **Schedule** is the step-size multiplier applied whatever the gradients, over the task's
+  ``HORIZON``, with the Schedule detector's names (``constant``, ``warm-up``, ``decay``,
+  ``warm-up-then-decay``); a dip-and-recover has no name (``None``: any non-constant). The gain
+  ``α_eff(t)`` is checked where finite and closed-form (SGD, momentum, clip chains, RMSProp,
+  Adagrad). Normalised updates at ``ν = 0`` (Adam's ``1/ε`` gain, sign) are checked for shape
+  only: their gain after ``t`` zero gradients follows the moments' bias corrections, which is
+  not a schedule.
+* **Clipping** is saturation of the first update; adaptive methods saturate too (RMSProp at
+  ``√((2^{2/3}-1)ε/(1-ρ))``, Adagrad at ``√((2^{2/3}-1)a0)``): expected, as the maths says.
+* **Damping**: AdaBelief and centred RMSProp (both divide by a spread that a constant gradient
+  drives to 0) and :func:`lopt.cells.damped_momentum` damp, the rest do not; unchecked
+  (``None``) where 200 steps do not settle or the parameter feeds back (AGC).
+
+White boxes: ``lopt.cells`` where one exists, otherwise :func:`optax_cell`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from functools import partial
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.flatten_util import ravel_pytree
+
+from lopt import cells
+from lopt.cell import Cell, cell_optimizer, make_cell
+
+#: Task horizon the schedule shape refers to (METHOD.md §1: 200 updates).
+HORIZON = 200
+BACKGROUND = 1.0  # the black-box impulse background where b = 0 is not finite
+W = 2000  # steady-state steps of the black-box probes (analyze_optax(warmup=...))
+EPS8 = 1e-8
+C23 = 2.0 ** (2.0 / 3.0) - 1.0  # slope of x/√(x²+e) halves where x² = (2^{2/3}-1)e
+SQRT2M1 = np.sqrt(2.0) - 1.0  # slope of x/(|x|+e) halves where |x| = (√2-1)e
+MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping")
+OUTCOMES = ("true positive", "true negative", "false positive", "false negative", "value error")
+
+
+# ----------------------------------------------------------------------------- expectations
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpectMomentum:
+    """Expected momentum: ``detected``, ``β ± beta_tol`` and ``α`` within ``alpha_rtol``."""
+
+    detected: bool
+    beta: float | None = None
+    alpha: float | None = None
+    beta_tol: float = 0.01
+    alpha_rtol: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpectClipping:
+    """Expected clipping: ``detected`` and the threshold within ``rtol`` (below grid: any ≤)."""
+
+    detected: bool
+    threshold: float | None = None
+    rtol: float = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpectSchedule:
+    """Expected schedule over ``HORIZON``: shape (``None``: any non-constant) and ``α_eff(t)``."""
+
+    shape: str | None = "constant"
+    lr: Callable[[np.ndarray], np.ndarray] | None = None
+    rtol: float = 1e-3
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpectAdaptation:
+    """Expected adaptation: ``detected`` and the log-log slope of ``α_eff`` vs ``|g*|``."""
+
+    detected: bool
+    slope: float | None = None
+    slope_tol: float = 0.1
+
+
+@dataclasses.dataclass(frozen=True)
+class Expected:
+    """The answer for one optimizer; ``damping=None`` leaves damping unchecked."""
+
+    momentum: ExpectMomentum = ExpectMomentum(False)
+    clipping: ExpectClipping = ExpectClipping(False)
+    schedule: ExpectSchedule = ExpectSchedule()
+    adaptation: ExpectAdaptation = ExpectAdaptation(False, 0.0)
+    damping: bool | None = False
+
+
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """One optimizer of the battery.
+
+    Attributes:
+        name: unique name.
+        family: the builder in :data:`FAMILIES` that made it.
+        optax: ``() -> GradientTransformation``.
+        cell: ``() -> Cell`` (white box) or ``None``.
+        hparams: the hyperparameters (JSON-able).
+        expected: the black-box answer.
+        white: the white-box answer where it differs (``None``: the same).
+    """
+
+    name: str
+    family: str
+    optax: Callable[[], optax.GradientTransformation]
+    cell: Callable[[], Cell] | None
+    hparams: dict[str, Any]
+    expected: Expected
+    white: Expected | None = None
+
+    def expected_for(self, source: str) -> Expected:
+        """The expected answer for ``"optax"`` (black box) or ``"cell"`` (white box)."""
+        return self.white if source == "cell" and self.white is not None else self.expected
+
+
+class Verdict(NamedTuple):
+    """One mechanism's outcome: one of :data:`OUTCOMES`, and measured vs expected numbers."""
+
+    mechanism: str
+    outcome: str
+    detail: str = ""
+    measured: Any = None
+    expected: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """True positive or true negative."""
+        return self.outcome in ("true positive", "true negative")
+
+
+# ----------------------------------------------------------------------------- white boxes
+
+
+def optax_cell(tx: optax.GradientTransformation) -> Cell:
+    """A coordinate-wise optax transformation as a Cell: ``h = (u, flat optax state)``.
+
+    ``step`` runs ``tx.update`` on one scalar with the parameter held at 0 (weight decay and
+    AGC see ``p = 0``) and stores the update in ``h[0]``; ``readout`` returns it. Integer
+    counters travel as float32 (exact below 2^24).
+    """
+    p0 = jnp.zeros([], jnp.float32)
+    flat0, unravel = ravel_pytree(tx.init(p0))
+
+    def step(h, g):
+        u, state = tx.update(jnp.asarray(g, jnp.float32), unravel(h[1:].astype(flat0.dtype)), p0)
+        return jnp.concatenate([jnp.reshape(u, (1,)), ravel_pytree(state)[0]]).astype(jnp.float32)
+
+    h0 = jnp.concatenate([jnp.zeros(1), flat0]).astype(jnp.float32)
+    return Cell(lambda: h0, step, lambda h: h[0])
+
+
+def _two_step(p, h, g):
+    return jnp.stack([p["b1"] * h[0] + g, p["b2"] * h[1] + g])
+
+
+def _two_readout(p, h):
+    return -(p["a1"] * h[0] + p["a2"] * h[1])
+
+
+def two_momentum_cell(a1: float, b1: float, a2: float, b2: float) -> Cell:
+    """Two heavy-ball modes in parallel: ``m_i' = b_i m_i + g``, ``Δx = -(a1 m1' + a2 m2')``."""
+    p = {k: jnp.float32(v) for k, v in dict(a1=a1, b1=b1, a2=a2, b2=b2).items()}
+    return make_cell(p, lambda p: jnp.zeros(2, jnp.float32), _two_step, _two_readout)
+
+
+# ----------------------------------------------------------------------------- families
+
+_SIGN = ExpectClipping(True, 0.0)  # sign-like: threshold 0, resolved to the grid's first point
+_NORMED = ExpectSchedule("constant")  # normalised update: shape only (gain 1/ε at ν = 0)
+
+
+def _sched_lr(sched: Callable, factor: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
+    return lambda t: factor * np.asarray(jax.vmap(sched)(jnp.asarray(t, jnp.int32)), np.float64)
+
+
+def _flat(value: float) -> ExpectSchedule:
+    """A constant schedule with ``α_eff(t) = value``."""
+    return ExpectSchedule("constant", lambda t: np.full(np.shape(t), value, np.float64))
+
+
+def _case(name, family, tx, hparams, expected, cell=None, white=None) -> Case:
+    """A case whose white box is ``cell`` or, by default, :func:`optax_cell` of ``tx()``."""
+    return Case(name, family, tx, cell or (lambda: optax_cell(tx())), hparams, expected, white)
+
+
+def sgd(name: str = "sgd", *, lr: float = 0.1) -> Case:
+    """Plain SGD: ``r_k = -α δ_k``: one ``λ = 0`` mode ``α = lr``; nothing else."""
+    e = Expected(ExpectMomentum(False, alpha=lr), schedule=_flat(lr))
+    return _case(name, "sgd", lambda: optax.sgd(lr), {"lr": lr}, e, lambda: cells.sgd(lr))
+
+
+def momentum(name: str = "momentum", *, lr: float = 0.1, beta: float = 0.9) -> Case:
+    """Heavy ball ``m' = βm + g``, ``Δx = -lr m'``: ``r_k = -lr β^k``, one mode ``(β, lr)``."""
+    e = Expected(ExpectMomentum(True, beta, lr), schedule=_flat(lr))
+    tx, hp = lambda: optax.sgd(lr, momentum=beta), {"lr": lr, "beta": beta}
+    return _case(name, "momentum", tx, hp, e, lambda: cells.momentum(lr, beta))
+
+
+def nesterov(name: str = "nesterov", *, lr: float = 0.1, beta: float = 0.9) -> Case:
+    """Nesterov ``Δx = -lr(g + βm')``: ``r_k = -lr(δ_k + β·β^k)``: mode ``(β, lr·β)`` + direct.
+
+    At rest (``m = 0``) ``u = -lr(1+β)g``: ``α_eff = lr(1+β)``.
+    """
+    e = Expected(ExpectMomentum(True, beta, lr * beta), schedule=_flat(lr * (1 + beta)))
+    tx = lambda: optax.sgd(lr, momentum=beta, nesterov=True)  # noqa: E731
+    return _case(name, "nesterov", tx, {"lr": lr, "beta": beta}, e)
+
+
+def two_modes(name="two_modes", *, a1=0.05, b1=0.9, a2=0.01, b2=0.5) -> Case:
+    """Two modes ``r_k = -(a1 b1^k + a2 b2^k)``; ``(b1, a1)`` dominates ``|α|`` and ``α/(1-β)``."""
+    e = Expected(ExpectMomentum(True, b1, a1), schedule=_flat(a1 + a2))
+    cell = lambda: two_momentum_cell(a1, b1, a2, b2)  # noqa: E731
+    hp = dict(a1=a1, b1=b1, a2=a2, b2=b2)
+    return _case(name, "two_modes", lambda: cell_optimizer(cell()), hp, e, cell)
+
+
+def cascade(name: str = "cascade", *, lr: float = 0.1, b1: float = 0.9, b2: float = 0.5) -> Case:
+    """trace(b1)∘trace(b2): ``r_k = -lr(b1^{k+1} - b2^{k+1})/(b1-b2)``: ``α1 = lr b1/(b1-b2)``."""
+    # The b2 mode has α = -lr b2/(b1-b2) < 0: a correction, not momentum.
+    e = Expected(ExpectMomentum(True, b1, lr * b1 / (b1 - b2)), schedule=_flat(lr))
+    tx = lambda: optax.chain(optax.trace(b1), optax.trace(b2), optax.scale(-lr))  # noqa: E731
+    return _case(name, "cascade", tx, dict(lr=lr, b1=b1, b2=b2), e)
+
+
+def ema_momentum(name: str = "ema_momentum", *, lr: float = 0.5, beta: float = 0.8) -> Case:
+    """ema(β, no debias) then ×lr: ``m' = βm + (1-β)g``: mode ``(β, lr(1-β))``."""
+    e = Expected(ExpectMomentum(True, beta, lr * (1 - beta)), schedule=_flat(lr * (1 - beta)))
+    tx = lambda: optax.chain(optax.ema(beta, debias=False), optax.scale(-lr))  # noqa: E731
+    return _case(name, "ema_momentum", tx, {"lr": lr, "beta": beta}, e)
+
+
+#: On one scalar each of these is ``clip(g, ±c)``: ``‖g‖ = block rms = |g|``.
+_CLIPS = {
+    "clip": optax.clip,
+    "clip_by_global_norm": optax.clip_by_global_norm,
+    "clip_by_block_rms": optax.clip_by_block_rms,
+}
+
+
+def clipped(name="clip", *, kind="clip", c=0.5, lr=0.1, beta=0.0) -> Case:
+    """``kind(c)`` then sgd(lr, β): ``u_0 = -lr clip(g, ±c)``: threshold ``c``; momentum if β."""
+    mom = ExpectMomentum(beta > 0, beta if beta > 0 else None, lr)
+    e = Expected(mom, ExpectClipping(True, c), _flat(lr))
+    tx = lambda: optax.chain(_CLIPS[kind](c), optax.sgd(lr, momentum=beta or None))  # noqa: E731
+    cell = (lambda: cells.clipped_sgd(lr, c)) if kind == "clip" and beta == 0 else None
+    return _case(name, "clipped", tx, dict(kind=kind, c=c, lr=lr, beta=beta), e, cell)
+
+
+def agc(name: str = "adaptive_grad_clip", *, c: float = 1.0, eps: float = 1e-2, lr=0.1) -> Case:
+    """AGC on a scalar at ``p = 0``: clip at ``c·max(|p|, eps) = c·eps``; damping unchecked."""
+    # Damping unchecked: p grows under a constant gradient and loosens the clip (feedback).
+    e = Expected(
+        ExpectMomentum(False, alpha=lr), ExpectClipping(True, c * eps), _flat(lr), damping=None
+    )
+    tx = lambda: optax.chain(optax.adaptive_grad_clip(c, eps), optax.sgd(lr))  # noqa: E731
+    return _case(name, "agc", tx, dict(c=c, eps=eps, lr=lr), e)
+
+
+_o = optax.schedules
+#: Schedules (all peak at 0.1): name -> (factory, shape over HORIZON); derivation on the right.
+SCHEDULES: dict[str, tuple[Callable[[], Callable], str | None]] = {
+    "constant": (lambda: _o.constant_schedule(0.1), "constant"),  # 0.1 throughout
+    "linear_decay": (lambda: _o.linear_schedule(0.1, 0.01, 150), "decay"),  # 0.1→0.01 by 150
+    "linear_warmup": (lambda: _o.linear_schedule(0.01, 0.1, 30), "warm-up"),  # 0.01→0.1 by 30
+    # 0.1→0.01 along a half cosine over 200 steps
+    "cosine_decay": (lambda: _o.cosine_decay_schedule(0.1, 200, 0.1), "decay"),
+    # 0→0.1 by 20, cosine to 1e-3 by 200
+    "warmup_cosine": (
+        lambda: _o.warmup_cosine_decay_schedule(0.0, 0.1, 20, 200, 1e-3),
+        "warm-up-then-decay",
+    ),
+    # peak at 120 of the 200-step horizon, then the cosine decay
+    "warmup_cosine_late": (
+        lambda: _o.warmup_cosine_decay_schedule(0.01, 0.1, 120, 200, 0.01),
+        "warm-up-then-decay",
+    ),
+    "exponential": (lambda: _o.exponential_decay(0.1, 10, 0.9), "decay"),  # 0.1·0.9^(t/10)
+    "exponential_fast": (lambda: _o.exponential_decay(0.1, 1, 0.98), "decay"),  # 0.1·0.98^t
+    # halves every 25 steps, in stairs
+    "exponential_staircase": (lambda: _o.exponential_decay(0.1, 25, 0.5, staircase=True), "decay"),
+    # constant to 150, then ×0.8 per 10 steps: decays within the horizon
+    "exponential_late": (lambda: _o.exponential_decay(0.1, 10, 0.8, 150), "decay"),
+    # 0.1, then 0.05 from 50, 0.01 from 80
+    "piecewise_constant": (
+        lambda: _o.piecewise_constant_schedule(0.1, {50: 0.5, 80: 0.2}),
+        "decay",
+    ),
+    # 0.1 to 20, down to 0.01 at 40, back up to 0.1 at 70: dip and recover (no shape name)
+    "piecewise_dip": (
+        lambda: _o.piecewise_interpolate_schedule("linear", 0.1, {20: 1.0, 40: 0.1, 70: 10.0}),
+        None,
+    ),
+    # 0.1→0.02 by 30 (cosine interpolation)
+    "piecewise_cosine": (
+        lambda: _o.piecewise_interpolate_schedule("cosine", 0.1, {30: 0.2}),
+        "decay",
+    ),
+    # (0.1-1e-3)(1-t/100)² + 1e-3
+    "polynomial": (lambda: _o.polynomial_schedule(0.1, 1e-3, 2, 100), "decay"),
+    # 1e-3→0.1 as 0.1-(0.1-1e-3)(1-t/60)²; power 2, not ½: optax's 0**0.5 is nan under jit
+    "polynomial_warmup": (lambda: _o.polynomial_schedule(1e-3, 0.1, 2, 60), "warm-up"),
+    # linear 0.01→0.1 by 20, then cosine to 0.005 by 100
+    "join": (
+        lambda: _o.join_schedules(
+            [_o.linear_schedule(0.01, 0.1, 20), _o.cosine_decay_schedule(0.1, 80, 0.05)], [20]
+        ),
+        "warm-up-then-decay",
+    ),
+    # four warm restarts of 50 steps: warms up and decays (repeatedly)
+    "sgdr": (
+        lambda: _o.sgdr_schedule(
+            [dict(init_value=0.01, peak_value=0.1, warmup_steps=10, decay_steps=50)] * 4
+        ),
+        "warm-up-then-decay",
+    ),
+    # 0.004→0.1 by 60, then down to 4e-7 by 200
+    "onecycle": (lambda: _o.cosine_onecycle_schedule(200, 0.1), "warm-up-then-decay"),
+}
+
+
+def scheduled(name=None, *, schedule="cosine_decay", beta=0.0, clip=0.0) -> Case:
+    """[clip(c) →] sgd(schedule, momentum=β): ``α_eff(t) = -∂u_t/∂g_t = schedule(t)`` (``m = 0``).
+
+    ``u_0 = -schedule(0)·clip(g, ±c)``: the slope halves at ``c`` (when ``schedule(0) = 0`` the
+    clip is still there, from the second update on). Momentum ``β``, ``α`` is scheduled
+    (unchecked); the black box reads ``βγ`` under an ongoing decay ``γ`` per step.
+    """
+    make, shape = SCHEDULES[schedule]
+    e = Expected(
+        ExpectMomentum(beta > 0, beta or None),
+        ExpectClipping(clip > 0, clip or None),
+        ExpectSchedule(shape, _sched_lr(make())),
+    )
+
+    def tx():
+        sgd = optax.sgd(make(), momentum=beta or None)
+        return optax.chain(optax.clip(clip), sgd) if clip else sgd
+
+    hp = dict(schedule=schedule, beta=beta, clip=clip)
+    return _case(name or f"sgd_{schedule}", "scheduled", tx, hp, e)
+
+
+def _rate(lr: float, schedule: str | None) -> Any:
+    """``lr``, or the schedule (peak 0.1) rescaled to peak ``lr``."""
+    if schedule is None:
+        return lr
+    make = SCHEDULES[schedule][0]
+    return lambda t: make()(t) * (lr / 0.1)
+
+
+def rmsprop(name="rmsprop", *, lr=0.01, rho=0.9, centered=False, beta=0.0, schedule=None) -> Case:
+    """optax.rmsprop: ``u = -lr g/√(ν' + ε)`` (ε in the root), optionally centred / momentum.
+
+    Background 0 is finite (``ν = 0``): a ``λ = 0`` mode ``α = lr/√ε`` (or the momentum mode
+    ``(β, lr/√ε)`` with ``trace(β)`` after the scaling); ``α_eff(t) = lr_t/√ε``. First update:
+    ``ν' = (1-ρ)g²`` (centred: ``ν' - μ'² = ρ(1-ρ)g²``), clipping where the slope of
+    ``g/√(v g² + ε)`` halves, ``v g² = (2^{2/3}-1)ε``. After a constant ``g*`` and
+    ``g_W = 0``: ``α_eff = lr/√(ρg*² + ε)`` (centred ``ρ(1-ρ)g*²``): slope ``-1``. Centred
+    divides by a spread that a constant gradient drives to 0: damping.
+    """
+    a0 = lr / np.sqrt(EPS8)
+    var = rho * (1 - rho) if centered else 1 - rho
+    sch = _flat(a0)
+    if schedule is not None:
+        sch = ExpectSchedule(SCHEDULES[schedule][1], _sched_lr(SCHEDULES[schedule][0](), a0 / 0.1))
+    e = Expected(
+        ExpectMomentum(beta > 0, beta or None, None if schedule else a0),
+        ExpectClipping(True, float(np.sqrt(C23 * EPS8 / var))),
+        sch,
+        ExpectAdaptation(True, -1.0),
+        damping=centered,
+    )
+    tx = lambda: optax.rmsprop(_rate(lr, schedule), rho, centered=centered, momentum=beta or None)  # noqa: E731
+    plain = not centered and not beta and schedule is None
+    hp = dict(lr=lr, rho=rho, centered=centered, beta=beta, schedule=schedule)
+    return _case(name, "rmsprop", tx, hp, e, (lambda: cells.rmsprop(lr, rho)) if plain else None)
+
+
+def adagrad(name: str = "adagrad", *, lr: float = 0.1, a0: float = 0.1) -> Case:
+    """optax.adagrad: ``u = -lr g/√(a0 + Σg² + ε)``.
+
+    Background 0: ``α = lr/√a0``; the first update saturates at ``√((2^{2/3}-1)a0)``; after
+    ``W`` constant ``g*``: ``α_eff = lr/√(a0 + W g*²)``, slope → ``-1`` (the slope of that curve
+    over the black-box grid); the white box has no fixed point for ``g* ≠ 0``.
+    """
+    alpha = lr / np.sqrt(a0 + 1e-7)
+    m = np.logspace(-2, 1, 9)
+    slope = float(np.polyfit(np.log(m), -0.5 * np.log(a0 + W * m**2), 1)[0])
+    e = Expected(
+        ExpectMomentum(False, alpha=alpha),
+        ExpectClipping(True, float(np.sqrt(C23 * a0))),
+        _flat(alpha),
+        ExpectAdaptation(True, slope),
+    )
+    return _case(name, "adagrad", lambda: optax.adagrad(lr, a0), {"lr": lr, "a0": a0}, e)
+
+
+def adam(name="adam", *, lr=1e-3, b1=0.9, b2=0.999, kind="adam", schedule=None) -> Case:
+    """Adam / AdamW / NAdam on background ``b``: ``r_k = -(lr/|b|)[(1-b1)b1^k - (1-b2)b2^k]``.
+
+    Momentum ``(b1, lr(1-b1)/|b|)``; the ``b2`` mode has ``α < 0`` (a correction). NAdam adds
+    the direct term: ``mu_hat = b1 m̂ + (1-b1)ĝ``, so the ``b1`` mode is ``lr b1(1-b1)/|b|``.
+    First update ``-lr g/(|g| + ε)``: sign-like. After a constant ``g*``:
+    ``α_eff ≈ lr(1-b1)/(√b2 |g*|)``: slope ``-1``. No damping (both gains ∝ 1/a).
+    """
+    alpha = lr * (1 - b1) / BACKGROUND * (b1 if kind == "nadam" else 1.0)
+    sch = _NORMED if schedule is None else ExpectSchedule(SCHEDULES[schedule][1])
+    mom = ExpectMomentum(True, b1, None if schedule else alpha)
+    e = Expected(mom, ExpectClipping(True, SQRT2M1 * EPS8), sch, ExpectAdaptation(True, -1.0))
+    white = dataclasses.replace(e, momentum=ExpectMomentum(True, b1))  # ν = 0: α singular
+    txs = dict(adam=optax.adam, nadam=optax.nadam, adamw=partial(optax.adamw, weight_decay=1e-2))
+    tx = lambda: txs[kind](_rate(lr, schedule), b1, b2)  # noqa: E731
+    cell = (lambda: cells.adam(lr, b1, b2)) if kind == "adam" and schedule is None else None
+    hp = dict(lr=lr, b1=b1, b2=b2, kind=kind, schedule=schedule)
+    return _case(name, "adam", tx, hp, e, cell, white)
+
+
+def adabelief(name="adabelief", *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-16) -> Case:
+    """AdaBelief ``u = -lr m̂/(√ŝ + ε)``, ``s`` the EMA of ``(g - m)²``.
+
+    Background 0: ``s`` is quadratic in an impulse, so ``r_k ∝ -(1-b1)b1^k``: momentum ``b1``
+    (α depends on ``eps_root`` at rest: unchecked). First update ``-lr g/(√(b1²g² + ·) + ε)``:
+    sign-like. After ``g*`` then ``g_W = 0``: ``s' ∝ b1²g*²``, ``α_eff ∝ 1/|g*|``: slope ``-1``.
+    Damping (``κ = (1+b1)ε/(2b1)``) settles within the probe only for ``b2 ≤ 0.9``.
+    """
+    damp = True if b2 <= 0.9 else None
+    e = Expected(ExpectMomentum(True, b1), _SIGN, _NORMED, ExpectAdaptation(True, -1.0), damp)
+    tx = lambda: optax.adabelief(lr, b1, b2, eps)  # noqa: E731
+    return _case(name, "adabelief", tx, dict(lr=lr, b1=b1, b2=b2, eps=eps), e)
+
+
+def sign_based(name="sign_sgd", *, kind="sign_sgd", lr=0.01, beta=0.9) -> Case:
+    """Sign updates ``-lr sign(·)``: clipping at 0; momentum = the EMA inside the sign.
+
+    sign_sgd / ``chain(scale_by_sign(), sgd)``: memoryless, no momentum. signum:
+    ``sign(EMA_β g)``: β. lion: ``sign((1-b1)g + b1 m)``, ``m`` an EMA with ``b2 = β``: most of
+    the weight (``b1``) is on the memory: β. The first update is ``-lr sign(g)`` for all.
+    """
+    memory = kind in ("signum", "lion")
+    e = Expected(ExpectMomentum(memory, beta if memory else None), _SIGN, _NORMED)
+    txs = {
+        "sign_sgd": lambda: optax.sign_sgd(lr),
+        "chain_sign": lambda: optax.chain(optax.scale_by_sign(), optax.sgd(lr)),
+        "signum": lambda: optax.signum(lr, beta),
+        "lion": lambda: optax.lion(lr, b1=0.9, b2=beta, weight_decay=0.0),
+    }
+    return _case(name, "sign", txs[kind], dict(kind=kind, lr=lr, beta=beta), e)
+
+
+def damped(name="damped_momentum", *, lr=0.05, beta=0.9, kappa=0.3) -> Case:
+    """lopt.cells.damped_momentum: heavy ball ``(β, lr)`` behind damping with half-point κ.
+
+    Adaptation by METHOD.md's ``α_eff(h*(g*))`` (the gain at ``g = 0`` from the steady state of
+    ``g*``): the step from ``g*`` to 0 is a change of gradient, ``e' = (1-ρ)(g*/2)²``, so
+    ``α_eff = lr/(1 + √(1-ρ)|g*|/(2κ))`` (ρ = 0.8): it falls, with the slope of that curve.
+    """
+    m = np.logspace(-2, 1, 48)
+    slope = float(np.polyfit(np.log(m), -np.log1p(np.sqrt(0.2) * m / (2 * kappa)), 1)[0])
+    adapt = ExpectAdaptation(True, slope)
+    e = Expected(ExpectMomentum(True, beta, lr), ExpectClipping(False), _flat(lr), adapt, True)
+    cell = lambda: cells.damped_momentum(lr, beta, kappa)  # noqa: E731
+    hp = dict(lr=lr, beta=beta, kappa=kappa)
+    return _case(name, "damped", lambda: cell_optimizer(cell()), hp, e, cell)
+
+
+# ----------------------------------------------------------------------------- the battery
+
+#: name -> (builder, {hyperparameter: (low, high, "log" | "lin" | choices)}) for sample_case.
+LOG, LIN = "log", "lin"
+#: Schedules of the random ``scheduled`` family: their shapes show within 100 steps and their
+#: learning rate settles (no ongoing decay at step W): the fixed cases cover the others.
+_SETTLED = ("linear_decay", "linear_warmup", "cosine_decay", "piecewise_constant", "join", "sgdr")
+FAMILIES: dict[str, tuple[Callable[..., Case], dict[str, Any]]] = {
+    "sgd": (sgd, {"lr": (1e-3, 1.0, LOG)}),
+    "momentum": (momentum, {"lr": (1e-3, 1.0, LOG), "beta": (0.3, 0.98, LIN)}),
+    "nesterov": (nesterov, {"lr": (1e-3, 1.0, LOG), "beta": (0.3, 0.98, LIN)}),
+    "two_modes": (
+        two_modes,
+        {"a1": (0.03, 0.1, LOG), "b1": (0.85, 0.97, LIN), "a2": (1e-3, 0.02, LOG)},
+    ),
+    "cascade": (cascade, {"lr": (1e-2, 0.3, LOG), "b1": (0.8, 0.97, LIN), "b2": (0.1, 0.5, LIN)}),
+    "clipped": (clipped, {"kind": tuple(_CLIPS), "c": (1e-2, 1e2, LOG), "lr": (1e-3, 1.0, LOG)}),
+    "scheduled": (
+        scheduled,
+        {"schedule": _SETTLED, "beta": (0.5, 0.95, LIN), "clip": (0.1, 10, LOG)},
+    ),
+    "rmsprop": (rmsprop, {"lr": (1e-4, 0.1, LOG), "rho": (0.5, 0.99, LIN)}),
+    # b2 > b1 here: the ν mode's |α| (1-b2) stays below the momentum's (1-b1)
+    "adam": (adam, {"lr": (1e-4, 0.1, LOG), "b1": (0.5, 0.9, LIN), "b2": (0.95, 0.9999, LIN)}),
+    "adagrad": (adagrad, {"lr": (1e-3, 1.0, LOG), "a0": (1e-2, 1.0, LOG)}),
+    "sign": (sign_based, {"kind": ("sign_sgd", "signum", "lion"), "beta": (0.5, 0.99, LIN)}),
+}
+
+
+def sample_case(family_name: str, key: jax.Array) -> Case:
+    """A case of ``family_name`` with hyperparameters drawn from :data:`FAMILIES`' ranges.
+
+    ``log`` ranges are drawn log-uniformly, ``lin`` uniformly, a tuple of names uniformly.
+    The expected answer is the family's closed form at those hyperparameters.
+    """
+    builder, ranges = FAMILIES[family_name]
+    hp = {}
+    for i, (k, spec) in enumerate(sorted(ranges.items())):
+        u = float(jax.random.uniform(jax.random.fold_in(key, i)))
+        if spec[-1] in (LOG, LIN):
+            lo, hi = (np.log(spec[0]), np.log(spec[1])) if spec[-1] == LOG else spec[:2]
+            x = lo + u * (hi - lo)
+            hp[k] = float(np.exp(x) if spec[-1] == LOG else x)
+        else:
+            hp[k] = spec[min(int(u * len(spec)), len(spec) - 1)]
+    return builder(f"{family_name}_random", **hp)
+
+
+def cases() -> list[Case]:
+    """Every case of the battery (builds nothing expensive: factories are lazy)."""
+    out = [
+        sgd(),
+        momentum(),
+        momentum("momentum_slow", lr=0.01, beta=0.99),
+        nesterov(),
+        two_modes(),
+        cascade(),
+        ema_momentum(),
+        clipped(),
+        clipped("clip_by_global_norm", kind="clip_by_global_norm"),
+        clipped("clip_by_block_rms", kind="clip_by_block_rms", c=0.3),
+        agc(),
+        clipped("clip_momentum", c=1.0, beta=0.9),
+        clipped(
+            "clip_by_global_norm_momentum", kind="clip_by_global_norm", c=2.0, lr=0.05, beta=0.8
+        ),
+        scheduled("clip_momentum_join", schedule="join", beta=0.9, clip=1.0),
+        scheduled("clip_warmup_from_zero", schedule="warmup_cosine", clip=0.5),
+    ]
+    out += [scheduled(schedule=s) for s in SCHEDULES]
+    out += [
+        scheduled("momentum_cosine", schedule="cosine_decay", beta=0.9),
+        scheduled("momentum_exp_decay", schedule="exponential_fast", beta=0.9),
+        rmsprop(),
+        rmsprop("rmsprop_momentum", beta=0.9),
+        rmsprop("rmsprop_centered", centered=True),
+        rmsprop("rmsprop_centered_momentum", centered=True, beta=0.8),
+        rmsprop("rmsprop_cosine", schedule="cosine_decay"),
+        adagrad(),
+        adam(),
+        adam("adam_b2_half", b2=0.5),
+        adam("adamw", kind="adamw"),
+        adam("nadam", kind="nadam"),
+        adam("adam_warmup_cosine", schedule="warmup_cosine"),
+        adabelief(),
+        adabelief("adabelief_fast", b2=0.9, eps=1e-8),
+        sign_based(),
+        sign_based("chain_sign_sgd", kind="chain_sign"),
+        sign_based("signum", kind="signum"),
+        sign_based("lion", kind="lion", lr=1e-4, beta=0.99),
+        damped(),
+    ]
+    return out
+
+
+# ----------------------------------------------------------------------------- scoring
+
+
+def _detection(mechanism: str, expected: bool, measured: bool) -> Verdict | None:
+    """A verdict when detection is wrong or nothing more is to be checked, else ``None``."""
+    if expected and not measured:
+        return Verdict(mechanism, "false negative", "not detected", False, True)
+    if measured and not expected:
+        return Verdict(mechanism, "false positive", "detected", True, False)
+    return None
+
+
+def _right(mechanism: str, detected: bool) -> Verdict:
+    return Verdict(mechanism, "true positive" if detected else "true negative")
+
+
+def _close(measured: float, expected: float, rtol: float) -> bool:
+    return bool(np.isfinite(measured) and abs(measured - expected) <= rtol * abs(expected))
+
+
+def _momentum(e: ExpectMomentum, m: Any) -> Verdict:
+    v = _detection("momentum", e.detected, bool(m.detected))
+    if v is not None:
+        return v._replace(detail=f"{v.detail} (β={m.beta:.4g}, α={m.alpha:.4g})")
+    if e.beta is not None and not abs(float(m.beta) - e.beta) <= e.beta_tol:
+        return Verdict("momentum", "value error", "beta", float(m.beta), e.beta)
+    if e.alpha is not None and not _close(float(m.alpha), e.alpha, e.alpha_rtol):
+        return Verdict("momentum", "value error", "alpha", float(m.alpha), e.alpha)
+    return _right("momentum", e.detected)
+
+
+def _clipping(e: ExpectClipping, c: Any) -> Verdict:
+    v = _detection("clipping", e.detected, bool(c.detected))
+    if v is not None:
+        return v._replace(detail=f"{v.detail} (threshold={c.threshold:.4g}, slope0={c.slope0:.4g})")
+    if e.detected and e.threshold is not None:
+        g = np.abs(np.asarray(c.gradients, np.float64))
+        lo = float(np.min(g[g > 0])) if np.any(g > 0) else 0.0
+        t = float(c.threshold)
+        ok = t <= lo * (1 + 1e-6) if e.threshold < lo else _close(t, e.threshold, e.rtol)
+        if not ok:
+            return Verdict("clipping", "value error", "threshold", t, e.threshold)
+    return _right("clipping", e.detected)
+
+
+def _schedule(e: ExpectSchedule, s: Any) -> Verdict:
+    v = _detection("schedule", e.shape != "constant", bool(s.detected))
+    if v is not None:
+        return v._replace(detail=f"{v.detail} (shape={s.shape})")
+    if e.shape is not None and s.shape != e.shape:
+        return Verdict("schedule", "value error", "shape", s.shape, e.shape)
+    if e.lr is not None:
+        a = np.asarray(s.effective_lr, np.float64)
+        want = e.lr(np.arange(a.size))
+        tol = e.rtol * np.abs(want) + 1e-6 * np.max(np.abs(want))
+        bad = ~(np.abs(a - want) <= tol)
+        if bad.any():
+            t = int(np.argmax(bad))
+            return Verdict("schedule", "value error", f"effective lr at t={t}", a[t], want[t])
+    return _right("schedule", e.shape != "constant")
+
+
+def _adaptation(e: ExpectAdaptation, a: Any) -> Verdict:
+    v = _detection("adaptation", e.detected, bool(a.detected))
+    if v is not None:
+        return v._replace(detail=f"{v.detail} (slope={a.slope:.4g})")
+    if e.detected and e.slope is not None and not abs(float(a.slope) - e.slope) <= e.slope_tol:
+        return Verdict("adaptation", "value error", "slope", float(a.slope), e.slope)
+    return _right("adaptation", e.detected)
+
+
+def check(case: Case, analysis: Any) -> list[Verdict]:
+    """Scores an analysis against the case's expected answer, one verdict per mechanism.
+
+    Args:
+        case: the case.
+        analysis: a :class:`probes.analysis.Analysis` of ``case.optax()`` (``source ==
+            "optax"``) or of ``case.cell()`` (``"cell"``).
+
+    Returns:
+        Verdicts for momentum, clipping, schedule, adaptation and (unless expected ``None``)
+        damping. Detection is judged first (false positive / false negative), then the numbers
+        (value error, with the measured and expected values).
+    """
+    e = case.expected_for(analysis.source)
+    out = [
+        _momentum(e.momentum, analysis.momentum),
+        _clipping(e.clipping, analysis.clipping),
+        _schedule(e.schedule, analysis.schedule),
+        _adaptation(e.adaptation, analysis.adaptation),
+    ]
+    if e.damping is not None:
+        d = analysis.damping
+        measured = bool(d is not None and d.detected)
+        v = _detection("damping", e.damping, measured)
+        out.append(v or _right("damping", e.damping))
+    return out

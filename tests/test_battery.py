@@ -1,0 +1,316 @@
+"""The battery of hand-designed optimizers (probes.battery) against the detectors.
+
+Each (case, source, mechanism) is one test. Those that fail today because of a detector rule
+carry a strict xfail naming the rule, so fixing the rule turns the xfail into a failure that
+asks for the marker to go. Expected answers come from the maths in probes/battery.py.
+"""
+
+import functools
+import types
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import probes
+from probes import battery
+
+CASES = {c.name: c for c in battery.cases()}
+
+# The detector rules that fail today (the reasons of the strict xfails).
+NESTEROV = "momentum takes the mode with the largest |α|: the direct-gradient term outweighs it"
+SIGN_ALPHA = "momentum has no sign check on α: Adam's ν mode (α < 0, β = b2 < b1) is taken"
+NAN_SLOPE = "clipping: the slope at exactly g = 0 is NaN (a norm or √ν at 0): nothing detected"
+NAN_RESPONSE = (
+    "momentum: the response at b = 0 is NaN (√ of the block rms at 0), so the black box / "
+    "linearisation reads the clipped regime, whose small-signal gain is 0"
+)
+SIGN = "sign-like updates: the linear probes read a zero slope and a zero response everywhere"
+WARMUP_ZERO = "clipping probes only the first update, which a warm-up from 0 scales to zero"
+DIP = "schedule shape compares only the first and last values with the peak: a dip reads constant"
+HORIZON = "the schedule probe looks at 100 steps; the task horizon is 200"
+FINITE_DIFF = (
+    "schedule: the finite-difference fallback reads the bias-correction ratio of m̂/√ν̂ after "
+    "zero gradients as a schedule"
+)
+DECAY_BETA = "a learning rate still decaying during the impulse response biases β (reads βγ)"
+ADAM_WHITE = "white-box Adam (lopt.cells.adam) is linearised at ν = 0, where it is singular"
+NO_BRANCH = (
+    "white-box adaptation traces fixed points; this cell has none for g* ≠ 0 (a step counter "
+    "or a growing accumulator) and continuation fails instead of falling back to iteration"
+)
+COUNTER = (
+    "white box with a step counter: the fixed-point search accepts states along the counter as "
+    "fixed points, and α_eff along the 'branch' follows the schedule, not |g*|"
+)
+
+_BOTH = ("optax", "cell")
+#: (case, sources, mechanism) -> reason, for every fixed case that fails today.
+_KNOWN = [
+    ("nesterov", _BOTH, "momentum", NESTEROV),
+    ("nadam", _BOTH, "momentum", NESTEROV),
+    ("adam_b2_half", ("optax",), "momentum", SIGN_ALPHA),
+    ("adam", ("cell",), "momentum", ADAM_WHITE),
+    ("adam_b2_half", ("cell",), "momentum", ADAM_WHITE),
+    ("clip_by_block_rms", _BOTH, "momentum", NAN_RESPONSE),
+    ("momentum_exp_decay", ("optax",), "momentum", DECAY_BETA),
+    ("signum", _BOTH, "momentum", SIGN),
+    ("lion", _BOTH, "momentum", SIGN),
+    *[
+        (name, _BOTH, "clipping", NAN_SLOPE)
+        for name in (
+            "clip_by_global_norm",
+            "clip_by_block_rms",
+            "adaptive_grad_clip",
+            "clip_by_global_norm_momentum",
+            "adam",
+            "adam_b2_half",
+            "adamw",
+            "nadam",
+            "adam_warmup_cosine",
+        )
+    ],
+    ("clip_warmup_from_zero", _BOTH, "clipping", WARMUP_ZERO),
+    *[(name, _BOTH, "clipping", SIGN) for name in ("sign_sgd", "chain_sign_sgd", "signum", "lion")],
+    ("sgd_piecewise_dip", _BOTH, "schedule", DIP),
+    ("sgd_warmup_cosine_late", _BOTH, "schedule", HORIZON),
+    ("sgd_exponential_late", _BOTH, "schedule", HORIZON),
+    *[
+        (name, _BOTH, "schedule", FINITE_DIFF)
+        for name in ("adam_b2_half", "nadam", "adabelief", "adabelief_fast")
+    ],
+    ("adagrad", ("cell",), "adaptation", NO_BRANCH),
+    ("adabelief", ("cell",), "adaptation", NO_BRANCH),
+    *[
+        (name, ("cell",), "adaptation", COUNTER)
+        for name in (
+            "sgd_linear_decay",
+            "sgd_cosine_decay",
+            "sgd_exponential",
+            "sgd_exponential_staircase",
+            "sgd_exponential_late",
+            "sgd_piecewise_constant",
+            "sgd_polynomial",
+        )
+    ],
+]
+KNOWN = {(n, s, m): r for n, sources, m, r in _KNOWN for s in sources}
+
+
+@functools.cache
+def _analysis(name, source):
+    case = CASES[name]
+    if source == "optax":
+        return probes.analyze_optax(case.optax())
+    return probes.analyze_cell(case.cell())
+
+
+def _verdict(name, source, mechanism):
+    verdicts = {v.mechanism: v for v in battery.check(CASES[name], _analysis(name, source))}
+    return verdicts[mechanism]
+
+
+def _params(pairs, slow=False):
+    out = []
+    for name, source in pairs:
+        if source == "cell" and CASES[name].cell is None:
+            continue
+        mechanisms = battery.MECHANISMS[:4]
+        if CASES[name].expected_for(source).damping is not None:
+            mechanisms += ("damping",)
+        for m in mechanisms:
+            marks = [pytest.mark.slow] if slow else []
+            if (name, source, m) in KNOWN:
+                marks.append(pytest.mark.xfail(strict=True, reason=KNOWN[name, source, m]))
+            out.append(pytest.param(name, source, m, marks=marks, id=f"{name}-{source}-{m}"))
+    return out
+
+
+#: A representative subset for the default run (each black box ~1-2 s, each cell kind ~10 s).
+FAST = [
+    *[
+        (n, "optax")
+        for n in (
+            "sgd",
+            "momentum",
+            "nesterov",
+            "cascade",
+            "clip",
+            "clip_by_global_norm",
+            "clip_warmup_from_zero",
+            "sgd_warmup_cosine_late",
+            "sgd_piecewise_dip",
+            "momentum_exp_decay",
+            "rmsprop",
+            "adagrad",
+            "adam",
+            "adam_b2_half",
+            "sign_sgd",
+        )
+    ],
+    *[(n, "cell") for n in ("sgd", "momentum", "clip", "rmsprop", "adam")],
+]
+
+
+@pytest.mark.parametrize("name,source,mechanism", _params(FAST))
+def test_battery_fast_subset(name, source, mechanism):
+    v = _verdict(name, source, mechanism)
+    assert v.ok, v
+
+
+@pytest.mark.parametrize(
+    "name,source,mechanism",
+    _params([(n, s) for n in CASES for s in _BOTH if (n, s) not in FAST], slow=True),
+)
+def test_battery_full(name, source, mechanism):
+    v = _verdict(name, source, mechanism)
+    assert v.ok, v
+
+
+def _random_known(case):
+    """Mechanisms of a random draw that a known rule breaks (tracked by the fixed cases)."""
+    f, hp = case.family, case.hparams
+    out = set()
+    if f == "nesterov":
+        out.add("momentum")
+    if f == "clipped" and hp["kind"] != "clip":
+        out |= {"clipping", "momentum"}
+    if f == "adam":
+        out |= {"clipping", "schedule"}  # NaN slope; bias-correction ratio (FINITE_DIFF)
+    if f == "sign":
+        out |= {"clipping", "momentum"}
+    return out
+
+
+#: Families whose white box is a hand-written cell (cheap to compile, no step counter).
+_RANDOM_CELLS = {"sgd", "momentum", "two_modes", "rmsprop"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("family", sorted(battery.FAMILIES))
+def test_battery_random_hyperparameters(family, seed):
+    case = battery.sample_case(family, jax.random.key(seed))
+    analyses = [probes.analyze_optax(case.optax())]
+    if family in _RANDOM_CELLS:
+        analyses.append(probes.analyze_cell(case.cell()))
+    skip = _random_known(case)
+    for a in analyses:
+        bad = [v for v in battery.check(case, a) if not v.ok and v.mechanism not in skip]
+        assert not bad, (case.hparams, a.source, bad)
+
+
+# ----------------------------------------------------------------------------- the battery itself
+
+
+def test_battery_covers_the_optax_library():
+    assert len(CASES) == len(battery.cases()) >= 40  # names are unique
+    families = {c.family for c in CASES.values()}
+    assert {"sgd", "momentum", "nesterov", "clipped", "agc", "scheduled", "rmsprop"} <= families
+    assert {"adam", "adagrad", "adabelief", "sign", "two_modes", "cascade", "damped"} <= families
+    assert set(battery.SCHEDULES) <= {c.hparams.get("schedule") for c in CASES.values()}
+    for case in CASES.values():
+        tx = case.optax()
+        u, _ = tx.update(jnp.float32(0.5), tx.init(jnp.float32(0.0)), jnp.float32(0.0))
+        assert np.isfinite(float(u)), case.name
+
+
+@pytest.mark.parametrize("name", ["nesterov", "cascade", "adam_warmup_cosine", "rmsprop_centered"])
+def test_optax_cell_runs_the_same_updates(name):
+    tx = CASES[name].optax()
+    cell = battery.optax_cell(tx)
+    gs = jax.random.normal(jax.random.key(1), (40,))
+    state, h, p0 = tx.init(jnp.float32(0.0)), cell.init_state(), jnp.float32(0.0)
+    for g in gs:
+        u, state = tx.update(g, state, p0)
+        h = cell.step(h, g)
+        np.testing.assert_allclose(cell.readout(h), u, rtol=1e-5, atol=1e-8)
+
+
+def _fake(case, **changes):
+    """An analysis with exactly the expected black-box answer, then ``changes`` applied."""
+    e = case.expected
+    lr = e.schedule.lr(np.arange(100)) if e.schedule.lr else np.ones(100)
+    ns = types.SimpleNamespace
+    a = ns(
+        source="optax",
+        momentum=ns(detected=e.momentum.detected, beta=e.momentum.beta or 0.0, alpha=0.1),
+        clipping=ns(
+            detected=e.clipping.detected,
+            threshold=e.clipping.threshold or np.inf,
+            slope0=1.0,
+            gradients=np.logspace(-4, 4, 9),
+        ),
+        schedule=ns(
+            detected=e.schedule.shape != "constant", shape=e.schedule.shape, effective_lr=lr
+        ),
+        adaptation=ns(detected=e.adaptation.detected, slope=e.adaptation.slope or 0.0),
+        damping=ns(detected=bool(e.damping)),
+    )
+    for path, value in changes.items():
+        mech, field = path.split("__")
+        setattr(getattr(a, mech), field, value)
+    return a
+
+
+def test_check_names_each_outcome():
+    mom, clip = CASES["momentum"], CASES["clip"]
+    assert all(v.ok for v in battery.check(mom, _fake(mom)))
+    outcomes = {v.mechanism: v.outcome for v in battery.check(mom, _fake(mom))}
+    assert outcomes == {
+        "momentum": "true positive",
+        "clipping": "true negative",
+        "schedule": "true negative",
+        "adaptation": "true negative",
+        "damping": "true negative",
+    }
+    (v,) = [v for v in battery.check(mom, _fake(mom, momentum__beta=0.8)) if not v.ok]
+    assert (v.mechanism, v.outcome, v.measured, v.expected) == ("momentum", "value error", 0.8, 0.9)
+    (v,) = [v for v in battery.check(mom, _fake(mom, momentum__detected=False)) if not v.ok]
+    assert v.outcome == "false negative"
+    (v,) = [v for v in battery.check(mom, _fake(mom, clipping__detected=True)) if not v.ok]
+    assert (v.mechanism, v.outcome) == ("clipping", "false positive")
+    (v,) = [v for v in battery.check(clip, _fake(clip, clipping__threshold=0.6)) if not v.ok]
+    assert (v.outcome, v.expected) == ("value error", 0.5)
+    lr = np.full(100, 0.1)
+    lr[37] = 0.2
+    (v,) = [v for v in battery.check(mom, _fake(mom, schedule__effective_lr=lr)) if not v.ok]
+    assert v.outcome == "value error" and v.detail == "effective lr at t=37"
+
+
+def test_sign_like_threshold_passes_only_below_the_grid():
+    case = CASES["sign_sgd"]  # expected threshold 0: anything up to the grid's first point
+    assert all(v.ok for v in battery.check(case, _fake(case, clipping__threshold=1e-4)))
+    bad = [v for v in battery.check(case, _fake(case, clipping__threshold=1e-3)) if not v.ok]
+    assert [v.outcome for v in bad] == ["value error"]
+
+
+def test_expected_answers_match_simulated_responses():
+    # Independent of the detectors: the exact impulse response of each linear case has the
+    # expected momentum mode, r_k ≈ -α β^k at lags where the other modes have died out.
+    for name in ("momentum", "nesterov", "cascade", "two_modes", "ema_momentum"):
+        case = CASES[name]
+        tx = case.optax()
+        state, r = tx.init(jnp.float32(0.0)), []
+        for k in range(60):
+            u, state = tx.update(jnp.float32(k == 0), state, jnp.float32(0.0))
+            r.append(float(u))
+        m = case.expected.momentum
+        k = np.arange(40, 60)
+        np.testing.assert_allclose(np.asarray(r)[k], -m.alpha * m.beta**k, rtol=1e-3)
+
+
+def test_sample_case_draws_within_the_ranges_and_repeats():
+    for family, (_, ranges) in battery.FAMILIES.items():
+        a = battery.sample_case(family, jax.random.key(3))
+        b = battery.sample_case(family, jax.random.key(3))
+        assert a.hparams == b.hparams
+        for k, spec in ranges.items():
+            if spec[-1] in (battery.LOG, battery.LIN):
+                assert spec[0] <= a.hparams[k] <= spec[1]
+            else:
+                assert a.hparams[k] in spec
+        tx = a.optax()
+        u, _ = tx.update(jnp.float32(0.5), tx.init(jnp.float32(0.0)), jnp.float32(0.0))
+        assert np.isfinite(float(u))
