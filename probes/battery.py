@@ -505,8 +505,8 @@ def damped(name="damped_momentum", *, lr=0.05, beta=0.9, kappa=0.3) -> Case:
 #: name -> (builder, {hyperparameter: (low, high, "log" | "lin" | choices)}) for sample_case.
 LOG, LIN = "log", "lin"
 #: Schedules of the random ``scheduled`` family: their shapes show within 100 steps and their
-#: learning rate settles (no ongoing decay at step W): the fixed cases cover the others.
-_SETTLED = ("linear_decay", "linear_warmup", "cosine_decay", "piecewise_constant", "join", "sgdr")
+#: learning rate settles above 0 (no decay, no zero, at step W): fixed cases cover the others.
+_SETTLED = ("linear_decay", "linear_warmup", "cosine_decay", "piecewise_constant", "join")
 FAMILIES: dict[str, tuple[Callable[..., Case], dict[str, Any]]] = {
     "sgd": (sgd, {"lr": (1e-3, 1.0, LOG)}),
     "momentum": (momentum, {"lr": (1e-3, 1.0, LOG), "beta": (0.3, 0.98, LIN)}),
@@ -573,6 +573,7 @@ def cases() -> list[Case]:
     out += [
         scheduled("momentum_cosine", schedule="cosine_decay", beta=0.9),
         scheduled("momentum_exp_decay", schedule="exponential_fast", beta=0.9),
+        scheduled("momentum_sgdr", schedule="sgdr", beta=0.9),  # lr = 0 after its 200 steps
         rmsprop(),
         rmsprop("rmsprop_momentum", beta=0.9),
         rmsprop("rmsprop_centered", centered=True),

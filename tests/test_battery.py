@@ -35,6 +35,7 @@ FINITE_DIFF = (
     "zero gradients as a schedule"
 )
 DECAY_BETA = "a learning rate still decaying during the impulse response biases β (reads βγ)"
+ZERO_LR = "the impulse response is probed after W = 2000 steps, where this schedule's lr is 0"
 ADAM_WHITE = "white-box Adam (lopt.cells.adam) is linearised at ν = 0, where it is singular"
 NO_BRANCH = (
     "white-box adaptation traces fixed points; this cell has none for g* ≠ 0 (a step counter "
@@ -55,6 +56,7 @@ _KNOWN = [
     ("adam_b2_half", ("cell",), "momentum", ADAM_WHITE),
     ("clip_by_block_rms", _BOTH, "momentum", NAN_RESPONSE),
     ("momentum_exp_decay", ("optax",), "momentum", DECAY_BETA),
+    ("momentum_sgdr", ("optax",), "momentum", ZERO_LR),
     ("signum", _BOTH, "momentum", SIGN),
     ("lion", _BOTH, "momentum", SIGN),
     *[
@@ -88,6 +90,7 @@ _KNOWN = [
             "sgd_linear_decay",
             "sgd_cosine_decay",
             "sgd_exponential",
+            "sgd_exponential_fast",
             "sgd_exponential_staircase",
             "sgd_exponential_late",
             "sgd_piecewise_constant",
