@@ -1,6 +1,6 @@
 """``analyze_cell`` and ``analyze``: the mechanism questions, answered for a cell.
 
-For a :class:`lopt.Cell` (white box, METHOD.md §5):
+For a :class:`lopt.Cell` (white box, docs/method.md, Analyses):
 
 * **momentum**: linearise at the convergence point (the fixed point at ``g* = 0`` reached by
   most seeds taken along the autonomous trajectory from ``h0``), compute its impulse response
@@ -14,8 +14,8 @@ For a :class:`lopt.Cell` (white box, METHOD.md §5):
   two rounds of a 64-point linear sub-grid between the bracketing grid points.
 * **schedule**: ``α_eff(h_t)`` along ``h_{t+1} = F(h_t, 0)``.
 * **adaptation**: ``α_eff`` along the fixed-point branch ``h*(g*)``, one arm per sign of ``g*``
-  (METHOD.md §5.7). Each arm is traced with :func:`probes.continuation` from the convergence
-  point ``h*(0)``, stepping outward in ``|g*|`` over a log grid that covers the gradients seen in
+  (docs/method.md, Adaptation). Each arm is traced with :func:`probes.continuation` from the
+  convergence point ``h*(0)``, stepping outward in ``|g*|`` over a log grid that covers the gradients seen in
   training (percentiles 1% to 99.9% of ``|g|`` when ``gradient_samples`` are given, otherwise
   ``scale × magnitude_range``). Folds (where the branch jumps to another stable branch) split
   each arm into segments with their own log-log slopes; ``detected`` is decided on the whole

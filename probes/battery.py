@@ -10,7 +10,7 @@ The expectations refer to the probes' protocols at default settings (:mod:`probe
 gradient scale 1; black-box impulse response after ``W = 2000`` steps of a background gradient
 ``b = 0`` (``b = 1`` where that is not finite); clipping from the first update on ``[1e-4, 1e4]``;
 adaptation from ``α_eff(h*(g*)) = -∂U/∂g`` at ``g = 0`` from the steady state of a constant
-``g*`` in ``[1e-2, 1e1]`` (METHOD.md §5.7); damping from 200-step gain ratios.
+``g*`` in ``[1e-2, 1e1]`` (docs/method.md, Adaptation); damping from 200-step gain ratios.
 
 Decisions on the ambiguous definitions:
 
@@ -60,7 +60,7 @@ from jax.flatten_util import ravel_pytree
 from lopt import cells
 from lopt.cell import Cell, cell_optimizer, make_cell
 
-#: Task horizon the schedule shape refers to (METHOD.md §1: 200 updates).
+#: Task horizon the schedule shape refers to (the paper's 200 updates).
 HORIZON = 200
 BACKGROUND = 1.0  # the black-box impulse background where b = 0 is not finite
 W = 2000  # steady-state steps of the black-box probes (analyze_optax(warmup=...))
@@ -487,8 +487,8 @@ def sign_based(name="sign_sgd", *, kind="sign_sgd", lr=0.01, beta=0.9) -> Case:
 def damped(name="damped_momentum", *, lr=0.05, beta=0.9, kappa=0.3) -> Case:
     """lopt.cells.damped_momentum: heavy ball ``(β, lr)`` behind damping with half-point κ.
 
-    Adaptation by METHOD.md's ``α_eff(h*(g*))`` (the gain at ``g = 0`` from the steady state of
-    ``g*``): the step from ``g*`` to 0 is a change of gradient, ``e' = (1-ρ)(g*/2)²``, so
+    Adaptation by the method's ``α_eff(h*(g*))`` (docs/method.md, Adaptation), the gain at
+    ``g = 0`` from the steady state of ``g*``: the step from ``g*`` to 0 is a change of gradient, ``e' = (1-ρ)(g*/2)²``, so
     ``α_eff = lr/(1 + √(1-ρ)|g*|/(2κ))`` (ρ = 0.8): it falls, with the slope of that curve.
     """
     m = np.logspace(-2, 1, 48)

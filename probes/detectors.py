@@ -1,4 +1,4 @@
-"""Mechanism detectors: momentum, clipping, schedule, adaptation (METHOD.md §5.4–5.7).
+"""Mechanism detectors: momentum, clipping, schedule, adaptation (docs/method.md, Analyses).
 
 Each detector turns evidence arrays (computed by :mod:`probes.analysis`) into a small result
 with ``detected``, its numbers and the evidence itself (for figures). The thresholds are module
@@ -31,7 +31,7 @@ MIN_SHARE = 0.5
 #: momentum (``0.9 e^{±0.5i}``: at lag 4, 66%) is not momentum.
 SIGN_CHANGE_LEVEL = 0.05
 #: Clipping: the threshold is where the local slope ``|∂U/∂g|`` first falls to this fraction
-#: of its value at ``g = 0`` (METHOD.md §5.5).
+#: of its value at ``g = 0`` (docs/method.md, Clipping).
 SLOPE_FRACTION = 0.5
 #: Schedule: relative rise / fall of ``α_eff(t)`` (w.r.t. its maximum) counted as a warm-up /
 #: decay; below it on both sides the schedule is constant.

@@ -1,4 +1,4 @@
-"""Figures of an interpretation report (METHOD.md §6), drawn with seaborn on matplotlib's Agg.
+"""Figures of an interpretation report, drawn with seaborn on matplotlib's Agg.
 
 Every function takes plain NumPy data and returns a :class:`matplotlib.figure.Figure` built
 without ``pyplot`` (so no global backend is switched and nothing is shown); :func:`png` renders

@@ -1,4 +1,4 @@
-"""Interpretation reports: ``index.html`` + ``report.json`` + ``figures/*.png`` (METHOD.md §6).
+"""Interpretation reports: ``index.html`` + ``report.json`` + ``figures/*.png`` .
 
 :func:`write_report` turns an :class:`probes.Analysis` (or its ``to_json()`` dict) into a
 self-contained page: a plain-language summary generated from the numbers

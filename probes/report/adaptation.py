@@ -191,6 +191,6 @@ def adaptation_section(b: Builder, a: Mapping, ev: Mapping | None) -> dict:
         )
     lead = (
         "Adaptation is read at the steady states h*(g*) of constant gradients: does the "
-        "effective learning rate fall as |g*| grows, as in RMSProp (METHOD.md §5.7)?"
+        "effective learning rate fall as |g*| grows, as in RMSProp (docs/method.md, Adaptation)?"
     )
     return mechanism_section("adaptation", "Learning-rate adaptation", d, lead, nums, figs, notes)

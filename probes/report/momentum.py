@@ -201,7 +201,8 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
         )
     lead = (
         "Linearising the optimizer around the state it converges to splits it into modes, each "
-        "a heavy-ball momentum term with decay β and learning rate α (METHOD.md §5.4). "
+        "a heavy-ball momentum term with decay β and learning rate α "
+        "(docs/method.md, Linearisation). "
         if source == "cell"
         else "The response of the update to a single gradient impulse, fitted with exponential "
         "modes: each mode is a heavy-ball momentum term with decay β and learning rate α. "

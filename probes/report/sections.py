@@ -234,7 +234,7 @@ def clipping_section(b: Builder, a: Mapping) -> dict:
         )
     lead = (
         "Clipping is read from the update function at the initial state, U(h0, g): its "
-        "slope at large |g| falls well below its slope at g = 0 (METHOD.md §5.5)."
+        "slope at large |g| falls well below its slope at g = 0 (docs/method.md, Clipping)."
     )
     return mechanism_section("clipping", "Gradient clipping", c, lead, nums, figs)
 
@@ -268,7 +268,7 @@ def schedule_section(b: Builder, a: Mapping) -> dict:
         )
     lead = (
         "A schedule is read along the autonomous dynamics h_{t+1} = F(h_t, 0): how the "
-        "optimizer's learning rate changes with time alone (METHOD.md §5.6)."
+        "optimizer's learning rate changes with time alone (docs/method.md, Schedule)."
     )
     return mechanism_section("schedule", "Learning-rate schedule", s, lead, nums, figs)
 
