@@ -15,13 +15,13 @@ For a :class:`lopt.Cell` (white box, docs/method.md, Analyses):
 * **schedule**: ``α_eff(h_t)`` along ``h_{t+1} = F(h_t, 0)``.
 * **adaptation**: ``α_eff`` along the fixed-point branch ``h*(g*)``, one arm per sign of ``g*``
   (docs/method.md, Adaptation). Each arm is traced with :func:`probes.continuation` from the
-  convergence point ``h*(0)``, stepping outward in ``|g*|`` over a log grid that covers the gradients seen in
-  training (percentiles 1% to 99.9% of ``|g|`` when ``gradient_samples`` are given, otherwise
-  ``scale × magnitude_range``). Folds (where the branch jumps to another stable branch) split
-  each arm into segments with their own log-log slopes; ``detected`` is decided on the whole
-  arm over the training range (:func:`probes.detectors.detect_adaptation`). Without a
-  convergence point (a step counter in the state: scheduled SGD, Adam) ``α_eff`` is taken at
-  the state reached after ``steady_steps`` iterations of ``F(·, g*)`` from ``h0`` instead.
+  convergence point ``h*(0)``, stepping outward in ``|g*|`` over a log grid that covers the
+  gradients seen in training (percentiles 1% to 99.9% of ``|g|`` when ``gradient_samples`` are
+  given, otherwise ``scale × magnitude_range``). Folds (where the branch jumps to another stable
+  branch) split each arm into segments with their own log-log slopes; ``detected`` is decided on the
+  whole arm over the training range (:func:`probes.detectors.detect_adaptation`). Without a
+  convergence point (a step counter in the state: scheduled SGD, Adam) ``α_eff`` is taken at the
+  state reached after ``steady_steps`` iterations of ``F(·, g*)`` from ``h0`` instead.
 
 Beyond the paper, for both (**oscillation damping**, :func:`damping_gains`,
 :class:`probes.detectors.Damping`): the steady gain for a gradient alternating ``±a`` against

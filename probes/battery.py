@@ -488,7 +488,8 @@ def damped(name="damped_momentum", *, lr=0.05, beta=0.9, kappa=0.3) -> Case:
     """lopt.cells.damped_momentum: heavy ball ``(β, lr)`` behind damping with half-point κ.
 
     Adaptation by the method's ``α_eff(h*(g*))`` (docs/method.md, Adaptation), the gain at
-    ``g = 0`` from the steady state of ``g*``: the step from ``g*`` to 0 is a change of gradient, ``e' = (1-ρ)(g*/2)²``, so
+    ``g = 0`` from the steady state of ``g*``: the step from ``g*`` to 0 is a change of
+    gradient, ``e' = (1-ρ)(g*/2)²``, so
     ``α_eff = lr/(1 + √(1-ρ)|g*|/(2κ))`` (ρ = 0.8): it falls, with the slope of that curve.
     """
     m = np.logspace(-2, 1, 48)
