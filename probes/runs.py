@@ -16,6 +16,7 @@ import jax
 from lopt.run import Run
 from lopt.rundir import read_json, write_json
 from probes.analysis import analyze, is_current
+from probes.faithfulness import faithfulness
 
 
 def saved_analysis(
@@ -37,6 +38,8 @@ def saved_analysis(
     analysis = read_json(path)
     if not isinstance(analysis, dict) or not is_current(analysis):
         return None, "analysis.json predates this version's probes (no oscillation damping)"
+    if "faithfulness" not in analysis:
+        return None, "analysis.json predates this version's probes (no faithfulness score)"
     seed = analysis.get("key_seed")
     seed = 0 if seed is None else seed
     if key_seed is not None and seed != key_seed:
@@ -51,6 +54,8 @@ def analyze_run(run: Run | str | os.PathLike, *, key_seed: int = 0) -> dict[str,
     family = run.family
     analysis = analyze(opt, theta, family=family, key=jax.random.key(key_seed))
     result = analysis.to_json()
+    # How well the detected mechanisms, with their probed numbers, reproduce the optimizer.
+    result["faithfulness"] = faithfulness(result, opt.optimizer(theta), family).to_json()
     # What was analysed, so that results on the MNIST fallback digits cannot pass for MNIST and
     # a later command can tell which seed drew the trajectories.
     result["task"] = {"name": family.name, "data_source": getattr(family, "data_source", None)}

@@ -24,7 +24,7 @@ from probes.distill import (
     identify_chain,
     retune_chain,
 )
-from probes.distill.from_analysis import DAMP_DECAY
+from probes.to_chain import DAMP_DECAY
 
 
 def _updates(tx, grads):

@@ -2,7 +2,7 @@
 
 Split by concern:
 
-- :mod:`probes.distill.from_analysis`: an analysis (``analysis.json``) → a chain of
+- :mod:`probes.to_chain`: an analysis (``analysis.json``) → a chain of
   :mod:`lopt.chain` transformations, one per detected mechanism (:func:`chain_from_analysis`).
 - :mod:`probes.distill.identify`: the chain's numbers fitted to the learned optimizer's updates
   (:func:`identify_chain`, :class:`IdentifyConfig`).
@@ -19,7 +19,6 @@ Example:
     >>> print(format_report(distill_run("runs/quickstart")))  # doctest: +SKIP
 """
 
-from probes.distill.from_analysis import DistillError, chain_from_analysis
 from probes.distill.identify import IdentifyConfig, identify_chain
 from probes.distill.pipeline import (
     SCHEMA,
@@ -31,6 +30,7 @@ from probes.distill.pipeline import (
 )
 from probes.distill.retune import RetuneConfig, retune_chain, retune_cost
 from probes.distill.stats import BootstrapConfig, fraction_report, recovered_fraction
+from probes.to_chain import DistillError, chain_from_analysis
 
 __all__ = [
     "SCHEMA",

@@ -4,7 +4,7 @@
 the chain, replayed on the gradients it meets, outputs what the learned optimizer outputs for
 them (Levenberg-Marquardt on the imitation error, with DAgger rounds). It answers whether
 numbers fitted to the optimizer's behaviour describe it, where the probed numbers
-(:mod:`probes.distill.from_analysis`) may not.
+(:mod:`probes.to_chain`) may not.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from jax.flatten_util import ravel_pytree
 from lopt.chain import build_chain
 from lopt.unroll import init_inner, unroll
 from probes.distill.free_numbers import decode, encode, free_numbers, relabel
+from probes.faithfulness import replay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,19 +52,9 @@ class IdentifyConfig:
     key: int = 2
 
 
-def _replay(tx: optax.GradientTransformationExtraArgs, seq: Mapping[str, jax.Array]) -> jax.Array:
-    """``tx``'s updates, open loop, on one recorded sequence ``{"g", "p", "f"}`` ([T, m])."""
-
-    def body(s, x):
-        u, s = tx.update(x["g"], s, x["p"], value=x["f"])
-        return s, u
-
-    return jax.lax.scan(body, tx.init(seq["p"][0]), seq)[1]
-
-
 def _imitation_error(chain_tx, teacher_u: jax.Array, seqs: Mapping[str, jax.Array]) -> jax.Array:
     """Per problem: ``Σ(u_chain − u_learned)² / Σ u_learned²`` over steps and coordinates."""
-    u = jax.vmap(lambda s: _replay(chain_tx, s))(seqs)
+    u = jax.vmap(lambda s: replay(chain_tx, s))(seqs)
     num = jnp.sum((u - teacher_u) ** 2, axis=(1, 2))
     return num / jnp.maximum(jnp.sum(teacher_u**2, axis=(1, 2)), 1e-30)
 
@@ -142,7 +133,7 @@ def identify_chain(
             return unroll(tx, family, init_inner(tx, family, k), num_steps, record=pick)[1]
 
         seqs = jax.vmap(one)(keys)
-        teacher = jax.vmap(lambda s: _replay(learned, s))(seqs)
+        teacher = jax.vmap(lambda s: replay(learned, s))(seqs)
         finite = jnp.all(jnp.isfinite(seqs["g"]), (1, 2)) & jnp.all(jnp.isfinite(teacher), (1, 2))
         finite &= jnp.all(jnp.isfinite(seqs["p"]), (1, 2)) & jnp.isfinite(seqs["f"]).all(1)
         # a problem on which the learned optimizer makes no update has nothing to imitate
@@ -162,7 +153,7 @@ def identify_chain(
         w = 1.0 / (jnp.sum(teacher**2, (1, 2)) * teacher.shape[0])
 
         def resid(x, seq, target, wp):
-            u = _replay(build_chain(decode(chain, free, unravel(x))), seq)
+            u = replay(build_chain(decode(chain, free, unravel(x))), seq)
             return ((u - target) * jnp.sqrt(wp)).reshape(-1)
 
         def normal(x):

@@ -39,11 +39,11 @@ from lopt.chain import META_KEYS, build_chain, chain_code, number_code
 from lopt.evaluation import evaluate_run, heldout_key
 from lopt.run import Run
 from lopt.unroll import evaluate, per_problem_metric, summarize
-from probes.distill.from_analysis import DistillError, chain_from_analysis
 from probes.distill.identify import IdentifyConfig, identify_chain
 from probes.distill.retune import RetuneConfig, retune_chain, retune_cost
 from probes.distill.stats import BootstrapConfig, fraction_report, mean_sem
 from probes.runs import analyze_run, saved_analysis
+from probes.to_chain import DistillError, chain_from_analysis
 
 #: ``distill.json`` schema. 2: the re-tuned variant tunes every number (``notes.retune`` holds
 #: its validation curve, not a grid; ``results.distilled_retuned`` has no factors).
