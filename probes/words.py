@@ -274,3 +274,60 @@ def results_sentence(res: Mapping[str, Any]) -> str:
         f"On {n}held-out{task} problems{data_note(res.get('data_source'))} (mean normalised loss, "
         "paired differences > 2 s.e.m.), " + "; ".join(parts) + "."
     )
+
+
+def headline_sentences(res: Mapping[str, Any]) -> list[str]:
+    """The result first: the learned optimizer against the best tuned baseline.
+
+    A second sentence says when it plateaus: its final loss far above the baseline's although
+    it wins on the average over the horizon.
+    """
+    h = next((h for h in res["horizons"] if h.get("multiple") == 1), res["horizons"][0])
+    rows = {r["name"]: r for r in h["rows"]}
+    mine, best = rows.get(res.get("learned", "learned")), rows.get(h.get("best_baseline"))
+    if not mine or not best or mine["metric"] is None or best["metric"] is None:
+        return []
+    verdict = "beats every tuned baseline" if h.get("beats_all") else "does not beat them all"
+    out = [
+        f"Result: over {h['steps']} steps the learned optimizer's mean normalised loss is "
+        f"{mine['metric']:.3g}, against {best['metric']:.3g} for the best tuned baseline "
+        f"({label(best['name'])}); it {verdict}."
+    ]
+    lf, bf = finite(mine.get("final")), finite(best.get("final"))
+    if lf is not None and bf is not None and lf > 10 * max(bf, 1e-30):
+        out.append(
+            f"It plateaus: its final loss, {lf:.2g}, stays far above {label(best['name'])}'s "
+            f"{bf:.2g}; it wins on the average over the horizon, not at the end."
+        )
+    return out
+
+
+def faithfulness_sentence(f: Mapping[str, Any]) -> str | None:
+    """How well the detected mechanisms, with their probed numbers, reproduce the optimizer."""
+    err = finite(f.get("update_error"))
+    if err is None:
+        return None
+    out = (
+        f"Faithfulness: composed with their probed numbers, the detected mechanisms reproduce "
+        f"its updates to within {err:.0%} (relative error, median over {f.get('num_problems')} "
+        "problems)"
+    )
+    lc, ll = finite(f.get("loss_chain")), finite(f.get("loss_learned"))
+    if ll is not None:
+        chain = f"{lc:.3g}" if lc is not None else "diverged"
+        out += (
+            f"; on held-out problems they reach a mean normalised loss of {chain} (itself {ll:.3g})"
+        )
+    worst = [
+        (v["error_share"] - v["update_share"], name)
+        for part in (f.get("residual") or {}).values()
+        for name, v in part.items()
+    ]
+    if err > 0.1 and worst:
+        excess, where = max(worst)
+        if excess > 0.2:
+            out += (
+                f"; the unexplained part sits in the {where.replace('_', ' ')} updates "
+                f"({excess:+.0%} more of the error than of the updates)"
+            )
+    return out + "."

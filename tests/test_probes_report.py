@@ -6,6 +6,7 @@ analyses, so the file stays fast (JAX compilation dominates).
 """
 
 import base64
+import html
 import json
 import math
 import re
@@ -144,7 +145,7 @@ def test_index_html_is_self_contained_and_embeds_every_figure(tiny_run):
     assert "<script" not in page and "<link" not in page
     report = _strict_json(tiny_run / "report" / "report.json")
     for sentence in report["summary"]:
-        assert sentence.replace("&", "&amp;") in page or sentence in page
+        assert html.escape(sentence) in page
 
 
 @pytest.fixture(scope="module")
@@ -212,7 +213,7 @@ def test_results_distillation_and_missing_keys(tmp_path, heavy_ball):
     assert "optax.scale(-0.3)" in page and "distilled, identified (fitted)" in page
     assert "loss_curves.png" in {p.name for p in (tmp_path / "figures").glob("*.png")}
     # the summary ends with what the chains recover: probed, identified, re-tuned (with CIs)
-    assert len(report["summary"]) == 6
+    assert len(report["summary"]) == 1 + 5 + 1  # the result first, the chains last
     shares = [int(x) for x in re.findall(r"(\d+)%(?! CI)", report["summary"][-1])]
     assert shares == [50, 30, 70, 75, 20, 110, 90, 50, 140]
     sec = report["mechanisms"]["distill"]
@@ -353,7 +354,7 @@ def test_a_malformed_analysis_is_one_clear_error(tiny_run, tmp_path, capsys, hea
         (run / name).write_bytes((tiny_run / name).read_bytes())
     analysis = heavy_ball.to_json()
     del analysis["clipping"]["threshold"]
-    write_json(run / "analysis.json", {**analysis, "key_seed": 0})  # newer than theta.npz
+    write_json(run / "analysis.json", {**analysis, "key_seed": 0, "faithfulness": {}})
     with pytest.raises(SystemExit) as e:
         main(["report", str(run), "--quiet"])
     err = capsys.readouterr().err.strip()
@@ -396,3 +397,28 @@ def test_report_figures_are_drawn_around_the_analysis_convergence_point():
     del old["meta"]["convergence_point"]
     again = white_box_evidence(cell, old)
     assert again["convergence"]["point"] == pytest.approx(h_star.tolist())
+
+
+def test_the_summary_leads_with_the_result_the_plateau_and_the_faithfulness(tmp_path, heavy_ball):
+    analysis = heavy_ball.to_json()
+    analysis["faithfulness"] = {
+        "update_error": 0.42,
+        "num_problems": 32,
+        "loss_learned": 0.04,
+        "loss_chain": 0.07,
+        "residual": {"steps": {"early": {"error_share": 0.9, "update_share": 0.3}}},
+    }
+    ev = _eval_json()
+    ev["horizons"]["6"]["optimizers"]["learned"]["final"] = 0.037  # momentum's is 1e-3
+    report = probes.write_report(analysis, tmp_path, evaluation=ev)
+    numbers = [[float(x) for x in re.findall(r"\d+\.\d+(?:e-?\d+)?", s)] for s in report["summary"]]
+    assert numbers[0][:2] == [0.04, 0.05]  # learned against the best tuned baseline
+    assert 0.037 in numbers[1] and 0.001 in numbers[1]  # the plateau, with both final losses
+    assert "42%" in report["summary"][2] and "early" in report["summary"][2]
+    assert report["faithfulness"]["update_error"] == 0.42
+    assert len(report["summary"]) == 3 + 5
+    # a black box is not called a learned optimizer
+    assert "black box" in report["title"] and "learned" not in report["title"]
+    # without a plateau, no plateau sentence
+    ev["horizons"]["6"]["optimizers"]["learned"]["final"] = 1e-3
+    assert len(probes.write_report(analysis, tmp_path, evaluation=ev)["summary"]) == 2 + 5

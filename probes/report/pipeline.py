@@ -25,7 +25,14 @@ from probes.report.sections import (
     schedule_section,
 )
 from probes.values import plain
-from probes.words import data_note, distill_sentence, results_sentence, summary_sentences
+from probes.words import (
+    data_note,
+    distill_sentence,
+    faithfulness_sentence,
+    headline_sentences,
+    results_sentence,
+    summary_sentences,
+)
 
 SCHEMA = "probes.report/1"
 
@@ -95,7 +102,11 @@ def write_report(
         task = (evaluation or {}).get("task", {}) if evaluation else {}
         name = task.get("name")
         title = (
-            "What the learned optimizer learned"
+            (
+                "What the learned optimizer learned"
+                if a.get("source") == "cell"
+                else "What the optimizer does (black box)"
+            )
             + (f" on {name}" if name else "")
             + data_note(task.get("data_source"))
         )
@@ -114,12 +125,19 @@ def write_report(
             ],
         }
     distilled = distill_sentence(distill) if distill else None
+    faithful = faithfulness_sentence(a["faithfulness"]) if a.get("faithfulness") else None
     report = {
         "schema": SCHEMA,
         "title": title,
         "source": a.get("source"),
         "white_box": bool(ev) and a.get("source") == "cell",
-        "summary": summary_sentences(a, ev) + ([distilled] if distilled else []),
+        "summary": (
+            (headline_sentences(res) if res else [])
+            + ([faithful] if faithful else [])
+            + summary_sentences(a, ev)
+            + ([distilled] if distilled else [])
+        ),
+        "faithfulness": plain(a.get("faithfulness")),
         "results_sentence": results_sentence(res) if res else None,
         "results": results_json,
         "mechanisms": {
