@@ -51,11 +51,15 @@ from probes._cells import canonical
 from probes.analysis_result import SCHEMA_VERSION, Analysis, is_current
 from probes.black_box import (
     GRADIENT_PERCENTILES,
+    HAIR,
+    SCHEDULE_HORIZON,
     analyze_optax,
     damping_gains,
+    first_response_step,
     gradient_range,
     log_grid,
     median_gradient,
+    momentum_from_response,
     nyquist_response,
     probe_clipping,
     probe_damping,
@@ -120,16 +124,33 @@ def _autonomous(cell, steps_like):
 
 
 @jax.jit
-def _driven(cell, inputs, steps_like):
-    def run(g):
-        def body(h, _):
-            h = cell.step(h, g)
-            return h, h
+def _driven(cell, inputs, steps):
+    """The state after ``steps`` steps of each constant input from ``h0``, ``(N, H)``."""
 
+    def run(g):
         h0 = jnp.asarray(cell.init_state(), jnp.float32)
-        return jax.lax.scan(body, h0, steps_like)[1]
+        return jax.lax.fori_loop(0, steps, lambda _, h: cell.step(h, g), h0)
 
     return jax.vmap(run)(inputs)
+
+
+@jax.jit
+def _driven_gain(cell, b, steps_like):
+    """``-∂U(h_t, g)/∂g`` at ``g = b`` along ``t`` steps of a constant gradient ``b``, ``(T,)``."""
+
+    def body(h, _):
+        gain = -jax.grad(lambda g: cell.readout(cell.step(h, g)))(b)
+        return cell.step(h, b), gain
+
+    h0 = jnp.asarray(cell.init_state(), jnp.float32)
+    return jax.lax.scan(body, h0, steps_like)[1]
+
+
+@jax.jit
+def _persists(cell, h, steps):
+    """``‖F^steps(h, 0) - h‖₂``: how far a candidate convergence point moves when iterated."""
+    end = jax.lax.fori_loop(0, steps, lambda _, x: cell.step(x, jnp.zeros([], jnp.float32)), h)
+    return jnp.linalg.norm(end - h)
 
 
 _PAD = 384  # every grid evaluation is padded to this length: one compilation per cell kind
@@ -156,6 +177,10 @@ def _best_point(fp, i: int) -> tuple[int, int]:
     return -1, FAILED
 
 
+#: Iterations of ``F(·, 0)`` a convergence point must survive (see :func:`convergence_point`).
+PERSIST_STEPS = 10
+
+
 class ConvergencePoint(NamedTuple):
     """The state an optimizer converges to without gradients (see :func:`convergence_point`).
 
@@ -178,7 +203,7 @@ def convergence_point(
     cell: Cell,
     trajectory: jax.Array | None = None,
     *,
-    schedule_steps: int = 100,
+    schedule_steps: int = SCHEDULE_HORIZON,
     num_seeds: int = 16,
     typical_step: float | None = None,
     key: jax.Array | None = None,
@@ -188,7 +213,8 @@ def convergence_point(
 
     The seeds are ``num_seeds`` states evenly spaced along the autonomous trajectory
     ``h_{t+1} = F(h_t, 0)`` from ``h0``, with 1% noise (the last state kept exact); fixed points
-    win over slow points, and without either the end of the trajectory is used. On a
+    win over slow points, and without either, or when the point found moves by more than one
+    typical step over ``PERSIST_STEPS`` further steps, the end of the trajectory is used. On a
     bistable optimizer this is the attractor most nearby states fall into, not necessarily the
     one the exact trajectory reaches. :func:`analyze_cell` linearises here and traces the
     adaptation branches from here, records it as ``meta["convergence_point"]``, and the report
@@ -216,7 +242,11 @@ def convergence_point(
     opts = dict(fixed_point_options or {})
     fp = fixed_points(cell, jnp.zeros(1), seeds[None], typical_step=typical_step, **opts)
     slot, kind = _best_point(fp, 0)
-    if slot >= 0:
+    # A fixed point must persist: iterated PERSIST_STEPS times it moves less than one typical
+    # step (a slow point moves ~1% of one per step). The float-to-int cast of a step counter
+    # makes states just below an integer map onto it, a false fixed point that moves on.
+    step = float(fp.typical_step)
+    if slot >= 0 and float(_persists(cell, fp.points[0, slot], PERSIST_STEPS)) <= step:
         return ConvergencePoint(fp.points[0, slot], KIND_NAMES[kind], True, fp)
     return ConvergencePoint(traj[-1], "trajectory end", False, fp)
 
@@ -227,14 +257,16 @@ def analyze_cell(
     gradient_samples: Any = None,
     typical_step: float | None = None,
     gradient_scale: float | None = None,
-    schedule_steps: int = 100,
+    schedule_steps: int | None = None,
+    horizon_source: str = "",
     impulse_steps: int = 200,
+    warmup: int = 2000,
     num_seeds: int = 16,
     num_magnitudes: int = 48,
     magnitude_range: tuple[float, float] = (1e-2, 1e1),
     clip_range: tuple[float, float] = (1e-4, 1e4),
     clip_points: int = 161,
-    steady_steps: int = 200,
+    steady_steps: int = 2000,
     damping_points: int = 25,
     damping_steps: int = 200,
     key: jax.Array | None = None,
@@ -250,15 +282,19 @@ def analyze_cell(
             histogram is kept for the clipping figure.
         typical_step: step size of the state along trajectories (fixed vs slow points).
         gradient_scale: overrides the scale from ``gradient_samples`` (default 1).
-        schedule_steps: ``T`` of the autonomous trajectory.
+        schedule_steps: ``T`` of the autonomous trajectory (default ``SCHEDULE_HORIZON``).
+        horizon_source: where ``schedule_steps`` came from (recorded in the result).
         impulse_steps: lags of the linearised impulse response fitted for momentum.
+        warmup: ``W`` of the exact impulse response used where the linearised one is not
+            finite or zero (:func:`probes.black_box.momentum_from_response`).
         num_seeds: seeds for the fixed-point search at ``g* = 0``.
         num_magnitudes: ``M``, grid points per arm along the fixed-point branch (log-spaced).
         magnitude_range: without ``gradient_samples`` the grid spans ``scale × [lo, hi]``.
         clip_range: the clipping grid spans ``scale × [lo, hi]`` per side (log-spaced).
         clip_points: grid points per side.
         steady_steps: iterations of ``F(·, g*)`` from ``h0`` giving the steady state of a cell
-            without a convergence point (adaptation fallback).
+            without a convergence point, or where continuation finds no fixed point
+            (adaptation fallback; the black box's ``W``).
         damping_points: amplitudes of the oscillation-damping probe (:func:`damping_gains`),
             log-spaced from two decades below to one decade above the adaptation range.
         damping_steps: steps of each damping sequence.
@@ -275,10 +311,16 @@ def analyze_cell(
     h0 = jnp.asarray(cell.init_state(), jnp.float32)
     H = h0.shape[0]
 
-    # Schedule: autonomous dynamics from h0.
+    if schedule_steps is None:
+        schedule_steps = SCHEDULE_HORIZON
+        horizon_source = horizon_source or f"default {SCHEDULE_HORIZON} steps (no task family)"
+    hair = HAIR * clip_range[0] * scale
+
+    # Schedule: the gain along the autonomous dynamics from h0 and along a constant gradient.
     traj = _autonomous(cell, jnp.zeros(schedule_steps))
-    alpha_t = np.asarray(effective_lr(cell, traj, secant=1e-3 * scale))
-    schedule = detectors.detect_schedule(alpha_t)
+    alpha_t = np.asarray(effective_lr(cell, traj, hair=hair))
+    driven = np.asarray(_driven_gain(cell, jnp.float32(scale), jnp.zeros(schedule_steps)))
+    schedule = detectors.detect_schedule(alpha_t, driven, horizon_source=horizon_source)
 
     # The convergence point: where the linearisation (momentum) and the adaptation branches
     # start, and where the report draws its white-box figures.
@@ -292,22 +334,41 @@ def analyze_cell(
     )
     h_star, point_kind, fp = conv.point, conv.kind, conv.fixed_points
     lin = linearize(cell, h_star)
-    momentum = detectors.detect_momentum(
-        np.asarray(lin.eigenvalues),
-        np.asarray(lin.alpha),
-        point_kind=point_kind,
-        response=impulse_response(lin, impulse_steps),
-    )
+    response = impulse_response(lin, impulse_steps)
+    if np.all(np.isfinite(response)) and np.any(response != 0):
+        momentum = detectors.detect_momentum(
+            np.asarray(lin.eigenvalues),
+            np.asarray(lin.alpha),
+            point_kind=point_kind,
+            response=response,
+        )
+    else:
+        # Singular (Adam's √ν at ν = 0, a norm at 0) or silent (a sign) at h*: the cell's
+        # exact response on a background, as for a black box.
+        def run(gs):
+            return _cell_run(cell, gs)
 
-    # Clipping: U(h0, g).
+        momentum = momentum_from_response(run, scale, warmup, impulse_steps)[0]
+
+    # Clipping: U(h_t, g) at the first step t with a non-zero update (t = 0 but for a
+    # schedule that starts at 0).
+    mags = log_grid(scale, *clip_range, clip_points)
+
+    def updates_at(gs, t):
+        return np.asarray(_update_function(cell, traj[t], jnp.asarray(gs, jnp.float32)))
+
+    t0 = first_response_step(updates_at, [-mags[-1], -scale, scale, mags[-1]], schedule_steps)
+    h_t0 = traj[t0]
+
     def slope_fn(gs):
-        return _padded(lambda x: _slope(cell, h0, x), gs)
+        return _padded(lambda x: _slope(cell, h_t0, x), gs)
 
     def update_fn(gs):
-        return _padded(lambda x: _update_function(cell, h0, x), gs)
+        return _padded(lambda x: _update_function(cell, h_t0, x), gs)
 
-    mags = log_grid(scale, *clip_range, clip_points)
-    clipping = probe_clipping(slope_fn, update_fn, mags, gradient_samples, detectors.SLOPE_FRACTION)
+    clipping = probe_clipping(
+        slope_fn, update_fn, mags, gradient_samples, detectors.SLOPE_FRACTION, t0
+    )
 
     # Adaptation: α_eff along the fixed-point branches traced from the convergence point.
     lo, hi, range_source = gradient_range(gradient_samples, scale, magnitude_range)
@@ -358,21 +419,31 @@ def _adaptation_along_branches(
     """Traces both arms from ``h_star`` (or iterates from ``h0`` without it); see module doc."""
     M = m.shape[0]
     arms = {}
+    inputs = jnp.asarray(np.concatenate([m, -m]), jnp.float32)
     if h_star is not None:
         opts = {"typical_step": max(step, 1e-30), **options}
         for name, sign in (("pos", 1.0), ("neg", -1.0)):
             br = continuation(cell, np.concatenate([[0.0], sign * m]), h_star, **opts)
             arms[name] = {
                 "method": "continuation",
-                "points": np.asarray(br.points),
+                "points": np.array(br.points),
                 "kind": [KIND_NAMES[k] for k in np.asarray(br.kind)],
                 "jump": np.asarray(br.jump),
                 "jump_ratio": np.asarray(br.jump_ratio),
                 "fold": np.asarray(br.fold),
             }
+        failed = [np.asarray(arms[k]["kind"][1:]) == KIND_NAMES[FAILED] for k in ("pos", "neg")]
+        if np.any(failed):
+            # No fixed point at these g* (an accumulator that grows without bound: Adagrad,
+            # AdaBelief's √s): the steady state is the one W iterations of F(·, g*) reach.
+            ends = np.asarray(_driven(cell, inputs, steady_steps))
+            for i, name in enumerate(("pos", "neg")):
+                bad = np.nonzero(failed[i])[0]
+                arms[name]["points"][bad + 1] = ends[i * M + bad]
+                for j in bad:
+                    arms[name]["kind"][j + 1] = "iterated"
     else:
-        inputs = jnp.asarray(np.concatenate([m, -m]), jnp.float32)
-        ends = np.asarray(_driven(cell, inputs, jnp.zeros(steady_steps))[:, -1])
+        ends = np.asarray(_driven(cell, inputs, steady_steps))
         start = np.asarray(h0)[None]
         for name, part in (("pos", ends[:M]), ("neg", ends[M:])):
             pts = np.concatenate([start, part])

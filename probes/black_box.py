@@ -42,6 +42,7 @@ import optax
 from probes import detectors
 from probes.analysis_result import Analysis
 from probes.detectors import Clipping, Damping
+from probes.modes import memory_from_flips
 
 # ----------------------------------------------------------------------------- shared pieces
 
@@ -51,15 +52,53 @@ def log_grid(scale: float, lo: float, hi: float, num: int) -> np.ndarray:
     return scale * np.logspace(np.log10(lo), np.log10(hi), num)
 
 
+#: Where a slope at ``g = 0`` is not finite (a norm or ``√ν`` at 0) it is read at ``±hair``,
+#: ``hair = HAIR × the smallest probed magnitude``: far below any threshold the grid resolves.
+HAIR = 1e-6
+#: Default schedule horizon without a task family (the paper's 200 updates).
+SCHEDULE_HORIZON = 200
+
+
+def slope_at_zero(slope_fn: Callable[[np.ndarray], np.ndarray], hair: float) -> float:
+    """``∂U/∂g`` at 0, or the mean of the slopes at ``±hair`` where that is not finite."""
+    slope0 = float(slope_fn(np.zeros(1))[0])
+    if not np.isfinite(slope0):
+        slope0 = float(np.mean(slope_fn(np.array([hair, -hair]))))
+    return slope0
+
+
+def first_response_step(update_fn: Callable[[np.ndarray, int], np.ndarray], probe, steps):
+    """The first ``t < steps`` whose update ``U_t(g)`` is not zero at every ``g`` of ``probe``."""
+    for t in range(int(steps)):
+        u = update_fn(np.asarray(probe), t)
+        if np.any(np.isfinite(u) & (u != 0)):
+            return t
+    return 0
+
+
 def probe_clipping(
     slope_fn: Callable[[np.ndarray], np.ndarray],
     update_fn: Callable[[np.ndarray], np.ndarray],
     magnitudes: np.ndarray,
     gradient_samples: np.ndarray | None,
     fraction: float,
+    step: int = 0,
 ) -> Clipping:
-    """Clipping evidence and threshold from vectorised ``∂U/∂g`` and ``U`` (see module doc)."""
-    slope0 = float(slope_fn(np.zeros(1))[0])
+    """Clipping evidence and threshold from vectorised ``∂U/∂g`` and ``U`` (see module doc).
+
+    The reference slope is ``∂U/∂g`` at 0, or at ``±HAIR·magnitudes[0]`` where that is not
+    finite. An update whose slope is zero there and at the hair while it jumps across 0 is
+    sign-like: clipping at threshold 0.
+    """
+    hair = HAIR * float(magnitudes[0])
+    slope0 = slope_at_zero(slope_fn, hair)
+    u_hair = update_fn(np.array([hair, -hair]))
+    sign_like = bool(
+        slope0 == 0.0
+        and np.all(slope_fn(np.array([hair, -hair])) == 0.0)
+        and np.all(np.isfinite(u_hair))
+        and u_hair[0] != u_hair[1]
+    )
     thresholds = {}
     for sign in (1.0, -1.0):
         s = slope_fn(sign * magnitudes)
@@ -85,7 +124,9 @@ def probe_clipping(
     tp, tn = thresholds[1.0], thresholds[-1.0]
     if not (np.isfinite(slope0) and slope0 != 0.0):
         tp = tn = float("inf")
-    detected = bool(slope0 != 0.0 and np.isfinite(min(tp, tn)))
+    if sign_like:
+        tp = tn = 0.0
+    detected = bool(sign_like or (slope0 != 0.0 and np.isfinite(min(tp, tn))))
     return Clipping(
         detected,
         float(min(tp, tn)),
@@ -99,6 +140,8 @@ def probe_clipping(
         np.asarray(slopes),
         counts,
         edges,
+        sign_like,
+        int(step),
     )
 
 
@@ -135,6 +178,10 @@ def gradient_range(
     return scale * lo, scale * hi, "gradient scale x magnitude_range"
 
 
+#: Damping gains are unresolved where ``|ū(+a) - ū(-a)| ≤ RESOLUTION·max|ū|`` (~800 float32 ulps).
+RESOLUTION = 1e-4
+
+
 def damping_gains(
     run: Callable[[jax.Array], jax.Array],
     amplitudes: Any,
@@ -155,7 +202,9 @@ def damping_gains(
       flips sign every step.
 
     Differences between the two signs cancel an update the optimizer makes with no gradient
-    (a learned bias) and average asymmetric responses. A linear optimizer gives constant gains:
+    (a learned bias) and average asymmetric responses. Where they differ by at most
+    ``RESOLUTION`` of the update itself, float32 noise dominates: both gains are ``nan``. A
+    linear optimizer gives constant gains:
     heavy-ball ``(α, β)``: ``G₀ = α/(1-β)``, ``G_π = α/(1+β)``.
 
     Args:
@@ -173,9 +222,13 @@ def damping_gains(
         raise ValueError(f"steps ({steps}) must be at least tail ({tail})")
     const = jnp.stack([jnp.ones(steps), -jnp.ones(steps)]).astype(jnp.float32)
     u = jax.vmap(jax.vmap(run))(a[:, None, None] * const[None])[..., -tail:]  # (A, 2, tail)
-    dc = -(u[:, 0].mean(-1) - u[:, 1].mean(-1)) / (2 * a)
+    up, um = np.asarray(u[:, 0].mean(-1), np.float64), np.asarray(u[:, 1].mean(-1), np.float64)
+    dc = -(up - um) / (2 * np.asarray(a, np.float64))
     ny = nyquist_response(run, amplitudes, steps=steps)[:, -tail:].mean(-1)
-    return np.asarray(dc, np.float64), ny
+    # A gain is resolved where the two signs' updates differ by more than float32 noise on the
+    # update itself (a learned bias makes the difference of two nearly equal numbers).
+    unresolved = np.abs(up - um) <= RESOLUTION * np.maximum(np.abs(up), np.abs(um))
+    return np.where(unresolved, np.nan, dc), np.where(unresolved, np.nan, ny)
 
 
 def nyquist_response(
@@ -239,6 +292,131 @@ def _scalar_updates(tx: optax.GradientTransformation) -> Callable[[jax.Array], j
     return run
 
 
+def impulse_program(run: Callable, warmup: int, lags: int) -> Callable:
+    """``(b, w) -> (r, gains)``: the impulse response after ``w ≤ warmup`` steps of ``b``.
+
+    ``r_k = ∂u_{w+k}/∂g_w`` and ``gains_k = -∂u_{w+k}/∂g_{w+k}`` (the instantaneous gain at each
+    lag, which follows a schedule), both ``(lags,)``, exact by ``jax.jvp``; one compilation.
+    """
+    length = warmup + lags
+
+    def at(gs, pos):
+        tangent = (jnp.arange(length) == pos).astype(jnp.float32)
+        return jax.jvp(run, (gs,), (tangent,))[1]
+
+    @jax.jit
+    def program(b, w):
+        gs = jnp.full(length, b, jnp.float32)
+        r = jax.lax.dynamic_slice(at(gs, w), (w,), (lags,))
+        gains = jax.vmap(lambda k: -at(gs, w + k)[w + k])(jnp.arange(lags))
+        return r, gains, run(gs)[w]
+
+    return program
+
+
+def measure_impulse(program: Callable, scale: float, warmup: int) -> tuple[Any, float, int]:
+    """The impulse response the momentum detector fits, normalised by the schedule.
+
+    Backgrounds ``b = 0``, then ``scale·10^{-j}`` (``j = 0…6``): the first where the response is
+    finite and, at some ``w = warmup, warmup/2, …, 1``, not zero (``ZERO_RESPONSE``; a schedule
+    that has reached 0 by ``warmup``, or a clip that the background saturates, answers nothing).
+    Where the instantaneous gain changes over the lags (a schedule), ``r_k`` is rescaled by
+    ``gains_0/gains_k`` over the lags before the gain vanishes or changes sign, so that a decay
+    ``γ`` per step does not read as ``βγ``.
+
+    Returns:
+        ``(r, b, w)``, or ``(None, nan, 0)`` if the response is zero or not finite everywhere.
+    """
+    for b in [0.0] + [scale * 10.0**-j for j in range(7)]:
+        w = int(warmup)
+        while w >= 1:
+            r, gains, u_w = (np.asarray(x, np.float64) for x in program(jnp.float32(b), w))
+            if not np.all(np.isfinite(r)):
+                break
+            if np.any(np.abs(r) > ZERO_RESPONSE * abs(float(u_w)) / max(b, 1e-30)):
+                g0 = gains[0]
+                if np.isfinite(g0) and g0 != 0 and np.all(np.isfinite(gains)):
+                    same = gains * np.sign(g0) > 0
+                    n = int(np.argmin(same)) if not same.all() else gains.size
+                    if np.any(np.abs(gains[:n] - g0) > 1e-6 * abs(g0)):
+                        r = r[:n] * g0 / gains[:n]
+                return r, float(b), w
+            w //= 2
+    return None, float("nan"), 0
+
+
+#: A response below this fraction of the update per unit background ``|u_w|/b`` is rounding
+#: (a clip saturated by the background); at ``b = 0`` any non-zero response counts.
+ZERO_RESPONSE = 1e-6
+#: Opposite impulses ``-X·b`` of the sign-flip probe and the lags it watches.
+FLIP_AMPLITUDES = np.logspace(4.0, 10.0, 13)
+FLIP_LAGS = 2500
+
+
+def flip_program(run: Callable, warmup: int) -> Callable:
+    """``b -> (K (A,), u_W)``: steps whose update's sign an impulse ``-X·b`` flips (sign-like)."""
+    length = warmup + FLIP_LAGS
+    amps = jnp.asarray(FLIP_AMPLITUDES, jnp.float32)
+
+    @jax.jit
+    def program(b):
+        gs = jnp.full(length, b, jnp.float32)
+        ref = run(gs)[warmup:]
+        kicked = jax.vmap(lambda x: run(gs.at[warmup].set(-x * b))[warmup:])(amps)
+        flipped = jnp.sign(kicked) != jnp.sign(ref)[None]
+        return jnp.sum(jnp.cumprod(flipped, axis=1), axis=1), ref[0]
+
+    return program
+
+
+def momentum_from_response(run: Callable, scale: float, warmup: int, lags: int):
+    """Momentum from the exact impulse response of ``run`` (black box; a cell's fallback).
+
+    The small-signal response (:func:`measure_impulse`) is fitted with modes; where it is zero
+    at every background the update is sign-like and its memory is read from how long an
+    opposite impulse flips its sign (:func:`probes.modes.memory_from_flips`).
+
+    Returns:
+        ``(Momentum, r, b)``.
+    """
+    r, b, _ = measure_impulse(impulse_program(run, warmup, lags), scale, warmup)
+    if r is not None:
+        lams, alphas = detectors.fit_modes(r)
+        return detectors.detect_momentum(lams, alphas, point_kind="impulse response"), r, b
+    counts, u0 = flip_program(run, warmup)(jnp.float32(scale))
+    beta = memory_from_flips(FLIP_AMPLITUDES, np.asarray(counts))
+    alpha = abs(float(u0)) / scale
+    m = detectors.detect_momentum(np.array([beta]), np.array([alpha]), point_kind="sign flips")
+    m.impulse_response = np.asarray(counts, np.float64)
+    return m, np.zeros(0), scale
+
+
+def schedule_program(run: Callable, steps: int) -> Callable:
+    """``(hair, b) -> (A (T,), C (T,))``: the two curves of the schedule probe.
+
+    ``A_t = -∂u_t/∂g_t`` after ``t`` zero gradients (the mean of the slopes at ``±hair`` where
+    that is not finite); ``C_t = -∂u_t/∂g_t`` after ``t`` steps of a constant gradient ``b``.
+    """
+
+    @jax.jit
+    def program(hair, b):
+        def at(t):
+            onehot = (jnp.arange(steps) == t).astype(jnp.float32)
+            zero = jnp.zeros(steps, jnp.float32)
+            d = -jax.jvp(run, (zero,), (onehot,))[1][t]
+            plus = -jax.jvp(run, (hair * onehot,), (onehot,))[1][t]
+            minus = -jax.jvp(run, (-hair * onehot,), (onehot,))[1][t]
+            return jnp.where(jnp.isfinite(d), d, 0.5 * (plus + minus))
+
+        def along(t):
+            onehot = (jnp.arange(steps) == t).astype(jnp.float32)
+            return -jax.jvp(run, (jnp.full(steps, b, jnp.float32),), (onehot,))[1][t]
+
+        return jax.vmap(at)(jnp.arange(steps)), jax.vmap(along)(jnp.arange(steps))
+
+    return program
+
+
 def analyze_optax(
     tx: optax.GradientTransformation,
     *,
@@ -246,7 +424,8 @@ def analyze_optax(
     gradient_samples: Any = None,
     impulse_steps: int = 200,
     warmup: int = 2000,
-    schedule_steps: int = 100,
+    schedule_steps: int | None = None,
+    horizon_source: str = "",
     num_magnitudes: int = 9,
     magnitude_range: tuple[float, float] = (1e-2, 1e1),
     clip_range: tuple[float, float] = (1e-4, 1e4),
@@ -264,7 +443,8 @@ def analyze_optax(
         gradient_samples: gradients seen in training (histogram only).
         impulse_steps: lags ``T`` of the impulse response.
         warmup: ``W``, steps of background / constant gradient before probing.
-        schedule_steps: steps of the schedule probe.
+        schedule_steps: the horizon of the schedule probe (default ``SCHEDULE_HORIZON``).
+        horizon_source: where ``schedule_steps`` came from (recorded in the result).
         num_magnitudes: ``M`` per arm for adaptation.
         magnitude_range: ``scale × [lo, hi]`` for adaptation.
         clip_range: ``scale × [lo, hi]`` for the clipping grid.
@@ -273,57 +453,51 @@ def analyze_optax(
         damping_steps: steps of each damping sequence.
 
     Returns:
-        An :class:`Analysis` (``momentum.point_kind == "impulse response"``).
+        An :class:`Analysis` (``momentum.point_kind == "impulse response"``, or
+        ``"sign flips"`` for a sign-like update).
     """
     run = _scalar_updates(tx)
     scale = float(gradient_scale)
+    if schedule_steps is None:
+        schedule_steps = SCHEDULE_HORIZON
+        horizon_source = horizon_source or f"default {SCHEDULE_HORIZON} steps (no task family)"
+    T = int(schedule_steps)
+
+    momentum, response, background = momentum_from_response(run, scale, warmup, impulse_steps)
 
     @jax.jit
-    def impulse(background):
-        gs = jnp.full(warmup + impulse_steps, background, jnp.float32)
-        tangent = jnp.zeros_like(gs).at[warmup].set(1.0)
-        return jax.jvp(run, (gs,), (tangent,))[1][warmup:]
-
-    response = np.asarray(impulse(jnp.float32(0.0)))
-    background = 0.0
-    if not np.all(np.isfinite(response)):
-        background = scale
-        response = np.asarray(impulse(jnp.float32(background)))
-    lams, alphas = detectors.fit_modes(response)
-    momentum = detectors.detect_momentum(lams, alphas, point_kind="impulse response")
+    def first_update(gs, t):
+        return jax.vmap(lambda g: run(jnp.zeros(T, jnp.float32).at[t].set(g))[t])(gs)
 
     @jax.jit
-    def first_update(gs):
-        return jax.vmap(lambda g: run(g[None])[0])(gs)
+    def first_slope(gs, t):
+        # Forward mode: u_t's tangent depends on steps ≤ t only (reverse mode would multiply
+        # 0 by the infinite slope of a √ν that later zero gradients drive to 0).
+        def one(g):
+            f = lambda x: run(jnp.zeros(T, jnp.float32).at[t].set(x))[t]  # noqa: E731
+            return jax.jvp(f, (g,), (jnp.ones_like(g),))[1]
 
-    @jax.jit
-    def first_slope(gs):
-        return jax.vmap(jax.grad(lambda g: run(g[None])[0]))(gs)
+        return jax.vmap(one)(gs)
 
     mags = log_grid(scale, *clip_range, clip_points)
+
+    def updates_at(g, t):
+        return np.asarray(first_update(jnp.asarray(g, jnp.float32), t))
+
+    t0 = first_response_step(updates_at, [-mags[-1], -scale, scale, mags[-1]], T)
     clipping = probe_clipping(
-        lambda g: np.asarray(first_slope(jnp.asarray(g, jnp.float32))),
-        lambda g: np.asarray(first_update(jnp.asarray(g, jnp.float32))),
+        lambda g: np.asarray(first_slope(jnp.asarray(g, jnp.float32), t0)),
+        lambda g: updates_at(g, t0),
         mags,
         gradient_samples,
         detectors.SLOPE_FRACTION,
+        t0,
     )
 
-    delta = 1e-3 * scale
-
-    @jax.jit
-    def schedule_lr():
-        def at(t):
-            gs = jnp.zeros(schedule_steps, jnp.float32)
-            tangent = (jnp.arange(schedule_steps) == t).astype(jnp.float32)
-            d = -jax.jvp(run, (gs,), (tangent,))[1][t]
-            plus = run(gs.at[t].set(delta))[t]
-            minus = run(gs.at[t].set(-delta))[t]
-            return jnp.where(jnp.isfinite(d), d, -(plus - minus) / (2 * delta))
-
-        return jax.vmap(at)(jnp.arange(schedule_steps))
-
-    schedule = detectors.detect_schedule(np.asarray(schedule_lr()))
+    a_t, b_t = schedule_program(run, T)(jnp.float32(HAIR * mags[0]), jnp.float32(scale))
+    schedule = detectors.detect_schedule(
+        np.asarray(a_t), np.asarray(b_t), horizon_source=horizon_source
+    )
 
     m = log_grid(scale, *magnitude_range, num_magnitudes)
 
@@ -336,9 +510,9 @@ def analyze_optax(
 
         return jax.vmap(one)(gstar)
 
-    a_pos = np.asarray(steady_lr(jnp.asarray(m, jnp.float32)))
-    a_neg = np.asarray(steady_lr(jnp.asarray(-m, jnp.float32)))
+    a_both = np.asarray(steady_lr(jnp.asarray(np.concatenate([m, -m]), jnp.float32)))
     M = len(m)
+    a_pos, a_neg = a_both[:M], a_both[M:]
     adaptation = detectors.detect_adaptation(
         m,
         a_pos,
@@ -352,13 +526,16 @@ def analyze_optax(
         gradient_range=(float(m[0]), float(m[-1])),
         gradient_range_source="gradient scale x magnitude_range",
     )
+    lams, alphas = momentum.fit_eigenvalues, momentum.fit_alphas
+    with np.errstate(divide="ignore", invalid="ignore"):
+        steady = float(-np.real(np.sum(alphas / (1.0 - lams)))) if response.size else np.nan
     meta = {
         "gradient_scale": scale,
         "impulse_background": background,
         "impulse_response": response,
         # -Σ α_j/(1-λ_j) from the fitted modes (the lags recorded may be shorter than the
         # slowest mode): Adam ≈ 0 (only the bias-correction factor of the ν mode remains).
-        "steady_response": float(-np.real(np.sum(alphas / (1.0 - lams)))),
+        "steady_response": steady,
         "warmup": warmup,
     }
     damping = probe_damping(

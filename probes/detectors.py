@@ -15,13 +15,14 @@ from typing import Any
 
 import numpy as np
 
-from probes.modes import fit_modes
+from probes.modes import MEMORY_GRID, dominant_mode, fit_damping_memory, fit_modes  # noqa: F401 (re-exported)
 from probes.values import complex_array, plain
 
 #: Momentum: the dominant mode must decay no faster than this per step (``λ ≥ MIN_BETA``); an
 #: SGD-like mode has ``λ = 0``.
 MIN_BETA = 0.05
-#: Momentum: the dominant mode must carry at least this share ``|α_i| / Σ_j |α_j|``.
+#: Momentum: the dominant mode must carry at least this share of the positive steady response,
+#: ``G_i / Σ_{G_j > 0} G_j`` with ``G_i = α_i/(1 - λ_i)`` (:func:`probes.modes.dominant_mode`).
 MIN_SHARE = 0.5
 #: Momentum: a complex dominant pair ``|λ| e^{±iθ}`` counts as real (a decaying exponential)
 #: when its own response ``2 Re(α λᵏ)`` keeps its sign until its envelope ``|λ|ᵏ`` has fallen
@@ -128,10 +129,11 @@ class Momentum(_Result):
     Attributes:
         detected: the dominant mode is real (or effectively real: ``sign_change_level ≤
             SIGN_CHANGE_LEVEL``), ``MIN_BETA ≤ β < 1`` and ``share ≥ MIN_SHARE``.
-        beta: ``β`` of the dominant mode (largest ``|α_i|``; conjugate pairs count together).
-        alpha: its learning rate ``α_i``.
+        beta: ``β`` of the dominant mode (largest positive ``α_i/(1-λ_i)``; a conjugate pair
+            counts together), or 0 without one.
+        alpha: its learning rate ``α_i`` (without a dominant mode: the ``λ = 0`` term).
         timescale: ``τ = -1/ln|β|`` steps.
-        share: ``|α_i| / Σ_j |α_j|`` over the fitted modes.
+        share: ``G_i / Σ_{G_j > 0} G_j`` over the fitted modes (``G = α/(1-λ)``).
         is_real: whether the dominant mode is real (strictly: no imaginary part).
         eigenvalues: all ``λ_i`` of the linearisation (evidence), complex.
         alphas: all ``α_i`` of the linearisation (evidence), complex.
@@ -185,7 +187,11 @@ def detect_momentum(
     min_share: float = MIN_SHARE,
     sign_change_level: float = SIGN_CHANGE_LEVEL,
 ) -> Momentum:
-    """Picks the dominant mode (largest ``|α_i|``) and decides whether it is momentum.
+    """Picks the dominant mode and decides whether it is momentum.
+
+    The dominant mode is the decaying mode (``0 < |λ| < 1``) with the largest positive steady
+    gain ``G_i = α_i/(1 - λ_i)`` (:func:`probes.modes.dominant_mode`); modes with ``G_i < 0``
+    are corrections. Without one, ``β = 0`` and ``α`` is the instantaneous (``λ = 0``) term.
 
     Args:
         eigenvalues: the modes' ``λ_i`` (evidence).
@@ -207,15 +213,15 @@ def detect_momentum(
         r = np.zeros(0)
         lam, al = lam_all, al_all
     extra = (lam, al, r)
-    mag = np.where(np.isfinite(np.abs(al)), np.abs(al), 0.0)
-    total = float(np.sum(mag))
-    if lam.size == 0 or total <= 0.0:
-        return Momentum(False, 0.0, 0.0, 0.0, 0.0, True, lam_all, al_all, point_kind, *extra)
-    i = int(np.argmax(mag))
+    i, share = dominant_mode(lam, al)
+    if i < 0:
+        # No mode pushes against the gradient with memory: report the instantaneous term.
+        zero = np.nonzero(np.abs(lam) == 0)[0]
+        a0 = float(np.real(al[zero[0]])) if zero.size else 0.0
+        a0 = a0 if np.isfinite(a0) else 0.0
+        return Momentum(False, 0.0, a0, 0.0, 0.0, True, lam_all, al_all, point_kind, *extra)
     tol = 1e-6 * max(1.0, abs(lam[i]))
     is_real = abs(lam[i].imag) <= tol
-    # A complex mode's partner carries the conjugate α: count the pair together.
-    share = mag[i] / total * (1.0 if is_real else 2.0)
     beta = float(lam[i].real) if is_real else float(abs(lam[i]))
     absb = abs(beta)
     tau = float("inf") if absb >= 1 else (0.0 if absb == 0 else -1.0 / np.log(absb))
@@ -250,7 +256,8 @@ class Clipping(_Result):
 
     Attributes:
         detected: on at least one side the slope falls to ``SLOPE_FRACTION`` of its value at 0
-            within the probed range (and the slope at 0 is not zero).
+            (at a hair from 0 where that is not finite) within the probed range, and that
+            slope is not zero; or the update is sign-like.
         threshold: the smaller of the two one-sided thresholds (``inf`` if none).
         threshold_pos: where the slope first falls for ``g > 0`` (``inf`` if never).
         threshold_neg: the same for ``g < 0`` (a positive number).
@@ -259,6 +266,10 @@ class Clipping(_Result):
         slope0: ``∂U/∂g`` at 0.
         gradients: the probed grid, ``(G,)``; ``updates``, ``slopes``: ``U`` and ``∂U/∂g`` there.
         histogram_counts, histogram_edges: histogram of gradients seen in training (or empty).
+        sign_like: the update jumps at ``g = 0`` with zero slope on both sides (sign-SGD, Lion):
+            clipping at threshold 0 (``sign g = lim_{c→0} clip(g, ±c)/c``).
+        step: the update probed, ``U(h_t, g)`` after ``t`` zero gradients: the first with a
+            non-zero response (0 unless a schedule starts at 0).
     """
 
     detected: bool
@@ -273,6 +284,8 @@ class Clipping(_Result):
     slopes: np.ndarray
     histogram_counts: np.ndarray
     histogram_edges: np.ndarray
+    sign_like: bool = False
+    step: int = 0
 
 
 def one_sided_threshold(
@@ -291,13 +304,18 @@ def one_sided_threshold(
 
 @dataclasses.dataclass
 class Schedule(_Result):
-    """The learning-rate schedule seen along the autonomous dynamics.
+    """The learning-rate schedule: the time dependence of the step whatever the gradients.
 
     Attributes:
         detected: the shape is not ``constant``.
         shape: ``constant``, ``warm-up``, ``decay`` or ``warm-up-then-decay``.
-        effective_lr: ``α_eff`` at each step, ``(T,)``.
-        rise: ``(max - α_0)/max``; fall: ``(max - α_{T-1})/max``; peak_step: argmax.
+        effective_lr: ``α_eff`` after ``t`` zero gradients, ``(T,)``.
+        rise: how far the curves dip below their peak before it, ``(max - min_{t ≤ peak})/max``
+            (the smaller of the two curves' values); fall: the same after the peak;
+            peak_step: the first step where ``|α_eff|`` is largest.
+        constant_gradient_lr: ``-∂u_t/∂g_t`` after ``t`` steps of a constant gradient ``b``
+            from a fresh state, ``(T,)`` (empty if not probed).
+        horizon_source: where ``T`` came from (the task family or the default).
     """
 
     detected: bool
@@ -306,34 +324,54 @@ class Schedule(_Result):
     rise: float
     fall: float
     peak_step: int
+    constant_gradient_lr: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    horizon_source: str = ""
 
 
-def detect_schedule(effective_lr: np.ndarray, *, tol: float = SCHEDULE_TOL) -> Schedule:
-    """Classifies ``α_eff(t)`` as constant, warm-up, decay or warm-up-then-decay.
-
-    A rise ≥ ``tol`` (relative to the peak) before the peak is a warm-up, a fall ≥ ``tol``
-    after it a decay.
-    """
-    a = np.asarray(effective_lr, np.float64)
+def _rise_fall(curve: np.ndarray) -> tuple[float, float, int] | None:
+    """``(rise, fall, peak)`` of ``|curve|`` over its finite values (``None`` if none positive)."""
+    a = np.abs(np.asarray(curve, np.float64))
     finite = np.isfinite(a)
-    if not finite.any():
-        return Schedule(False, "constant", a, 0.0, 0.0, 0)
-    mag = np.where(finite, np.abs(a), -np.inf)
+    if not finite.any() or np.max(a[finite]) <= 0:
+        return None
+    mag = np.where(finite, a, -np.inf)
     peak = int(np.argmax(mag))
     top = mag[peak]
-    if top <= 0:
-        return Schedule(False, "constant", a, 0.0, 0.0, peak)
-    first = mag[np.argmax(finite)]
-    last = mag[len(a) - 1 - np.argmax(finite[::-1])]
-    rise, fall = float((top - first) / top), float((top - last) / top)
-    warm, decay = rise >= tol, fall >= tol
+    low = np.where(finite, a, np.inf)
+    return float((top - low[: peak + 1].min()) / top), float((top - low[peak:].min()) / top), peak
+
+
+def detect_schedule(
+    effective_lr: np.ndarray,
+    constant_lr: np.ndarray | None = None,
+    *,
+    tol: float = SCHEDULE_TOL,
+    horizon_source: str = "",
+) -> Schedule:
+    """Classifies the schedule as constant, warm-up, decay or warm-up-then-decay.
+
+    On each curve, the rise is how far it dips below its peak anywhere before the peak and the
+    fall how far anywhere after it, relative to the peak (the whole curve: a dip that recovers
+    counts). A schedule applies whatever the gradients, so a warm-up (decay) needs a rise
+    (fall) of at least ``tol`` on both curves: the gain after ``t`` zero gradients and, where
+    given and not zero, the gain after ``t`` steps of a constant gradient. The moments' bias
+    corrections of a normalised update (Adam, AdaBelief) lower the first with ``t`` and raise
+    the second.
+    """
+    a = np.asarray(effective_lr, np.float64)
+    b = np.zeros(0) if constant_lr is None else np.asarray(constant_lr, np.float64)
+    ra = _rise_fall(a)
+    if ra is None:
+        return Schedule(False, "constant", a, 0.0, 0.0, 0, b, horizon_source)
+    rb = _rise_fall(b) if b.size else None
+    rise, fall = (ra[0], ra[1]) if rb is None else (min(ra[0], rb[0]), min(ra[1], rb[1]))
     shape = {
         (False, False): "constant",
         (True, False): "warm-up",
         (False, True): "decay",
         (True, True): "warm-up-then-decay",
-    }[(warm, decay)]
-    return Schedule(shape != "constant", shape, a, rise, fall, peak)
+    }[(rise >= tol, fall >= tol)]
+    return Schedule(shape != "constant", shape, a, rise, fall, ra[2], b, horizon_source)
 
 
 # ----------------------------------------------------------------------------- adaptation
@@ -571,72 +609,6 @@ class Damping(_Result):
     buildup: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     buildup_amplitude: float = float("nan")
     buildup_fit: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
-
-
-#: Candidate memories for :func:`fit_damping_memory`: ``1 − ρ`` log-spaced from 1 to 10⁻³.
-MEMORY_GRID = 1.0 - np.logspace(0.0, -3.0, 601)
-
-
-def fit_damping_memory(
-    buildup: np.ndarray,
-    amplitude: float,
-    kappa: float,
-    reference: np.ndarray | None = None,
-    *,
-    return_fit: bool = False,
-) -> float | tuple[float, np.ndarray]:
-    """The ``ρ`` whose damping, seen through the optimizer's own filter, best fits ``D_t``.
-
-    ``D_t = N_t(a)/N_t(a₀)`` is the Nyquist gain at step ``t`` of an input alternating ``±a``,
-    relative to the same at a tiny amplitude ``a₀`` (no damping), both from a fresh state. The
-    model is :func:`lopt.chain.damp_oscillations` in front of a linear filter: the input is
-    scaled by ``f_t = 1/(1 + (a/κ')√(1 − ρᵗ))`` (``e_t = a²(1 − ρᵗ)`` after ``t`` changes of
-    ``±a``) and then filtered. The filter's alternating-input weights are read off the reference
-    itself, ``w_k = N_k(a₀) − N_{k−1}(a₀)``, so ``D_t = Σ_k w_k f_{t−k} / N_t(a₀)``; without a
-    reference ``D_t = f_t``. ``ρ`` and ``κ'`` are fitted together (squared log errors over a grid
-    of ``ρ`` and of ``κ'`` within a factor ``10^±0.1``, −21% … +26%, of ``κ``): a slow memory has
-    not settled within the probe's steps, which biases the steady ``κ`` and, through it, a fit of
-    ``ρ`` alone. ``κ'`` only serves the fit; the reported ``κ`` stays the steady one. The
-    reference amplitude must be well below ``κ`` (the probe uses the bottom of its grid).
-
-    Args:
-        buildup: ``D_t``, ``(T,)``.
-        amplitude: ``a``.
-        kappa: the steady half-point ``κ``.
-        reference: ``N_t(a₀)``, ``(T,)`` (optional).
-        return_fit: also return the fitted model's ``D_t``.
-
-    Returns:
-        ``ρ`` from :data:`MEMORY_GRID` (``nan`` if fewer than two usable steps), and with
-        ``return_fit`` the fitted ``D_t`` (``(T,)``, ``nan`` where it cannot be computed).
-    """
-    d = np.asarray(buildup, np.float64).reshape(-1)
-    T = d.size
-    t = np.arange(T, dtype=np.float64)
-    none = (float("nan"), np.full(T, np.nan)) if return_fit else float("nan")
-    if not (np.isfinite(kappa) and kappa > 0):
-        return none
-    kap = kappa * 10.0 ** np.linspace(-0.1, 0.1, 21)
-    root = np.sqrt(1.0 - MEMORY_GRID[:, None] ** t[None])  # (R, T)
-    f = 1.0 / (1.0 + (amplitude / kap)[:, None, None] * root[None])  # (K, R, T)
-    f = f.reshape(-1, T)
-    if reference is not None:
-        n0 = np.asarray(reference, np.float64).reshape(-1)[:T]
-        w = np.diff(n0, prepend=0.0)
-        # Σ_k w_k f_{t-k} for every candidate: f times the lower-triangular Toeplitz matrix of w.
-        lag = t[:, None] - t[None, :]
-        toeplitz = np.where(lag >= 0, w[np.clip(lag, 0, T - 1).astype(int)], 0.0)  # [t, s]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            model = (f @ toeplitz.T) / n0[None]
-    else:
-        model = f
-    ok = np.isfinite(d) & (d > 0) & (t >= 1) & np.all(np.isfinite(model) & (model > 0), axis=0)
-    if ok.sum() < 2:
-        return none
-    err = np.sum((np.log(model[:, ok]) - np.log(d[ok])[None]) ** 2, axis=1)
-    best = int(np.argmin(err))
-    rho = float(MEMORY_GRID[best % MEMORY_GRID.size])
-    return (rho, model[best]) if return_fit else rho
 
 
 def detect_damping(

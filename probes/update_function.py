@@ -87,7 +87,19 @@ def update_slope(cell: Cell, h: ArrayLike, gs: ArrayLike) -> jax.Array:
     )
 
 
-def effective_lr(cell: Cell, h: ArrayLike, *, secant: float | None = None) -> jax.Array:
+@jax.jit
+def _effective_lr_or_hair(cell, hs, hair):
+    def one(h):
+        a = _alpha(cell, h)
+        side = jax.vmap(jax.grad(lambda g: update(cell, h, g)))(jnp.stack([hair, -hair]))
+        return jnp.where(jnp.isfinite(a), a, -jnp.mean(side))
+
+    return jax.vmap(one)(hs)
+
+
+def effective_lr(
+    cell: Cell, h: ArrayLike, *, secant: float | None = None, hair: float | None = None
+) -> jax.Array:
     """``α_eff(h) = -∂U/∂g`` at ``g = 0`` by autodiff.
 
     Args:
@@ -96,6 +108,9 @@ def effective_lr(cell: Cell, h: ArrayLike, *, secant: float | None = None) -> ja
         secant: if given, where the derivative is not finite (e.g. Adam at ``ν = 0``, where
             ``√ν`` has an infinite slope) use the secant ``-(U(h, δ) - U(h, -δ))/(2δ)`` with
             ``δ = secant`` instead.
+        hair: if given (instead of ``secant``), where the derivative is not finite use the
+            mean of the derivatives at ``±hair``: for a hair far below ``ε`` this is Adam's
+            ``1/ε`` gain at rest, which a secant over a wider step would miss.
 
     Returns:
         ``α_eff`` with the batch shape of ``h``.
@@ -103,7 +118,9 @@ def effective_lr(cell: Cell, h: ArrayLike, *, secant: float | None = None) -> ja
     cell = canonical(cell)
     h = jnp.asarray(h, jnp.float32)
     flat = h.reshape(-1, h.shape[-1])
-    if secant is None:
+    if hair is not None:
+        out = _effective_lr_or_hair(cell, flat, jnp.float32(hair))
+    elif secant is None:
         out = _effective_lr(cell, flat)
     else:
         out = _effective_lr_or_secant(cell, flat, jnp.float32(secant))

@@ -55,11 +55,11 @@ def test_momentum_spread_over_modes_is_detected(case):
     cell = _linear_cell(lams, alphas)
     h = jnp.zeros(len(lams))
     lin = probes.linearize(cell, h)
-    # the raw dominant mode is not momentum: share below MIN_SHARE (or the λ = 0.5 distractor)
+    # the raw modes miss the momentum: share below MIN_SHARE, or the λ = 0.5 distractor
     raw = detectors.detect_momentum(
         np.asarray(lin.eigenvalues), np.asarray(lin.alpha), point_kind="fixed"
     )
-    assert not raw.detected
+    assert not (raw.detected and abs(raw.beta - 0.9) <= 0.01)
     # the linearised impulse response is exact and sums to the steady response
     r = impulse_response(lin, 400)
     k = np.arange(5)
