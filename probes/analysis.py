@@ -489,7 +489,8 @@ def analyze(opt: Any, theta: Any, family: Any = None, key: jax.Array | None = No
 
     Uses ``opt.cell(theta)`` (white box). With ``family`` it first records trajectories
     (:func:`probes.trajectories`, problems drawn from ``key``, by default ``key(0)``) for the
-    gradient histogram, the gradient scale and the typical step of the state. An optimizer
+    gradient histogram, the gradient scale and the typical step of the state, and the schedule
+    is probed over the family's horizon ``family.num_steps``. An optimizer
     without a cell (``cell`` raises ``TypeError``, e.g. the per-parameter MLP optimizer) is
     analysed as a black box with :func:`analyze_optax` on ``opt.optimizer(theta)``.
 
@@ -513,6 +514,10 @@ def analyze(opt: Any, theta: Any, family: Any = None, key: jax.Array | None = No
         samples = np.asarray(tr.grads)
         if tr.hidden is not None:
             step = float(_typical(tr.hidden))
+        if "schedule_steps" not in kwargs and getattr(family, "num_steps", None):
+            kwargs["schedule_steps"] = int(family.num_steps)
+            name = getattr(family, "name", type(family).__name__)
+            kwargs.setdefault("horizon_source", f"task family {name} (num_steps)")
     try:
         cell = opt.cell(theta)
     except TypeError:

@@ -31,6 +31,7 @@ Shapes: ``T`` steps, ``G`` gradient values, ``M`` magnitudes, ``A`` amplitudes.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -469,14 +470,12 @@ def analyze_optax(
     def first_update(gs, t):
         return jax.vmap(lambda g: run(jnp.zeros(T, jnp.float32).at[t].set(g))[t])(gs)
 
-    @jax.jit
+    @functools.partial(jax.jit, static_argnums=1)
     def first_slope(gs, t):
-        # Forward mode: u_t's tangent depends on steps ≤ t only (reverse mode would multiply
-        # 0 by the infinite slope of a √ν that later zero gradients drive to 0).
-        def one(g):
-            f = lambda x: run(jnp.zeros(T, jnp.float32).at[t].set(x))[t]  # noqa: E731
-            return jax.jvp(f, (g,), (jnp.ones_like(g),))[1]
-
+        # Exactly t + 1 steps: reverse mode through later zero-gradient steps would multiply 0
+        # by the infinite slope of a √ν they drive to 0, and forward mode multiplies the zero
+        # tangent of a parameter norm at p = 0 (AGC) by its infinite slope.
+        one = jax.grad(lambda g: run(jnp.zeros(t + 1, jnp.float32).at[t].set(g))[t])
         return jax.vmap(one)(gs)
 
     mags = log_grid(scale, *clip_range, clip_points)
