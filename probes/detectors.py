@@ -189,7 +189,7 @@ def detect_momentum(
 ) -> Momentum:
     """Picks the dominant mode and decides whether it is momentum.
 
-    The dominant mode is the decaying mode (``0 < |λ| < 1``) with the largest positive steady
+    The dominant mode is the decaying mode with ``Re λ > 0`` with the largest positive steady
     gain ``G_i = α_i/(1 - λ_i)`` (:func:`probes.modes.dominant_mode`); modes with ``G_i < 0``
     are corrections. Without one, ``β = 0`` and ``α`` is the instantaneous (``λ = 0``) term.
 

@@ -74,7 +74,8 @@ def steady_gains(eigenvalues: np.ndarray, alphas: np.ndarray) -> np.ndarray:
 def dominant_mode(eigenvalues: np.ndarray, alphas: np.ndarray) -> tuple[int, float]:
     """The momentum candidate among modes and its share of the positive steady response.
 
-    Candidates are the decaying modes other than ``λ = 0`` (``0 < |λ| < 1``) that push against
+    Candidates are the decaying modes that do not alternate (``Re λ > 0``, ``|λ| < 1``; a
+    negative ``λ`` flips sign every step, which no momentum does) and that push against
     the gradient, ``G_i > 0`` (:func:`steady_gains`; a conjugate pair counts as one); a mode
     with ``G_i < 0`` (Adam's ``ν`` mode, the second pole of two cascaded EMAs) corrects the
     others and is no candidate. The dominant one has the largest ``G_i``; its share is
@@ -87,7 +88,7 @@ def dominant_mode(eigenvalues: np.ndarray, alphas: np.ndarray) -> tuple[int, flo
     lam = np.asarray(eigenvalues, np.complex128).reshape(-1)
     g = steady_gains(lam, alphas)
     positive = np.where(np.isfinite(g) & (g > 0), g, 0.0)
-    cand = np.where((np.abs(lam) > 0) & (positive > 0), positive, 0.0)
+    cand = np.where((lam.real > 0) & (positive > 0), positive, 0.0)
     total = float(np.sum(positive))
     if not np.any(cand > 0) or total <= 0:
         return -1, 0.0
