@@ -191,7 +191,9 @@ def test_every_preset_builds_a_valid_config_for_its_family():
 
     names = preset_names()
     for task in tasks.names():
-        assert (task, "quick") in names and (task, "paper") in names
+        assert (task, "quick") in names
+    for task in ("linear_regression", "rosenbrock", "two_moons", "mnist"):  # the paper's
+        assert (task, "paper") in names
     for task, name in names:
         p = preset(task, name)
         family = tasks.get(task, **p.task_settings)
