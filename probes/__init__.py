@@ -6,7 +6,7 @@ Building blocks (jitted, batched, the cell passed as an argument): :func:`update
 :func:`analyze_optax` (any coordinate-wise optax transformation, black box).
 """
 
-from probes import compare, runs, words
+from probes import battery, compare, faithfulness, runs, words
 from probes.analysis import Analysis, analyze, analyze_cell, analyze_optax
 from probes.fixed_points import Branch, FixedPoints, continuation, fixed_points
 from probes.linearize import Linearization, linearize
@@ -15,6 +15,8 @@ from probes.trajectories import Trajectories, pca, trajectories
 from probes.update_function import effective_lr, update_function
 
 __all__ = [
+    "battery",
+    "faithfulness",
     "runs",
     "words",
     "compare",

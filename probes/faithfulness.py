@@ -49,7 +49,8 @@ class Faithfulness:
     Attributes:
         chain: the composed mechanisms (a :func:`lopt.build_chain` list).
         update_error: median over problems of the relative RMS error of the chain's updates
-            on the optimizer's own gradients (0: exact; 1: no better than no update).
+            on the optimizer's own gradients (0: exact; 1: no better than no update; NaN when
+            the optimizer made no finite non-zero update on any problem).
         update_error_range: its 10th and 90th percentiles over problems.
         residual: where the squared update error sits: ``{"steps": {"early", "middle",
             "late"}, "gradients": {"below_threshold", "above_threshold"}}``, each
@@ -159,9 +160,10 @@ def faithfulness(
     sq_err, sq_u = (np.asarray(u_chain, np.float64) - u) ** 2, u**2
     ok = np.isfinite(sq_err).all((1, 2)) & np.isfinite(sq_u).all((1, 2)) & (sq_u.sum((1, 2)) > 0)
     sq_err, sq_u, g = sq_err[ok], sq_u[ok], g[ok]
-    if not len(sq_err):
-        raise ValueError("faithfulness: the optimizer made no finite update on any problem")
-    per_problem = np.sqrt(sq_err.sum((1, 2)) / sq_u.sum((1, 2)))
+    if not len(sq_err):  # an inert optimizer (untrained, zero readout): nothing to describe
+        per_problem = np.full(1, np.nan)
+    else:
+        per_problem = np.sqrt(sq_err.sum((1, 2)) / sq_u.sum((1, 2)))
     steps = np.arange(family.num_steps)[None, :, None] * np.ones_like(g)
     thirds = np.minimum(3 * steps // family.num_steps, 2)
     residual = {

@@ -38,8 +38,6 @@ def saved_analysis(
     analysis = read_json(path)
     if not isinstance(analysis, dict) or not is_current(analysis):
         return None, "analysis.json predates this version's probes (no oscillation damping)"
-    if "faithfulness" not in analysis:
-        return None, "analysis.json predates this version's probes (no faithfulness score)"
     seed = analysis.get("key_seed")
     seed = 0 if seed is None else seed
     if key_seed is not None and seed != key_seed:

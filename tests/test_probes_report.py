@@ -383,15 +383,16 @@ def test_report_figures_are_drawn_around_the_analysis_convergence_point():
     a = probes.analyze_cell(cell, gradient_scale=1.0)
     h_star = np.asarray(a.meta["convergence_point"])
     # Most seeds reach the unstable point 0, while the trajectory ends at the attractor 1: the
-    # two candidates differ, so the test tells which one the report used.
-    assert abs(h_star[0]) < 1e-3 and a.meta["linearized_at"] == "fixed"
+    # two candidates differ, so the test tells which one the report used. The convergence
+    # point must persist under further iterations, which the unstable point does not.
+    assert abs(h_star[0] - 1) < 1e-3 and a.meta["linearized_at"] == "fixed"
     assert convergence_point(cell).point == pytest.approx(h_star)
     ev = white_box_evidence(cell, a)
     assert ev["convergence"]["point"] == pytest.approx(h_star.tolist())
     assert ev["convergence"]["kind"] == a.meta["linearized_at"]
     # β and α were measured there: the same linearisation (λ = 1.1 at 0, 0.9 at 1).
     eig = a.momentum.eigenvalues[np.argmax(np.abs(a.momentum.eigenvalues))]
-    assert ev["convergence"]["slow_eigenvalue"][0] == pytest.approx(eig.real) == pytest.approx(1.1)
+    assert ev["convergence"]["slow_eigenvalue"][0] == pytest.approx(eig.real) == pytest.approx(0.9)
     # An analysis.json written before h* was recorded: the same function finds the same point.
     old = a.to_json()
     del old["meta"]["convergence_point"]
