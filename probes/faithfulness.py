@@ -97,9 +97,26 @@ def replay(tx: optax.GradientTransformation, seq: Mapping[str, jax.Array]) -> ja
     return jax.lax.scan(body, tx.init(seq["p"][0]), seq)[1]
 
 
-def _record(tx: optax.GradientTransformation, family: Any, keys: jax.Array, idx: np.ndarray):
-    """The optimizer's gradients, parameters, losses and updates on each problem: [P, T, C]."""
+def coordinates(num_params: int, keep: int | None) -> np.ndarray:
+    """``keep`` coordinates evenly spaced in ``num_params`` flattened parameters (all: None)."""
+    keep = num_params if keep is None else min(num_params, keep)
+    return np.unique(np.linspace(0, num_params - 1, keep).round().astype(np.int32))
+
+
+def record(
+    tx: optax.GradientTransformation,
+    family: Any,
+    keys: jax.Array,
+    idx: np.ndarray,
+    num_steps: int | None = None,
+) -> dict[str, jax.Array]:
+    """What ``tx`` meets and does on the problems drawn from ``keys``, at coordinates ``idx``.
+
+    Returns ``{"g", "p", "f", "u"}``: gradients, parameters, losses and updates, ``[P, T, C]``
+    (``f``: ``[P, T]``).
+    """
     tx = optax.with_extra_args_support(tx)
+    num_steps = family.num_steps if num_steps is None else num_steps
 
     def pick(r):
         return {
@@ -110,7 +127,7 @@ def _record(tx: optax.GradientTransformation, family: Any, keys: jax.Array, idx:
         }
 
     def one(k):
-        return unroll(tx, family, init_inner(tx, family, k), family.num_steps, record=pick)[1]
+        return unroll(tx, family, init_inner(tx, family, k), num_steps, record=pick)[1]
 
     return jax.vmap(one)(keys)
 
@@ -151,10 +168,9 @@ def faithfulness(
     """
     chain, _ = chain_from_analysis(analysis)
     chain_tx = build_chain(chain)
-    n = family.num_params()
-    idx = np.unique(np.linspace(0, n - 1, min(n, coords)).round().astype(np.int32))
+    idx = coordinates(family.num_params(), coords)
     keys = jax.random.split(jax.random.key(TRAJECTORY_SEED), num_problems)
-    seqs = jax.jit(lambda k: _record(tx, family, k, idx))(keys)
+    seqs = jax.jit(lambda k: record(tx, family, k, idx))(keys)
     u_chain = jax.jit(jax.vmap(lambda s: replay(chain_tx, s)))(seqs)
     u, g = np.asarray(seqs["u"], np.float64), np.asarray(seqs["g"], np.float64)
     sq_err, sq_u = (np.asarray(u_chain, np.float64) - u) ** 2, u**2

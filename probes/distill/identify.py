@@ -21,9 +21,8 @@ import optax
 from jax.flatten_util import ravel_pytree
 
 from lopt.chain import build_chain
-from lopt.unroll import init_inner, unroll
 from probes.distill.free_numbers import decode, encode, free_numbers, relabel
-from probes.faithfulness import replay
+from probes.faithfulness import coordinates, record, replay
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,24 +114,11 @@ def identify_chain(
     if not free:
         return None, {"note": "the chain has no number to fit: nothing to identify"}
     learned = optax.with_extra_args_support(learned)
-    n = family.num_params()
-    keep = n if config.coords is None else min(n, config.coords)
-    idx = np.unique(np.linspace(0, n - 1, keep).round().astype(np.int32))
+    idx = coordinates(family.num_params(), config.coords)
 
-    def record(tx, keys):
-        tx = optax.with_extra_args_support(tx)
-
-        def pick(r):
-            return {
-                "g": ravel_pytree(r.grads)[0][idx],
-                "p": ravel_pytree(r.params)[0][idx],
-                "f": r.loss,
-            }
-
-        def one(k):
-            return unroll(tx, family, init_inner(tx, family, k), num_steps, record=pick)[1]
-
-        seqs = jax.vmap(one)(keys)
+    def record_replayed(tx, keys):
+        seqs = record(tx, family, keys, idx, num_steps)
+        seqs = {k: seqs[k] for k in ("g", "p", "f")}  # the learned optimizer's own updates below
         teacher = jax.vmap(lambda s: replay(learned, s))(seqs)
         finite = jnp.all(jnp.isfinite(seqs["g"]), (1, 2)) & jnp.all(jnp.isfinite(teacher), (1, 2))
         finite &= jnp.all(jnp.isfinite(seqs["p"]), (1, 2)) & jnp.isfinite(seqs["f"]).all(1)
@@ -141,7 +127,7 @@ def identify_chain(
 
     @jax.jit
     def record_chain(z, keys):
-        return record(build_chain(decode(chain, free, unravel(z))), keys)
+        return record_replayed(build_chain(decode(chain, free, unravel(z))), keys)
 
     z_flat, unravel = ravel_pytree(encode(chain, free))
 
@@ -209,14 +195,14 @@ def identify_chain(
         ok = np.asarray(ok)
         return jax.tree.map(lambda x: x[ok], seqs), teacher[ok]
 
-    data = [usable(jax.jit(lambda k: record(learned, k))(keys(0)))]
+    data = [usable(jax.jit(lambda k: record_replayed(learned, k))(keys(0)))]
     if data[0][1].shape[0] == 0:
         return None, {
             "note": "the learned optimizer makes no finite, non-zero update on the recorded "
             "problems: nothing to identify"
         }
     detected = build_chain(chain)
-    seqs0, teacher0, finite0 = jax.jit(lambda k: record(detected, k))(val_keys)
+    seqs0, teacher0, finite0 = jax.jit(lambda k: record_replayed(detected, k))(val_keys)
     err0 = jax.jit(lambda t, s: _imitation_error(detected, t, s))(teacher0, seqs0)
     z = z_flat
     candidates = [(None, math.nan, score(finite0, err0))]
