@@ -3,7 +3,7 @@
 The public names are re-exported here; see the README for a tour.
 """
 
-from lopt import cells, chain, distributed, estimators, evaluation, presets
+from lopt import chain, distributed, estimators, evaluation, hand_designed, presets
 from lopt.base import LearnedOptimizer, from_config
 from lopt.baselines import SearchSpace, baseline, baseline_names, search_space
 from lopt.cell import Cell, CellOptimizerState, apply_cell, cell_optimizer, make_cell
@@ -58,7 +58,7 @@ __all__ = [
     "Summary",
     "apply_cell",
     "cell_optimizer",
-    "cells",
+    "hand_designed",
     "evaluate",
     "init_inner",
     "make_cell",

@@ -180,7 +180,7 @@ def cell_optimizer(
 
     Example:
         >>> import jax.numpy as jnp, lopt
-        >>> tx = lopt.cell_optimizer(lopt.cells.momentum(learning_rate=0.1, beta=0.9))
+        >>> tx = lopt.cell_optimizer(lopt.hand_designed.momentum(learning_rate=0.1, beta=0.9))
         >>> state = tx.init({"w": jnp.zeros(3)})
         >>> updates, state = tx.update({"w": jnp.ones(3)}, state)
     """

@@ -47,7 +47,6 @@ import numpy as np
 
 from lopt.cell import Cell
 from probes import detectors
-from probes._cells import canonical
 from probes.analysis_result import SCHEMA_VERSION, Analysis, is_current
 from probes.black_box import (
     GRADIENT_PERCENTILES,
@@ -64,6 +63,7 @@ from probes.black_box import (
     probe_clipping,
     probe_damping,
 )
+from probes.canonical import canonical
 from probes.detectors import Adaptation
 from probes.fixed_points import FAILED, FIXED, KIND_NAMES, SLOW, continuation, fixed_points
 from probes.linearize import impulse_response, linearize

@@ -38,10 +38,10 @@ Decisions on the ambiguous definitions:
 * **Clipping** is saturation of the first update; adaptive methods saturate too (RMSProp at
   ``√((2^{2/3}-1)ε/(1-ρ))``, Adagrad at ``√((2^{2/3}-1)a0)``): expected, as the maths says.
 * **Damping**: AdaBelief and centred RMSProp (both divide by a spread that a constant gradient
-  drives to 0) and :func:`lopt.cells.damped_momentum` damp, the rest do not; unchecked
+  drives to 0) and :func:`lopt.hand_designed.damped_momentum` damp, the rest do not; unchecked
   (``None``) where 200 steps do not settle or the parameter feeds back (AGC).
 
-White boxes: ``lopt.cells`` where one exists, otherwise :func:`optax_cell`.
+White boxes: ``lopt.hand_designed`` where one exists, otherwise :func:`optax_cell`.
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ import numpy as np
 import optax
 from jax.flatten_util import ravel_pytree
 
-from lopt import cells
+from lopt import hand_designed as cells
 from lopt.cell import Cell, cell_optimizer, make_cell
 
 #: Task horizon the schedule shape refers to (the paper's 200 updates).
@@ -485,7 +485,7 @@ def sign_based(name="sign_sgd", *, kind="sign_sgd", lr=0.01, beta=0.9) -> Case:
 
 
 def damped(name="damped_momentum", *, lr=0.05, beta=0.9, kappa=0.3) -> Case:
-    """lopt.cells.damped_momentum: heavy ball ``(β, lr)`` behind damping with half-point κ.
+    """lopt.hand_designed.damped_momentum: heavy ball ``(β, lr)`` behind damping with half-point κ.
 
     Adaptation by the method's ``α_eff(h*(g*))`` (docs/method.md, Adaptation), the gain at
     ``g = 0`` from the steady state of ``g*``: the step from ``g*`` to 0 is a change of

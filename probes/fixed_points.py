@@ -46,7 +46,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from lopt.cell import Cell
-from probes._cells import canonical
+from probes.canonical import canonical
 
 FIXED, SLOW, FAILED = 0, 1, 2
 KIND_NAMES = ("fixed", "slow", "failed")

@@ -26,7 +26,7 @@ import numpy as np
 from jax.typing import ArrayLike
 
 from lopt.cell import Cell
-from probes._cells import canonical
+from probes.canonical import canonical
 
 
 class Linearization(NamedTuple):
@@ -114,7 +114,7 @@ def linearize(cell: Cell, h: ArrayLike, g: float = 0.0) -> Linearization:
 
     Example:
         >>> import jax.numpy as jnp, lopt, probes
-        >>> lin = probes.linearize(lopt.cells.momentum(0.1, 0.9), jnp.zeros(1))
+        >>> lin = probes.linearize(lopt.hand_designed.momentum(0.1, 0.9), jnp.zeros(1))
         >>> round(float(lin.eigenvalues[0].real), 4), round(float(lin.alpha[0].real), 4)
         (0.9, 0.1)
     """

@@ -15,7 +15,7 @@ import jax.numpy as jnp
 from jax.typing import ArrayLike
 
 from lopt.cell import Cell
-from probes._cells import canonical
+from probes.canonical import canonical
 
 
 def update(cell: Cell, h: jax.Array, g: jax.Array) -> jax.Array:
@@ -68,7 +68,8 @@ def update_function(cell: Cell, h: ArrayLike, gs: ArrayLike) -> jax.Array:
 
     Example:
         >>> import jax.numpy as jnp, lopt, probes
-        >>> u = probes.update_function(lopt.cells.sgd(0.1), jnp.zeros(1), jnp.array([1.0, 2.0]))
+        >>> sgd = lopt.hand_designed.sgd(0.1)
+        >>> u = probes.update_function(sgd, jnp.zeros(1), jnp.array([1.0, 2.0]))
         >>> [round(float(x), 6) for x in u]
         [-0.1, -0.2]
     """

@@ -248,7 +248,7 @@ def test_momentum_cell_matches_optax_sgd_momentum_on_nested_pytree():
 
         return jax.lax.scan(body, (params, tx.init(params)), length=100)[1]
 
-    ours = jax.jit(lambda: run(lopt.cell_optimizer(lopt.cells.momentum(lr, beta))))()
+    ours = jax.jit(lambda: run(lopt.cell_optimizer(lopt.hand_designed.momentum(lr, beta))))()
     ref = jax.jit(lambda: run(optax.sgd(lr, momentum=beta)))()
     _assert_trees_close(ours, ref, rtol=1e-5, atol=1e-6)
     # The run really moved: the final parameters differ from the start by O(1).

@@ -16,14 +16,16 @@ def two_runs(tmp_path_factory):
     β = 0.5 plus a hard clip (so clipping is idiosyncratic and momentum universal)."""
     root = tmp_path_factory.mktemp("runs")
     cells = {
-        "beta09": lopt.cells.momentum(0.1, 0.9),
-        "beta05": lopt.cells.momentum(0.1, 0.5),
+        "beta09": lopt.hand_designed.momentum(0.1, 0.9),
+        "beta05": lopt.hand_designed.momentum(0.1, 0.5),
     }
     for name, cell in cells.items():
         a = probes.analyze_cell(cell, gradient_scale=1.0).to_json()
         write_json(root / name / "analysis.json", a)
     # The second run clips: take the clipping result of a clipped-SGD cell.
-    clipped = probes.analyze_cell(lopt.cells.clipped_sgd(0.1, 0.7), gradient_scale=1.0).to_json()
+    clipped = probes.analyze_cell(
+        lopt.hand_designed.clipped_sgd(0.1, 0.7), gradient_scale=1.0
+    ).to_json()
     a = json.loads((root / "beta05" / "analysis.json").read_text())
     a["clipping"] = clipped["clipping"]
     write_json(root / "beta05" / "analysis.json", a)

@@ -87,7 +87,7 @@ def test_fit_damping_memory_without_a_reference_and_degenerate_input():
 
 
 def test_damped_momentum_cell_matches_its_optax_form_and_is_detected():
-    cell = lopt.cells.damped_momentum(0.5, 0.8, 0.2, decay=0.9)
+    cell = lopt.hand_designed.damped_momentum(0.5, 0.8, 0.2, decay=0.9)
     tx = optax.chain(lopt.chain.damp_oscillations(0.2, 0.9), optax.sgd(0.5, momentum=0.8))
     gs = jax.numpy.asarray(np.random.default_rng(0).normal(size=50), jax.numpy.float32)
     np.testing.assert_allclose(_cell_run(cell, gs), _scalar_updates(tx)(gs), rtol=1e-5, atol=1e-6)

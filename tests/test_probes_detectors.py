@@ -9,7 +9,7 @@ import pytest
 
 import lopt
 import probes
-from lopt.cells import schedule_value
+from lopt.hand_designed import schedule_value
 
 
 def _corr(a, b):
@@ -18,7 +18,7 @@ def _corr(a, b):
 
 @pytest.mark.parametrize("lr,beta", [(0.1, 0.9), (0.03, 0.5), (1.0, 0.97)])
 def test_momentum_recovered_from_cell(lr, beta):
-    a = probes.analyze_cell(lopt.cells.momentum(lr, beta))
+    a = probes.analyze_cell(lopt.hand_designed.momentum(lr, beta))
     assert a.momentum.detected
     assert abs(a.momentum.beta - beta) <= 0.01
     assert abs(a.momentum.alpha - lr) <= 0.02 * lr
@@ -29,7 +29,7 @@ def test_momentum_recovered_from_cell(lr, beta):
 
 
 def test_plain_sgd_only_has_a_learning_rate():
-    a = probes.analyze_cell(lopt.cells.sgd(0.3))
+    a = probes.analyze_cell(lopt.hand_designed.sgd(0.3))
     assert not (a.momentum.detected or a.clipping.detected or a.schedule.detected)
     assert not a.adaptation.detected
     assert abs(a.momentum.alpha - 0.3) <= 1e-6 and a.momentum.beta == 0.0
@@ -39,7 +39,7 @@ def test_plain_sgd_only_has_a_learning_rate():
 
 @pytest.mark.parametrize("threshold", [0.05, 0.7, 3.0])
 def test_clip_threshold_recovered(threshold):
-    a = probes.analyze_cell(lopt.cells.clipped_sgd(0.1, threshold))
+    a = probes.analyze_cell(lopt.hand_designed.clipped_sgd(0.1, threshold))
     assert a.clipping.detected
     assert abs(a.clipping.threshold - threshold) <= 0.05 * threshold
     np.testing.assert_allclose(a.clipping.asymptote_pos, -0.1 * threshold, rtol=1e-5)
@@ -57,7 +57,7 @@ def test_clip_threshold_recovered(threshold):
     ],
 )
 def test_schedule_shape(warmup, decay, shape):
-    a = probes.analyze_cell(lopt.cells.scheduled_sgd(0.1, warmup, decay))
+    a = probes.analyze_cell(lopt.hand_designed.scheduled_sgd(0.1, warmup, decay))
     assert a.schedule.shape == shape and a.schedule.detected == (shape != "constant")
     p = {
         k: jnp.float32(v)
@@ -71,7 +71,12 @@ def test_schedule_shape(warmup, decay, shape):
 
 
 @pytest.mark.parametrize(
-    "cell", [lopt.cells.rmsprop(0.01, 0.9), lopt.cells.rmsprop(0.1, 0.99), lopt.cells.adam(0.01)]
+    "cell",
+    [
+        lopt.hand_designed.rmsprop(0.01, 0.9),
+        lopt.hand_designed.rmsprop(0.1, 0.99),
+        lopt.hand_designed.adam(0.01),
+    ],
 )
 def test_adaptation_detected_for_adaptive_cells(cell):
     a = probes.analyze_cell(cell)
@@ -84,7 +89,7 @@ def test_adaptation_detected_for_adaptive_cells(cell):
 
 def test_rmsprop_lr_vs_magnitude_matches_closed_form():
     lr, rho = 0.01, 0.9
-    a = probes.analyze_cell(lopt.cells.rmsprop(lr, rho))
+    a = probes.analyze_cell(lopt.hand_designed.rmsprop(lr, rho))
     m = a.adaptation.magnitudes
     expected = lr / np.sqrt(rho * m**2 + 1e-8)
     np.testing.assert_allclose(a.adaptation.lr_vs_magnitude["pos"], expected, rtol=1e-3)
@@ -104,7 +109,7 @@ def test_adaptation_grid_covers_the_training_gradients():
     # reports the share of training gradients it covers.
     samples = np.random.default_rng(0).lognormal(-3.0, 1.5, size=4000)
     samples *= np.sign(np.random.default_rng(1).normal(size=samples.size))
-    a = probes.analyze_cell(lopt.cells.rmsprop(0.01, 0.9), gradient_samples=samples)
+    a = probes.analyze_cell(lopt.hand_designed.rmsprop(0.01, 0.9), gradient_samples=samples)
     lo, hi = np.percentile(np.abs(samples), [1.0, 99.9])
     np.testing.assert_allclose(a.adaptation.gradient_range, [lo, hi], rtol=1e-6)
     np.testing.assert_allclose(a.adaptation.magnitudes[[0, -1]], [lo, hi], rtol=1e-5)
@@ -179,7 +184,7 @@ def test_every_detector_result_reads_back_from_json(kind):
     from probes import detectors
 
     if kind == "cell":
-        a = probes.analyze_cell(lopt.cells.adam(0.01), gradient_scale=1.0)
+        a = probes.analyze_cell(lopt.hand_designed.adam(0.01), gradient_scale=1.0)
     else:
         a = probes.analyze_optax(optax.chain(optax.clip(0.5), optax.sgd(0.1, momentum=0.9)))
     for name in detectors.MECHANISMS:

@@ -81,7 +81,7 @@ def test_linearization_identities_on_random_gru():
 
 
 def test_update_function_and_effective_lr():
-    cell = lopt.cells.clipped_sgd(0.1, 0.5)
+    cell = lopt.hand_designed.clipped_sgd(0.1, 0.5)
     gs = jnp.array([-2.0, -0.2, 0.0, 0.3, 1.0])
     np.testing.assert_allclose(
         probes.update_function(cell, jnp.zeros(1), gs), [0.05, 0.02, 0.0, -0.03, -0.05], atol=1e-7
@@ -156,7 +156,7 @@ def test_continuation_without_fold_flags_nothing(k):
 def test_trajectories_records_hidden_states_and_pca():
     fam = tasks.get("linear_regression", num_steps=20)
     tr = probes.trajectories(
-        lopt.cells.momentum(0.1, 0.9), fam, jax.random.key(0), num_problems=2, max_coords=3
+        lopt.hand_designed.momentum(0.1, 0.9), fam, jax.random.key(0), num_problems=2, max_coords=3
     )
     assert tr.loss.shape == (2, 20) and tr.hidden.shape == (2, 20, 3, 1)
     # momentum's state is m' = βm + g

@@ -169,7 +169,7 @@ def white_box_evidence(
     import jax
     import jax.numpy as jnp
 
-    from probes._cells import canonical
+    from probes.canonical import canonical
     from probes.fixed_points import FAILED, KIND_NAMES, continuation
     from probes.linearize import linearize
     from probes.trajectories import pca

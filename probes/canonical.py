@@ -17,8 +17,8 @@ def canonical(cell: Cell) -> Cell:
     """``cell`` with ``init_state`` replaced by a module-level ``Partial`` over its value.
 
     A ``Partial``'s function is part of the pytree structure, so factories that build a fresh
-    closure for ``init_state`` on every call (``lopt.cells`` does) would otherwise make every new
-    cell a new jit cache key. ``step`` and ``readout`` built by :func:`lopt.make_cell` are
+    closure for ``init_state`` on every call (``lopt.hand_designed`` does) would otherwise make
+    every new cell a new jit cache key. ``step`` and ``readout`` built by :func:`lopt.make_cell` are
     ``Partial``s already; plain functions (which :func:`lopt.cell_optimizer` accepts too) are
     wrapped in one, so a jitted probe can take them as an argument (a new function object is
     then a new compilation, as it would be for any closure).
