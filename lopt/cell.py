@@ -158,6 +158,31 @@ def _unflatten_like(flat: jax.Array, like: Any) -> Any:
     return jax.tree.unflatten(treedef, out)
 
 
+def _check_tree(grads: Any, params: Any, size: int) -> None:
+    """Raises one clear ``ValueError`` when ``grads`` cannot be the gradient of the parameters."""
+    if params is not None:
+        g_def, p_def = jax.tree.structure(grads), jax.tree.structure(params)
+        if g_def != p_def:
+            raise ValueError(
+                f"the gradient tree does not match the parameters: gradients {g_def}, "
+                f"parameters {p_def}"
+            )
+        for (path, g), p in zip(
+            jax.tree_util.tree_leaves_with_path(grads), jax.tree.leaves(params), strict=True
+        ):
+            if jnp.shape(g) != jnp.shape(p):
+                raise ValueError(
+                    f"the gradient of parameter {jax.tree_util.keystr(path) or '(root)'} has "
+                    f"shape {jnp.shape(g)}, the parameter {jnp.shape(p)}"
+                )
+    count = sum(math.prod(jnp.shape(x)) for x in jax.tree.leaves(grads))
+    if count != size:
+        raise ValueError(
+            f"the gradient tree has {count} scalars but the optimizer state was initialised "
+            f"for {size} parameters (init and update must see the same parameter tree)"
+        )
+
+
 def cell_optimizer(
     cell: Cell, *, skip_nonfinite: bool = True
 ) -> optax.GradientTransformationExtraArgs:
@@ -165,7 +190,12 @@ def cell_optimizer(
 
     All leaves are flattened into one batch of ``P`` coordinates, so the hot path is one large
     matrix product per step rather than one small one per leaf. Computation is in float32
-    (float64 for a float64 cell); updates are cast back to each leaf's dtype.
+    (float64 for a float64 cell); updates come back in each parameter's dtype (the gradient's
+    when ``update`` is given no ``params``).
+
+    ``update`` checks its inputs when it is traced: a gradient tree with another number of
+    scalars than the parameters ``init`` saw, or with another structure or shapes than the
+    ``params`` given to it, raises one ``ValueError`` saying what differs.
 
     Args:
         cell: the per-coordinate dynamics.
@@ -199,7 +229,8 @@ def cell_optimizer(
         )
 
     def update_fn(updates, state, params=None, *, value=None, **extra_args):
-        del params, value, extra_args
+        del value, extra_args
+        _check_tree(updates, params, state.hidden.shape[0])
         if not jax.tree.leaves(updates):
             return updates, state
         grads = _flatten(updates, state.hidden.dtype)
@@ -217,6 +248,6 @@ def cell_optimizer(
             hidden, delta = apply_cell(cell, state.hidden, grads)
             count, skipped = optax.safe_increment(state.count), state.skipped
         new_state = CellOptimizerState(count=count, hidden=hidden, skipped=skipped)
-        return _unflatten_like(delta, updates), new_state
+        return _unflatten_like(delta, updates if params is None else params), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)
