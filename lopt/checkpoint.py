@@ -14,13 +14,17 @@ Writes go to a temporary file in the destination directory, are flushed and ``fs
 renamed over the destination (``os.replace``), so readers see the old file or the new one,
 never a partial one. On load, the theta leaves must match the structure, shapes and dtypes
 that ``opt.init`` produces for the stored config (checked with ``jax.eval_shape``, no compute).
+Nothing is trusted before it is bounded: every entry's size in the zip directory is checked
+before anything is decompressed, the JSON entry is read first (at most :data:`MAX_JSON_BYTES`),
+and each theta entry may hold no more than the config implies, so a decompression bomb is
+refused from the directory alone and the checksum is computed over bounded data.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
-import zipfile
 from typing import Any
 
 import jax
@@ -28,13 +32,23 @@ import jax.numpy as jnp
 import numpy as np
 
 from lopt.base import LearnedOptimizer, from_config
-from lopt.rundir import CheckpointError, atomic_write, checksum
+from lopt.rundir import (
+    MAX_NPZ_BYTES,
+    SMALL_ENTRY_BYTES,
+    CheckpointError,
+    NpzReader,
+    atomic_write,
+    checksum,
+)
 
 FORMAT_VERSION = 1
 _THETA = "theta:"
 _JSON = "__json__"
 _FORMAT = "__format__"
 _SHA = "__sha256__"
+
+#: Most bytes the JSON entry (optimizer config and metadata) may hold.
+MAX_JSON_BYTES = 2**24
 
 
 def _digest(arrays: dict[str, np.ndarray]) -> np.ndarray:
@@ -123,30 +137,43 @@ def load(path: str | os.PathLike) -> tuple[LearnedOptimizer, Any, dict[str, Any]
 
     if not os.path.isfile(path):
         raise fail("no such checkpoint file")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
-        raise fail(f"not a readable .npz checkpoint (truncated or corrupted?): {e}") from None
-    for name in (_FORMAT, _SHA, _JSON):
-        if name not in arrays:
-            raise fail(f"not a lopt checkpoint (no {name!r} entry)")
-    version = arrays[_FORMAT]
-    if version.shape != (1,) or version.dtype.kind not in "iu":
-        raise fail("malformed format version entry")
-    if int(version[0]) != FORMAT_VERSION:
-        raise fail(f"unknown format version {int(version[0])} (this lopt reads {FORMAT_VERSION})")
+    with NpzReader(path, "not a readable .npz checkpoint (truncated or corrupted?)") as z:
+        for name in (_FORMAT, _SHA, _JSON):
+            if name not in z.sizes:
+                raise fail(f"not a lopt checkpoint (no {name!r} entry)")
+        # Sizes from the zip directory, before anything is decompressed.
+        limits = {_FORMAT: SMALL_ENTRY_BYTES, _SHA: SMALL_ENTRY_BYTES, _JSON: MAX_JSON_BYTES}
+        limits.update({n: MAX_NPZ_BYTES for n in z.sizes if n.startswith(_THETA)})
+        z.check(limits)
+        version = z.read(_FORMAT)
+        if version.shape != (1,) or version.dtype.kind not in "iu":
+            raise fail("malformed format version entry")
+        if int(version[0]) != FORMAT_VERSION:
+            raise fail(
+                f"unknown format version {int(version[0])} (this lopt reads {FORMAT_VERSION})"
+            )
+        text = z.read(_JSON)
+        try:
+            doc = json.loads(text.tobytes().decode())
+            opt = from_config(doc["optimizer"])
+            metadata = doc["metadata"]
+        except (ValueError, KeyError, TypeError) as e:
+            raise fail(f"bad optimizer config: {e}") from None
+        # Each theta entry may hold at most what the config implies, one the config does not
+        # have nothing but a header (mismatches are reported below, after the checksum).
+        expected = jax.eval_shape(opt.init, jax.random.key(0))
+        implied = {
+            name: math.prod(spec.shape) * np.dtype(spec.dtype).itemsize
+            for name, spec in zip(_leaf_names(expected), jax.tree.leaves(expected), strict=True)
+        }
+        limits.update({n: implied.get(n, 0) for n in z.sizes if n.startswith(_THETA)})
+        z.check(limits, total=MAX_JSON_BYTES + sum(limits.values()))
+        arrays = {_FORMAT: version, _JSON: text, _SHA: z.read(_SHA)}
+        arrays.update({n: z.read(n) for n in z.sizes if n.startswith(_THETA)})
     stored = arrays[_SHA]
     if stored.dtype != np.uint8 or not np.array_equal(stored, _digest(arrays)):
         raise fail("checksum mismatch (file tampered with or corrupted)")
-    try:
-        doc = json.loads(arrays[_JSON].tobytes().decode())
-        opt = from_config(doc["optimizer"])
-        metadata = doc["metadata"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise fail(f"bad optimizer config: {e}") from None
 
-    expected = jax.eval_shape(opt.init, jax.random.key(0))
     problem = _mismatch(expected, {k: v for k, v in arrays.items() if k.startswith(_THETA)})
     if problem:
         raise fail(problem)

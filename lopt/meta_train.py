@@ -6,24 +6,30 @@
 A run directory holds::
 
     config.json     optimizer, task, training config, versions
-    theta.npz       the current meta-parameters (a ``lopt.save`` file)
+    theta.npz       the run's result so far (a ``lopt.save`` file): with validation the best
+                    validated theta (metadata ``selected_step``), otherwise the last iterate
+    best.npz        with validation, the best validated theta so far
     state.npz       everything needed to resume exactly: theta, meta-optimizer state, the
-                    estimator's persistent problems, step, PRNG key data, NaN streak
+                    estimator's persistent problems, step, PRNG key data, NaN streak, and the
+                    validation record (best theta, step and score)
     metrics.jsonl   one line per logging interval
+    .lock           while a run writes it: the lock held by that process (its pid inside)
 
 Every file is written atomically, so a ``kill -9`` loses at most one checkpoint interval and a
 resumed run (``resume=True``) finishes with bitwise the same theta as an uninterrupted one on
-the same machine.
+the same machine. Checkpoints are written only between meta-steps (a meta-step includes its
+validation), so no interruption can lose a validation. One process writes a run directory at a
+time (an exclusive lock), and a fresh run refuses a directory that holds someone else's files.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import math
 import os
 import signal
+import sys
 import threading
 import time
 import warnings
@@ -60,7 +66,7 @@ class TrainState(NamedTuple):
 
 
 class MetaTrainResult(NamedTuple):
-    """What :func:`meta_train` returns."""
+    """What :func:`meta_train` returns (``theta``: the selection, as in ``theta.npz``)."""
 
     theta: Any
     step: int
@@ -300,37 +306,85 @@ def run_config(opt, family: TaskFamily, config: MetaTrainConfig, **extra: Any) -
     }
 
 
-def save_state(out_dir: Path, opt, state: TrainState, family: TaskFamily) -> None:
+def save_state(
+    out_dir: Path, opt, state: TrainState, family: TaskFamily, validation: Validation | None = None
+) -> None:
     """Writes ``state.npz`` then ``theta.npz`` (both atomic); only process 0 writes.
 
-    With several processes every process must call it: the estimator's sharded state is
-    gathered with a collective (:func:`lopt.distributed.to_host`).
+    ``state.npz`` holds the train state and ``validation``'s record; ``theta.npz`` the run's
+    result so far (:func:`_write_theta`). With several processes every process must call it:
+    the estimator's sharded state is gathered with a collective
+    (:func:`lopt.distributed.to_host`).
     """
     host = distributed.to_host(state)
     if not distributed.is_main_process():
         return
-    rundir.save_tree(out_dir / "state.npz", host, STATE_FORMAT)
-    save(out_dir / "theta.npz", opt, host.theta, step=int(host.step), task=family.name)
+    arrays = rundir.tree_to_arrays(host)
+    if validation is not None:
+        arrays.update(validation.record())
+    rundir.write_npz(out_dir / "state.npz", arrays, STATE_FORMAT)
+    _write_theta(out_dir, opt, int(host.step), host.theta, family, validation)
 
 
-@contextlib.contextmanager
-def _terminate_as_interrupt():
-    """Within the block, SIGTERM (a scheduler's or ``kill``'s stop) acts like Ctrl-C.
+def _selection(theta: Any, validation: Validation | None) -> tuple[Any, int | None]:
+    """The run's result so far: the best validated theta and its step, else the last iterate."""
+    if validation is not None and validation.best_step is not None:
+        return validation.best_theta, validation.best_step
+    return theta, None
 
-    Only in the main thread (Python delivers signals there); elsewhere a no-op.
+
+def _write_theta(out_dir, opt, step, theta, family, validation) -> None:
+    """Writes ``theta.npz``: always the run's selection so far, never another iterate."""
+    theta, selected = _selection(theta, validation)
+    if selected is None:
+        save(out_dir / "theta.npz", opt, theta, step=step, task=family.name)
+    else:
+        save(
+            out_dir / "theta.npz",
+            opt,
+            theta,
+            step=step,
+            task=family.name,
+            selected_step=selected,
+            validation=validation.best,
+        )
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM ask the loop to stop at the next boundary between meta-steps.
+
+    The first signal only sets :attr:`requested`: the current meta-step (with its validation)
+    finishes and a checkpoint is written, so no interruption loses a validation. A second one
+    raises ``KeyboardInterrupt`` at once; no checkpoint is written then (the last one stands,
+    as after a ``kill -9``). Only in the main thread (Python delivers signals there); a signal
+    the process ignores stays ignored.
     """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
 
-    def handler(signum, frame):
-        raise KeyboardInterrupt
+    def __init__(self, announce: bool):
+        self.requested, self._announce, self._previous = False, announce, {}
 
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    def _handle(self, signum, frame) -> None:
+        del frame
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        if self._announce:  # os.write: print could re-enter a stream the bar is writing
+            os.write(
+                sys.stderr.fileno(),
+                f"\n{signal.Signals(signum).name}: stopping after this meta-step with a "
+                "checkpoint (send it again to stop at once, without one)\n".encode(),
+            )
+
+    def __enter__(self) -> _StopSignals:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for sig, previous in self._previous.items():
+            signal.signal(sig, previous)
 
 
 def meta_train(
@@ -358,16 +412,28 @@ def meta_train(
         progress: show a tqdm bar.
 
     Returns:
-        A :class:`MetaTrainResult`. Ctrl-C, or SIGTERM (``kill``, a batch scheduler's stop),
-        stops the loop after the current meta-step, writes a final checkpoint and returns with
-        ``interrupted=True``.
+        A :class:`MetaTrainResult` whose ``theta`` is what ``theta.npz`` holds: the best
+        validated theta (``selected_step``) with validation, else the last iterate. Ctrl-C, or
+        SIGTERM (``kill``, a batch scheduler's stop), stops the loop after the current
+        meta-step and its validation, writes a final checkpoint and returns with
+        ``interrupted=True``; a second one raises ``KeyboardInterrupt`` at once, leaving the
+        last periodic checkpoint (like ``kill -9``).
 
     Raises:
         ConfigError: for a malformed config.
-        MetaTrainDiverged: after ``max_nonfinite_steps`` steps with no finite problem; the
-            last checkpoint holds the last good theta.
+        RunDirError: ``out_dir`` is an empty path, or (for a fresh run) a directory holding
+            files but no run of ours.
+        RunLocked: another process is writing ``out_dir``.
+        CheckpointError: ``resume`` without a readable ``state.npz``.
+        OSError: a file could not be written (the message names it).
+        MetaTrainDiverged: after ``max_nonfinite_steps`` steps with no finite problem; theta
+            is left at its last good value, and the last checkpoint (if any) as it was.
     """
     config = (config or MetaTrainConfig()).resolved(family)
+    if out_dir is not None and os.fspath(out_dir) == "":
+        raise rundir.RunDirError(
+            "the run directory is an empty path; name one (e.g. --out runs/NAME)"
+        )
     need, have = meta_step_bytes(opt, family, config), memory_limit()
     if have is not None and need > have:
         raise ConfigError(
@@ -376,38 +442,64 @@ def meta_train(
             f"{family.num_params()} parameters x the optimizer's state); "
             f"this device has {have / 2**30:.3g} GiB"
         )
-    key = jax.random.key(config.seed) if key is None else key
     out = Path(out_dir) if out_dir is not None else None
+    if resume and out is None:
+        raise ConfigError("resume needs a run directory")
+    # With several processes (lopt.distributed) every process runs the loop; only process 0
+    # writes files, so only it holds the directory's lock.
+    writer = out is not None and distributed.is_main_process()
+    if not writer:
+        return _meta_train(opt, family, config, key, out, meta_optimizer, resume, progress)
+    if resume:
+        if not (out / "state.npz").is_file():
+            raise rundir.CheckpointError(f"{out}/state.npz: no such file (nothing to resume)")
+    else:
+        rundir.check_fresh_target(out)
+        out.mkdir(parents=True, exist_ok=True)
+    with rundir.locked(out):
+        if not resume:
+            rundir.check_fresh_target(out)  # again: another run may have started meanwhile
+        rundir.remove_orphans(out)
+        return _meta_train(opt, family, config, key, out, meta_optimizer, resume, progress)
+
+
+def _meta_train(opt, family, config, key, out, meta_optimizer, resume, progress):
+    """:func:`meta_train` once its arguments are checked (and its directory locked)."""
+    key = jax.random.key(config.seed) if key is None else key
     k_theta, k_run = jax.random.split(key)
     init_fn, step_fn = _meta_step_for(opt, config, meta_optimizer)
 
     theta = opt.init(k_theta)
-    # With several processes (lopt.distributed) every process runs this loop; only process 0
-    # writes files.
     writer = out is not None and distributed.is_main_process()
+    validate = Validation(opt, family, config, out, write=writer)
+    record = validate if validate.enabled else None
+    checkpoint = None  # the step state.npz holds
     if resume:
-        if out is None:
-            raise ConfigError("resume needs a run directory")
         template = jax.eval_shape(init_fn, family, theta, k_run)
-        state = rundir.load_tree(out / "state.npz", template, STATE_FORMAT)
-        done = _finished(out, opt, int(state.step), config)
+        path = out / "state.npz"
+        sizes = rundir.tree_sizes(template)
+        sizes.update(validate.record_sizes(template.theta))
+        arrays = rundir.read_npz(path, STATE_FORMAT, sizes=sizes)
+        state = rundir.arrays_to_tree(arrays, template, str(path))
+        checkpoint = int(state.step)
+        validate.restore(arrays, template.theta, checkpoint)
+        done = _finished(out, opt, checkpoint, config, record)
         if done is not None:
             return done
         if writer:
-            rundir.truncate_jsonl(
-                out / "metrics.jsonl", lambda r: r.get("step", 0) <= int(state.step)
-            )
+            rundir.truncate_jsonl(out / "metrics.jsonl", lambda r: r.get("step", 0) <= checkpoint)
     else:
         state = init_fn(family, theta, k_run)
         if writer:
-            out.mkdir(parents=True, exist_ok=True)
+            # A fresh run replaces whatever run the directory held.
+            for name in ("state.npz", "theta.npz", "best.npz", "metrics.jsonl"):
+                (out / name).unlink(missing_ok=True)
             rundir.write_json(out / "config.json", run_config(opt, family, config))
-            (out / "metrics.jsonl").unlink(missing_ok=True)
 
     step = int(state.step)
+    saved = None  # the step of this call's last checkpoint
     history: list[dict[str, Any]] = []
     pending: list[dict[str, jax.Array]] = []
-    validate = Validation(opt, family, config, out, resume, write=writer)
     interrupted = False
     # The bar starts after the first meta-step, which includes compilation: a time estimate
     # from it would be off by orders of magnitude.
@@ -448,8 +540,10 @@ def meta_train(
         bar.set_postfix(meta_loss=f"{row['meta_loss']:.4g}", refresh=False)
         return [row]
 
+    # Everything in one iteration (meta-step, validation, metrics, checkpoint) happens or none
+    # of it is checkpointed: a signal only stops the loop between iterations (_StopSignals).
     try:
-        with _terminate_as_interrupt():
+        with _StopSignals(announce=progress) as stop:
             while step < config.num_steps:
                 state, metrics = step_fn(family, state)
                 step += 1
@@ -467,47 +561,40 @@ def meta_train(
                     flush()
                     streak = int(state.nonfinite_streak)
                     if streak >= config.max_nonfinite_steps:
+                        held = saved if saved is not None else checkpoint
                         raise MetaTrainDiverged(
                             f"{streak} consecutive meta-steps had no finite problem "
                             f"(step {step}); theta was left at its last good value"
                             + (
-                                f" and {out}/state.npz holds it"
-                                if out and (out / "state.npz").exists()
+                                f"; the last checkpoint ({out}/state.npz) is from step {held}"
+                                if held is not None
                                 else ""
                             )
                         )
                 if out is not None and step % config.checkpoint_every == 0:
-                    save_state(out, opt, state, family)
-    except KeyboardInterrupt:
-        interrupted = True
+                    save_state(out, opt, state, family, record)
+                    saved = step
+                if stop.requested and step < config.num_steps:
+                    interrupted = True
+                    break
+            flush()
+            if out is not None and saved != step:
+                save_state(out, opt, state, family, record)
     finally:
         bar.close()
-    flush()
-    if out is not None:
-        save_state(out, opt, state, family)
-    theta, selected = jax.device_get(state.theta), None
-    if validate.enabled and not interrupted and step >= config.num_steps and validate.best:
-        selected, theta = validate.best_step, validate.best_theta
-        if writer:
-            save(
-                out / "theta.npz",
-                opt,
-                theta,
-                step=step,
-                task=family.name,
-                selected_step=selected,
-                validation=validate.best,
-            )
+    theta, selected = _selection(jax.device_get(state.theta), record)
     return MetaTrainResult(theta, step, history, interrupted, out, selected)
 
 
-def _finished(out: Path, opt: Any, step: int, config: MetaTrainConfig) -> MetaTrainResult | None:
+def _finished(
+    out: Path, opt: Any, step: int, config: MetaTrainConfig, validation: Validation | None
+) -> MetaTrainResult | None:
     """The result of a resumed run, read without writing, if it already reached its end.
 
     ``state.npz`` is the source of truth for where a run stands; ``theta.npz`` is derived
-    from it (the last checkpoint's theta, or the validation-selected one once the run is
-    finished). A ``theta.npz`` that is missing, unreadable, of another optimizer or of
-    another step is reported with a warning and rewritten from ``state.npz``.
+    from it (the selection so far: :func:`_write_theta`). A ``theta.npz`` that is missing,
+    unreadable, of another optimizer, of another step or of another selection is reported with
+    a warning and rewritten from ``state.npz``.
 
     Resuming a finished run changes nothing: rewriting its files would make every result
     derived from ``theta.npz`` (evaluation, analysis, report) look out of date. ``None`` when
@@ -520,7 +607,12 @@ def _finished(out: Path, opt: Any, step: int, config: MetaTrainConfig) -> MetaTr
             f"{out}/theta.npz is unreadable ({e}); rewriting it from state.npz", stacklevel=3
         )
         return None
-    if saved_opt.config() != opt.config() or meta.get("step") != step:
+    _, selected = _selection(None, validation)
+    if (
+        saved_opt.config() != opt.config()
+        or meta.get("step") != step
+        or meta.get("selected_step") != selected
+    ):
         warnings.warn(
             f"{out}/theta.npz does not match state.npz (step {step}); rewriting it", stacklevel=3
         )
