@@ -54,7 +54,7 @@ def _naming(e: OSError, path: Path) -> OSError:
     """``e`` as an ``OSError`` (same errno, so the same subclass) that names ``path``."""
     if e.errno is None:
         return OSError(f"{e}: cannot write {path}")
-    return OSError(e.errno, f"{e.strerror or e} (writing {path})", str(path))
+    return OSError(e.errno, e.strerror or str(e), str(path))
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[io.BufferedWriter], None]) -> None:

@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import tracemalloc
 import zipfile
 import zlib
@@ -468,3 +469,41 @@ def test_divergence_names_the_last_checkpoint_only_when_there_is_one(tmp_path, c
     else:
         assert "state.npz" not in str(e.value) and not (tmp_path / "state.npz").exists()
     assert not (tmp_path / rundir.LOCK_NAME).exists()
+
+
+@pytest.mark.slow
+def test_two_concurrent_meta_trains_on_one_directory(tmp_path):
+    """The real thing: a second ``lopt meta-train`` while the first one writes the run."""
+    out = str(tmp_path / "run")
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    cli = [sys.executable, "-m", "lopt_cli.lopt", "meta-train"]
+    first = subprocess.Popen(
+        [*cli, "--task", "linear_regression", "--out", out, "--steps", "100000", "--quiet"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        # Ready once it has written a checkpoint (compiled and stepping).
+        state = os.path.join(out, "state.npz")
+        while not os.path.exists(state):
+            assert first.poll() is None, first.stderr.read()
+            time.sleep(0.2)
+        second = subprocess.run(
+            [*cli, "--out", out, "--resume", "--quiet"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=HANG_S,
+        )
+        first.send_signal(signal.SIGTERM)
+        _, err = first.communicate(timeout=HANG_S)
+    finally:
+        first.kill()
+    assert second.returncode == 2 and "Traceback" not in second.stderr
+    line = second.stderr.strip().splitlines()[-1]  # after the "meta-training ..." line
+    assert line.startswith("lopt: error: ") and os.path.join(out, rundir.LOCK_NAME) in line
+    assert f"process {first.pid}" in line
+    assert first.returncode == 130, err
+    assert not os.path.exists(os.path.join(out, rundir.LOCK_NAME))
