@@ -20,11 +20,26 @@ The variants of one configuration and the roofline matmul are compiled first and
 in interleaved rounds (one call of each per round), so a slow spell of the (shared) machine
 hits all of them alike: ``roofline_fraction`` is the median over rounds of the variant's
 FLOP/s over the roofline's in the same round, and ``paired_vs_plain`` the median over rounds
-of the variant's time over the plain reference's.
+of the variant's time over the plain reference's, with its interquartile range
+(``paired_vs_plain_iqr``). Each row also gives the minor page faults per call (median over
+rounds) and memory: XLA's accounting of the compiled program (``peak_mib``: arguments, outputs
+and temporaries, less aliased buffers) and, with ``--rss``, the peak resident set of a separate
+process that compiles and runs only that variant (``subprocess_peak_rss_mib``).
+
+Page faults: XLA:CPU allocates a program's temporaries as one block per call, and glibc serves
+a block that large with a fresh ``mmap`` (and ``munmap``) on every call, so every page is
+faulted in and zeroed again: about 66 000 faults per paper-config lopt step (337 MiB of
+temporaries) against 17 000 for the plain reference. ``--thp malloc`` re-runs the script with
+``GLIBC_TUNABLES=glibc.malloc.hugetlb=1`` (transparent huge pages on malloc's mappings, where
+the kernel's THP mode is ``madvise`` or ``always``), which cuts the faults to a few hundred;
+``--thp off`` turns transparent huge pages off for the process (``prctl``), as on a kernel
+whose mode is ``never``. Every row records the kernel's mode (``thp_mode``). See
+docs/performance.md.
 
 Usage::
 
     python experiments/benchmarks/meta_step.py [--presets paper quick] [--repeats 15]
+        [--thp {default,malloc,off}] [--rss]
 
 Prints one JSON object per line.
 """
@@ -33,14 +48,18 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import statistics
+import subprocess
+import sys
 import time
 from typing import Any
 
 import haiku as hk
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 import lopt
@@ -71,9 +90,16 @@ def _memory(compiled) -> dict[str, float | None]:
             "temp_mib": m.temp_size_in_bytes / 2**20,
             "argument_mib": m.argument_size_in_bytes / 2**20,
             "output_mib": m.output_size_in_bytes / 2**20,
+            "peak_mib": (
+                m.temp_size_in_bytes
+                + m.argument_size_in_bytes
+                + m.output_size_in_bytes
+                - m.alias_size_in_bytes
+            )
+            / 2**20,
         }
     except Exception:  # noqa: BLE001 - memory analysis is optional on some backends
-        return {"temp_mib": None, "argument_mib": None, "output_mib": None}
+        return {"temp_mib": None, "argument_mib": None, "output_mib": None, "peak_mib": None}
 
 
 ROOFLINE_N = 2048
@@ -194,15 +220,85 @@ def prepare_plain(hidden, scale, problems, family) -> tuple[Any, dict[str, Any]]
     return run, info
 
 
-def interleaved(runs: dict[str, Any], repeats: int) -> dict[str, list[float]]:
-    """Times every ``run`` ``repeats`` times in rounds of one call each."""
+def interleaved(
+    runs: dict[str, Any], repeats: int
+) -> tuple[dict[str, list[float]], dict[str, list[int]]]:
+    """Times every ``run`` ``repeats`` times in rounds of one call each.
+
+    Returns:
+        ``(times, faults)``: seconds and minor page faults of each call, per variant.
+    """
     times: dict[str, list[float]] = {name: [] for name in runs}
+    faults: dict[str, list[int]] = {name: [] for name in runs}
     for _ in range(repeats):
         for name, run in runs.items():
+            f0 = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
             t0 = time.perf_counter()
             run()
             times[name].append(time.perf_counter() - t0)
-    return times
+            faults[name].append(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - f0)
+    return times, faults
+
+
+def quartiles(values: list[float]) -> tuple[float, float, float]:
+    """First quartile, median and third quartile."""
+    q1, q2, q3 = np.percentile(np.asarray(values, np.float64), [25, 50, 75])
+    return float(q1), float(q2), float(q3)
+
+
+HUGEPAGES = "glibc.malloc.hugetlb=1"
+_PR_SET_THP_DISABLE = 41  # linux/prctl.h
+
+
+def _with_hugepages() -> None:
+    """Re-executes this script with malloc's transparent huge pages on (see the docstring)."""
+    tunables = os.environ.get("GLIBC_TUNABLES", "")
+    if HUGEPAGES in tunables.split(":"):
+        return
+    env = dict(os.environ, GLIBC_TUNABLES=":".join(filter(None, [tunables, HUGEPAGES])))
+    sys.stdout.flush()
+    os.execve(sys.executable, [sys.executable, *sys.argv], env)
+
+
+def _without_thp() -> bool:
+    """Turns transparent huge pages off for this process (``prctl``); True if it worked."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    return libc.prctl(_PR_SET_THP_DISABLE, 1, 0, 0, 0) == 0
+
+
+def thp_mode() -> str:
+    """The kernel's transparent huge page mode (the bracketed word), or "" if unknown."""
+    try:
+        with open("/sys/kernel/mm/transparent_hugepage/enabled") as f:
+            text = f.read()
+    except OSError:
+        return ""
+    return text[text.find("[") + 1 : text.find("]")] if "[" in text else text.strip()
+
+
+def _variant_maxrss(preset: str, impl: str, kw: dict[str, Any] | None) -> float | None:
+    """Peak RSS (MiB) of a fresh process that compiles ``impl`` and runs two meta-steps.
+
+    Read from ``VmHWM`` in ``/proc/self/status`` (Linux): ``ru_maxrss`` would carry over the
+    parent's peak through ``fork`` and ``exec``.
+    """
+    code = (
+        "import json, resource, sys; sys.argv = ['meta_step']; "
+        f"sys.path.insert(0, {os.path.dirname(os.path.abspath(__file__))!r}); "
+        "import meta_step as m, tasks; "
+        "family = tasks.get('linear_regression', num_steps=m.HORIZON); "
+        f"hidden, scale, problems = m.PRESETS[{preset!r}]; kw = json.loads({json.dumps(kw)!r}); "
+        "run, _ = (m.prepare_plain(hidden, scale, problems, family) if kw is None else "
+        "m.prepare_lopt(hidden, scale, problems, family, **kw)); run(); "
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM')][0])"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    if done.returncode != 0:
+        print(done.stderr[-2000:], file=sys.stderr)
+        return None
+    return int(done.stdout.split()[-1]) / 1024.0
 
 
 def main() -> None:
@@ -224,7 +320,24 @@ def main() -> None:
         help="also time outlier_threshold steps without an outlier (kappa 1e30: one pass) and "
         "with outliers (kappa 1: half the problems left out, second pass)",
     )
+    parser.add_argument(
+        "--thp",
+        choices=["default", "malloc", "off"],
+        default="default",
+        help=f"transparent huge pages: as the kernel and malloc have them; 'malloc': re-run "
+        f"with GLIBC_TUNABLES={HUGEPAGES}; 'off': disabled for this process (prctl)",
+    )
+    parser.add_argument(
+        "--rss",
+        action="store_true",
+        help="also measure each variant's peak RSS in a process of its own (compiles again)",
+    )
     args = parser.parse_args()
+    thp_disabled = False
+    if args.thp == "malloc":
+        _with_hugepages()
+    elif args.thp == "off":
+        thp_disabled = _without_thp()
 
     family = tasks.get("linear_regression", num_steps=HORIZON)
     coords = family.dim
@@ -238,6 +351,9 @@ def main() -> None:
         "dim": coords,
         "inner_steps": HORIZON,
         "estimator": "full_bptt",
+        "glibc_tunables": os.environ.get("GLIBC_TUNABLES", ""),
+        "thp_mode": thp_mode(),
+        "thp_disabled": thp_disabled,
     }
     for name in args.presets:
         hidden, scale, problems = PRESETS[name]
@@ -260,7 +376,7 @@ def main() -> None:
                 runs[impl], infos[impl] = prepare_plain(hidden, scale, problems, family)
             else:
                 runs[impl], infos[impl] = prepare_lopt(hidden, scale, problems, family, **kw)
-        times = interleaved(runs, args.repeats)
+        times, faults = interleaved(runs, args.repeats)
         peaks = [roofline_flops / t for t in times["roofline"]]
         _emit(
             {
@@ -295,11 +411,19 @@ def main() -> None:
                     flops / t / peak for t, peak in zip(times[impl], peaks, strict=True)
                 ),
                 **infos[impl],
+                "minor_faults_per_step": statistics.median(faults[impl]),
                 "ru_maxrss_mib": _rss_mib(),
             }
             if "plain" in times:
                 ratios = [a / b for a, b in zip(times[impl], times["plain"], strict=True)]
-                row["paired_vs_plain"] = statistics.median(ratios)
+                q1, q2, q3 = quartiles(ratios)
+                row["paired_vs_plain"] = q2
+                row["paired_vs_plain_iqr"] = [q1, q3]
+            # spread of the variant's own times: interquartile range over the median
+            t1, t2, t3 = quartiles(times[impl])
+            row["relative_iqr"] = (t3 - t1) / t2
+            if args.rss:
+                row["subprocess_peak_rss_mib"] = _variant_maxrss(name, impl, kw)
             _emit(row)
 
 
