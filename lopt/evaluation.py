@@ -196,12 +196,47 @@ def tune_baselines(
     return out
 
 
+#: Bounds on a run's task family, checked before anything is built from ``config.json``:
+#: inner steps per problem (evaluation unrolls twice this) and scalar parameters per problem.
+MAX_STEPS = 10**6
+MAX_PARAMS = 2**26
+
+
 def family_from_config(cfg: Mapping[str, Any]) -> tasks.TaskFamily:
-    """Rebuilds the task family recorded in a run's ``config.json``."""
-    task = cfg.get("task") or {}
-    if "name" not in task:
-        raise rundir.CheckpointError("config.json: no task recorded")
-    return tasks.get(task["name"], **task.get("settings", {}))
+    """Rebuilds the task family recorded in a run's ``config.json``, its sizes checked.
+
+    Raises:
+        lopt.CheckpointError: one line naming the field (``task.name``, ``task.settings``,
+            ``task.settings.num_steps``, ...) that is missing, malformed or out of bounds
+            (:data:`MAX_STEPS` inner steps, :data:`MAX_PARAMS` parameters per problem).
+    """
+
+    def bad(field: str, problem: str) -> rundir.CheckpointError:
+        return rundir.CheckpointError(f"{field}: {problem}")
+
+    task = cfg.get("task") if isinstance(cfg, Mapping) else None
+    if not isinstance(task, Mapping):
+        raise bad("task", f"expected an object with name and settings, got {task!r:.80}")
+    name, settings = task.get("name"), task.get("settings", {})
+    if not isinstance(name, str):
+        raise bad("task.name", f"expected a task family name, got {name!r:.80}")
+    if not isinstance(settings, Mapping):
+        raise bad("task.settings", f"expected an object, got {settings!r:.80}")
+    try:
+        family = tasks.get(name, **settings)
+    except (ValueError, TypeError) as e:
+        field = "task.name" if name not in tasks.names() else "task.settings"
+        raise bad(field, str(e)) from None
+    steps = family.num_steps
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        raise bad("task.settings.num_steps", f"expected 1 to {MAX_STEPS:,}, got {steps!r}")
+    size = family.num_params()
+    if not 1 <= size <= MAX_PARAMS:
+        raise bad(
+            "task.settings",
+            f"{size:,} parameters per problem (the bound is {MAX_PARAMS:,})",
+        )
+    return family
 
 
 def evaluate_run(
@@ -229,18 +264,18 @@ def evaluate_run(
     Returns:
         The dict written to ``run_dir/eval.json`` (schema ``lopt.eval/1``).
     """
-    from lopt.checkpoint import load
+    from lopt.run import Run
 
-    run = Path(run_dir)
-    cfg = rundir.read_json(run / "config.json")
-    opt, theta, meta = load(run / "theta.npz")
-    family = family_from_config(cfg)
+    run = Run(run_dir)
+    run.check()  # config.json and theta.npz, sizes included, before anything is built
+    opt, theta, meta = run.checkpoint()
+    family = run.family
     if tuned is None:
         tuned = tune_baselines(family, baselines, progress=progress)
     tuned = {n: tuned[n] for n in baselines}
     optimizers = {"learned": opt.optimizer(theta), **{n: r.tx for n, r in tuned.items()}}
     hyper = {n: r.hyperparams for n, r in tuned.items()}
-    horizon = cfg.get("meta_train", {}).get("horizon") or family.num_steps
+    horizon = run.horizon
     result = compare(
         optimizers,
         family,
@@ -262,7 +297,7 @@ def evaluate_run(
         selected_step=meta.get("selected_step", meta.get("step")),
         horizon=horizon,
     )
-    rundir.write_json(run / "eval.json", result)
+    rundir.write_json(run.file("eval.json"), result)
     return result
 
 
@@ -325,35 +360,110 @@ class Evaluation:
 
     @classmethod
     def from_json(cls, d: Any, *, source: str = "eval.json") -> Evaluation:
-        """Checks and wraps an ``eval.json`` dict; :class:`lopt.CheckpointError` if malformed."""
+        """Checks and wraps an ``eval.json`` dict.
 
-        def need(ok: bool, field: str) -> None:
+        Every field a consumer reads is checked for its type (numbers, counts >= 0, names of
+        evaluated optimizers); fields a hand-written or older file leaves out are allowed.
+
+        Raises:
+            lopt.CheckpointError: one line ``SOURCE: FIELD: what is wrong``.
+        """
+
+        def need(ok: bool, field: str, what: str, value: Any = None) -> None:
             if not ok:
-                raise rundir.CheckpointError(f"{source}: missing or malformed field {field!r}")
+                got = "nothing" if value is None else f"{value!r:.80}"
+                raise rundir.CheckpointError(
+                    f"{source}: malformed field {field!r}: expected {what}, got {got}"
+                )
 
-        need(isinstance(d, Mapping), "(top level)")
-        need(isinstance(d.get("horizons"), Mapping) and bool(d["horizons"]), "horizons")
-        horizons = {}
-        for key, block in d["horizons"].items():
-            need(str(key).isdigit() and isinstance(block, Mapping), f"horizons.{key}")
-            opts = block.get("optimizers")
-            need(isinstance(opts, Mapping), f"horizons.{key}.optimizers")
-            for name, summary in opts.items():
-                need(isinstance(summary, Mapping), f"horizons.{key}.optimizers.{name}")
-            versus = block.get("versus", {})
-            need(isinstance(versus, Mapping), f"horizons.{key}.versus")
-            horizons[int(key)] = HorizonResult(
-                int(key), opts, versus, block.get("best_baseline"), block.get("beats_all")
+        def at(field: str, key: str) -> str:
+            return f"{field}.{key}" if field else key
+
+        def number(m: Mapping, key: str, field: str) -> None:
+            v = m.get(key)
+            ok = v is None or (isinstance(v, int | float) and not isinstance(v, bool))
+            need(ok, at(field, key), "a number or null", v)
+
+        def count(m: Mapping, key: str, field: str) -> None:
+            v = m.get(key)
+            ok = v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0)
+            need(ok, at(field, key), "a count (an integer >= 0)", v)
+
+        def flag(m: Mapping, key: str, field: str) -> None:
+            v = m.get(key)
+            need(v is None or isinstance(v, bool), at(field, key), "true, false or null", v)
+
+        def numbers(m: Mapping, key: str, field: str) -> None:
+            v = m.get(key)
+            ok = v is None or (
+                isinstance(v, list)
+                and all(
+                    x is None or (isinstance(x, int | float) and not isinstance(x, bool)) for x in v
+                )
             )
+            need(ok, at(field, key), "a list of numbers", v)
+
+        need(isinstance(d, Mapping), "(top level)", "a JSON object", type(d).__name__)
+        raw = d.get("horizons")
+        need(isinstance(raw, Mapping) and bool(raw), "horizons", "an object of horizons", raw)
+        horizons = {}
+        for key, block in raw.items():
+            field = f"horizons.{key}"
+            need(key.isdigit() and 0 < int(key) <= 2 * MAX_STEPS, field, "a horizon", key)
+            need(isinstance(block, Mapping), field, "an object", block)
+            opts = block.get("optimizers")
+            need(isinstance(opts, Mapping), f"{field}.optimizers", "an object", opts)
+            for name, summary in opts.items():
+                f = f"{field}.optimizers.{name}"
+                need(isinstance(summary, Mapping), f, "an object", summary)
+                for k in ("metric", "sem", "final", "final_sem"):
+                    number(summary, k, f)
+                count(summary, "diverged", f)
+                numbers(summary, "curve_mean", f)
+                numbers(summary, "curve_sem", f)
+                hp = summary.get("hyperparams", {})
+                need(isinstance(hp, Mapping), f"{f}.hyperparams", "an object", hp)
+                for k in hp:
+                    number(hp, k, f"{f}.hyperparams")
+            versus = block.get("versus", {})
+            need(isinstance(versus, Mapping), f"{field}.versus", "an object", versus)
+            for name, v in versus.items():
+                f = f"{field}.versus.{name}"
+                need(isinstance(v, Mapping), f, "an object", v)
+                need(name in opts, f, "an evaluated optimizer", name)
+                number(v, "diff", f)
+                number(v, "diff_sem", f)
+                flag(v, "beats", f)
+                for k in ("finite_pairs", "learned_diverged", "baseline_diverged"):
+                    count(v, k, f)
+            best = block.get("best_baseline")
+            ok = best is None or (isinstance(best, str) and best in opts)
+            need(ok, f"{field}.best_baseline", "an evaluated baseline", best)
+            flag(block, "beats_all", field)
+            horizons[int(key)] = HorizonResult(int(key), opts, versus, best, block.get("beats_all"))
         horizon = d.get("horizon", min(horizons))
-        need(isinstance(horizon, int) and horizon in horizons, "horizon")
+        ok = isinstance(horizon, int) and not isinstance(horizon, bool) and horizon in horizons
+        need(ok, "horizon", "one of the horizons", horizon)
+        problems = d.get("num_problems")
+        ok = problems is None or (isinstance(problems, int) and not isinstance(problems, bool))
+        need(ok and (problems is None or problems >= 1), "num_problems", "a count >= 1", problems)
+        learned = d.get("learned")
+        ok = learned is None or (
+            isinstance(learned, str) and all(learned in h.optimizers for h in horizons.values())
+        )
+        need(ok, "learned", "an evaluated optimizer", learned)
         task = d.get("task") or {}
-        need(isinstance(task, Mapping), "task")
+        need(isinstance(task, Mapping), "task", "an object", task)
+        for k in ("name", "data_source"):
+            v = task.get(k)
+            need(v is None or isinstance(v, str), f"task.{k}", "a string", v)
+        count(d, "meta_step", "")
+        count(d, "selected_step", "")
         return cls(
             horizon=horizon,
             horizons=horizons,
-            num_problems=d.get("num_problems"),
-            learned=d.get("learned"),
+            num_problems=problems,
+            learned=learned,
             task=task,
             meta_step=d.get("meta_step"),
             selected_step=d.get("selected_step", d.get("meta_step")),
@@ -378,22 +488,23 @@ def format_table(result: Mapping[str, Any] | Evaluation) -> str:
             f"{'diverged':>8}  {'vs learned':>22}  hyperparameters"
         )
         for name, s in block.optimizers.items():
-            metric = "inf" if s["metric"] is None else f"{s['metric']:.4f}"
-            sem = "-" if s["sem"] is None else f"{s['sem']:.4f}"
-            final = "inf" if s["final"] is None else f"{s['final']:.3g}"
+            metric = "inf" if s.get("metric") is None else f"{s['metric']:.4f}"
+            sem = "-" if s.get("sem") is None else f"{s['sem']:.4f}"
+            final = "inf" if s.get("final") is None else f"{s['final']:.3g}"
             v = block.versus.get(name)
             if v is None:
                 vs = ""
-            elif v["diff"] is None:
-                vs = "beaten (diverged)" if v["beats"] else "diverged runs"
+            elif v.get("diff") is None:
+                vs = "beaten (diverged)" if v.get("beats") else "diverged runs"
             else:
-                verdict = "beaten" if v["beats"] else "not beaten"
+                verdict = "beaten" if v.get("beats") else "not beaten"
                 if v.get("learned_diverged"):
                     verdict += f" (learned diverged on {v['learned_diverged']})"
-                dsem = "-" if v["diff_sem"] is None else f"{v['diff_sem']:.4f}"
+                dsem = "-" if v.get("diff_sem") is None else f"{v['diff_sem']:.4f}"
                 vs = f"{-v['diff']:+.4f}±{dsem} {verdict}"
             hp = ", ".join(f"{k}={val:.3g}" for k, val in s.get("hyperparams", {}).items())
             lines.append(
-                f"  {name:<10} {metric:>10} {sem:>9} {final:>11} {s['diverged']:>8}  {vs:>22}  {hp}"
+                f"  {name:<10} {metric:>10} {sem:>9} {final:>11} {s.get('diverged', '-'):>8}  "
+                f"{vs:>22}  {hp}"
             )
     return "\n".join(lines)

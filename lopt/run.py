@@ -16,6 +16,7 @@ Example:
 from __future__ import annotations
 
 import functools
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -50,24 +51,31 @@ class Run:
         """The path of one of the run's files (``"eval.json"``, ``"report"``, ...)."""
         return self.path / name
 
+    def _error(self, name: str, message: str) -> rundir.CheckpointError:
+        return rundir.CheckpointError(f"{self.file(name)}: {message}")
+
     @functools.cached_property
     def config(self) -> dict[str, Any]:
         """``config.json``: optimizer, task, meta-training settings, versions."""
         cfg = rundir.read_json(self.file("config.json"))
         if not isinstance(cfg, dict):
-            raise rundir.CheckpointError(f"{self.file('config.json')}: not a JSON object")
+            kind = type(cfg).__name__
+            raise self._error("config.json", f"(top level): expected a JSON object, got {kind}")
         return cfg
 
     def _field(self, name: str, build: Any) -> Any:
         try:
             return build(self.config.get(name))
         except (ValueError, TypeError, KeyError) as e:
-            raise rundir.CheckpointError(f"{self.file('config.json')}: {name}: {e}") from None
+            raise self._error("config.json", f"{name}: {e}") from None
 
     @functools.cached_property
     def family(self) -> tasks.TaskFamily:
-        """The task family the run was trained on, rebuilt from ``config.json``."""
-        return self._field("task", lambda _: family_from_config(self.config))
+        """The task family the run was trained on, rebuilt from ``config.json``, sizes checked."""
+        try:
+            return family_from_config(self.config)
+        except (ValueError, TypeError) as e:  # the message names the field
+            raise self._error("config.json", str(e)) from None
 
     @functools.cached_property
     def optimizer(self) -> LearnedOptimizer:
@@ -85,9 +93,70 @@ class Run:
 
         return self._field("meta_train", build)
 
+    @property
+    def horizon(self) -> int:
+        """Inner steps per problem in training: ``meta_train.horizon``, else the family's."""
+        if self.config.get("meta_train") is None:
+            return self.family.num_steps
+        return self.meta_config.resolved(self.family).horizon
+
+    def check(self) -> None:
+        """Checks ``config.json`` and ``theta.npz`` before anything is built from them.
+
+        The task family (its name, settings and sizes), the optimizer (its sizes), the
+        meta-training settings when recorded, the memory one evaluated problem needs, and the
+        checkpoint (format, checksum, a learned optimizer of the type ``config.json`` names).
+
+        Raises:
+            lopt.CheckpointError: one line naming the file and the field at fault.
+        """
+        family = self.family
+        named = self.optimizer if "optimizer" in self.config else None
+        if self.config.get("meta_train") is not None:
+            self.meta_config  # noqa: B018 (validates)
+        opt, _, _ = self.checkpoint()
+        if named is not None and opt.config().get("type") != named.config().get("type"):
+            raise self._error(
+                "theta.npz",
+                f"optimizer: a {opt.config().get('type')!r} optimizer, but config.json "
+                f"names {named.config().get('type')!r}",
+            )
+        self._check_memory(opt, family)
+
+    def _check_memory(self, opt: LearnedOptimizer, family: tasks.TaskFamily) -> None:
+        import jax
+        import jax.numpy as jnp
+
+        from lopt.meta_train import memory_limit
+
+        theta = jax.eval_shape(opt.init, jax.random.key(0))
+        tx = opt.optimizer(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), theta))
+        state = jax.eval_shape(tx.init, jax.ShapeDtypeStruct((1,), jnp.float32))
+        per_coordinate = 1 + sum(math.prod(x.shape) for x in jax.tree.leaves(state))
+        need, have = 4 * family.num_params() * per_coordinate, memory_limit()
+        if have is not None and need > have:
+            raise self._error(
+                "config.json",
+                f"task.settings: one problem's parameters and optimizer state would take "
+                f"{need / 2**30:.3g} GiB; this machine has {have / 2**30:.3g} GiB",
+            )
+
     def checkpoint(self) -> tuple[Any, Any, dict[str, Any]]:
-        """``(opt, theta, metadata)`` from ``theta.npz`` (:func:`lopt.load`)."""
-        return load(self.file("theta.npz"))
+        """``(opt, theta, metadata)`` from ``theta.npz`` (:func:`lopt.load`).
+
+        Raises:
+            lopt.CheckpointError: ``theta.npz`` is missing, damaged or not a ``lopt.save`` file.
+        """
+        path = self.file("theta.npz")
+        try:
+            return load(path)
+        except rundir.CheckpointError:
+            raise
+        except (TypeError, AttributeError, KeyError, ValueError) as e:
+            # e.g. a .npy file renamed theta.npz: numpy hands back an array, not an archive
+            raise rundir.CheckpointError(
+                f"{path}: not a lopt checkpoint ({type(e).__name__}: {e})"
+            ) from None
 
     def metrics(self) -> list[dict[str, Any]]:
         """The rows of ``metrics.jsonl`` (damaged lines skipped)."""
