@@ -17,7 +17,74 @@ SCHEMA_VERSION = 2
 
 def is_current(analysis: dict[str, Any]) -> bool:
     """Whether an ``analysis.json`` dict has every result this version computes."""
-    return int(analysis.get("schema_version") or 0) >= SCHEMA_VERSION
+    version = analysis.get("schema_version") if isinstance(analysis, Mapping) else None
+    return isinstance(version, int) and not isinstance(version, bool) and version >= SCHEMA_VERSION
+
+
+_RESULTS = {
+    "momentum": Momentum,
+    "clipping": Clipping,
+    "schedule": Schedule,
+    "adaptation": Adaptation,
+    "damping": Damping,
+}
+
+
+def _kind_ok(kind: str, v: Any) -> bool:
+    """Whether the JSON value ``v`` can be read as a result field annotated ``kind``."""
+
+    def number(x: Any) -> bool:
+        return x is None or (isinstance(x, int | float) and not isinstance(x, bool))
+
+    def numbers(x: Any) -> bool:  # real numbers, or [re, im] pairs of complex ones
+        return isinstance(x, list) and all(
+            number(y) or (isinstance(y, list) and all(map(number, y))) for y in x
+        )
+
+    if kind == "bool":
+        return isinstance(v, bool)
+    if kind == "str":
+        return isinstance(v, str)
+    if kind == "float":
+        return number(v)
+    if kind == "int":
+        return isinstance(v, int) and not isinstance(v, bool)
+    if kind == "np.ndarray":
+        return numbers(v)
+    if kind == "tuple[float, float]":
+        return isinstance(v, list) and len(v) == 2 and all(map(number, v))
+    if kind == "dict[str, np.ndarray]":
+        return isinstance(v, dict) and all(map(numbers, v.values()))
+    return isinstance(v, dict)
+
+
+def check_partial(d: Any) -> None:
+    """Checks the fields an ``analysis.json`` dict has, allowing fields it leaves out.
+
+    For consumers that read an analysis with defaults (the distillation reads hand-made and
+    older ones): the four mechanisms of the paper are objects (damping may be left out) and
+    every field present has its type.
+
+    Raises:
+        ValueError: one line naming the mechanism and field (``momentum.beta: ...``).
+    """
+    if not isinstance(d, Mapping):
+        raise ValueError(f"analysis: expected an object, got {type(d).__name__}")
+    if "source" in d and d["source"] not in ("cell", "optax"):
+        raise ValueError(f"analysis.source: expected 'cell' or 'optax', got {d['source']!r:.80}")
+    if d.get("meta") is not None and not isinstance(d["meta"], Mapping):
+        raise ValueError(f"analysis.meta: expected an object, got {d['meta']!r:.80}")
+    for name, cls in _RESULTS.items():
+        sub = d.get(name)
+        if sub is None and name != "damping":  # damping: not in analyses that predate it
+            raise ValueError(f"analysis: missing {name!r}")
+        if sub is None:
+            continue
+        if not isinstance(sub, Mapping):
+            raise ValueError(f"{name}: expected an object, got {type(sub).__name__}")
+        for f in dataclasses.fields(cls):
+            if f.name in sub and not _kind_ok(str(f.type), sub[f.name]):
+                raise ValueError(f"{name}.{f.name}: expected a {f.type}, got {sub[f.name]!r:.80}")
 
 
 @dataclasses.dataclass
@@ -72,8 +139,9 @@ class Analysis:
         for key in ("source", "momentum", "clipping", "schedule", "adaptation"):
             if key not in d:
                 raise ValueError(f"analysis: missing {key!r}")
-        if not isinstance(d["source"], str):
-            raise ValueError(f"analysis.source: expected a string, got {d['source']!r}")
+        if d["source"] not in ("cell", "optax"):
+            got = f"{d['source']!r:.80}"
+            raise ValueError(f"analysis.source: expected 'cell' or 'optax', got {got}")
         meta = d.get("meta") or {}
         if not isinstance(meta, Mapping):
             raise ValueError(f"analysis.meta: expected an object, got {meta!r}")

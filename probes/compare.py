@@ -56,24 +56,55 @@ def _names(runs: Sequence[Path]) -> list[str]:
     return out
 
 
+def _config(run: Path) -> dict | None:
+    """``config.json`` for display (optimizer and task), checked for the fields shown."""
+    from lopt.run import Run
+    from lopt.rundir import CheckpointError
+
+    path = run / "config.json"
+    if not path.exists():
+        return None
+    cfg = Run(run).config
+    for key, fields in (("optimizer", ("type", "cell")), ("task", ("name", "data_source"))):
+        part = cfg.get(key)
+        if part is not None and not isinstance(part, Mapping):
+            raise CheckpointError(f"{path}: {key}: expected an object, got {part!r:.80}")
+        for f in fields:
+            v = (part or {}).get(f)
+            if v is not None and not isinstance(v, str):
+                raise CheckpointError(f"{path}: {key}.{f}: expected a string, got {v!r:.80}")
+    hidden = (cfg.get("optimizer") or {}).get("hidden_size")
+    if hidden is not None and (isinstance(hidden, bool) or not isinstance(hidden, int)):
+        got = f"{hidden!r:.80}"
+        raise CheckpointError(f"{path}: optimizer.hidden_size: expected an integer, got {got}")
+    return cfg
+
+
 def _load(run: Path) -> tuple[dict[str, Any], str, dict | None, dict | None]:
+    from lopt.evaluation import Evaluation
     from lopt.rundir import read_json
 
     if not run.is_dir():
         raise ValueError(f"{run}: no such run directory")
-    from probes.runs import analyze_run, saved_analysis
+    from probes.runs import analyze_run, check_analysis, saved_analysis
 
+    cfg = _config(run)
+    ev = read_json(run / "eval.json") if (run / "eval.json").exists() else None
+    if ev is not None:
+        Evaluation.from_json(ev, source=str(run / "eval.json"))  # one line if malformed
     analysis, why = saved_analysis(run, key_seed=None)  # an analysis drawn with any seed
     if analysis is not None:
         source = "analysis.json"
     elif (run / "theta.npz").exists():
+        from lopt.run import Run
+
+        Run(run).check()
         analysis, source = analyze_run(run), f"computed ({why}; written to analysis.json)"
     elif (run / "analysis.json").exists():  # nothing to analyse again: use it, and say so
         analysis, source = read_json(run / "analysis.json"), f"analysis.json ({why})"
     else:
         raise ValueError(f"{run}: neither analysis.json nor theta.npz")
-    ev = read_json(run / "eval.json") if (run / "eval.json").exists() else None
-    cfg = read_json(run / "config.json") if (run / "config.json").exists() else None
+    check_analysis(analysis, run / "analysis.json")
     return analysis, source, ev, cfg
 
 

@@ -36,13 +36,13 @@ from tqdm.auto import tqdm
 from lopt import rundir
 from lopt.baselines import baseline
 from lopt.chain import META_KEYS, build_chain, chain_code, number_code
-from lopt.evaluation import evaluate_run, heldout_key
+from lopt.evaluation import Evaluation, evaluate_run, heldout_key
 from lopt.run import Run
 from lopt.unroll import evaluate, per_problem_metric, summarize
 from probes.distill.identify import IdentifyConfig, identify_chain
 from probes.distill.retune import RetuneConfig, retune_chain, retune_cost
 from probes.distill.stats import BootstrapConfig, fraction_report, mean_sem
-from probes.runs import analyze_run, saved_analysis
+from probes.runs import analyze_run, check_analysis, saved_analysis
 from probes.to_chain import DistillError, chain_from_analysis
 
 #: ``distill.json`` schema. 2: the re-tuned variant tunes every number (``notes.retune`` holds
@@ -191,6 +191,7 @@ def distill_analysis(
     family = run.family
     if run.file("eval.json").exists():
         ev = rundir.read_json(run.file("eval.json"))
+        Evaluation.from_json(ev, source=str(run.file("eval.json")))  # one line if malformed
     else:
         say("no eval.json: tuning and evaluating the baselines (lopt evaluate)")
         ev = evaluate_run(run.path, progress=progress)
@@ -201,6 +202,11 @@ def distill_analysis(
     best = block["best_baseline"]
     best_hp = block["optimizers"][best].get("hyperparams") or {}
     num_problems = int(ev.get("num_problems") or 128)
+    try:
+        best_tx = baseline(best, **best_hp)
+    except (ValueError, TypeError) as e:
+        field = f"horizons.{horizon}.best_baseline"
+        raise DistillError(f"{run.file('eval.json')}: {field}: {e}") from None
 
     chain, notes = chain_from_analysis(analysis)
     tx = build_chain(chain)
@@ -269,7 +275,7 @@ def distill_analysis(
         else:
             say(f"re-tuning skipped: {notes['retune']['note']}")
     key = heldout_key()
-    optimizers = {"learned": opt.optimizer(theta), best: baseline(best, **best_hp), "distilled": tx}
+    optimizers = {"learned": opt.optimizer(theta), best: best_tx, "distilled": tx}
     if tx_id is not None:
         optimizers["distilled_identified"] = tx_id
     if tx_rt is not None:
@@ -385,7 +391,10 @@ def distill_run(
         OSError: if the run directory or its files are missing.
     """
     run = run if isinstance(run, Run) else Run(run)
+    run.check()  # config.json and theta.npz, sizes included, before anything is computed
     analysis, why = saved_analysis(run, key_seed=key_seed)
+    if analysis is not None:
+        check_analysis(analysis, run.file("analysis.json"), partial=True)
     if analysis is None:
         _speaker(progress)(f"{why}: analysing the learned optimizer (probes analyze)")
         analysis = analyze_run(run, key_seed=key_seed)
