@@ -18,6 +18,8 @@ import warnings
 from collections.abc import Callable, Sequence
 from typing import NoReturn
 
+from lopt_cli.args import seed
+
 PROG = "lopt"
 
 
@@ -50,16 +52,6 @@ def _threshold(text: str) -> float | str:
         raise argparse.ArgumentTypeError(f"expected a number or 'none', got {text!r}") from None
 
 
-def _nonnegative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}")
-    return value
-
-
 # ---------------------------------------------------------------------------------------------
 # lopt tune
 
@@ -85,7 +77,7 @@ def _add_tune(sub: argparse._SubParsersAction) -> None:
         help="which baseline to tune (default: all)",
     )
     p.add_argument("--out", help="folder for tune.json (created if missing)")
-    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of the tuning key")
+    p.add_argument("--seed", type=seed, default=0, help="seed of the tuning key")
     p.add_argument(
         "--num-problems", type=_positive_int, default=32, help="training problems per candidate"
     )
@@ -224,7 +216,7 @@ def _add_meta_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--steps", type=_positive_int, help="meta-steps (overrides the preset)")
     p.add_argument("--estimator", choices=ESTIMATORS, help="gradient estimator override")
     p.add_argument("--truncation", type=_positive_int, help="inner steps per truncation")
-    p.add_argument("--seed", type=_nonnegative_int, help="PRNG seed (overrides the preset)")
+    p.add_argument("--seed", type=seed, help="PRNG seed (overrides the preset)")
     p.add_argument(
         "--outlier-threshold",
         type=_threshold,
@@ -270,7 +262,7 @@ def _cmd_meta_train(args: argparse.Namespace) -> int:
             if value is not None:
                 raise ValueError(f"{flag} cannot change on --resume (the run keeps its own)")
         run = Run(out)
-        cfg, opt, family = run.config, run.optimizer, run.family
+        cfg, family, opt = run.config, run.family, run.optimizer
         config = run.meta_config
         if args.task is not None and args.task != family.name:
             raise ValueError(f"{out} is a {family.name} run, not {args.task}")
@@ -485,14 +477,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         argv: the arguments (without the program name); defaults to ``sys.argv[1:]``.
 
     Returns:
-        0 on success. User mistakes print one line ``lopt: error: ...`` to stderr and exit
-        with status 2 (``SystemExit``) unless ``LOPT_DEBUG=1``, which re-raises.
+        0 on success. User mistakes (malformed run files among them) print one line
+        ``lopt: error: ...`` to stderr and exit with status 2 (``SystemExit``) unless
+        ``LOPT_DEBUG=1``, which re-raises. Ctrl-C at any point, while the parser's imports
+        load too, prints ``lopt: interrupted`` and exits with status 130.
     """
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         with warnings.catch_warnings():
             warnings.showwarning = _one_line_warning
             return int(args.func(args) or 0)
+    except KeyboardInterrupt:  # first: the next clause imports tasks (and JAX)
+        print(f"{PROG}: interrupted", file=sys.stderr)
+        raise SystemExit(130) from None
     except _user_errors() as e:
         if os.environ.get("LOPT_DEBUG", "") not in ("", "0"):
             raise
@@ -501,9 +498,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             msg = f"{msg}: {e.filename}"
         print(f"{PROG}: error: {msg}", file=sys.stderr)
         raise SystemExit(2) from None
-    except KeyboardInterrupt:
-        print(f"{PROG}: interrupted", file=sys.stderr)
-        raise SystemExit(130) from None
 
 
 if __name__ == "__main__":
