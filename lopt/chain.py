@@ -7,9 +7,10 @@ transformation and :func:`chain_code` into one Python expression, both from the 
 mechanisms the probes find in a learned optimizer as such a chain (``distill.json``); this
 module knows nothing of probes.
 
-Besides optax's own (``clip``, ``trace``, ``scale_by_rms``, ``scale_by_learning_rate``), three
-transformations live here: :func:`soft_clip` (a smooth gradient clip), :func:`damp_oscillations`
-(damping of gradients that keep changing sign) and :func:`interpolated_schedule` (a
+Besides optax's own (``clip``, ``trace``, ``scale_by_rms``, ``scale_by_learning_rate``),
+these live here: :func:`soft_clip` (a smooth gradient clip), :func:`damp_oscillations`
+(damping of gradients that keep changing sign), :func:`momentum_modes` (a weighted sum of
+traces) and :func:`interpolated_schedule` (a
 piecewise-linear learning-rate multiplier with a geometric tail).
 
 Example:
@@ -126,6 +127,50 @@ def damp_oscillations(scale: float | jax.Array, decay: float = 0.8) -> optax.Gra
     return optax.GradientTransformation(init_fn, update_fn)
 
 
+class MomentumModesState(NamedTuple):
+    """State of :func:`momentum_modes`: one trace per mode (last axis)."""
+
+    traces: Any
+
+
+def momentum_modes(
+    decays: Sequence[float], weights: Sequence[float]
+) -> optax.GradientTransformation:
+    """A weighted sum of traces, ``Σ_i w_i m_i`` with ``m_i ← λ_i m_i + g`` (``λ_i`` = decays).
+
+    Its impulse response is ``Σ_i w_i λ_i^k``: a sum of decaying modes, the form the probes fit
+    to an optimizer's response (:class:`probes.detectors.Momentum`). One mode with weight 1 is
+    ``optax.trace(decay=λ)``; a mode with ``λ = 0`` passes the gradient through (a direct term,
+    as in Nesterov momentum).
+
+    Args:
+        decays: ``λ_i`` in ``[0, 1)``.
+        weights: ``w_i``, one per decay.
+
+    Returns:
+        The transformation.
+    """
+    if len(decays) != len(weights) or not len(decays):
+        raise ValueError("momentum_modes: decays and weights must be non-empty and equally long")
+    lam = jnp.asarray(decays, jnp.float32)
+    w = jnp.asarray(weights, jnp.float32)
+
+    def init_fn(params):
+        return MomentumModesState(
+            jax.tree.map(lambda x: jnp.zeros((*jnp.shape(x), lam.shape[0]), jnp.float32), params)
+        )
+
+    def update_fn(updates, state, params=None):
+        del params
+        traces = jax.tree.map(
+            lambda m, g: lam * m + jnp.asarray(g, jnp.float32)[..., None], state.traces, updates
+        )
+        out = jax.tree.map(lambda m, g: (m @ w).astype(jnp.asarray(g).dtype), traces, updates)
+        return out, MomentumModesState(traces)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
 def interpolated_schedule(
     learning_rate: float | jax.Array,
     steps: Sequence[int],
@@ -202,17 +247,22 @@ def _scale_by_learning_rate(
     )
 
 
+def _schedule_code(s: Mapping[str, Any], lr: str) -> str:
+    steps = "[" + ", ".join(str(int(t)) for t in s["steps"]) + "]"
+    values = "[" + ", ".join(number_code(v) for v in s["values"]) + "]"
+    tail = number_code(s.get("tail_ratio", 0.0))
+    return f"lopt.chain.interpolated_schedule({lr}, {steps}, {values}, tail_ratio={tail})"
+
+
+def _list_code(xs: Sequence[float]) -> str:
+    return "[" + ", ".join(number_code(x) for x in xs) + "]"
+
+
 def _scale_by_learning_rate_code(params: Mapping[str, Any]) -> str:
     lr, s = number_code(params["learning_rate"]), params.get("schedule")
     if s is None:
         return f"optax.scale_by_learning_rate({lr})"
-    steps = "[" + ", ".join(str(int(t)) for t in s["steps"]) + "]"
-    values = "[" + ", ".join(number_code(v) for v in s["values"]) + "]"
-    tail = number_code(s.get("tail_ratio", 0.0))
-    return (
-        "optax.scale_by_learning_rate(lopt.chain.interpolated_schedule("
-        f"{lr}, {steps}, {values}, tail_ratio={tail}))"
-    )
+    return f"optax.scale_by_learning_rate({_schedule_code(s, lr)})"
 
 
 #: Every transform a chain may name. ``scale_by_learning_rate``'s optional ``schedule`` is
@@ -227,6 +277,15 @@ TRANSFORMS: dict[str, Transform] = {
         keywords=("decay",),
     ),
     "trace": Transform(optax.trace, "optax.trace", keywords=("decay",)),
+    "momentum_modes": Transform(
+        momentum_modes,
+        "lopt.chain.momentum_modes",
+        keywords=("decays", "weights"),
+        code=lambda p: (
+            f"lopt.chain.momentum_modes(decays={_list_code(p['decays'])}, "
+            f"weights={_list_code(p['weights'])})"
+        ),
+    ),
     "scale_by_rms": Transform(optax.scale_by_rms, "optax.scale_by_rms", keywords=("decay", "eps")),
     "scale_by_learning_rate": Transform(
         _scale_by_learning_rate,

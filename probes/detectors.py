@@ -45,8 +45,8 @@ ADAPT_SLOPE = -0.2
 #: smallest. The same two numbers mark each segment between folds that ``falls``.
 ADAPT_DROP = 0.2
 #: Oscillation damping: detected if, within the gradient range, the gain for gradients that
-#: flip sign every step, relative to the gain for persistent ones, falls to this fraction of
-#: its small-gradient value; ``κ`` is the amplitude where it does.
+#: flip sign every step falls to this fraction of its small-gradient value, both by itself and
+#: relative to the gain for persistent ones; ``κ`` is the amplitude where it does.
 DAMP_RATIO = 0.5
 
 
@@ -569,16 +569,18 @@ class Damping(_Result):
     and :func:`lopt.chain.damp_oscillations` (``R = 1/(1 + a/κ)``).
     Such damping lets an optimizer use a learning rate far above the linear stability limit of
     stiff directions (whose gradients alternate) while keeping its full step along flat
-    directions (whose gradients persist).
+    directions (whose gradients persist). The Nyquist gain must fall by itself too
+    (``N(a) = G_π(a)/G_π(a_min)``): a ratio that falls because the DC gain *rises* (persistent
+    gradients amplified, e.g. on a second branch of steady states past a fold) is not damping.
 
     Attributes:
-        detected: ``R(a) ≤ DAMP_RATIO`` somewhere in ``gradient_range``.
-        kappa: the smallest amplitude where ``R`` reaches ``DAMP_RATIO`` (log-linear
+        detected: ``max(R(a), N(a)) ≤ DAMP_RATIO`` somewhere in ``gradient_range``.
+        kappa: the smallest amplitude where ``max(R, N)`` reaches ``DAMP_RATIO`` (log-linear
             interpolation over the whole grid up to the top of ``gradient_range``; ``inf`` if not
             detected). ``R`` is normalised at the grid's smallest amplitude ``a₀``, so for
             ``R = 1/(1 + a/κ)`` the reported value is ``κ + 2a₀``: the probe's grid starts two
             decades below the gradient range.
-        min_ratio: the smallest ``R`` within ``gradient_range``.
+        min_ratio: the smallest ``max(R, N)`` within ``gradient_range``.
         amplitudes: ``a``, increasing, ``(A,)``.
         dc_gain: ``G₀(a)`` (``−Δu/a``: positive for descent), ``(A,)``.
         nyquist_gain: ``G_π(a)``, ``(A,)``.
@@ -638,17 +640,21 @@ def detect_damping(
     with np.errstate(divide="ignore", invalid="ignore"):
         q = np.where(ok, gp / np.where(ok, g0, 1.0), np.nan)
     ratio = np.full(a.shape, np.nan)
+    both = np.full(a.shape, np.nan)
     if ok.any():
-        ratio = q / q[int(np.argmax(ok))]
-    inside = (a >= lo * (1 - 1e-6)) & (a <= hi * (1 + 1e-6)) & np.isfinite(ratio)
+        first = int(np.argmax(ok))
+        ratio = q / q[first]
+        # Damping lowers the Nyquist gain itself, not only relative to the DC gain.
+        both = np.maximum(ratio, np.where(ok, gp / gp[first], np.nan))
+    inside = (a >= lo * (1 - 1e-6)) & (a <= hi * (1 + 1e-6)) & np.isfinite(both)
     kappa, min_ratio = float("inf"), float("nan")
     if inside.any():
-        min_ratio = float(np.min(ratio[inside]))
+        min_ratio = float(np.min(both[inside]))
     if min_ratio <= max_ratio:
         # The first crossing on the whole grid up to hi (it may lie below lo: damping that has
         # already set in at the smallest training gradients), log-linearly interpolated.
-        upto = np.isfinite(ratio) & (a <= hi * (1 + 1e-6))
-        x, r = np.log(a[upto]), ratio[upto]
+        upto = np.isfinite(both) & (a <= hi * (1 + 1e-6))
+        x, r = np.log(a[upto]), both[upto]
         j = int(np.argmax(r <= max_ratio))
         if j == 0:
             kappa = float(np.exp(x[0]))

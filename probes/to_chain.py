@@ -261,7 +261,20 @@ def chain_from_analysis(
             }
         )
         lr = lr * math.sqrt(eps)
-    if mom.get("detected"):
+    modes = _response_modes(mom)
+    if mom.get("detected") and modes is not None:
+        decays, weights = modes
+        chain.append(
+            {
+                "transform": "momentum_modes",
+                "decays": decays,
+                "weights": weights,
+                "mechanism": f"momentum (dominant mode, timescale "
+                f"{float(mom.get('timescale') or 0):.3g} steps) and the other fitted modes of "
+                "the impulse response",
+            }
+        )
+    elif mom.get("detected"):
         chain.append(
             {
                 "transform": "trace",
@@ -293,3 +306,32 @@ def chain_from_analysis(
         entry["mechanism"] = f"learning rate with a {sch.get('shape')} schedule"
     chain.append(entry)
     return chain, notes
+
+
+#: Fitted modes whose eigenvalue has an imaginary part above this are left out of
+#: ``momentum_modes`` (an oscillating mode is not a trace).
+IMAG_TOL = 1e-6
+#: Modes with ``|α_i|`` below this fraction of ``Σ|α|`` carry no weight and are left out.
+MODE_TOL = 1e-6
+
+
+def _response_modes(mom: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
+    """The fitted real modes ``(λ_i, α_i/Σα)`` when more than one carries weight, else ``None``.
+
+    The weights are relative to ``Σα_i``, the response at lag 0, which the learning-rate entry
+    carries; ``None`` (a single ``trace``) when a mode is complex or unstable, or ``Σα ≤ 0``.
+    """
+    lams, alphas = mom.get("fit_eigenvalues") or [], mom.get("fit_alphas") or []
+    if len(lams) != len(alphas):
+        return None
+    pairs = [(complex(*lam), complex(*a)) for lam, a in zip(lams, alphas, strict=True)]
+    scale = sum(abs(a) for _, a in pairs)
+    pairs = [(lam, a) for lam, a in pairs if abs(a) > MODE_TOL * scale]
+    if len(pairs) < 2:
+        return None
+    if any(abs(lam.imag) > IMAG_TOL or not 0.0 <= lam.real < 1.0 for lam, _ in pairs):
+        return None
+    total = sum(a.real for _, a in pairs)
+    if total <= 0:
+        return None
+    return [lam.real for lam, _ in pairs], [a.real / total for _, a in pairs]

@@ -117,8 +117,9 @@ def describe(result: dict[str, Any]) -> list[str]:
             f"gain for sign-flipping gradients, relative to persistent ones, halves at |g| ≈ "
             f"{num(d['kappa'])}, building up with memory ρ ≈ {num(d.get('memory'), '.3g')}"
             if d["detected"]
-            else "the gain for sign-flipping gradients, relative to persistent ones, never falls "
-            f"below {num(d.get('min_ratio'), '.0%')}"
+            else "the gain for sign-flipping gradients never falls below "
+            f"{num(d.get('min_ratio'), '.0%')} of its small-gradient value both by itself and "
+            "relative to persistent ones"
         )
         lines.append(
             f"oscillation damping: {'detected' if d['detected'] else 'not detected'} ({where}; "

@@ -80,6 +80,7 @@ def test_build_chain_round_trips_through_json_and_the_code_string():
         {"transform": "soft_clip", "scale": 1.5, "mechanism": "clipping"},
         {"transform": "clip", "max_delta": 2.0},
         {"transform": "trace", "decay": 0.8},
+        {"transform": "momentum_modes", "decays": [0.0, 0.5], "weights": [0.25, 0.75]},
         {"transform": "scale_by_rms", "decay": 0.9, "eps": 1e-3},
         {
             "transform": "scale_by_learning_rate",
@@ -138,6 +139,36 @@ def test_black_box_clip_momentum_is_distilled_back():
     assert notes["clip_fit"]["chosen"] == "clip"
     got, want = _updates(build_chain(chain), GRADS), _updates(tx, GRADS)
     np.testing.assert_allclose(got, want, rtol=1e-3, atol=1e-5)  # threshold found to 1e-5
+
+
+@pytest.mark.parametrize("beta, lr", [(0.9, 0.1), (0.6, 0.03)])
+def test_nesterov_analysis_gives_all_its_modes_and_reproduces_it(beta, lr):
+    # Nesterov's impulse response: lr(1+β) at lag 0, lr β^(k+1) after; two modes, λ = 0 with
+    # α = lr (the direct term) and λ = β with α = lr β. The dominant mode alone (a trace) would
+    # drop the direct term; the chain keeps both and is Nesterov again.
+    a = _analysis(beta, lr * beta)
+    a["momentum"]["fit_alphas"] = [[lr, 0.0], [lr * beta, 0.0]]
+    a["momentum"]["impulse_response"] = [-lr * (1 + beta)] + [
+        -lr * beta ** (k + 1) for k in range(1, 200)
+    ]
+    chain, _ = chain_from_analysis(a)
+    assert [e["transform"] for e in chain] == ["momentum_modes", "scale_by_learning_rate"]
+    assert chain[1]["learning_rate"] == pytest.approx(lr * (1 + beta))
+    np.testing.assert_allclose(
+        _updates(build_chain(chain), GRADS),
+        _updates(optax.sgd(lr, momentum=beta, nesterov=True), GRADS),
+        rtol=1e-5,
+        atol=1e-7,
+    )
+
+
+def test_momentum_modes_with_one_mode_is_a_trace():
+    one = lopt.chain.momentum_modes([0.7], [1.0])
+    np.testing.assert_allclose(
+        _updates(one, GRADS), _updates(optax.trace(decay=0.7), GRADS), rtol=1e-6
+    )
+    with pytest.raises(ValueError, match="equally long"):
+        lopt.chain.momentum_modes([0.7, 0.1], [1.0])
 
 
 def test_schedule_is_normalised_to_the_steady_state_learning_rate():

@@ -121,6 +121,9 @@ def test_detect_damping_edge_cases():
     assert d.detected and d.kappa == pytest.approx(10**0.5)
     d = detectors.detect_damping(a, [1.0, 1.0, 1.0], [1.0, 0.75, 0.25], gradient_range=(0.1, 2))
     assert not d.detected and d.min_ratio == pytest.approx(0.75)
+    # a ratio that falls because the DC gain rises (Nyquist gain unchanged) is not damping
+    d = detectors.detect_damping(a, [1.0, 3.0, 4.0], [1.0, 1.0, 1.0])
+    assert not d.detected and d.min_ratio == pytest.approx(1.0) and d.ratio[-1] == 0.25
     # damping already set in below the range: κ is interpolated below it, not clamped to lo
     d = detectors.detect_damping(a, [1.0, 1.0, 1.0], [1.0, 0.25, 0.2], gradient_range=(1, 10))
     assert d.detected and d.kappa == pytest.approx(10 ** (-1 + 0.5 / 0.75))
