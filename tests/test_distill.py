@@ -583,3 +583,26 @@ def test_distill_skips_a_re_tuning_over_its_budget(tiny_run, tmp_path, capsys):
 def test_configs_refuse_what_cannot_run():
     with pytest.raises(ValueError, match="must be >= 1"):
         RetuneConfig(every=0)
+
+
+def test_momentum_modes_numbers_are_free_except_a_direct_term():
+    from probes.distill.free_numbers import decode, encode, free_numbers, relabel
+
+    chain = [
+        {"transform": "momentum_modes", "decays": [0.0, 0.9, 0.5], "weights": [0.1, 0.6, 0.3]},
+        {"transform": "scale_by_learning_rate", "learning_rate": 2.0, "schedule": None},
+    ]
+    free = free_numbers(chain)
+    assert free == [
+        (0, "decays.1"),
+        (0, "decays.2"),
+        (0, "weights.0"),
+        (0, "weights.1"),
+        (0, "weights.2"),
+        (1, "learning_rate"),
+    ]
+    again, _ = relabel(chain, free, encode(chain, free), "fitted")
+    np.testing.assert_allclose(again[0]["decays"], [0.0, 0.9, 0.5], rtol=1e-6)
+    np.testing.assert_allclose(again[0]["weights"], [0.1, 0.6, 0.3], rtol=1e-6)
+    z = encode(chain, free) | {"0.decays.1": jnp.float32(0.0)}  # logit 0: decay 0.5
+    assert float(decode(chain, free, z)[0]["decays"][1]) == pytest.approx(0.5)

@@ -4,9 +4,11 @@ Every positive number of a chain entry is fitted in log space, every decay in ``
 through a logistic, the learning rate linearly in units of its detected magnitude (its sign may
 flip: a probed α can have the wrong sign, e.g. at g = 0 for the ``log1p_sign`` input, where the
 input's derivative vanishes), and a schedule's multipliers through an exponent ``γ``
-(``m(t)^γ``: ``γ = 1`` is the detected schedule, ``γ = 0`` none). :func:`encode` maps a chain to
-these coordinates (the starting chain sits at ``γ = 1``, ``log``/``logit`` of its numbers and
-±1 for the learning rate), :func:`decode` maps coordinates (possibly traced) back to a chain.
+(``m(t)^γ``: ``γ = 1`` is the detected schedule, ``γ = 0`` none); the modes of
+``momentum_modes`` each have a free decay (logistic) and weight (linear). :func:`encode` maps
+a chain to these coordinates (the starting chain sits at ``γ = 1``, ``log``/``logit`` of its
+numbers and ±1 for the learning rate), :func:`decode` maps coordinates (possibly traced) back
+to a chain.
 """
 
 from __future__ import annotations
@@ -29,6 +31,28 @@ FREE_FIELDS = {
     "eps": "log",
     "decay": "logit",
 }
+#: The same for list-valued numbers (``momentum_modes``): each element is a free number,
+#: ``(index, "<field>.<element>")``; a mode's decay of exactly 0 (a direct term) stays fixed.
+FREE_LISTS = {"decays": "logit", "weights": "signed"}
+
+
+def _kind(field: str) -> str:
+    return FREE_LISTS[field.split(".")[0]] if "." in field else FREE_FIELDS[field]
+
+
+def _value(entry: Mapping[str, Any], field: str) -> float:
+    if "." in field:
+        name, j = field.split(".")
+        return float(entry[name][int(j)])
+    return float(entry[field])
+
+
+def _representable(v: Any, kind: str) -> bool:
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        return False
+    return (v != 0) if kind == "signed" else (v > 0 and (kind == "log" or v < 1))
+
+
 _POWER = ", multipliers raised to the power "
 
 
@@ -37,11 +61,12 @@ def free_numbers(chain: Sequence[Mapping[str, Any]]) -> list[tuple[int, str]]:
     free = []
     for i, e in enumerate(chain):
         for k, kind in FREE_FIELDS.items():
-            v = e.get(k)
-            if not isinstance(v, int | float) or isinstance(v, bool):
-                continue
-            if (v != 0) if kind == "signed" else (v > 0 and (kind == "log" or v < 1)):
+            if _representable(e.get(k), kind):
                 free.append((i, k))  # a number the coordinates can represent exactly
+        for k, kind in FREE_LISTS.items():
+            v = e.get(k)
+            if isinstance(v, list | tuple):
+                free += [(i, f"{k}.{j}") for j, x in enumerate(v) if _representable(x, kind)]
         s = e.get("schedule")
         if s is not None and all(float(v) > 0 for v in s.get("values", [])):
             free.append((i, "gamma"))  # m(t)^γ is defined for positive multipliers only
@@ -54,12 +79,12 @@ def encode(chain: Sequence[Mapping[str, Any]], free: list[tuple[int, str]]) -> d
     for i, k in free:
         if k == "gamma":
             z[f"{i}.{k}"] = jnp.float32(1.0)
-        elif FREE_FIELDS[k] == "log":
-            z[f"{i}.{k}"] = jnp.float32(math.log(float(chain[i][k])))
-        elif FREE_FIELDS[k] == "signed":
-            z[f"{i}.{k}"] = jnp.float32(math.copysign(1.0, float(chain[i][k])))
+        elif _kind(k) == "log":
+            z[f"{i}.{k}"] = jnp.float32(math.log(_value(chain[i], k)))
+        elif _kind(k) == "signed":
+            z[f"{i}.{k}"] = jnp.float32(math.copysign(1.0, _value(chain[i], k)))
         else:
-            v = float(chain[i][k])
+            v = _value(chain[i], k)
             z[f"{i}.{k}"] = jnp.float32(math.log(v / (1.0 - v)))
     return z
 
@@ -73,12 +98,20 @@ def decode(chain: Sequence[Mapping[str, Any]], free: list[tuple[int, str]], z: M
             s = dict(out[i]["schedule"])
             s["values"] = [jnp.float32(v) ** x for v in chain[i]["schedule"]["values"]]
             out[i]["schedule"] = s
-        elif FREE_FIELDS[k] == "log":
-            out[i][k] = jnp.exp(x)
-        elif FREE_FIELDS[k] == "signed":
-            out[i][k] = abs(float(chain[i][k])) * x
         else:
-            out[i][k] = jax.nn.sigmoid(x)
+            kind = _kind(k)
+            if kind == "log":
+                v = jnp.exp(x)
+            elif kind == "signed":
+                v = abs(_value(chain[i], k)) * x
+            else:
+                v = jax.nn.sigmoid(x)
+            if "." in k:
+                name, j = k.split(".")
+                out[i][name] = list(out[i][name])
+                out[i][name][int(j)] = v
+            else:
+                out[i][k] = v
     return out
 
 
@@ -87,6 +120,8 @@ def _plain_entry(e: Mapping[str, Any]) -> dict[str, Any]:
     for k, v in e.items():
         if k == "schedule" and isinstance(v, Mapping):
             v = {**v, "values": [float(x) for x in v["values"]]}
+        elif k in FREE_LISTS and isinstance(v, list | tuple):
+            v = [float(x) for x in v]
         elif isinstance(v, jax.Array | np.ndarray | np.floating):
             v = float(v)
         out[k] = v

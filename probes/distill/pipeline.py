@@ -412,6 +412,8 @@ def format_report(result: Mapping[str, Any]) -> str:
         params = ", ".join(
             f"{k}={number_code(v)}"
             if isinstance(v, int | float)
+            else f"{k}=[{', '.join(number_code(x) for x in v)}]"
+            if isinstance(v, list)
             else f"{k}=<{len(v['steps'])} knots>"
             for k, v in e.items()
             if k not in ("transform", *META_KEYS) and v is not None
