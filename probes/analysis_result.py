@@ -10,9 +10,10 @@ from typing import Any
 from probes.detectors import Adaptation, Clipping, Damping, Momentum, Schedule
 from probes.values import plain
 
-#: 2: adds ``damping`` (oscillation damping). Analyses of an older version are re-computed by
-#: ``probes report`` and ``lopt distill`` rather than re-used (:func:`is_current`).
-SCHEMA_VERSION = 2
+#: 2: adds ``damping`` (oscillation damping). 3: damping needs the Nyquist gain itself to fall.
+#: Analyses of an older version are re-computed by ``probes report`` and ``lopt distill`` rather
+#: than re-used (:func:`is_current`).
+SCHEMA_VERSION = 3
 
 
 def is_current(analysis: dict[str, Any]) -> bool:
