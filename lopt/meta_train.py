@@ -487,7 +487,7 @@ def _meta_train(opt, family, config, key, out, meta_optimizer, resume, progress)
         if done is not None:
             return done
         if writer:
-            rundir.truncate_jsonl(out / "metrics.jsonl", lambda r: r.get("step", 0) <= checkpoint)
+            rundir.truncate_jsonl(out / "metrics.jsonl", lambda r: _logged_before(r, checkpoint))
     else:
         state = init_fn(family, theta, k_run)
         if writer:
@@ -627,3 +627,12 @@ def _finished(
 def meta_train_metrics(out_dir: str | Path) -> list[dict[str, Any]]:
     """The rows of a run's ``metrics.jsonl`` (a line torn by a crash mid-write is skipped)."""
     return rundir.read_jsonl(Path(out_dir) / "metrics.jsonl")
+
+
+def _logged_before(row: dict[str, Any], checkpoint: int) -> bool:
+    """Whether a ``metrics.jsonl`` row is kept on resume: logged at or before ``checkpoint``.
+
+    A row without ``step`` is kept; one whose ``step`` is not an integer is damaged and dropped.
+    """
+    step = row.get("step", 0)
+    return isinstance(step, int) and not isinstance(step, bool) and step <= checkpoint

@@ -142,6 +142,17 @@ def test_a_deleted_best_npz_is_rewritten_from_state_npz_on_resume(tmp_path, full
     _same(best_after, best_before)
 
 
+def test_a_metrics_row_with_a_damaged_step_is_dropped_on_resume(tmp_path, full):
+    first = MetaTrainConfig(**{**CONFIG.to_dict(), "num_steps": 5})
+    meta_train(OPT, FAMILY, first, out_dir=tmp_path, progress=False)
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": "two", "meta_loss": 1.0}\n{"step": [3]}\n')
+    resumed = meta_train(OPT, FAMILY, CONFIG, out_dir=tmp_path, resume=True, progress=False)
+    _same(resumed.theta, full.theta)
+    rows = rundir.read_jsonl(tmp_path / "metrics.jsonl")
+    assert all(isinstance(r.get("step", 0), int) for r in rows)
+
+
 def test_an_older_state_without_the_record_and_no_best_npz_is_refused(tmp_path):
     first = MetaTrainConfig(**{**CONFIG.to_dict(), "num_steps": 5})
     meta_train(OPT, FAMILY, first, out_dir=tmp_path, progress=False)
