@@ -92,6 +92,7 @@ def check_distill(d: Any, source: str | os.PathLike) -> Mapping[str, Any]:
         need(v is None or isinstance(v, Mapping) or number(v), key, "an object or number", v)
         for k, x in v.items() if isinstance(v, Mapping) else []:
             ok = number(x) or (isinstance(x, list) and all(number(y) for y in x))
+            ok = ok or (k == "method" and isinstance(x, str))  # how the interval was formed
             need(ok, f"{key}.{k}", "numbers", x)
     need(d.get("significant") in (None, True, False), "significant", "true or false", d)
     results = d.get("results")

@@ -295,3 +295,21 @@ def test_ctrl_c_while_the_parser_imports_is_one_line_and_status_130(prog, capsys
     monkeypatch.setattr(cli, "build_parser", _interrupt)  # building it imports JAX
     status, _, err = run_cli(capsys, prog, "--help")
     assert status == 130 and err == f"{prog}: interrupted\n", err
+
+
+def test_a_distill_json_with_bootstrap_intervals_is_accepted():
+    # What lopt distill writes when the gain is significant: each fraction carries its interval
+    # and how it was formed.
+    from probes.runs import check_distill
+
+    fraction = {
+        "mean": 0.38,
+        "ci": [-0.33, 0.85],
+        "method": "paired bootstrap over problems, 95% percentile interval",
+        "samples": 10000,
+        "seed": 0,
+    }
+    d = {"chain": [], "fraction": fraction, "fraction_identified": fraction, "significant": True}
+    check_distill(d, "distill.json")  # raises on a field it rejects
+    with pytest.raises(Exception, match="distill.json: fraction.mean: expected numbers"):
+        check_distill({**d, "fraction": {**fraction, "mean": "high"}}, "distill.json")

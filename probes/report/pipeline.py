@@ -211,7 +211,7 @@ def report_run(
     stage(why)
     if analysis is None:
         stage("analysing the optimizer (writes analysis.json)")
-        analysis = analyze_run(run, key_seed=seed)
+        analysis = analyze_run(run, key_seed=seed, progress=stage)
     try:
         parsed = Analysis.from_json(analysis)
     except ValueError as e:
