@@ -108,7 +108,7 @@ def test_meta_train_and_resume_through_the_cli(tmp_path, capsys):
             ["meta-train", "--task", "linear_regression", "--out", "X", "--truncation", "5"],
             "must divide",
         ),
-        (["evaluate", "does-not-exist"], "no such file"),
+        (["evaluate", "does-not-exist"], "no such run directory"),
         (
             ["meta-train", "--task", "linear_regression", "--out", "X", "--outlier-threshold", "x"],
             "expected a number or 'none'",
@@ -180,7 +180,7 @@ def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path, st
         ("optimizer", [], "config.json: optimizer:"),
         ("meta_train", {"num_problems": 2**40}, "config.json: meta_train: num_problems"),
         ("meta_train", {"bogus": 1}, "config.json: meta_train: unknown meta-training setting"),
-        ("task", {"name": "../etc"}, "config.json: task:"),
+        ("task", {"name": "../etc"}, "config.json: task.name: unknown task"),
     ],
 )
 def test_an_absurd_or_malformed_config_is_one_line_naming_the_file_and_field(
