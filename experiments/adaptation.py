@@ -34,9 +34,10 @@ def run_one(family_name: str, seed: int, out: Path, *, evaluate: bool, report: b
     import numpy as np
 
     import tasks
-    from lopt.evaluation import Evaluation, evaluate_run
+    from lopt.evaluation import Evaluation
     from lopt.meta_train import meta_train
     from lopt.presets import preset
+    from lopt.run import evaluate_run
     from probes.runs import analyze_run, saved_analysis
 
     p = preset(family_name, "quick")

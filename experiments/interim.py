@@ -34,7 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     run, out = args.run, args.out
 
     from lopt import load
-    from lopt.evaluation import Evaluation, evaluate_run, family_from_config, tune_baselines
+    from lopt.evaluation import Evaluation, family_from_config, tune_baselines
+    from lopt.run import evaluate_run
     from lopt.rundir import read_json
     from probes import report_run
     from probes.runs import analyze_run, copy_best

@@ -46,9 +46,10 @@ def _log(msg: str) -> None:
 def run_seed(task: str, preset_name: str, seed: int, run: Path, tuned_cache: dict) -> dict:
     """Runs (or finishes) every stage for one seed; returns the timings of the stages run."""
     import tasks
-    from lopt.evaluation import evaluate_run, tune_baselines
+    from lopt.evaluation import tune_baselines
     from lopt.meta_train import meta_train
     from lopt.presets import preset
+    from lopt.run import evaluate_run
     from lopt.rundir import read_json
 
     timings: dict[str, float] = {}

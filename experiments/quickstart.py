@@ -37,9 +37,10 @@ def main(argv: list[str] | None = None) -> int:
     import dataclasses
 
     import tasks
-    from lopt.evaluation import evaluate_run, format_table
+    from lopt.evaluation import format_table
     from lopt.meta_train import meta_train
     from lopt.presets import preset
+    from lopt.run import evaluate_run
 
     out = Path(args.out)
     if args.fresh and out.exists():

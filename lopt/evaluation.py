@@ -3,7 +3,7 @@
 :func:`compare` evaluates any set of optax optimizers on ``num_problems`` problems drawn from
 one fixed evaluation key (so every optimizer sees the same problems and the comparison is
 paired), at the family's horizon and at twice it (generalisation beyond the training horizon).
-:func:`evaluate_run` does that for a meta-training run directory and writes ``eval.json``.
+:func:`lopt.run.evaluate_run` does that for a meta-training run directory and writes ``eval.json``.
 
 "Beats" is decided on paired differences: for each problem, the learned optimizer's mean
 normalised loss minus the baseline's; the learned optimizer beats the baseline if the mean
@@ -237,68 +237,6 @@ def family_from_config(cfg: Mapping[str, Any]) -> tasks.TaskFamily:
             f"{size:,} parameters per problem (the bound is {MAX_PARAMS:,})",
         )
     return family
-
-
-def evaluate_run(
-    run_dir: str | Path,
-    *,
-    baselines: Sequence[str] = DEFAULT_BASELINES,
-    num_problems: int = 128,
-    progress: bool = True,
-    tuned: Mapping[str, Any] | None = None,
-) -> dict[str, Any]:
-    """Evaluates a meta-training run against tuned baselines and writes ``eval.json``.
-
-    The baselines are tuned on the run's task family (training problems), then the learned
-    optimizer and the tuned baselines are evaluated on the same ``num_problems`` held-out
-    problems at the training horizon and at twice it.
-
-    Args:
-        run_dir: the run directory.
-        baselines: baseline names to tune.
-        num_problems: held-out problems.
-        progress: show progress bars.
-        tuned: results of :func:`tune_baselines` on the same family, to reuse (tuning is
-            deterministic, so several runs on one family can share it); tuned here if absent.
-
-    Returns:
-        The dict written to ``run_dir/eval.json`` (schema ``lopt.eval/1``).
-    """
-    from lopt.run import Run
-
-    run = Run(run_dir)
-    run.check()  # config.json and theta.npz, sizes included, before anything is built
-    opt, theta, meta = run.checkpoint()
-    family = run.family
-    if tuned is None:
-        tuned = tune_baselines(family, baselines, progress=progress)
-    tuned = {n: tuned[n] for n in baselines}
-    optimizers = {"learned": opt.optimizer(theta), **{n: r.tx for n, r in tuned.items()}}
-    hyper = {n: r.hyperparams for n, r in tuned.items()}
-    horizon = run.horizon
-    result = compare(
-        optimizers,
-        family,
-        learned="learned",
-        num_problems=num_problems,
-        horizons=(horizon, 2 * horizon),
-        hyperparams=hyper,
-        progress=progress,
-    )
-    result.update(
-        schema=EVAL_SCHEMA,
-        task={
-            "name": family.name,
-            "settings": family.settings(),
-            "data_source": getattr(family, "data_source", "synthetic"),
-        },
-        meta_step=meta.get("step"),
-        # The step of the evaluated theta: validation may have selected an earlier one.
-        selected_step=meta.get("selected_step", meta.get("step")),
-        horizon=horizon,
-    )
-    rundir.write_json(run.file("eval.json"), result)
-    return result
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,7 @@ from __future__ import annotations
 import functools
 import math
 import os
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,14 @@ import tasks
 from lopt import rundir
 from lopt.base import LearnedOptimizer, from_config
 from lopt.checkpoint import load
-from lopt.evaluation import Evaluation, family_from_config
+from lopt.evaluation import (
+    DEFAULT_BASELINES,
+    EVAL_SCHEMA,
+    Evaluation,
+    compare,
+    family_from_config,
+    tune_baselines,
+)
 from lopt.meta_config import MetaTrainConfig
 
 
@@ -175,3 +183,63 @@ class Run:
     def data_source(self) -> str | None:
         """Where the family's data came from (``synthetic``, a file, the fallback digits)."""
         return getattr(self.family, "data_source", None)
+
+
+def evaluate_run(
+    run_dir: str | Path,
+    *,
+    baselines: Sequence[str] = DEFAULT_BASELINES,
+    num_problems: int = 128,
+    progress: bool = True,
+    tuned: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Evaluates a meta-training run against tuned baselines and writes ``eval.json``.
+
+    The baselines are tuned on the run's task family (training problems), then the learned
+    optimizer and the tuned baselines are evaluated on the same ``num_problems`` held-out
+    problems at the training horizon and at twice it.
+
+    Args:
+        run_dir: the run directory.
+        baselines: baseline names to tune.
+        num_problems: held-out problems.
+        progress: show progress bars.
+        tuned: results of :func:`tune_baselines` on the same family, to reuse (tuning is
+            deterministic, so several runs on one family can share it); tuned here if absent.
+
+    Returns:
+        The dict written to ``run_dir/eval.json`` (schema ``lopt.eval/1``).
+    """
+    run = Run(run_dir)
+    run.check()  # config.json and theta.npz, sizes included, before anything is built
+    opt, theta, meta = run.checkpoint()
+    family = run.family
+    if tuned is None:
+        tuned = tune_baselines(family, baselines, progress=progress)
+    tuned = {n: tuned[n] for n in baselines}
+    optimizers = {"learned": opt.optimizer(theta), **{n: r.tx for n, r in tuned.items()}}
+    hyper = {n: r.hyperparams for n, r in tuned.items()}
+    horizon = run.horizon
+    result = compare(
+        optimizers,
+        family,
+        learned="learned",
+        num_problems=num_problems,
+        horizons=(horizon, 2 * horizon),
+        hyperparams=hyper,
+        progress=progress,
+    )
+    result.update(
+        schema=EVAL_SCHEMA,
+        task={
+            "name": family.name,
+            "settings": family.settings(),
+            "data_source": getattr(family, "data_source", "synthetic"),
+        },
+        meta_step=meta.get("step"),
+        # The step of the evaluated theta: validation may have selected an earlier one.
+        selected_step=meta.get("selected_step", meta.get("step")),
+        horizon=horizon,
+    )
+    rundir.write_json(run.file("eval.json"), result)
+    return result

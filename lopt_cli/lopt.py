@@ -355,7 +355,8 @@ def _add_evaluate(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
-    from lopt.evaluation import Evaluation, evaluate_run, format_table
+    from lopt.evaluation import Evaluation, format_table
+    from lopt.run import evaluate_run
 
     ev = Evaluation.from_json(
         evaluate_run(

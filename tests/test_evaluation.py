@@ -12,12 +12,12 @@ from lopt import rundir
 from lopt.evaluation import (
     Evaluation,
     compare,
-    evaluate_run,
     format_table,
     paired,
     per_problem_metric,
 )
 from lopt.meta_train import MetaTrainConfig, meta_train
+from lopt.run import evaluate_run
 
 FAMILY = tasks.get("linear_regression", dim=3, num_steps=10)
 

@@ -259,7 +259,7 @@ INTERRUPTS = {
         ["meta-train", "--task", "linear_regression", "--out", "{tmp}/new", "--steps", "1"],
         "lopt.meta_train.meta_train",
     ),
-    "evaluate": ("lopt", ["evaluate", "{run}"], "lopt.evaluation.evaluate_run"),
+    "evaluate": ("lopt", ["evaluate", "{run}"], "lopt.run.evaluate_run"),
     "distill": ("lopt", ["distill", "{run}"], "probes.distill.distill_run"),
     "analyze": ("probes", ["analyze", "{run}"], "probes.runs.analyze_run"),
     "report": ("probes", ["report", "{run}"], "probes.report.report_run"),

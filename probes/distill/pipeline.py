@@ -36,8 +36,8 @@ from tqdm.auto import tqdm
 from lopt import rundir
 from lopt.baselines import baseline
 from lopt.chain import META_KEYS, build_chain, chain_code, number_code
-from lopt.evaluation import Evaluation, evaluate_run, heldout_key
-from lopt.run import Run
+from lopt.evaluation import Evaluation, heldout_key
+from lopt.run import Run, evaluate_run
 from lopt.unroll import evaluate, per_problem_metric, summarize
 from probes.distill.identify import IdentifyConfig, identify_chain
 from probes.distill.retune import RetuneConfig, retune_chain, retune_cost
@@ -166,7 +166,7 @@ def distill_analysis(
     (:func:`~probes.distill.retune_chain`; problems drawn from the tuning key of the momentum
     baseline in :func:`lopt.evaluation.tune_baselines`), and evaluates the learned optimizer,
     the best tuned baseline of ``RUN/eval.json`` (with its recorded hyperparameters; the file
-    is written by :func:`lopt.evaluation.evaluate_run` if missing) and the chains on the same
+    is written by :func:`lopt.run.evaluate_run` if missing) and the chains on the same
     held-out problems as ``eval.json`` (:func:`lopt.heldout_key`, its number of problems, its
     horizon).
 
