@@ -13,13 +13,12 @@ Shapes: ``B`` problems, ``T`` steps, ``C`` recorded coordinates, ``H`` hidden un
 from __future__ import annotations
 
 import math
-import sys
-import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from probes.runs import stage_printer
 from probes.values import finite, plain
 
 
@@ -32,18 +31,7 @@ def as_dict(analysis: Any) -> dict[str, Any]:
     raise TypeError(f"expected a probes.Analysis or its to_json() dict, got {type(analysis)}")
 
 
-def progress_lines(progress: bool | Callable[[str], None] | None) -> Callable[[str], None]:
-    """A stage printer: ``progress`` itself if callable, timed lines on stderr if true."""
-    if callable(progress):
-        return progress
-    if not progress:
-        return lambda msg: None
-    start = time.perf_counter()
-
-    def emit(msg: str) -> None:
-        print(f"[{time.perf_counter() - start:6.1f} s] {msg}", file=sys.stderr, flush=True)
-
-    return emit
+progress_lines = stage_printer  # the report's stages print like the analysis's
 
 
 def heavy_ball_optimum(family: Any, key: Any = None, num_problems: int = 256) -> dict | None:
