@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from typing import NoReturn
 
 from lopt_cli.args import seed
+from lopt_cli.process import run_script
 
 PROG = "lopt"
 
@@ -501,5 +502,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(2) from None
 
 
+def script() -> None:
+    """The ``lopt`` console script: :func:`main`, ended by :func:`lopt_cli.process.run_script`."""
+    run_script(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    script()

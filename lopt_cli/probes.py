@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from lopt_cli.args import seed
+from lopt_cli.process import run_script
 
 PROG = "probes"
 
@@ -127,5 +128,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         raise SystemExit(130) from None
 
 
+def script() -> None:
+    """The ``probes`` console script: :func:`main`, ended by :func:`lopt_cli.process.run_script`."""
+    run_script(main)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    script()
