@@ -528,6 +528,25 @@ def test_retune_chain_finds_the_best_numbers_on_identity_quadratics():
     json.dumps(chain, allow_nan=False)
 
 
+def test_validation_scores_are_the_mean_normalised_loss_and_inf_on_divergence():
+    # H = I: SGD with learning rate a scales the loss by (1 - a)^2 per step, so the mean over
+    # T steps of f_t/f_0 is (1/T) * sum_t (1 - a)^(2t); a = 1000 overflows float32 (inf).
+    from probes.distill import validation_scores
+
+    family = tasks.get("linear_regression", dim=3, num_steps=20, log10_min=0.0, log10_max=0.0)
+
+    def sgd(a):
+        return [{"transform": "scale_by_learning_rate", "learning_rate": a}]
+
+    scores = validation_scores(
+        [sgd(1.0), sgd(0.5), sgd(1000.0)], family, jax.random.key(3), RetuneConfig(validation=4)
+    )
+    expected = np.mean(0.25 ** np.arange(20))
+    assert scores[0] == pytest.approx(1 / 20, rel=1e-5)
+    assert scores[1] == pytest.approx(expected, rel=1e-5)
+    assert scores[2] == float("inf")
+
+
 def test_retune_chain_leaves_diverging_problems_out_of_each_step():
     # At a learning rate of 20 most problems diverge (curvatures up to 1), some to inf or NaN
     # and some to finite losses near the float32 limit. The first are left out problem by

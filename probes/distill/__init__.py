@@ -7,7 +7,7 @@ Split by concern:
 - :mod:`probes.distill.identify`: the chain's numbers fitted to the learned optimizer's updates
   (:func:`identify_chain`, :class:`IdentifyConfig`).
 - :mod:`probes.distill.retune`: the chain's numbers tuned on the loss (:func:`retune_chain`,
-  :func:`retune_cost`, :class:`RetuneConfig`).
+  :func:`retune_cost`, :func:`validation_scores`, :class:`RetuneConfig`).
 - :mod:`probes.distill.stats`: the fraction of the learned optimizer's gain a chain recovers
   (:func:`recovered_fraction`, :func:`fraction_report`, :class:`BootstrapConfig`).
 - :mod:`probes.distill.pipeline`: all of it for a run (:func:`distill_analysis`,
@@ -28,7 +28,7 @@ from probes.distill.pipeline import (
     distill_run,
     format_report,
 )
-from probes.distill.retune import RetuneConfig, retune_chain, retune_cost
+from probes.distill.retune import RetuneConfig, retune_chain, retune_cost, validation_scores
 from probes.distill.stats import BootstrapConfig, fraction_report, recovered_fraction
 from probes.to_chain import DistillError, chain_from_analysis
 
@@ -49,4 +49,5 @@ __all__ = [
     "recovered_fraction",
     "retune_chain",
     "retune_cost",
+    "validation_scores",
 ]

@@ -10,7 +10,8 @@ learned)``, with a 95% paired bootstrap interval over problems (fixed seed,
 clearly labelled: *identified* (:func:`~probes.distill.identify_chain`: every number fitted to
 the learned optimizer's own updates, no loss used) and *re-tuned*
 (:func:`~probes.distill.retune_chain`: every number tuned on the loss of training problems,
-never the held-out ones, starting from the identified numbers when there are some). The three
+never the held-out ones, starting from the detected or the identified numbers, whichever
+scores better on the re-tuning's validation problems). The three
 answer different questions: do the probed numbers describe the optimizer, do numbers fitted to
 its behaviour, and can the detected structure match it at all.
 
@@ -40,7 +41,7 @@ from lopt.evaluation import Evaluation, heldout_key
 from lopt.run import Run, evaluate_run
 from lopt.unroll import evaluate, per_problem_metric, summarize
 from probes.distill.identify import IdentifyConfig, identify_chain
-from probes.distill.retune import RetuneConfig, retune_chain, retune_cost
+from probes.distill.retune import RetuneConfig, retune_chain, retune_cost, validation_scores
 from probes.distill.stats import BootstrapConfig, fraction_report, mean_sem
 from probes.runs import analyze_run, check_analysis, saved_analysis
 from probes.to_chain import DistillError, chain_from_analysis
@@ -162,13 +163,14 @@ def distill_analysis(
     Builds the chain (:func:`~probes.distill.chain_from_analysis`), optionally identifies its
     numbers from the learned optimizer's updates (:func:`~probes.distill.identify_chain`; no
     loss involved), optionally tunes every number on the loss of training problems, starting
-    from the identified numbers when there are some and from the detected ones otherwise
-    (:func:`~probes.distill.retune_chain`; problems drawn from the tuning key of the momentum
-    baseline in :func:`lopt.evaluation.tune_baselines`), and evaluates the learned optimizer,
-    the best tuned baseline of ``RUN/eval.json`` (with its recorded hyperparameters; the file
-    is written by :func:`lopt.run.evaluate_run` if missing) and the chains on the same
-    held-out problems as ``eval.json`` (:func:`lopt.heldout_key`, its number of problems, its
-    horizon).
+    from the detected or the identified numbers, whichever scores better on the re-tuning's
+    validation problems (:func:`~probes.distill.validation_scores`; the detected ones when
+    nothing was identified; then :func:`~probes.distill.retune_chain`, on problems drawn from
+    the tuning key of the momentum baseline in :func:`lopt.evaluation.tune_baselines`), and
+    evaluates the learned optimizer, the best tuned baseline of ``RUN/eval.json`` (with its
+    recorded hyperparameters; the file is written by :func:`lopt.run.evaluate_run` if missing)
+    and the chains on the same held-out problems as ``eval.json`` (:func:`lopt.heldout_key`,
+    its number of problems, its horizon).
 
     Args:
         analysis: the probes' result for the run's ``theta.npz`` (``analysis.json``);
@@ -234,8 +236,11 @@ def distill_analysis(
             say(f"identification skipped: {notes['identify']['note']}")
     chain_rt = tx_rt = None
     if retune is not None:
+        # The momentum baseline's tuning key in lopt.evaluation.tune_baselines (its problems
+        # are resampled per step here); never the held-out key.
+        retune_key = jax.random.fold_in(jax.random.key(0), 0)
         identified = chain_id is not None and notes["identify"].get("selected_round", 0) > 0
-        start = "identified" if identified else "detected"
+        start, start_chain, start_scores = "detected", chain, None
         steps, problems = retune.steps, retune.num_problems
         cost = retune_cost(family, horizon, retune)
         if retune.budget is not None and cost > retune.budget:
@@ -246,6 +251,16 @@ def distill_analysis(
                 "cost": cost,
             }
         else:
+            if identified:
+                # start from whichever of the probed and the identified numbers scores better
+                # on the re-tuning's own validation problems (training problems)
+                say("scoring the detected and the identified numbers on validation problems")
+                detected_score, identified_score = validation_scores(
+                    [chain, chain_id], family, retune_key, retune, num_steps=horizon
+                )
+                start_scores = {"detected": detected_score, "identified": identified_score}
+                if identified_score < detected_score:
+                    start, start_chain = "identified", chain_id
             say(
                 f"re-tuning every number of the chain on training problems (from the {start} "
                 f"numbers; {steps} steps × {problems} problems)"
@@ -258,18 +273,18 @@ def distill_analysis(
                 dynamic_ncols=True,
                 disable=not progress,
             )
-            # The momentum baseline's tuning key in lopt.evaluation.tune_baselines (its problems
-            # are resampled per step here); never the held-out key.
             chain_rt, notes["retune"] = retune_chain(
-                chain_id if chain_id is not None else chain,
+                start_chain,
                 family,
-                jax.random.fold_in(jax.random.key(0), 0),
+                retune_key,
                 retune,
                 num_steps=horizon,
                 progress=lambda done, total: bar.update(done - bar.n),
             )
             bar.close()
             notes["retune"].update(start=start, key="fold_in(key(0), 0)", cost=cost)
+            if start_scores is not None:
+                notes["retune"]["start_scores"] = start_scores
         if chain_rt is not None:
             tx_rt = build_chain(chain_rt)
         else:

@@ -8,6 +8,7 @@ learned optimizer at all, whatever the probes or the identification made of its 
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -44,7 +45,7 @@ class RetuneConfig:
 
     steps: int = 600
     num_problems: int = 256
-    learning_rate: float = 0.03
+    learning_rate: float = 0.01
     every: int = 25
     validation: int = 256
     chunk: int = 32
@@ -78,6 +79,58 @@ def retune_cost(
     """
     horizon = family.num_steps if num_steps is None else num_steps
     return float(config.steps) * config.num_problems * horizon * family.num_params()
+
+
+def _chain_metric(chain, free, unravel, family, num_steps):
+    def metric(z, k):
+        tx = optax.with_extra_args_support(build_chain(decode(chain, free, unravel(z))))
+        return normalized_loss(unroll(tx, family, init_inner(tx, family, k), num_steps)[1])
+
+    return metric
+
+
+def _validation_keys(key: jax.Array, config: RetuneConfig) -> jax.Array:
+    # training problems set aside for validation: never the held-out key, never the steps' own
+    return jax.random.split(jax.random.fold_in(key, 1_000_000), config.validation)
+
+
+def validation_scores(
+    chains: Sequence[Sequence[Mapping[str, Any]]],
+    family: Any,
+    key: jax.Array,
+    config: RetuneConfig = RetuneConfig(),
+    *,
+    num_steps: int | None = None,
+) -> list[float]:
+    """Each chain's score on :func:`retune_chain`'s validation problems (lower is better).
+
+    The score is the mean normalised loss over ``config.validation`` training problems drawn
+    from ``key`` exactly as :func:`retune_chain` draws its validation problems, infinite if any
+    problem's loss is not finite. It chooses where re-tuning starts without looking at the
+    held-out problems.
+
+    Args:
+        chains: chains of one structure (e.g. the detected and the identified one).
+        family: the task family.
+        key: the training key given to :func:`retune_chain`.
+        config: the re-tuning settings (``validation`` and ``chunk`` count).
+        num_steps: updates per problem (default: the family's).
+
+    Returns:
+        One score per chain.
+    """
+    num_steps = family.num_steps if num_steps is None else num_steps
+    keys = _validation_keys(key, config)
+    out = []
+    for chain in chains:
+        tx = optax.with_extra_args_support(build_chain(chain))
+
+        def metric(k, tx=tx):
+            return normalized_loss(unroll(tx, family, init_inner(tx, family, k), num_steps)[1])
+
+        m = np.asarray(jax.jit(lambda ks: jax.lax.map(metric, ks, batch_size=config.chunk))(keys))
+        out.append(float(np.mean(m)) if np.all(np.isfinite(m)) else math.inf)
+    return out
 
 
 def retune_chain(
@@ -134,10 +187,7 @@ def retune_chain(
     if not free:
         return None, {"note": "the chain has no number to tune"}
     z0, unravel = ravel_pytree(encode(chain, free))
-
-    def metric(z, k):
-        tx = optax.with_extra_args_support(build_chain(decode(chain, free, unravel(z))))
-        return normalized_loss(unroll(tx, family, init_inner(tx, family, k), num_steps)[1])
+    metric = _chain_metric(chain, free, unravel, family, num_steps)
 
     def mean_clipped(g, ok, n):
         # the mean of the usable problems' gradients, clipped to norm 1; gradients of problems
@@ -153,7 +203,7 @@ def retune_chain(
     rounds = -(-steps // every)
     meta = optax.adam(optax.cosine_decay_schedule(learning_rate, rounds * every, alpha=0.1))
     train_keys = jax.random.split(jax.random.fold_in(key, 0), num_problems)
-    val_keys = jax.random.split(jax.random.fold_in(key, 1_000_000), validation)
+    val_keys = _validation_keys(key, config)
 
     def score(z):
         m = jax.lax.map(lambda k: metric(z, k), val_keys, batch_size=chunk)
