@@ -502,11 +502,12 @@ def s_curve(arms: Sequence[Mapping[str, Any]], *, ylabel: str) -> Figure:
 
     Args:
         arms: ``[{"inputs": (N,), "pc": (N,), "label", "color", "dashed": bool,
-            "fold": (N,) bool}]``.
+            "fold": (N,) bool, "jump_back": (N,) bool}]``: ``fold`` marks folds (×),
+            ``jump_back`` jumps of a sweep traced back (hysteresis, ▲ in the arm's colour).
         ylabel: the y label.
     """
     fig, (ax,) = _figure(width=5.8, height=4.2)
-    allg = []
+    allg, marks = [], set()
     for arm in arms:
         g, y = _arr(arm["inputs"]), _arr(arm["pc"])
         allg.append(g)
@@ -523,7 +524,15 @@ def s_curve(arms: Sequence[Mapping[str, Any]], *, ylabel: str) -> Figure:
         fold = np.asarray(arm.get("fold", []), bool)
         if fold.any():
             ax.plot(g[fold], y[fold], "x", color=MARK, ms=8, mew=1.6)
-    ax.plot([], [], "x", color=MARK, label="fold (jump)")
+            marks.add("fold")
+        back = np.asarray(arm.get("jump_back", []), bool)
+        if back.any():
+            ax.plot(g[back], y[back], "^", color=arm["color"], mfc="none", ms=7, mew=1.4)
+            marks.add("back")
+    if "fold" in marks:
+        ax.plot([], [], "x", color=MARK, label="fold (jump)")
+    if "back" in marks:
+        ax.plot([], [], "^", color=MARK, mfc="none", label="jump on the way back (hysteresis)")
     g = np.abs(np.concatenate(allg)) if allg else np.zeros(1)
     g = g[np.isfinite(g) & (g > 0)]
     if g.size:

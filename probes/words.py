@@ -174,8 +174,12 @@ def damping_phrase(d: Mapping[str, Any]) -> str:
     )
 
 
-def summary_sentences(a: Mapping[str, Any], evidence: Mapping[str, Any] | None = None) -> list[str]:
-    """Plain-language sentences, one per mechanism, generated from the analysis numbers."""
+def summary_sentences(a: Mapping[str, Any]) -> list[str]:
+    """Plain-language sentences, one per mechanism, generated from the analysis numbers.
+
+    Folds and the slopes between them are the analysis's (``adaptation.branches``), the same
+    numbers ``probes analyze`` prints.
+    """
     m, c, s, ad = (a.get(k) or {} for k in ("momentum", "clipping", "schedule", "adaptation"))
     out = []
     beta, tau, share = finite(m.get("beta")), finite(m.get("timescale")), finite(m.get("share"))
@@ -205,12 +209,13 @@ def summary_sentences(a: Mapping[str, Any], evidence: Mapping[str, Any] | None =
         out.append(f"Adapts its learning rate: α_eff falls as gradients grow{sl}.")
     else:
         extra = ""
-        for arm in ((evidence or {}).get("s_curve") or {}).get("arms", {}).values():
-            after = finite(arm.get("slope_after"))
-            if arm.get("fold_at") is not None and after is not None and after <= -0.2:
+        for name in ("pos", "neg"):
+            segs = ((ad.get("branches") or {}).get(name) or {}).get("segments") or []
+            after = next((x for x in segs[1:] if (finite(x.get("slope")) or 0.0) <= -0.2), None)
+            if after is not None:
                 extra = (
-                    f"; past a fold at |g*| ≈ {arm['fold_at']:.2g} its fixed points jump to a "
-                    f"second branch where it does fall (slope {after:.2g})"
+                    f"; past a fold at |g*| ≈ {after['magnitude_range'][0]:.2g} its fixed points "
+                    f"jump to a second branch where it does fall (slope {after['slope']:.2g})"
                 )
                 break
         out.append(

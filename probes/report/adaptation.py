@@ -7,7 +7,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from probes.report.sections import Builder, mechanism_section, num_row
-from probes.values import floats
+from probes.values import finite, floats
 from probes.words import fmt, slope
 
 _ADAPT_KNOWN = {
@@ -19,6 +19,50 @@ _ADAPT_KNOWN = {
     "slope",
     "point_kind",
 }
+
+
+def fold_notes(d: Mapping, nums: list[dict]) -> list[str]:
+    """Rows (appended to ``nums``) and notes for the folds of an ``adaptation`` result dict.
+
+    Fold positions, segments and slopes are the analysis's own (``branches[arm]``): the report
+    shows what ``probes analyze`` printed, never a recomputation.
+    """
+    notes = []
+    branches = d.get("branches") or {}
+    for name, label in (("pos", "g* > 0"), ("neg", "g* < 0")):
+        br = branches.get(name) or {}
+        folds = [finite(x) for x in br.get("fold_magnitudes") or []]
+        segs = [s for s in br.get("segments") or [] if isinstance(s, Mapping)]
+        if not folds:
+            continue
+        nums.append(
+            num_row(
+                f"folds_{name}",
+                f"folds on the {label} arm at |g*|",
+                folds,
+                ", ".join(fmt(x, ".2g") for x in folds),
+            )
+        )
+        if len(segs) > 1:
+            slopes = [finite(s.get("slope")) for s in segs]
+            nums.append(
+                num_row(
+                    f"segment_slopes_{name}",
+                    f"slopes between folds ({label})",
+                    slopes,
+                    " / ".join(slope(x) for x in slopes),
+                )
+            )
+        for before, after in zip(segs, segs[1:], strict=False):
+            notes.append(
+                f"On the {label} arm the branch of fixed points connected to the convergence "
+                f"point ends in a fold at |g*| ≈ {fmt(after['magnitude_range'][0], '.2g')}; "
+                f"there the state jumps to another branch, where α_eff goes from "
+                f"{fmt(before.get('alpha_last'))} to {fmt(after.get('alpha_first'))} and then "
+                f"has a log-log slope of {slope(after.get('slope'))} against |g*| (before the "
+                f"fold: {slope(before.get('slope'))})."
+            )
+    return notes
 
 
 def adaptation_section(b: Builder, a: Mapping, ev: Mapping | None) -> dict:
@@ -48,38 +92,18 @@ def adaptation_section(b: Builder, a: Mapping, ev: Mapping | None) -> dict:
     for k, v in d.items():
         if k not in _ADAPT_KNOWN and (isinstance(v, int | float | str | bool) or v is None):
             nums.append(num_row(k, k.replace("_", " "), v, v if isinstance(v, str) else None))
-    notes = []
+    notes = fold_notes(d, nums)
     sc = (ev or {}).get("s_curve") or {}
     arms = sc.get("arms") or {}
-    for name, label in (("pos_up", "g* > 0"), ("neg_up", "g* < 0")):
+    for name, label in (("pos_down", "g* > 0"), ("neg_down", "g* < 0")):
         arm = arms.get(name) or {}
-        if arm.get("fold_at") is not None:
-            nums.append(
-                num_row(f"fold_at_{name[:3]}", f"fold on the {label} arm at |g*|", arm["fold_at"])
-            )
-            nums.append(
-                num_row(
-                    f"slopes_around_fold_{name[:3]}",
-                    f"slope before / after the fold ({label})",
-                    [arm.get("slope_before"), arm.get("slope_after")],
-                    f"{fmt(arm.get('slope_before'), '.2g')} / {fmt(arm.get('slope_after'), '.2g')}",
-                )
-            )
+        back = np.asarray(arm.get("jump_back") or [], bool)
+        if back.any():
+            at = ", ".join(fmt(abs(x), ".2g") for x in np.asarray(arm["inputs"], float)[back])
             notes.append(
-                f"On the {label} arm the branch of fixed points connected to the convergence "
-                f"point ends in a fold at |g*| ≈ {fmt(arm['fold_at'], '.2g')}; beyond it the "
-                f"state jumps to another branch, where α_eff goes from "
-                f"{fmt(arm.get('alpha_before'))} to {fmt(arm.get('alpha_after'))} and then has "
-                f"a log-log slope of {fmt(arm.get('slope_after'), '.2g')} against |g*|."
-            )
-        elif arm:
-            nums.append(
-                num_row(
-                    f"slope_branch_{name[:3]}",
-                    f"slope along the traced branch ({label})",
-                    arm.get("slope_before"),
-                    fmt(arm.get("slope_before"), ".2g"),
-                )
+                f"Traced back from the largest |g*| (dashed, {label}), the state jumps at "
+                f"|g*| ≈ {at} (▲): hysteresis of the sweep back, not a fold of the branch the "
+                "analysis measured."
             )
     figs = []
     colors = {
@@ -104,6 +128,7 @@ def adaptation_section(b: Builder, a: Mapping, ev: Mapping | None) -> dict:
                     "color": colors.get(name, b.fig.MARK),
                     "dashed": name.endswith("down"),
                     "fold": arm.get("fold") or [],
+                    "jump_back": arm.get("jump_back") or [],
                 }
             )
         figs.append(
@@ -116,7 +141,9 @@ def adaptation_section(b: Builder, a: Mapping, ev: Mapping | None) -> dict:
                 "convergence point outwards (solid) and back (dashed), on their first principal "
                 "component (symmetric-log x axis). An S-shaped curve with jumps (×) and a gap "
                 "between "
-                "solid and dashed lines is a fold with hysteresis: two stable states for one g*.",
+                "solid and dashed lines is a fold with hysteresis: two stable states for one g*. "
+                "Folds (×) are those the analysis found on the rising arms; jumps on the way "
+                "back (▲) show the hysteresis.",
                 "adaptation",
                 True,
             )

@@ -77,30 +77,17 @@ def analysis_convergence_point(cell: Any, analysis: Mapping[str, Any]) -> tuple[
     return np.asarray(conv.point), conv.kind
 
 
-def _fold_slopes(inputs: np.ndarray, alpha: np.ndarray, fold: np.ndarray, ok: np.ndarray):
-    """Fold position and log-log slopes of ``α_eff`` before/after the first fold of a sweep."""
-    m, a = np.abs(inputs), np.abs(alpha)
-    use = ok & (m > 0) & np.isfinite(a) & (a > 0)
-    idx = np.nonzero(fold & (m > 0))[0]
-    out: dict[str, Any] = {"fold_at": None, "slope_before": None, "slope_after": None}
+def analysis_branches(analysis: Mapping[str, Any]) -> tuple[np.ndarray, dict[str, dict]]:
+    """The adaptation grid ``|g*|`` (``(M,)``) and per-arm branches of an analysis dict.
 
-    def slope(sel):
-        sel = sel & use
-        if sel.sum() < 3:
-            return None
-        return float(np.polyfit(np.log(m[sel]), np.log(a[sel]), 1)[0])
-
-    n = np.arange(m.size)
-    if idx.size:
-        f = int(idx[0])
-        out["fold_at"] = float(m[f])
-        out["slope_before"] = slope(n < f)
-        out["slope_after"] = slope(n >= f)
-        out["alpha_before"] = finite(a[f - 1]) if f > 0 else None
-        out["alpha_after"] = finite(a[f])
-    else:
-        out["slope_before"] = slope(n >= 0)
-    return out
+    ``branches[arm]`` (``"pos"``, ``"neg"``) as :func:`probes.detectors.detect_adaptation`
+    stored them: ``fold_indices``/``fold_magnitudes``, ``segments`` with their slopes, and the
+    evidence ``inputs``, ``alpha_eff``, ``kind``, ``fold`` (``(M+1,)``, from ``g* = 0``).
+    Empty for an analysis without them.
+    """
+    d = analysis.get("adaptation") or {}
+    mags = np.asarray([np.nan if x is None else x for x in d.get("magnitudes") or []], float)
+    return mags, {k: dict(v) for k, v in (d.get("branches") or {}).items() if isinstance(v, dict)}
 
 
 def white_box_evidence(
@@ -129,10 +116,14 @@ def white_box_evidence(
     * ``slow_mode``: ``U(h* + a·v, g)`` for the slowest real eigenvector ``v`` of ``∂F/∂h`` at
       ``h*`` (:func:`probes.update_function.perturbed_states`), ``a`` spanning the states visited.
     * ``s_curve``: branches of fixed points ``h*(g*)`` traced by :func:`probes.continuation`
-      from ``h*`` for ``g* > 0`` and ``g* < 0`` and back (hysteresis), their first principal
-      component, ``α_eff`` along each, folds (with the log-log slope of ``α_eff`` before and
-      after the first one); ``s_curve_updates``: update functions at points evenly spaced
-      along each rising arm.
+      from ``h*`` for ``g* > 0`` and ``g* < 0`` on the analysis's own grid
+      (``adaptation.magnitudes``, preceded by ``0``) and back, their first principal component
+      and ``α_eff`` along each. The rising arms (``pos_up``, ``neg_up``) carry the analysis's
+      ``kind``, ``alpha_eff`` and ``fold`` where it stored them, so that the folds drawn are the
+      ones the analysis found (fold positions, segments and slopes are read from the analysis,
+      never recomputed); the arms traced back (``pos_down``, ``neg_down``) carry
+      ``jump_back``: jumps on the way back (hysteresis), not folds of the analysed branch.
+      ``s_curve_updates``: update functions at points evenly spaced along each rising arm.
     * ``optimum``: :func:`heavy_ball_optimum` when ``family`` is ``linear_regression``.
 
     Every probe of one kind runs as one batched call (one compilation each).
@@ -148,7 +139,8 @@ def white_box_evidence(
         max_lines: at most this many (problem, coordinate) trajectories are kept for the figure.
         num_amounts: perturbation amounts along the slow mode.
         num_gradients: ``G``, gradient grid of the update functions.
-        continuation_points: inputs per continuation sweep (log-spaced, plus ``0``).
+        continuation_points: inputs per continuation sweep (log-spaced, plus ``0``) for an
+            analysis without an adaptation grid (else the analysis's ``magnitudes``).
         progress: print stage lines (``True``) or call this function with each stage.
 
     Returns:
@@ -200,12 +192,19 @@ def white_box_evidence(
     # β and α were measured. S-curve: one continuation program for all four sweeps, from h*.
     stage("tracing fixed points: convergence point and S-curve (continuation)")
     h_star, star_kind = analysis_convergence_point(cell, a)
-    lo, hi = 1e-2 * scale, max(1e3 * scale, 2.0 * g_top)
-    up = np.concatenate([[0.0], np.geomspace(lo, hi, continuation_points)])
-    branches = {"pos_up": continuation(cell, up, h_star)}
-    branches["pos_down"] = continuation(cell, up[::-1], branches["pos_up"].points[-1])
-    branches["neg_up"] = continuation(cell, -up, h_star)
-    branches["neg_down"] = continuation(cell, -up[::-1], branches["neg_up"].points[-1])
+    mags, stored = analysis_branches(a)
+    if mags.size and np.all(np.isfinite(mags)):
+        up = np.concatenate([[0.0], mags])  # the analysis's own grid: the same branch
+    else:
+        lo, hi = 1e-2 * scale, max(1e3 * scale, 2.0 * g_top)
+        up = np.concatenate([[0.0], np.geomspace(lo, hi, continuation_points)])
+    opts = {}
+    if finite(a.get("meta", {}).get("typical_step")):
+        opts["typical_step"] = max(float(a["meta"]["typical_step"]), 1e-30)
+    branches = {"pos_up": continuation(cell, up, h_star, **opts)}
+    branches["pos_down"] = continuation(cell, up[::-1], branches["pos_up"].points[-1], **opts)
+    branches["neg_up"] = continuation(cell, -up, h_star, **opts)
+    branches["neg_down"] = continuation(cell, -up[::-1], branches["neg_up"].points[-1], **opts)
 
     stage("linearising at the convergence point")
     lin = linearize(cell, h_star)
@@ -257,8 +256,11 @@ def white_box_evidence(
         arms[name] = {
             "inputs": np.asarray(b.inputs),
             "kind": [KIND_NAMES[int(x)] for x in np.asarray(b.kind)],
-            "fold": np.asarray(b.fold),
         }
+        if name.endswith("_up"):
+            arms[name]["fold"] = np.asarray(b.fold)
+        else:
+            arms[name]["jump_back"] = np.asarray(b.fold)
         ok_pts.append(np.asarray(b.points)[ok])
     cloud = np.concatenate(ok_pts)
     pc = pca(jnp.asarray(cloud if cloud.shape[0] > 1 else h_star[None]), num_components=1)
@@ -303,8 +305,16 @@ def white_box_evidence(
         arm["alpha_eff"] = np.where(ok, alpha[n : n + pts.shape[0]], np.nan)
         arm["pc1"] = np.where(ok, (pts - mean) @ comp, np.nan)
         n += pts.shape[0]
-        if name.endswith("_up"):
-            arm.update(_fold_slopes(arm["inputs"], arm["alpha_eff"], arm["fold"], ok))
+        # The rising arms as the analysis found them: its folds, kinds and α_eff.
+        mine = stored.get(name[:3]) or {}
+        if name.endswith("_up") and len(mine.get("fold") or []) == len(arm["inputs"]):
+            arm["fold"] = np.asarray(mine["fold"], bool)
+            if len(mine.get("alpha_eff") or []) == len(arm["inputs"]):
+                arm["alpha_eff"] = np.asarray(
+                    [np.nan if x is None else x for x in mine["alpha_eff"]], float
+                )
+            if len(mine.get("kind") or []) == len(arm["inputs"]):
+                arm["kind"] = list(mine["kind"])
     if picks:
         out["s_curve_updates"] = {
             "g_star": np.asarray(picks),

@@ -134,7 +134,7 @@ def write_report(
         "summary": (
             (headline_sentences(res) if res else [])
             + ([faithful] if faithful else [])
-            + summary_sentences(a, ev)
+            + summary_sentences(a)
             + ([distilled] if distilled else [])
         ),
         "faithfulness": plain(a.get("faithfulness")),
