@@ -152,26 +152,94 @@ def range_name(d: Mapping[str, Any]) -> str:
     return "the training range" if training else "the probed range"
 
 
+def buildup_steps(memory: Any, horizon: Any) -> tuple[float | None, bool]:
+    """The build-up timescale ``1/(1−ρ)`` of a damping memory ``ρ``, capped at the probe.
+
+    Returns ``(steps, beyond)``: ``steps`` is ``1/(1−ρ)`` (``None`` for no usable ``ρ``), or the
+    probe's ``horizon`` with ``beyond`` true when ``1/(1−ρ)`` exceeds it: a probe of ``T`` steps
+    cannot tell a build-up longer than ``T`` steps apart from any other.
+    """
+    rho, T = finite(memory), finite(horizon)
+    if rho is None or not 0 <= rho < 1:
+        return None, False
+    steps = 1.0 / (1.0 - rho)
+    if T is not None and T > 0 and steps > T:
+        return float(T), True
+    return steps, False
+
+
+def buildup_text(memory: Any, horizon: Any) -> str:
+    """``about 12 steps`` or ``longer than the 200-step probe`` (see :func:`buildup_steps`)."""
+    steps, beyond = buildup_steps(memory, horizon)
+    if steps is None:
+        return "–"
+    return f"longer than the {steps:.0f}-step probe" if beyond else f"about {steps:.0f} steps"
+
+
+def damping_dip(d: Mapping[str, Any]) -> dict[str, Any] | None:
+    """Where the relative gain ``R`` of a ``damping`` result dips lowest within its range.
+
+    Returns ``{"ratio": R, "amplitude": a, "nyquist": N, "dc": G₀(a)/G₀(a₀)}`` at the smallest
+    finite ``R`` inside ``gradient_range`` (``N`` the sign-flipping gain relative to its value at
+    the smallest amplitude, ``dc`` the persistent gain likewise), or ``None`` without the arrays.
+    """
+    amps, ratio = d.get("amplitudes") or [], d.get("ratio") or []
+    dc, ny = d.get("dc_gain") or [], d.get("nyquist_gain") or []
+    if not (len(amps) == len(ratio) == len(dc) == len(ny)) or not amps:
+        return None
+    rows = [tuple(finite(x) for x in row) for row in zip(amps, ratio, dc, ny, strict=True)]
+    ok = [r for r in rows if None not in r and r[2] > 0 and r[3] > 0]
+    if not ok:
+        return None
+    a0, _, dc0, ny0 = ok[0]
+    lo, hi = (finite(x) for x in (list(d.get("gradient_range") or []) + [None, None])[:2])
+    inside = [
+        r
+        for r in ok
+        if (lo is None or r[0] >= lo * (1 - 1e-6)) and (hi is None or r[0] <= hi * (1 + 1e-6))
+    ]
+    if not inside:
+        return None
+    a, r, g0, gp = min(inside, key=lambda x: x[1])
+    return {"ratio": r, "amplitude": a, "nyquist": gp / ny0, "dc": g0 / dc0}
+
+
 def damping_phrase(d: Mapping[str, Any]) -> str:
-    """The summary sentence of a ``damping`` result dict."""
+    """The summary sentence of a ``damping`` result dict.
+
+    Not detected, it states the rule's measure: ``max(R, N)`` stays above ``min_ratio``, ``R``
+    the sign-flipping gain relative to the persistent one and ``N`` the sign-flipping gain
+    relative to its small-gradient value; when ``R`` alone dips below 50%, that it is because
+    the persistent gain rises there. A build-up timescale is capped at the probe's horizon.
+    """
     kappa, low = finite(d.get("kappa")), finite(d.get("min_ratio"))
     if d.get("detected") and kappa is not None:
         low_txt = f", down to {low:.0%} within {range_name(d)}" if low is not None else ""
         mem = finite(d.get("memory"))
         mem_txt = ""
         if mem is not None and 0.5 <= mem < 1:
-            mem_txt = f"; the damping builds up over about {1 / (1 - mem):.0f} steps"
+            horizon = len(d.get("buildup") or []) or None
+            mem_txt = f"; the damping builds up over {buildup_text(mem, horizon)}"
         elif mem is not None and mem < 0.5:
             mem_txt = "; the damping sets in within a step or two"
         return (
             "Damps oscillations: for gradients that flip sign every step its gain, relative to "
             f"persistent gradients, halves at |g| ≈ {kappa:.2g}{low_txt}{mem_txt}."
         )
-    keep = f" (it stays above {low:.0%})" if low is not None else ""
-    return (
-        "Oscillation damping: not detected; sign-flipping and persistent gradients keep the "
-        f"same relative gain{keep}."
+    keep = f" stays above {low:.0%}" if low is not None else " does not fall far enough"
+    out = (
+        f"Oscillation damping: not detected; within {range_name(d)} max(R, N){keep}, where R is "
+        "the gain for sign-flipping gradients relative to that for persistent ones and N the "
+        "sign-flipping gain relative to its small-gradient value"
     )
+    dip = damping_dip(d)
+    if dip is not None and dip["ratio"] < 0.5 and dip["dc"] > 1:
+        out += (
+            f"; R alone dips to {dip['ratio']:.0%} at |g| ≈ {dip['amplitude']:.2g} because the "
+            f"persistent gain rises there (×{dip['dc']:.2g}) while N stays at "
+            f"{dip['nyquist']:.0%}"
+        )
+    return out + "."
 
 
 def summary_sentences(a: Mapping[str, Any]) -> list[str]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from probes.values import finite, floats, plain
-from probes.words import fmt, range_name
+from probes.words import buildup_text, fmt, range_name
 from probes.words import label as display_name
 
 
@@ -285,7 +285,7 @@ def damping_section(b: Builder, a: Mapping) -> dict | None:
         num_row("kappa", "κ: relative gain halves at |g|", d.get("kappa"), fmt(d.get("kappa"))),
         num_row(
             "min_ratio",
-            f"smallest relative gain in {range_name(d)}",
+            f"smallest max(R, N) in {range_name(d)}",
             d.get("min_ratio"),
             fmt(d.get("min_ratio"), ".0%"),
         ),
@@ -297,7 +297,9 @@ def damping_section(b: Builder, a: Mapping) -> dict | None:
                 "memory",
                 "memory ρ of its build-up (timescale 1/(1−ρ) steps)",
                 mem,
-                f"{mem:.3g} ({1 / (1 - mem):.0f} steps)" if mem < 1 else fmt(mem),
+                f"{mem:.3g} ({buildup_text(mem, len(d.get('buildup') or []) or None)})"
+                if mem < 1
+                else fmt(mem),
             )
         )
     dc = floats(d.get("dc_gain") or [])
