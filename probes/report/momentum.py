@@ -6,7 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from probes.report.sections import Builder, mechanism_section, num_row
+from probes.report.sections import Builder, mechanism_section, num_row, wording
 from probes.values import complex_array, finite, floats
 from probes.words import fmt
 
@@ -166,7 +166,7 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
             {
                 "beta": m["beta"],
                 "alpha": m["alpha"],
-                "label": "dominant (learned)",
+                "label": wording(source)["dominant_label"],
                 "color": b.fig.color("learned"),
                 "marker": "*",
             }
@@ -192,10 +192,13 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
                 f"The cross marks Polyak's optimal heavy-ball parameters for this family, "
                 f"β* = {opt['beta']:.3g}, α* = {opt['alpha']:.3g} (Hessian eigenvalues in "
                 f"[{opt['mu']:.2g}, {opt['L']:.2g}] over {opt['num_problems']} sampled "
-                "problems). Look for how close the learned dominant mode lands."
+                f"problems). Look for how close {wording(source)['dominant_mode']} lands."
             )
         else:
-            cap += "Look for where the learned dominant mode lands relative to tuned momentum."
+            cap += (
+                f"Look for where {wording(source)['dominant_mode']} lands relative to tuned "
+                "momentum."
+            )
         figs.append(
             b.add("momentum_alpha_beta", b.fig.alpha_beta(modes, points), cap, "momentum", False)
         )

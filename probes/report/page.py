@@ -15,6 +15,7 @@ import html as _html
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from probes.report.sections import wording
 from probes.words import fmt, label, pm
 
 CSS = """
@@ -281,7 +282,10 @@ def report_page(
         report["title"], f"Interpretation report · {kind} · schema {report['schema']}", nav
     )
     body += [
-        Html('<h2 id="summary" style="border:0;margin-top:8px">What the optimizer learned</h2>'),
+        html(
+            '<h2 id="summary" style="border:0;margin-top:8px">{}</h2>',
+            wording(report["source"])["summary_heading"],
+        ),
         html(
             '<div class="summary">{}</div>', concat(html("<p>{}</p>", s) for s in report["summary"])
         ),

@@ -18,6 +18,26 @@ from probes.values import finite, floats, plain
 from probes.words import buildup_text, fmt, range_name
 from probes.words import label as display_name
 
+#: Words that depend on what was analysed: a learned optimizer's own cell (``source ==
+#: "cell"``) or a black-box optax transformation (``"optax"``), which learned nothing.
+WORDING: dict[str, dict[str, str]] = {
+    "cell": {
+        "summary_heading": "What the optimizer learned",
+        "dominant_mode": "the learned dominant mode",
+        "dominant_label": "dominant (learned)",
+    },
+    "optax": {
+        "summary_heading": "What the optimizer does",
+        "dominant_mode": "the optimizer's dominant mode",
+        "dominant_label": "dominant mode",
+    },
+}
+
+
+def wording(source: Any) -> dict[str, str]:
+    """:data:`WORDING` for an analysis's ``source`` (the black-box words for any other)."""
+    return WORDING.get(str(source), WORDING["optax"])
+
 
 class Builder:
     """Collects sections, numbers and figures while the report is assembled."""
