@@ -67,7 +67,7 @@ from probes.canonical import canonical
 from probes.detectors import Adaptation
 from probes.fixed_points import FAILED, FIXED, KIND_NAMES, SLOW, continuation, fixed_points
 from probes.linearize import impulse_response, linearize
-from probes.update_function import _slope, _update_function, effective_lr
+from probes.update_function import effective_lr, update_function, update_slope
 
 __all__ = [
     "GRADIENT_PERCENTILES",
@@ -355,16 +355,16 @@ def analyze_cell(
     mags = log_grid(scale, *clip_range, clip_points)
 
     def updates_at(gs, t):
-        return np.asarray(_update_function(cell, traj[t], jnp.asarray(gs, jnp.float32)))
+        return np.asarray(update_function(cell, traj[t], jnp.asarray(gs, jnp.float32)))
 
     t0 = first_response_step(updates_at, [-mags[-1], -scale, scale, mags[-1]], schedule_steps)
     h_t0 = traj[t0]
 
     def slope_fn(gs):
-        return _padded(lambda x: _slope(cell, h_t0, x), gs)
+        return _padded(lambda x: update_slope(cell, h_t0, x), gs)
 
     def update_fn(gs):
-        return _padded(lambda x: _update_function(cell, h_t0, x), gs)
+        return _padded(lambda x: update_function(cell, h_t0, x), gs)
 
     clipping = probe_clipping(
         slope_fn, update_fn, mags, gradient_samples, detectors.SLOPE_FRACTION, t0

@@ -297,7 +297,7 @@ def _figures(names: Sequence[str], analyses: Sequence[Mapping[str, Any]]) -> dic
     names = [F.literal(n) for n in names]  # run directories may hold "$" (mathtext)
 
     # α–β spectra: fitted modes (α against β) and raw eigenvalues in the complex plane.
-    fig, (ax1, ax2) = F._figure(2, width=10.5, height=4.4)
+    fig, (ax1, ax2) = F.figure(2, width=10.5, height=4.4)
     th = np.linspace(0, 2 * np.pi, 720)
     ax2.plot(np.cos(th), np.sin(th), color=F.GREY, lw=1, ls="--")
     for name, a, col in zip(names, analyses, palette, strict=False):
@@ -324,7 +324,7 @@ def _figures(names: Sequence[str], analyses: Sequence[Mapping[str, Any]]) -> dic
     out["spectra"] = F.png(fig)
 
     # Schedules: α_eff along the autonomous dynamics.
-    fig, (ax,) = F._figure(1, width=6.4, height=3.9)
+    fig, (ax,) = F.figure(1, width=6.4, height=3.9)
     for name, a, col in zip(names, analyses, palette, strict=False):
         e = floats((a.get("schedule") or {}).get("effective_lr"))
         if e.size:
@@ -336,7 +336,7 @@ def _figures(names: Sequence[str], analyses: Sequence[Mapping[str, Any]]) -> dic
     out["schedules"] = F.png(fig)
 
     # Update functions U(h0, g).
-    fig, (ax,) = F._figure(1, width=6.4, height=3.9)
+    fig, (ax,) = F.figure(1, width=6.4, height=3.9)
     for name, a, col in zip(names, analyses, palette, strict=False):
         c = a.get("clipping") or {}
         g, u = floats(c.get("gradients")), floats(c.get("updates"))

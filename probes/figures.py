@@ -83,7 +83,17 @@ def _style() -> Iterator[None]:
         yield
 
 
-def _figure(ncols: int = 1, width: float = 6.0, height: float = 3.9):
+def figure(ncols: int = 1, width: float = 6.0, height: float = 3.9) -> tuple[Figure, list]:
+    """A new figure in the report's style with ``ncols`` axes side by side.
+
+    Args:
+        ncols: number of axes in one row.
+        width: width in inches.
+        height: height in inches.
+
+    Returns:
+        ``(fig, axes)``: the :class:`matplotlib.figure.Figure` (Agg canvas) and its axes.
+    """
     with _style():
         fig = Figure(figsize=(width, height), dpi=DPI, layout="constrained")
         FigureCanvasAgg(fig)
@@ -119,7 +129,7 @@ def loss_curves(panels: Sequence[Mapping[str, Any]]) -> Figure:
         panels: ``[{"title": str, "curves": {name: {"mean": (T,), "sem": (T,), "label"}}}]``
             (``name`` picks the colour, ``label`` the legend text).
     """
-    fig, axes = _figure(len(panels), width=5.2 * len(panels), height=3.9)
+    fig, axes = figure(len(panels), width=5.2 * len(panels), height=3.9)
     for ax, panel in zip(axes, panels, strict=True):
         means = []
         for name, c in panel["curves"].items():
@@ -164,7 +174,7 @@ def state_trajectories(
         start: ``(2,)`` the initial state ``h0`` (or ``None``).
         explained: variance ratio of the two components.
     """
-    fig, (ax,) = _figure(width=5.6, height=4.4)
+    fig, (ax,) = figure(width=5.6, height=4.4)
     lines = np.asarray(lines, float)
     L, T, _ = lines.shape
     cmap = sns.color_palette("crest", as_cmap=True)
@@ -209,7 +219,7 @@ def update_functions(
         reference_slope: draws ``U = slope·g`` (the linear update at the reference state).
         log_color: colour on a symmetric log scale (amounts spanning decades).
     """
-    fig, (ax,) = _figure(width=5.6, height=4.2)
+    fig, (ax,) = figure(width=5.6, height=4.2)
     g = _arr(gradients)
     amounts = _arr(amounts)
     cmap = sns.color_palette("icefire", as_cmap=True)
@@ -263,7 +273,7 @@ def eigenvalues(
     span = np.ptp(eigs.real[ok]) if ok.any() else 2.0
     span = max(span, np.ptp(eigs.imag[ok]) if ok.any() else 0.0)
     zoom = span < 0.8
-    fig, axes = _figure(2 if zoom else 1, width=9.8 if zoom else 5.4, height=4.4)
+    fig, axes = figure(2 if zoom else 1, width=9.8 if zoom else 5.4, height=4.4)
     al = np.real(np.asarray(alphas, complex))
     lim = float(np.nanmax(np.abs(al))) if al.size and np.isfinite(al).any() else 1.0
     norm = matplotlib.colors.Normalize(-(lim or 1.0), lim or 1.0)
@@ -328,7 +338,7 @@ def alpha_beta(
         points: marked points ``[{"beta", "alpha", "label", "color", "marker"}]`` (the dominant
             mode, the heavy-ball optimum, a tuned baseline).
     """
-    fig, (ax,) = _figure(width=5.4, height=4.2)
+    fig, (ax,) = figure(width=5.4, height=4.2)
     eig = [m for m in modes if m.get("kind") == "eig"]
     fit = [m for m in modes if m.get("kind") != "eig"]
     if eig:
@@ -379,7 +389,7 @@ def impulse_response(response: np.ndarray, fitted: np.ndarray | None = None) -> 
     ``-r_k`` is the update caused by a unit gradient ``k`` steps earlier; heavy-ball momentum
     gives ``α βᵏ``, a straight line.
     """
-    fig, (ax,) = _figure(width=5.6, height=3.9)
+    fig, (ax,) = figure(width=5.6, height=3.9)
     r = -_arr(response)
     k = np.arange(r.size)
     mag = np.abs(r)
@@ -420,7 +430,7 @@ def clipping(
     xlim: float,
 ) -> Figure:
     """``U(h0, g)`` over the histogram of training gradients, with the clip thresholds."""
-    fig, (ax,) = _figure(width=6.4, height=4.2)
+    fig, (ax,) = figure(width=6.4, height=4.2)
     g, u = _arr(gradients), _arr(updates)
     keep = np.abs(g) <= xlim
     if hist_counts is not None and len(hist_counts):
@@ -479,7 +489,7 @@ def clipping(
 
 def schedule(alpha: np.ndarray, *, peak: int | None, shape: str) -> Figure:
     """``α_eff(h_t)`` along the autonomous trajectory ``h_{t+1} = F(h_t, 0)``."""
-    fig, (ax,) = _figure(width=5.6, height=3.9)
+    fig, (ax,) = figure(width=5.6, height=3.9)
     a = _arr(alpha)
     t = np.arange(a.size)
     ax.plot(t, a, color=color("learned"), lw=2.2)
@@ -506,7 +516,7 @@ def s_curve(arms: Sequence[Mapping[str, Any]], *, ylabel: str) -> Figure:
             ``jump_back`` jumps of a sweep traced back (hysteresis, ▲ in the arm's colour).
         ylabel: the y label.
     """
-    fig, (ax,) = _figure(width=5.8, height=4.2)
+    fig, (ax,) = figure(width=5.8, height=4.2)
     allg, marks = [], set()
     for arm in arms:
         g, y = _arr(arm["inputs"]), _arr(arm["pc"])
@@ -557,7 +567,7 @@ def adaptation_lr(series: Sequence[Mapping[str, Any]], *, reference: float | Non
         reference: draws a one-decade slope ``-1`` guide (RMSProp-like adaptation) starting at
             this ``α``, over the largest magnitudes.
     """
-    fig, (ax,) = _figure(width=5.6, height=4.2)
+    fig, (ax,) = figure(width=5.6, height=4.2)
     allm = []
     for s in series:
         m, a = _arr(s["magnitudes"]), np.abs(_arr(s["alpha"]))
@@ -622,7 +632,7 @@ def damping(
     amplitude, with the fitted memory.
     """
     has_buildup = buildup is not None and len(buildup) > 0
-    fig, axes = _figure(ncols=3 if has_buildup else 2, width=15.0 if has_buildup else 10.5)
+    fig, axes = figure(ncols=3 if has_buildup else 2, width=15.0 if has_buildup else 10.5)
     ax0, ax1 = axes[0], axes[1]
     a = _arr(amplitudes)
     for ax in (ax0, ax1):

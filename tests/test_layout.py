@@ -99,3 +99,48 @@ def test_no_module_is_longer_than_700_lines(package):
         if (n := len(p.read_text().splitlines())) > 700
     }
     assert not long
+
+
+def _private_uses(name: str, path: Path, mods: dict[str, Path]) -> list[str]:
+    """``module._name`` that ``name`` takes from another project module (import or attribute)."""
+    out, aliases = [], {}
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and not node.level and node.module in mods:
+            for a in node.names:
+                full = f"{node.module}.{a.name}"
+                if full in mods:
+                    aliases[a.asname or a.name] = full
+                elif a.name.startswith("_") and node.module != name:
+                    out.append(f"{node.module}.{a.name}")
+        elif isinstance(node, ast.Import):
+            for a in node.names:
+                if a.name in mods and a.asname:
+                    aliases[a.asname] = a.name
+    for node in ast.walk(ast.parse(path.read_text())):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Name)
+            and aliases.get(node.value.id, name) != name
+            and node.attr.startswith("_")
+            and not node.attr.startswith("__")
+        ):
+            out.append(f"{aliases[node.value.id]}.{node.attr}")
+    return out
+
+
+def test_no_private_names_across_modules():
+    # A name with a leading underscore is its module's own: another module that needs it
+    # should get a public name (or the public function that wraps it).
+    mods = _modules()
+    uses = {n: u for n, p in mods.items() if (u := _private_uses(n, p, mods))}
+    assert uses == {}
+
+
+def test_the_private_name_check_sees_both_forms(tmp_path):
+    path = tmp_path / "m.py"
+    path.write_text("from probes.update_function import _slope\nfrom probes import figures as F\n")
+    path.write_text(path.read_text() + "F._figure(1)\n")
+    assert _private_uses("probes.m", path, _modules()) == [
+        "probes.update_function._slope",
+        "probes.figures._figure",
+    ]

@@ -123,12 +123,12 @@ def test_literal_escapes_mathtext_only():
     assert F.literal("a\\undefinedcmd") == "a\\undefinedcmd"
     assert F.literal("$x\\undefinedcmd$") == "\\$x\\undefinedcmd\\$"
     assert F.literal(3) == "3"
-    fig, (ax,) = F._figure(1)
+    fig, (ax,) = F.figure(1)
     ax.plot([0, 1], [0, 1], label=F.literal("$x\\undefinedcmd$"))
     ax.set_title(F.literal("$\\alpha$ costs $5"))
     ax.legend()
     assert F.png(fig)[:4] == b"\x89PNG"
-    unescaped, (ax,) = F._figure(1)
+    unescaped, (ax,) = F.figure(1)
     ax.set_title("$x\\undefinedcmd$")
     with pytest.raises(ValueError):
         F.png(unescaped)
