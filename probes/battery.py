@@ -33,10 +33,8 @@ Decisions on the ambiguous definitions:
   ``warm-up-then-decay``); a dip-and-recover has no name (``None``: any non-constant). The gain
   ``α_eff(t)`` is checked where finite and closed-form (SGD, momentum, clip chains, RMSProp,
   Adagrad). Normalised updates at ``ν = 0`` (Adam's ``1/ε`` gain, sign) are checked for shape
-  only: their gain after ``t`` zero gradients follows the moments' bias corrections, which is
-  not a schedule unless the step along a constant gradient changes too: NAdam's corrections
-  make its first steps along a constant gradient longer (a decay, in :func:`adam`); Adam's do
-  not.
+  only: their gain after ``t`` zero gradients follows the bias corrections, not a schedule
+  unless the step along a constant gradient changes too (NAdam's decay, :func:`adam`).
 * **Clipping** is saturation of the first update; adaptive methods saturate too (RMSProp at
   ``√((2^{2/3}-1)ε/(1-ρ))``, Adagrad at ``√((2^{2/3}-1)a0)``): expected, as the maths says.
 * **Damping**: AdaBelief and centred RMSProp (both divide by a spread that a constant gradient
@@ -206,8 +204,6 @@ def two_momentum_cell(a1: float, b1: float, a2: float, b2: float) -> Cell:
 
 _SIGN = ExpectClipping(True, 0.0)  # sign-like: threshold 0, resolved to the grid's first point
 _NORMED = ExpectSchedule("constant")  # normalised update: shape only (gain 1/ε at ν = 0)
-#: NAdam's bias corrections leave a decay along a constant gradient (see :func:`adam`).
-_NADAM_DECAY = ExpectSchedule("decay")
 
 
 def _sched_lr(sched: Callable, factor: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
@@ -444,18 +440,13 @@ def adam(name="adam", *, lr=1e-3, b1=0.9, b2=0.999, kind="adam", schedule=None) 
     First update ``-lr g/(|g| + ε)``: sign-like. After a constant ``g*``:
     ``α_eff ≈ lr(1-b1)/(√b2 |g*|)``: slope ``-1``. No damping (both gains ∝ 1/a).
 
-    Adam's bias correction ``1/(1-b1^t)`` exactly cancels the warm-up of ``m`` under a constant
-    gradient: no schedule. NAdam's does not: optax corrects ``m`` by ``1/(1-b1^{t+2})`` and
-    the direct term by ``1/(1-b1^{t+1})``, so along a constant ``g`` the step is
-    ``lr[b1(1-b1^{t+1})/(1-b1^{t+2}) + (1-b1)/(1-b1^{t+1})]``, from ``lr(1+2b1)/(1+b1)`` at
-    ``t = 0`` down to ``lr`` over ``~1/(1-b1)`` steps (32% less at ``b1 = 0.9``). Both probed
-    gains fall with it (the slope along a constant gradient by 34% from step 1, the gain
-    after zero gradients too): a decay, as the schedule rule defines it.
+    Adam's bias correction cancels ``m``'s warm-up under a constant ``g``: no schedule. NAdam's
+    (``m`` by ``1/(1-b1^{t+2})``, the direct term by ``1/(1-b1^{t+1})``) makes the step along a
+    constant ``g`` fall from ``lr(1+2b1)/(1+b1)`` to ``lr`` over ``~1/(1-b1)`` steps: a decay.
     """
     alpha = lr * (1 - b1) / BACKGROUND * (b1 if kind == "nadam" else 1.0)
     sch = _NORMED if schedule is None else ExpectSchedule(SCHEDULES[schedule][1])
-    if kind == "nadam" and schedule is None:
-        sch = _NADAM_DECAY
+    sch = ExpectSchedule("decay") if kind == "nadam" and schedule is None else sch
     mom = ExpectMomentum(True, b1, None if schedule else alpha)
     e = Expected(mom, ExpectClipping(True, SQRT2M1 * EPS8), sch, ExpectAdaptation(True, -1.0))
     white = dataclasses.replace(e, momentum=ExpectMomentum(True, b1))  # ν = 0: α singular
@@ -578,9 +569,7 @@ def cases() -> list[Case]:
         clipped("clip_by_block_rms", kind="clip_by_block_rms", c=0.3),
         agc(),
         clipped("clip_momentum", c=1.0, beta=0.9),
-        clipped(
-            "clip_by_global_norm_momentum", kind="clip_by_global_norm", c=2.0, lr=0.05, beta=0.8
-        ),
+        clipped("clip_by_global_norm_momentum", kind="clip_by_global_norm", c=2, lr=0.05, beta=0.8),
         scheduled("clip_momentum_join", schedule="join", beta=0.9, clip=1.0),
         scheduled("clip_warmup_from_zero", schedule="warmup_cosine", clip=0.5),
     ]
