@@ -276,6 +276,23 @@ def probe_damping(
 # ----------------------------------------------------------------------------- optax
 
 
+#: Compiled probe programs kept per update function (:func:`analyze_optax` called again on the
+#: same transformation object reuses them instead of compiling again).
+PROGRAM_CACHE = 16
+
+
+def _run_for(tx: optax.GradientTransformation) -> Callable[[jax.Array], jax.Array]:
+    """:func:`_scalar_updates` of ``tx``, the same function for the same ``tx`` object.
+
+    The probe programs are cached on that function, so analysing one transformation twice
+    compiles once. A transformation that cannot be hashed gets a fresh function (and compiles).
+    """
+    try:
+        return _cached_scalar_updates(tx)
+    except TypeError:
+        return _scalar_updates(tx)
+
+
 def _scalar_updates(tx: optax.GradientTransformation) -> Callable[[jax.Array], jax.Array]:
     """``gs (T,) -> updates (T,)`` for one scalar parameter trained by ``tx`` (params advance)."""
 
@@ -293,6 +310,57 @@ def _scalar_updates(tx: optax.GradientTransformation) -> Callable[[jax.Array], j
     return run
 
 
+_cached_scalar_updates = functools.lru_cache(maxsize=PROGRAM_CACHE)(_scalar_updates)
+
+
+@functools.lru_cache(maxsize=PROGRAM_CACHE)
+def _first_update_program(run: Callable, steps: int) -> Callable:
+    """``(gs (G,), t) -> u_t (G,)``: the update at step ``t`` after ``t`` zero gradients."""
+
+    @jax.jit
+    def first_update(gs, t):
+        return jax.vmap(lambda g: run(jnp.zeros(steps, jnp.float32).at[t].set(g))[t])(gs)
+
+    return first_update
+
+
+@functools.lru_cache(maxsize=PROGRAM_CACHE)
+def _first_slope_program(run: Callable) -> Callable:
+    """``(gs (G,), t) -> ∂u_t/∂g_t (G,)`` after ``t`` zero gradients (``t`` static)."""
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def first_slope(gs, t):
+        # Exactly t + 1 steps: reverse mode through later zero-gradient steps would multiply 0
+        # by the infinite slope of a √ν they drive to 0, and forward mode multiplies the zero
+        # tangent of a parameter norm at p = 0 (AGC) by its infinite slope.
+        one = jax.grad(lambda g: run(jnp.zeros(t + 1, jnp.float32).at[t].set(g))[t])
+        return jax.vmap(one)(gs)
+
+    return first_slope
+
+
+@functools.lru_cache(maxsize=PROGRAM_CACHE)
+def _steady_lr_program(run: Callable, warmup: int) -> Callable:
+    """``g* (M,) -> α_eff (M,)``: the gain after ``warmup`` steps of a constant ``g*``."""
+
+    @jax.jit
+    def steady_lr(gstar):
+        def one(g):
+            gs = jnp.concatenate([jnp.full(warmup, g, jnp.float32), jnp.zeros(1, jnp.float32)])
+            tangent = jnp.zeros_like(gs).at[-1].set(1.0)
+            return -jax.jvp(run, (gs,), (tangent,))[1][-1]
+
+        return jax.vmap(one)(gstar)
+
+    return steady_lr
+
+
+@functools.lru_cache(maxsize=PROGRAM_CACHE)
+def _jitted(run: Callable) -> Callable:
+    return jax.jit(run)
+
+
+@functools.lru_cache(maxsize=PROGRAM_CACHE)
 def impulse_program(run: Callable, warmup: int, lags: int) -> Callable:
     """``(b, w) -> (r, gains)``: the impulse response after ``w ≤ warmup`` steps of ``b``.
 
@@ -354,6 +422,7 @@ FLIP_AMPLITUDES = np.logspace(4.0, 10.0, 13)
 FLIP_LAGS = 2500
 
 
+@functools.lru_cache(maxsize=PROGRAM_CACHE)
 def flip_program(run: Callable, warmup: int) -> Callable:
     """``b -> (K (A,), u_W)``: steps whose update's sign an impulse ``-X·b`` flips (sign-like)."""
     length = warmup + FLIP_LAGS
@@ -392,6 +461,7 @@ def momentum_from_response(run: Callable, scale: float, warmup: int, lags: int):
     return m, np.zeros(0), scale
 
 
+@functools.lru_cache(maxsize=PROGRAM_CACHE)
 def schedule_program(run: Callable, steps: int) -> Callable:
     """``(hair, b) -> (A (T,), C (T,))``: the two curves of the schedule probe.
 
@@ -457,7 +527,7 @@ def analyze_optax(
         An :class:`Analysis` (``momentum.point_kind == "impulse response"``, or
         ``"sign flips"`` for a sign-like update).
     """
-    run = _scalar_updates(tx)
+    run = _run_for(tx)
     scale = float(gradient_scale)
     if schedule_steps is None:
         schedule_steps = SCHEDULE_HORIZON
@@ -465,18 +535,8 @@ def analyze_optax(
     T = int(schedule_steps)
 
     momentum, response, background = momentum_from_response(run, scale, warmup, impulse_steps)
-
-    @jax.jit
-    def first_update(gs, t):
-        return jax.vmap(lambda g: run(jnp.zeros(T, jnp.float32).at[t].set(g))[t])(gs)
-
-    @functools.partial(jax.jit, static_argnums=1)
-    def first_slope(gs, t):
-        # Exactly t + 1 steps: reverse mode through later zero-gradient steps would multiply 0
-        # by the infinite slope of a √ν they drive to 0, and forward mode multiplies the zero
-        # tangent of a parameter norm at p = 0 (AGC) by its infinite slope.
-        one = jax.grad(lambda g: run(jnp.zeros(t + 1, jnp.float32).at[t].set(g))[t])
-        return jax.vmap(one)(gs)
+    first_update = _first_update_program(run, T)
+    first_slope = _first_slope_program(run)
 
     mags = log_grid(scale, *clip_range, clip_points)
 
@@ -500,15 +560,7 @@ def analyze_optax(
 
     m = log_grid(scale, *magnitude_range, num_magnitudes)
 
-    @jax.jit
-    def steady_lr(gstar):
-        def one(g):
-            gs = jnp.concatenate([jnp.full(warmup, g, jnp.float32), jnp.zeros(1, jnp.float32)])
-            tangent = jnp.zeros_like(gs).at[-1].set(1.0)
-            return -jax.jvp(run, (gs,), (tangent,))[1][-1]
-
-        return jax.vmap(one)(gstar)
-
+    steady_lr = _steady_lr_program(run, int(warmup))
     a_both = np.asarray(steady_lr(jnp.asarray(np.concatenate([m, -m]), jnp.float32)))
     M = len(m)
     a_pos, a_neg = a_both[:M], a_both[M:]
@@ -538,7 +590,7 @@ def analyze_optax(
         "warmup": warmup,
     }
     damping = probe_damping(
-        jax.jit(run),
+        _jitted(run),
         float(m[0]),
         float(m[-1]),
         "gradient scale x magnitude_range",

@@ -6,6 +6,7 @@ import re
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import lopt
 import probes
@@ -77,3 +78,27 @@ def test_analysis_from_json_names_what_is_wrong():
     for bad, message in cases:
         with pytest.raises(ValueError, match=re.escape(message)):
             probes.Analysis.from_json(bad)
+
+
+def test_analyze_optax_twice_on_one_transformation_compiles_once():
+    # The probe programs are cached per transformation object: the second analysis compiles
+    # nothing and gives the same numbers.
+    import optax
+
+    compiles = []
+
+    def listen(event, duration, **kwargs):
+        del duration, kwargs
+        if event == "/jax/core/compile/backend_compile_duration":
+            compiles.append(event)
+
+    tx = optax.sgd(0.1, momentum=0.7)
+    first = probes.analyze_optax(tx, warmup=50, impulse_steps=40, schedule_steps=20)
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        again = probes.analyze_optax(tx, warmup=50, impulse_steps=40, schedule_steps=20)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles == []
+    assert again.momentum.beta == first.momentum.beta == pytest.approx(0.7, abs=1e-3)
+    np.testing.assert_array_equal(again.schedule.effective_lr, first.schedule.effective_lr)
