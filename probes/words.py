@@ -114,12 +114,13 @@ def describe(result: dict[str, Any]) -> list[str]:
     if d:
         lo, hi = d.get("gradient_range") or (None, None)
         where = (
-            f"gain for sign-flipping gradients, relative to persistent ones, halves at |g| ≈ "
-            f"{num(d['kappa'])}, building up with memory ρ ≈ {num(d.get('memory'), '.3g')}"
+            "the gain for sign-flipping gradients halves, by itself and relative to persistent "
+            f"ones, at |g| ≈ {num(d['kappa'])}, building up with memory ρ ≈ "
+            f"{num(d.get('memory'), '.3g')}"
             if d["detected"]
-            else "the gain for sign-flipping gradients never falls below "
-            f"{num(d.get('min_ratio'), '.0%')} of its small-gradient value both by itself and "
-            "relative to persistent ones"
+            else "at every |g| the gain for sign-flipping gradients keeps at least "
+            f"{num(d.get('min_ratio'), '.0%')} of its small-gradient value or of the gain for "
+            "persistent ones"
         )
         lines.append(
             f"oscillation damping: {'detected' if d['detected'] else 'not detected'} ({where}; "
