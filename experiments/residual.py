@@ -1,0 +1,149 @@
+"""What the distilled chain leaves out: a learned optimizer's drift and where it saturates.
+
+Two measurements on a run whose ``RUN/distill.json`` holds the detected chain (``lopt
+distill``):
+
+* **drift**: the learned optimizer's update when every gradient is zero, from its fresh state,
+  over the horizon; its norm against the update's on the optimizer's own trajectories (256
+  coordinates of 32 training problems, :func:`probes.faithfulness.record`), and the chain's
+  update error and held-out score with and without the drift added as a fixed term;
+* **saturation**: the update after 0, 5 and 59 steps of a constant large gradient
+  (``--persistent``) for the learned optimizer and the chain, and the chain with its clip
+  moved after the momentum and learning rate (at 1, 1.5 and 2 times the probed asymptote of the
+  first update) scored the same way.
+
+The held-out score is the mean normalised loss on the 128 held-out problems of ``lopt evaluate``
+(:func:`lopt.heldout_key`) and the fraction of the gain is against the run's best tuned
+baseline. Usage::
+
+    python3 experiments/residual.py runs/quickstart
+
+Prints one JSON object per line; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="run directory with analysis.json and distill.json")
+    parser.add_argument("--persistent", type=float, default=10.0, help="the large gradient")
+    args = parser.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import optax
+
+    import lopt
+    from lopt import rundir
+    from lopt.baselines import baseline
+    from lopt.chain import build_chain
+    from lopt.evaluation import family_from_config, heldout_key
+    from lopt.unroll import evaluate, summarize
+    from probes.faithfulness import TRAJECTORY_SEED, coordinates, record, replay
+
+    run = Path(args.run)
+    try:
+        d = rundir.read_json(run / "distill.json")
+        a = rundir.read_json(run / "analysis.json")
+        family = family_from_config(rundir.read_json(run / "config.json"))
+    except OSError as e:
+        print(f"residual.py: error: {e}", file=sys.stderr)
+        return 2
+    opt, theta, _ = lopt.load(run / "theta.npz")
+    learned = opt.optimizer(theta)
+    chain = d["chain"]
+    horizon = d["notes"]["evaluation"]["horizon"]
+    best = d["results"]["best_baseline"]
+
+    def heldout(tx) -> float:
+        losses = evaluate(tx, family, heldout_key(), 128, horizon)
+        return float(summarize(np.asarray(losses)).metric)
+
+    ours, theirs = heldout(learned), heldout(baseline(best["name"], **best["hyperparameters"]))
+    idx = coordinates(family.num_params(), 256)
+    keys = jax.random.split(jax.random.key(TRAJECTORY_SEED), 32)
+    seqs = jax.jit(lambda k: record(learned, family, k, idx, horizon))(keys)
+    u = np.asarray(seqs["u"], np.float64)
+
+    def scored(name: str, tx) -> dict:
+        uc = np.asarray(jax.jit(jax.vmap(lambda s: replay(tx, s)))(seqs), np.float64)
+        per_problem = np.sqrt(((uc - u) ** 2).sum((1, 2)) / (u**2).sum((1, 2)))
+        per_step = np.sqrt(((uc - u) ** 2).sum((0, 2)) / (u**2).sum((0, 2)))
+        metric = heldout(tx)
+        return {
+            "variant": name,
+            "update_error_median": float(np.median(per_problem)),
+            "update_error_at_step_100": float(per_step[min(100, per_step.size - 1)]),
+            "heldout": metric,
+            "fraction_of_gain": (theirs - metric) / (theirs - ours),
+        }
+
+    def steps(tx, g: float, n: int) -> np.ndarray:
+        p = jnp.zeros([1], jnp.float32)
+        s, out = tx.init(p), []
+        for _ in range(n):
+            du, s = tx.update(jnp.full([1], g, jnp.float32), s, p)
+            out.append(float(du[0]))
+        return np.asarray(out)
+
+    drift = steps(learned, 0.0, horizon).astype(np.float32)
+    norm = np.sqrt((np.broadcast_to(drift[None, : u.shape[1], None], u.shape) ** 2).sum())
+    print(
+        json.dumps(
+            {
+                "learned": ours,
+                "best_baseline": theirs,
+                "drift_first_steps": drift[:3].round(3).tolist(),
+                "drift_from_step_20": [float(drift[20:].min()), float(drift[20:].max())],
+                "drift_sum": float(drift.sum()),
+                "drift_norm_over_update_norm": float(norm / np.sqrt((u**2).sum())),
+            }
+        ),
+        flush=True,
+    )
+
+    def plus_drift() -> optax.GradientTransformation:
+        b = jnp.asarray(drift)
+
+        def update(g, count, params=None):
+            del params
+            shift = b[jnp.minimum(count, b.size - 1)]
+            return jax.tree.map(lambda x: x + shift.astype(x.dtype), g), count + 1
+
+        return optax.GradientTransformation(lambda p: jnp.zeros([], jnp.int32), update)
+
+    print(json.dumps(scored("probed chain", build_chain(chain))), flush=True)
+    print(json.dumps(scored("probed chain + drift", optax.chain(build_chain(chain), plus_drift()))))
+    g = args.persistent
+    print(
+        json.dumps(
+            {
+                "persistent_gradient": g,
+                "learned_update_at_steps_0_5_59": steps(learned, g, 60)[[0, 5, 59]].tolist(),
+                "chain_update_at_steps_0_5_59": steps(build_chain(chain), g, 60)[
+                    [0, 5, 59]
+                ].tolist(),
+            }
+        ),
+        flush=True,
+    )
+    clip = [e for e in chain if e["transform"] in ("soft_clip", "clip")]
+    rest = [e for e in chain if e["transform"] not in ("soft_clip", "clip")]
+    if clip:
+        cl = a["clipping"]
+        top = 0.5 * (abs(cl["asymptote_pos"]) + abs(cl["asymptote_neg"]))
+        for k in (1.0, 1.5, 2.0):
+            moved = [*rest, {"transform": "soft_clip", "scale": k * top}]
+            print(json.dumps(scored(f"clip after, at {k}x the asymptote", build_chain(moved))))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
