@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from probes.report.impulse import FIT_TOLERANCE, fit_curve, impulse_caption, impulse_fit
 from probes.report.sections import Builder, mechanism_section, num_row, wording
 from probes.values import complex_array, finite, floats
 from probes.words import fmt
@@ -24,7 +25,12 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
             m.get("timescale"),
             fmt(m.get("timescale"), ".3g"),
         ),
-        num_row("share", "share of the response", m.get("share"), fmt(m.get("share"), ".0%")),
+        num_row(
+            "share",
+            "share of the fitted steady response (G / Σ G_i over the fitted modes)",
+            m.get("share"),
+            fmt(m.get("share"), ".0%"),
+        ),
         num_row("is_real", "dominant mode real", m.get("is_real"), str(m.get("is_real"))),
         num_row(
             "sign_change_level",
@@ -36,6 +42,42 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
             "point_kind", "where it was measured", m.get("point_kind"), str(m.get("point_kind"))
         ),
     ]
+    fit = impulse_fit(m, a.get("meta"))
+    if fit["measured_steady"] is not None:
+        nums += [
+            num_row(
+                "share_measured",
+                "share of the measured steady response (G / −Σ_k r_k)",
+                fit["share_measured"],
+                fmt(fit["share_measured"], ".0%"),
+            ),
+            num_row(
+                "measured_steady",
+                f"measured steady response −Σ_k r_k ({fit['num_lags']} lags)",
+                fit["measured_steady"],
+            ),
+            num_row("fitted_steady", "fitted steady response Σ G_i", fit["fitted_steady"]),
+        ]
+    if fit["fit_judged"]:
+        lag = fit["fit_lag"]
+        nums.append(
+            num_row(
+                "fit_lag",
+                f"fit within {FIT_TOLERANCE:.0%} of the measured response up to lag",
+                None if lag is None else lag - 1,
+                f"all {fit['num_lags']} lags" if lag is None else str(lag - 1),
+            )
+        )
+    if fit["tail_decay"] is not None:
+        nums.append(
+            num_row(
+                "tail_decay",
+                "measured decay per step at long lags"
+                + (" (≠ slowest fitted mode)" if fit["tail_differs"] else ""),
+                fit["tail_decay"],
+                fmt(fit["tail_decay"], ".4g"),
+            )
+        )
     fe, fa = complex_array(m.get("fit_eigenvalues")), complex_array(m.get("fit_alphas"))
     eigs, alphas = complex_array(m.get("eigenvalues")), complex_array(m.get("alphas"))
     if source == "cell" and alphas.size:
@@ -136,10 +178,7 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
     resp = m.get("impulse_response") or (a.get("meta") or {}).get("impulse_response") or []
     r = floats(resp)
     if r.size:
-        k = np.arange(r.size)
-        fitted = np.real(-(fa[None, :] * fe[None, :] ** k[:, None]).sum(1)) if fe.size else None
-        if fitted is not None and fe.size:
-            fitted[0] = np.real(-fa.sum())
+        fitted = fit_curve(fa, fe, r.size)
         figs.append(
             b.add(
                 "momentum_impulse_response",
@@ -147,7 +186,7 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
                 "How much a unit gradient at step t moves the update at step t + k "
                 + ("(linearised at h*). " if source == "cell" else "(measured by autodiff). ")
                 + "Heavy-ball momentum gives a straight line on this log scale, α βᵏ; the dashed "
-                "curve is the fit by at most two exponential modes.",
+                "curve is the fit by at most two exponential modes." + impulse_caption(fit),
                 "momentum",
                 False,
             )
