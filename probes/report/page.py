@@ -220,6 +220,9 @@ def section_html(sec: Mapping[str, Any], pngs: Mapping[str, bytes]) -> Html:
                 concat(rows),
             )
         )
+    for t in sec.get("tables") or []:
+        if t.get("rows"):
+            parts.append(table(t["header"], t["rows"]))
     for n in sec.get("notes") or []:
         parts.append(html('<p class="note">{}</p>', n))
     # The numbers table is the first cell of the figure grid: beside the first figure.

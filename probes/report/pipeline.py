@@ -16,6 +16,7 @@ from probes.report.distillation import distill_section
 from probes.report.evidence import as_dict, progress_lines, white_box_evidence
 from probes.report.momentum import momentum_section
 from probes.report.page import report_page
+from probes.report.rates import rates_section
 from probes.report.sections import (
     Builder,
     clipping_section,
@@ -81,10 +82,12 @@ def write_report(
     b = Builder(out)
     res = results_table(evaluation)
     loss = loss_section(b, res, distill)
+    rates = rates_section(a, evaluation, distill)
     sections = [
         momentum_section(b, a, ev, res),
         clipping_section(b, a),
         schedule_section(b, a),
+        rates,
         adaptation_section(b, a, ev),
     ]
     damp = damping_section(b, a)
@@ -155,7 +158,9 @@ def write_report(
                 ),
             }
             for s in sections
+            if s["id"] != "learning_rates"
         },
+        "learning_rates": plain(rates["reconciliation"]),
         "figures": b.figures,
         "analysis": plain(a),
         "evidence": ev,
