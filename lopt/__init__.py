@@ -12,6 +12,7 @@ from lopt.checkpoint import CheckpointError, load, save
 from lopt.evaluation import heldout_key
 from lopt.meta_train import (
     PRODUCT_BUDGET,
+    PRODUCT_MIN_HIDDEN,
     ConfigError,
     MetaTrainConfig,
     MetaTrainDiverged,
@@ -38,6 +39,7 @@ from lopt.zoo import pretrained, pretrained_names
 
 __all__ = [
     "PRODUCT_BUDGET",
+    "PRODUCT_MIN_HIDDEN",
     "VALIDATION_SEED",
     "evaluation",
     "presets",

@@ -95,22 +95,35 @@ def batch_sharding() -> NamedSharding | None:
 #: Bytes the stored matrix products of one meta-step may take when ``save_products`` is
 #: ``None`` (see :func:`saves_products`).
 PRODUCT_BUDGET = 2**30
+#: The smallest hidden size for which ``save_products=None`` stores the products: each stored
+#: float saves a ``2(H + I)``-FLOP row of a matrix product, which pays for its memory traffic
+#: only for wide cells. Measured on a 2-core CPU (``experiments/benchmarks/meta_step.py``, paired
+#: ratio to the plain reference, storing / recomputing): H = 32 1.12 / 0.95, H = 64 1.01 / 0.96,
+#: H = 128 0.91 / 1.11, H = 256 0.94 / 1.07.
+PRODUCT_MIN_HIDDEN = 96
 
 
 def saves_products(opt, family: TaskFamily, config: MetaTrainConfig) -> bool:
     """Whether meta-training with ``config`` stores the optimizer's matrix products.
 
-    ``config.save_products`` when set. Otherwise (``None``) yes when the products of one
-    meta-step, ``4 · num_problems · truncation · P · product_floats`` bytes for ``P`` parameters
-    per problem, fit in :data:`PRODUCT_BUDGET`: for the paper's linear regression (GRU-256, 64
+    ``config.save_products`` when set. Otherwise (``None``) yes when the optimizer's cells are
+    wide enough for storing to pay (``hidden_size ≥`` :data:`PRODUCT_MIN_HIDDEN`; an optimizer
+    without a ``hidden_size`` is judged by size alone) and the products of one meta-step,
+    ``4 · num_problems · truncation · P · product_floats`` bytes for ``P`` parameters per
+    problem, fit in :data:`PRODUCT_BUDGET`: for the paper's linear regression (GRU-256, 64
     problems × 201 steps, P = 5) 188 MiB; the GRU-256 paper presets of ``two_moons`` and
-    ``mnist`` (P = 1,185 and 19,178) would need 65 GiB and more, so they recompute them. Only
-    the gradient estimators with ``remat`` store anything.
+    ``mnist`` (P = 1,185 and 19,178) would need 65 GiB and more, so they recompute them, as
+    do the GRU-32 quick presets. Storing or recomputing gives the same numbers (bitwise, on the
+    quick preset); only the time and memory differ. Only the gradient estimators with
+    ``remat`` store anything.
     """
     if not config.remat or config.estimator not in ("full_bptt", "tbptt"):
         return False
     if config.save_products is not None:
         return config.save_products
+    hidden = getattr(opt, "hidden_size", None)
+    if isinstance(hidden, int) and hidden < PRODUCT_MIN_HIDDEN:
+        return False
     theta = jax.eval_shape(opt.init, jax.random.key(0))
     tx = opt.optimizer(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), theta))
     floats = product_floats(tx)

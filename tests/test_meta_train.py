@@ -206,6 +206,7 @@ def test_every_preset_builds_a_valid_config_for_its_family():
 
 def test_saved_products_are_decided_by_their_size(monkeypatch):
     mt = importlib.import_module("lopt.meta_train")  # the module; lopt.meta_train is the function
+    monkeypatch.setattr(mt, "PRODUCT_MIN_HIDDEN", 8)  # the size rule alone here
 
     gru = lopt.RNNOptimizer(hidden_size=8)
     family = tasks.get("linear_regression", dim=5, num_steps=20)
@@ -223,6 +224,18 @@ def test_saved_products_are_decided_by_their_size(monkeypatch):
     es = MetaTrainConfig(estimator="es", truncation=10).resolved(family)
     assert not mt.saves_products(gru, family, es)
     assert not mt.saves_products(TinyMomentum(), family, config)
+
+
+def test_narrow_cells_recompute_their_products_wide_ones_store_them():
+    mt = importlib.import_module("lopt.meta_train")
+    family = tasks.get("linear_regression", dim=5, num_steps=20)
+    config = MetaTrainConfig(num_problems=4).resolved(family)
+    narrow = lopt.RNNOptimizer(hidden_size=mt.PRODUCT_MIN_HIDDEN - 1)
+    wide = lopt.RNNOptimizer(hidden_size=mt.PRODUCT_MIN_HIDDEN)
+    assert not mt.saves_products(narrow, family, config)
+    assert mt.saves_products(wide, family, config)
+    # an explicit setting still wins
+    assert mt.saves_products(narrow, family, MetaTrainConfig(num_problems=4, save_products=True))
 
 
 def test_resuming_a_finished_run_writes_nothing_and_returns_its_result(tmp_path):

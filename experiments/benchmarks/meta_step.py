@@ -70,6 +70,9 @@ PRESETS = {
     # name: (hidden size, output scale, problems)
     "paper": (256, 1.0, 64),
     "quick": (32, 3.0, 32),
+    # sizes in between, for where storing the products starts to pay (lopt.meta_train)
+    "gru64": (64, 1.0, 64),
+    "gru128": (128, 1.0, 64),
 }
 HORIZON = 201
 
