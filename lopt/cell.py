@@ -142,12 +142,14 @@ class CellOptimizerState(NamedTuple):
     skipped: jax.Array
 
 
-def _flatten(tree: Any, dtype: jnp.dtype) -> jax.Array:
+def flatten_tree(tree: Any, dtype: jnp.dtype = jnp.float32) -> jax.Array:
+    """Every leaf of ``tree``, raveled and cast to ``dtype``, in one vector (leaf order)."""
     leaves = jax.tree.leaves(tree)
     return jnp.concatenate([jnp.ravel(x).astype(dtype) for x in leaves])
 
 
-def _unflatten_like(flat: jax.Array, like: Any) -> Any:
+def unflatten_like(flat: jax.Array, like: Any) -> Any:
+    """The inverse of :func:`flatten_tree`: ``flat`` cut into ``like``'s shapes and dtypes."""
     leaves, treedef = jax.tree.flatten(like)
     sizes = [math.prod(x.shape) for x in leaves]
     offsets = [sum(sizes[:i]) for i in range(len(sizes))]
@@ -233,7 +235,7 @@ def cell_optimizer(
         _check_tree(updates, params, state.hidden.shape[0])
         if not jax.tree.leaves(updates):
             return updates, state
-        grads = _flatten(updates, state.hidden.dtype)
+        grads = flatten_tree(updates, state.hidden.dtype)
         if skip_nonfinite:
             finite = jnp.all(jnp.isfinite(grads))
             # Zero the gradients before the step so that no NaN enters the computation at all
@@ -248,6 +250,6 @@ def cell_optimizer(
             hidden, delta = apply_cell(cell, state.hidden, grads)
             count, skipped = optax.safe_increment(state.count), state.skipped
         new_state = CellOptimizerState(count=count, hidden=hidden, skipped=skipped)
-        return _unflatten_like(delta, updates if params is None else params), new_state
+        return unflatten_like(delta, updates if params is None else params), new_state
 
     return optax.GradientTransformationExtraArgs(init_fn, update_fn)

@@ -32,6 +32,7 @@ import optax
 
 from lopt import networks
 from lopt.base import MAX_HIDDEN_SIZE, LearnedOptimizer
+from lopt.cell import flatten_tree, unflatten_like
 
 _EPS = 1e-8  # inside √(v + ε)
 _NORM_EPS = 1e-6  # inside the per-tensor rms normaliser
@@ -52,19 +53,6 @@ class MLPOptimizerState(NamedTuple):
     momentum: jax.Array
     rms: jax.Array
     skipped: jax.Array
-
-
-def _flatten(tree: Any) -> jax.Array:
-    return jnp.concatenate([jnp.ravel(x).astype(jnp.float32) for x in jax.tree.leaves(tree)])
-
-
-def _unflatten_like(flat: jax.Array, like: Any) -> Any:
-    leaves, treedef = jax.tree.flatten(like)
-    out, offset = [], 0
-    for x in leaves:
-        out.append(flat[offset : offset + x.size].reshape(x.shape).astype(x.dtype))
-        offset += x.size
-    return jax.tree.unflatten(treedef, out)
 
 
 def _floats(name: str, values: Any, *, low: float, high: float) -> tuple[float, ...]:
@@ -201,8 +189,8 @@ class MLPOptimizer(LearnedOptimizer):
                 return updates, state
             if params is None:
                 raise ValueError("MLPOptimizer's update needs params (a feature of the MLP)")
-            g = _flatten(updates)
-            p = _flatten(params)
+            g = flatten_tree(updates)
+            p = flatten_tree(params)
             finite = jnp.all(jnp.isfinite(g))
             # Zero a bad gradient before use so no NaN reaches the features (or meta-gradients).
             g = jnp.where(finite, g, 0.0)
@@ -240,6 +228,6 @@ class MLPOptimizer(LearnedOptimizer):
                 rms=jnp.where(finite, v, state.rms),
                 skipped=jnp.where(finite, state.skipped, optax.safe_increment(state.skipped)),
             )
-            return _unflatten_like(delta, updates), new_state
+            return unflatten_like(delta, updates), new_state
 
         return optax.GradientTransformationExtraArgs(init_fn, update_fn)
