@@ -67,6 +67,7 @@ from probes.canonical import canonical
 from probes.detectors import Adaptation
 from probes.fixed_points import FAILED, FIXED, KIND_NAMES, SLOW, continuation, fixed_points
 from probes.linearize import impulse_response, linearize
+from probes.trajectories import pca
 from probes.update_function import effective_lr, update_function, update_slope
 
 __all__ = [
@@ -90,14 +91,14 @@ def _principal_plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ok = np.all(np.isfinite(x), axis=1)
     if ok.sum() < 2:
         return np.zeros((x.shape[0], 2)), np.zeros(2)
-    mean = x[ok].mean(0)
-    _, sv, vt = np.linalg.svd(x[ok] - mean, full_matrices=False)
+    p = pca(x[ok], 2)  # the one PCA of the package (probes.trajectories)
+    k = np.asarray(p.components).shape[0]
     comps = np.zeros((2, x.shape[1]))
-    comps[: min(2, vt.shape[0])] = vt[:2]
-    var = sv**2
+    comps[:k] = np.asarray(p.components, np.float64)
     ratio = np.zeros(2)
-    ratio[: min(2, var.size)] = (var / max(var.sum(), 1e-300))[:2]
-    return np.where(ok[:, None], (x - mean) @ comps.T, np.nan), ratio
+    ratio[:k] = np.asarray(p.explained_ratio, np.float64)
+    projected = (x - np.asarray(p.mean, np.float64)) @ comps.T
+    return np.where(ok[:, None], projected, np.nan), ratio
 
 
 @jax.jit
