@@ -121,7 +121,8 @@ class MLPOptimizer(LearnedOptimizer):
         (self.step_mult,) = _floats("step_mult", [step_mult], low=0.0, high=math.inf)
         k = len(self.momentum_decays)
         self.num_features = 4 + 2 * k + len(self.timescales)
-        self._init, self._apply = networks.mlp((*sizes, 2), self.num_features)
+        # only the initialiser: the step applies the weights in its own (F, P) form
+        self._init, _ = networks.mlp((*sizes, 2), self.num_features)
 
     def config(self) -> dict[str, Any]:
         """JSON-able constructor arguments plus ``"type": "mlp"``."""
