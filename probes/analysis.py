@@ -97,8 +97,9 @@ def _principal_plane(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     comps[:k] = np.asarray(p.components, np.float64)
     ratio = np.zeros(2)
     ratio[:k] = np.asarray(p.explained_ratio, np.float64)
-    projected = (x - np.asarray(p.mean, np.float64)) @ comps.T
-    return np.where(ok[:, None], projected, np.nan), ratio
+    projected = np.full((x.shape[0], 2), np.nan)
+    projected[ok] = (x[ok] - np.asarray(p.mean, np.float64)) @ comps.T
+    return projected, ratio
 
 
 @jax.jit
