@@ -3,7 +3,13 @@
 import numpy as np
 import pytest
 
-from probes.report.impulse import fit_agreement_lag, fit_curve, impulse_fit, tail_decay
+from probes.report.impulse import (
+    fit_agreement_lag,
+    fit_curve,
+    impulse_caption,
+    impulse_fit,
+    tail_decay,
+)
 
 
 def test_fit_agreement_lag_on_known_pairs():
@@ -72,3 +78,17 @@ def test_a_fit_that_holds_everywhere():
     # no fitted modes: nothing judged, nothing claimed
     none = impulse_fit({"impulse_response": [-1.0, -0.5]})
     assert none["fit_judged"] is False and none["share_measured"] is None
+
+
+def test_a_fit_off_from_lag_0_is_worded_so():
+    k = np.arange(20)
+    m = {
+        "impulse_response": list(-(0.5**k)),
+        "fit_alphas": [[-1.0, 0.0]],  # the wrong sign: off at lag 0
+        "fit_eigenvalues": [[0.5, 0.0]],
+        "share": 1.0,
+    }
+    fit = impulse_fit(m)
+    assert fit["fit_lag"] == 0 and not fit["sign_like"]
+    text = impulse_caption(fit)
+    assert "from lag 0" in text and "lag -1" not in text

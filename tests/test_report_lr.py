@@ -111,3 +111,26 @@ def test_black_box_heavy_ball_and_the_report_page(tmp_path):
     nums = report["mechanisms"]["momentum"]["numbers"]
     assert nums["share_measured"]["value"] == pytest.approx(1.0, rel=1e-3)
     assert nums["fit_lag"]["value"] is None  # the fit holds at every lag
+
+
+def test_a_sign_like_update_gets_no_gains_and_no_impulse_fit(tmp_path):
+    # Lion's update is lr·sign(·): its slopes are 0 and its "response" is flip counts, so no
+    # gain per unit gradient, steady response or fit may be derived from them
+    a = probes.analyze_optax(optax.lion(LR, b1=0.9, b2=0.99)).to_json()
+    assert a["momentum"]["point_kind"] == "sign flips"
+    rec = lr_reconciliation(a)
+    assert rec["sign_like"]
+    assert all(x["value"] is None for x in rec["values"].values())
+    assert all(r["holds"] is None for r in rec["relations"])
+
+    report = probes.write_report(a, tmp_path)
+    nums = report["mechanisms"]["momentum"]["numbers"]
+    for key in ("share_measured", "measured_steady", "fit_lag", "tail_decay"):
+        assert key not in nums
+    counts = nums["flip_counts"]["value"]
+    assert counts == a["momentum"]["impulse_response"] and max(counts) > 1
+    files = [f["file"] for f in report["figures"]]
+    assert "figures/momentum_impulse_response.png" not in files
+    assert "figures/momentum_alpha_beta.png" in files  # the other figures are still drawn
+    assert report["learning_rates"]["sign_like"]
+    assert "update is sign-like" in (tmp_path / "index.html").read_text()

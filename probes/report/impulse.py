@@ -7,6 +7,10 @@ dominant mode's share of the *fitted* steady response ``Σ_i G_i`` (``G = Re α/
 share is not the share of the *measured* steady response ``−Σ_k r_k``; :func:`impulse_fit`
 gives both, the lag up to which the fit holds and the measured tail's decay per step.
 
+A sign-like update (``point_kind == "sign flips"``) has no small-signal response: its analysis
+stores, in place of ``r_k``, how many steps an opposite impulse flips the update's sign per
+impulse amplitude. :func:`impulse_fit` judges no fit there and reports no steady response.
+
 Shapes: ``K`` lags, ``M`` fitted modes.
 """
 
@@ -102,6 +106,15 @@ def tail_decay(measured: Any, fraction: float = TAIL_FRACTION) -> float | None:
     return float(np.exp(slope))
 
 
+#: ``momentum.point_kind`` of a sign-like update, read from sign flips, not an impulse response.
+SIGN_FLIPS = "sign flips"
+
+
+def is_sign_like(m: Mapping[str, Any]) -> bool:
+    """Whether a ``momentum`` block was read from sign flips (its response holds flip counts)."""
+    return (m or {}).get("point_kind") == SIGN_FLIPS
+
+
 def impulse_fit(m: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> dict[str, Any]:
     """The fit against the measured impulse response, from an analysis's ``momentum`` block.
 
@@ -120,12 +133,20 @@ def impulse_fit(m: Mapping[str, Any], meta: Mapping[str, Any] | None = None) -> 
     * ``slowest_fitted``: the largest ``|λ_i|`` among the fitted modes.
     * ``tail_differs``: the tail decays at a rate more than 0.005 per step from
       ``slowest_fitted`` (``|ρ − λ_max| > 0.005``).
+    * ``sign_like``: the block was read from sign flips (:func:`is_sign_like`); every value
+      above is then ``None`` (``num_lags`` 0, ``fit_judged`` false): flip counts are not a
+      response to sum or fit.
     """
     meta = meta or {}
+    if is_sign_like(m):
+        keys = ("measured_steady", "fitted_steady", "dominant_gain", "share_fitted")
+        keys += ("share_measured", "fit_lag", "tail_decay", "slowest_fitted")
+        out = dict.fromkeys(keys)
+        return {**out, "num_lags": 0, "fit_judged": False, "tail_differs": False, "sign_like": True}
     r = floats(m.get("impulse_response") or meta.get("impulse_response") or [])
     fa, fe = complex_array(m.get("fit_alphas")), complex_array(m.get("fit_eigenvalues"))
     fitted = fit_curve(fa, fe, r.size)
-    out: dict[str, Any] = {"num_lags": int(r.size)}
+    out: dict[str, Any] = {"num_lags": int(r.size), "sign_like": False}
     measured_steady = float(-np.nansum(r)) if r.size else None
     g = steady_gains(fe, fa) if fe.size and fa.size == fe.size else np.zeros(0)
     pos = g[np.isfinite(g) & (g > 0)]
@@ -158,6 +179,11 @@ def impulse_caption(fit: Mapping[str, Any]) -> str:
     tol = f"{FIT_TOLERANCE:.0%}"
     if lag is None:
         text = f" The fit stays within {tol} of the measured curve at every lag up to {n}."
+    elif lag == 0:
+        text = (
+            f" The fit is more than {tol} off the measured curve from lag 0 on (lags below "
+            f"{FIT_FLOOR:.0%} of the peak not judged)."
+        )
     else:
         text = (
             f" The fit stays within {tol} of the measured curve up to lag {lag - 1} "

@@ -65,7 +65,9 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
                 "fit_lag",
                 f"fit within {FIT_TOLERANCE:.0%} of the measured response up to lag",
                 None if lag is None else lag - 1,
-                f"all {fit['num_lags']} lags" if lag is None else str(lag - 1),
+                f"all {fit['num_lags']} lags"
+                if lag is None
+                else ("none (off from lag 0)" if lag == 0 else str(lag - 1)),
             )
         )
     if fit["tail_decay"] is not None:
@@ -177,7 +179,17 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
         )
     resp = m.get("impulse_response") or (a.get("meta") or {}).get("impulse_response") or []
     r = floats(resp)
-    if r.size:
+    if fit["sign_like"]:
+        nums.append(
+            num_row(
+                "flip_counts",
+                "steps an opposite impulse flips the update's sign, per impulse amplitude "
+                "(β is read from their growth with the amplitude's log)",
+                r,
+                ", ".join(fmt(x, ".0f") for x in r) or "n/a",
+            )
+        )
+    elif r.size:
         fitted = fit_curve(fa, fe, r.size)
         figs.append(
             b.add(

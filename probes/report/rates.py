@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from probes.modes import steady_gains
+from probes.report.impulse import is_sign_like
 from probes.values import complex_array, finite, floats
 from probes.words import fmt
 
@@ -89,6 +90,10 @@ def lr_reconciliation(
         learned optimizer against a tuned baseline), ``ratio`` (left/right) and ``holds``
         (``|left − right| ≤ tolerance·max(|left|, |right|)``; ``None`` when a side is missing).
         Values the inputs lack are ``None`` (and their relations' ``holds`` is ``None``).
+        ``sign_like`` is true for a sign-like update (:func:`probes.report.impulse.is_sign_like`):
+        its update does not scale with the gradient, so every gain per unit gradient (slopes at
+        ``g = 0``, the schedule's, the impulse response's, the modes', the damping probe's) is
+        ``None``.
     """
     a = analysis
     m, meta = a.get("momentum") or {}, a.get("meta") or {}
@@ -98,12 +103,16 @@ def lr_reconciliation(
     eigs, alphas = complex_array(m.get("eigenvalues")), complex_array(m.get("alphas"))
     where = "eigenmodes of ∂F/∂h at h*" if a.get("source") == "cell" else "fitted modes"
 
+    sign_like = is_sign_like(m)
+    if sign_like:  # flip counts, |u|/|g| at one background, slopes of 0: no gains per gradient
+        r, eigs, alphas, lr = np.zeros(0), np.zeros(0, complex), np.zeros(0, complex), np.zeros(0)
+
     v["alpha_eff_h0"] = _value(
         "α_eff(h0)",
         "−∂U/∂g at g = 0 from the fresh state h0: the first update's gain",
         meta.get("alpha_eff_h0"),
     )
-    slope = finite((a.get("clipping") or {}).get("slope0"))
+    slope = None if sign_like else finite((a.get("clipping") or {}).get("slope0"))
     v["clip_slope0"] = _value(
         "−∂U/∂g at g = 0 (clipping)",
         "minus the clipping probe's slope of U(h0, g) at g = 0",
@@ -134,10 +143,10 @@ def lr_reconciliation(
     v["dominant_alpha"] = _value(
         "α (dominant mode)",
         "the dominant mode's own learning rate: one term of Σ_i α_i",
-        m.get("alpha"),
+        None if sign_like else m.get("alpha"),
     )
     beta = finite(m.get("beta"))
-    alpha = finite(m.get("alpha"))
+    alpha = None if sign_like else finite(m.get("alpha"))
     v["dominant_steady"] = _value(
         "α/(1−β) (dominant mode)",
         "the dominant mode's response to a persistent gradient",
@@ -158,7 +167,7 @@ def lr_reconciliation(
     v["dc_gain"] = _value(
         "persistent gain (damping probe)",
         "update per unit of a constant small gradient after the damping probe's steps from h0",
-        dc[0] if dc.size else None,
+        dc[0] if dc.size and not sign_like else None,
     )
 
     opts = _first_horizon(evaluation)
@@ -235,7 +244,7 @@ def lr_reconciliation(
                 "holds": bool(abs(x - y) <= tolerance * scale) if both else None,
             }
         )
-    return {"values": v, "relations": relations, "tolerance": tolerance}
+    return {"values": v, "relations": relations, "tolerance": tolerance, "sign_like": sign_like}
 
 
 def _verdict(rel: Mapping[str, Any], tolerance: float) -> str:
@@ -277,6 +286,12 @@ def rates_section(
         f"within {rec['tolerance']:.0%}; the fair comparison with tuned momentum is the steady "
         "gain against lr/(1−β)."
     )
+    if rec["sign_like"]:
+        lead += (
+            " This update is sign-like: its size does not scale with the gradient, so it has no "
+            "gain per unit gradient (its slopes are 0 and its steady gains undefined); only the "
+            "baselines' and the chain's numbers are listed."
+        )
     return {
         "id": "learning_rates",
         "title": "Learning rates, reconciled",
