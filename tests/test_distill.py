@@ -507,12 +507,8 @@ def test_retune_chain_finds_the_best_numbers_on_identity_quadratics():
             "0.5 (numbers identified)",
         },
     ]
-    chain, notes = retune_chain(
-        start,
-        family,
-        jax.random.key(3),
-        RetuneConfig(steps=200, num_problems=4, validation=4, every=20, learning_rate=0.05),
-    )
+    config = RetuneConfig(steps=200, num_problems=4, validation=4, every=20, learning_rate=0.05)
+    chain, notes = retune_chain(start, family, jax.random.key(3), config)
     lr = chain[1]["learning_rate"] * chain[1]["schedule"]["values"][0]
     assert chain[0]["decay"] < 0.1 and lr == pytest.approx(1.0, rel=0.03)
     gamma = notes["schedule_exponent"]["1"]
@@ -526,6 +522,11 @@ def test_retune_chain_finds_the_best_numbers_on_identity_quadratics():
     assert val[0] > 0.08 and notes["selected_step"] > 0
     assert min(val) == pytest.approx(1 / 20, rel=0.01)
     json.dumps(chain, allow_nan=False)
+    # the score that picks re-tuning's start is re-tuning's own score at its start
+    from probes.distill import validation_scores
+
+    (start_score,) = validation_scores([start], family, jax.random.key(3), config)
+    assert start_score == pytest.approx(val[0], rel=1e-6)
 
 
 def test_validation_scores_are_the_mean_normalised_loss_and_inf_on_divergence():

@@ -89,6 +89,16 @@ def _chain_metric(chain, free, unravel, family, num_steps):
     return metric
 
 
+def _scorer(metric, keys, chunk):
+    """``z -> `` the mean of ``metric(z, k)`` over ``keys`` (infinite if any is not finite)."""
+
+    def score(z):
+        m = jax.lax.map(lambda k: metric(z, k), keys, batch_size=chunk)
+        return jnp.where(jnp.all(jnp.isfinite(m)), jnp.mean(m), jnp.inf)
+
+    return score
+
+
 def _validation_keys(key: jax.Array, config: RetuneConfig) -> jax.Array:
     # training problems set aside for validation: never the held-out key, never the steps' own
     return jax.random.split(jax.random.fold_in(key, 1_000_000), config.validation)
@@ -106,8 +116,10 @@ def validation_scores(
 
     The score is the mean normalised loss over ``config.validation`` training problems drawn
     from ``key`` exactly as :func:`retune_chain` draws its validation problems, infinite if any
-    problem's loss is not finite. It chooses where re-tuning starts without looking at the
-    held-out problems.
+    problem's loss is not finite: the same function of the chain's numbers, in the same
+    coordinates (:func:`probes.distill.free_numbers.encode`), as re-tuning's score at its start,
+    so a chain's score here is ``validation_metric[0]`` of re-tuning from it. It chooses where
+    re-tuning starts without looking at the held-out problems.
 
     Args:
         chains: chains of one structure (e.g. the detected and the identified one).
@@ -123,13 +135,11 @@ def validation_scores(
     keys = _validation_keys(key, config)
     out = []
     for chain in chains:
-        tx = optax.with_extra_args_support(build_chain(chain))
-
-        def metric(k, tx=tx):
-            return normalized_loss(unroll(tx, family, init_inner(tx, family, k), num_steps)[1])
-
-        m = np.asarray(jax.jit(lambda ks: jax.lax.map(metric, ks, batch_size=config.chunk))(keys))
-        out.append(float(np.mean(m)) if np.all(np.isfinite(m)) else math.inf)
+        free = free_numbers(chain)
+        z0, unravel = ravel_pytree(encode(chain, free))
+        metric = _chain_metric(chain, free, unravel, family, num_steps)
+        score = float(jax.jit(_scorer(metric, keys, config.chunk))(z0))
+        out.append(score if math.isfinite(score) else math.inf)
     return out
 
 
@@ -205,9 +215,7 @@ def retune_chain(
     train_keys = jax.random.split(jax.random.fold_in(key, 0), num_problems)
     val_keys = _validation_keys(key, config)
 
-    def score(z):
-        m = jax.lax.map(lambda k: metric(z, k), val_keys, batch_size=chunk)
-        return jnp.where(jnp.all(jnp.isfinite(m)), jnp.mean(m), jnp.inf)
+    score = _scorer(metric, val_keys, chunk)
 
     def step(carry, _):
         z, s = carry
