@@ -2,10 +2,15 @@
 
 An interrupt can arrive while XLA is compiling or running on its own threads. Python's normal
 shutdown then tears down modules and objects those threads still use, and the process could end
-in a segmentation fault after printing its one-line message. Every run file is written
-atomically (a temporary file, then a rename), so nothing is left half-written when the process
-skips that shutdown: after an interrupt the console scripts flush their output and leave at
-once with status 130.
+in a segmentation fault after printing its one-line message. So after an interrupt the console
+scripts flush their output and leave at once with status 130, skipping that shutdown. Nothing
+is lost by it: every run file but ``metrics.jsonl`` is written atomically (a temporary file,
+then a rename), and ``metrics.jsonl`` is appended one whole line per meta-step (a damaged last
+line is skipped when it is read).
+
+Only Ctrl-C (SIGINT) comes here in every command. ``lopt meta-train`` turns SIGTERM into the
+same orderly stop (status 130); the other commands leave SIGTERM to its default, which ends the
+process at once (status 143, ``-15`` as a subprocess).
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ import os
 import sys
 from collections.abc import Callable
 
-#: Exit status of a command stopped by Ctrl-C (SIGINT) or SIGTERM: 128 + SIGINT, as shells use.
+#: Exit status of a command stopped by Ctrl-C (SIGINT; meta-training also by SIGTERM): 128 + SIGINT.
 INTERRUPTED = 130
 
 
