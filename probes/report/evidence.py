@@ -160,7 +160,7 @@ def white_box_evidence(
     a = as_dict(analysis)
     cell = canonical(cell)
     key = jax.random.key(0) if key is None else key
-    scale = finite(a.get("meta", {}).get("gradient_scale")) or 1.0
+    scale = finite((a.get("meta") or {}).get("gradient_scale")) or 1.0
     h0 = np.asarray(cell.init_state(), np.float32)
     H = h0.shape[0]
     out: dict[str, Any] = {"hidden_size": int(H), "gradient_scale": scale}
@@ -199,7 +199,7 @@ def white_box_evidence(
         lo, hi = 1e-2 * scale, max(1e3 * scale, 2.0 * g_top)
         up = np.concatenate([[0.0], np.geomspace(lo, hi, continuation_points)])
     opts = {}
-    if finite(a.get("meta", {}).get("typical_step")):
+    if finite((a.get("meta") or {}).get("typical_step")):
         opts["typical_step"] = max(float(a["meta"]["typical_step"]), 1e-30)
     branches = {"pos_up": continuation(cell, up, h_star, **opts)}
     branches["pos_down"] = continuation(cell, up[::-1], branches["pos_up"].points[-1], **opts)

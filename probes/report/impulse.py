@@ -49,7 +49,6 @@ def fit_curve(fit_alphas: Any, fit_eigenvalues: Any, num_lags: int) -> np.ndarra
     k = np.arange(num_lags)
     with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
         fitted = np.real(-(fa[None, :] * fe[None, :] ** k[:, None]).sum(1))
-    fitted[0] = np.real(-fa.sum())
     return fitted
 
 
