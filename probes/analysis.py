@@ -62,6 +62,7 @@ from probes.black_box import (
     nyquist_response,
     probe_clipping,
     probe_damping,
+    step_size_program,
 )
 from probes.canonical import canonical
 from probes.detectors import Adaptation
@@ -318,11 +319,7 @@ def analyze_cell(
         horizon_source = horizon_source or f"default {SCHEDULE_HORIZON} steps (no task family)"
     hair = HAIR * clip_range[0] * scale
 
-    # Schedule: the gain along the autonomous dynamics from h0 and along a constant gradient.
     traj = _autonomous(cell, jnp.zeros(schedule_steps))
-    alpha_t = np.asarray(effective_lr(cell, traj, hair=hair))
-    driven = np.asarray(_driven_gain(cell, jnp.float32(scale), jnp.zeros(schedule_steps)))
-    schedule = detectors.detect_schedule(alpha_t, driven, horizon_source=horizon_source)
 
     # The convergence point: where the linearisation (momentum) and the adaptation branches
     # start, and where the report draws its white-box figures.
@@ -350,7 +347,7 @@ def analyze_cell(
         def run(gs):
             return _cell_run(cell, gs)
 
-        momentum = momentum_from_response(run, scale, warmup, impulse_steps)[0]
+        momentum = momentum_from_response(run, scale, warmup, impulse_steps, cached=False)[0]
 
     # Clipping: U(h_t, g) at the first step t with a non-zero update (t = 0 but for a
     # schedule that starts at 0).
@@ -370,6 +367,21 @@ def analyze_cell(
 
     clipping = probe_clipping(
         slope_fn, update_fn, mags, gradient_samples, detectors.SLOPE_FRACTION, t0
+    )
+
+    # Schedule: the gain along the autonomous dynamics from h0 and along a constant gradient
+    # (a sign-like update, whose gain is 0: its step sizes).
+    if clipping.sign_like:
+        steps = step_size_program(lambda gs: _cell_run(cell, gs), schedule_steps)
+        alpha_t, driven = (np.asarray(x) for x in steps(jnp.float32(scale)))
+    else:
+        alpha_t = np.asarray(effective_lr(cell, traj, hair=hair))
+        driven = np.asarray(_driven_gain(cell, jnp.float32(scale), jnp.zeros(schedule_steps)))
+    schedule = detectors.detect_schedule(
+        alpha_t,
+        driven,
+        horizon_source=horizon_source,
+        measure="step size" if clipping.sign_like else "gain",
     )
 
     # Adaptation: α_eff along the fixed-point branches traced from the convergence point.

@@ -439,21 +439,27 @@ def flip_program(run: Callable, warmup: int) -> Callable:
     return program
 
 
-def momentum_from_response(run: Callable, scale: float, warmup: int, lags: int):
+def momentum_from_response(
+    run: Callable, scale: float, warmup: int, lags: int, *, cached: bool = True
+):
     """Momentum from the exact impulse response of ``run`` (black box; a cell's fallback).
 
     The small-signal response (:func:`measure_impulse`) is fitted with modes; where it is zero
     at every background the update is sign-like and its memory is read from how long an
-    opposite impulse flips its sign (:func:`probes.modes.memory_from_flips`).
+    opposite impulse flips its sign (:func:`probes.modes.memory_from_flips`). ``cached``: keep
+    the compiled programs for the next call with the same ``run`` (pass false for a ``run``
+    made afresh per call, which would never be asked for again and would stay in memory).
 
     Returns:
         ``(Momentum, r, b)``.
     """
-    r, b, _ = measure_impulse(impulse_program(run, warmup, lags), scale, warmup)
+    impulse = impulse_program if cached else impulse_program.__wrapped__
+    flips = flip_program if cached else flip_program.__wrapped__
+    r, b, _ = measure_impulse(impulse(run, warmup, lags), scale, warmup)
     if r is not None:
         lams, alphas = detectors.fit_modes(r)
         return detectors.detect_momentum(lams, alphas, point_kind="impulse response"), r, b
-    counts, u0 = flip_program(run, warmup)(jnp.float32(scale))
+    counts, u0 = flips(run, warmup)(jnp.float32(scale))
     beta = memory_from_flips(FLIP_AMPLITUDES, np.asarray(counts))
     alpha = abs(float(u0)) / scale
     m = detectors.detect_momentum(np.array([beta]), np.array([alpha]), point_kind="sign flips")
@@ -486,6 +492,29 @@ def schedule_program(run: Callable, steps: int) -> Callable:
         return jax.vmap(at)(jnp.arange(steps)), jax.vmap(along)(jnp.arange(steps))
 
     return program
+
+
+def step_size_program(run: Callable, steps: int) -> Callable:
+    """``b -> (A (T,), C (T,))``: a sign-like update's step sizes, its schedule's two curves.
+
+    ``A_t = |u_t|`` for a gradient ``b`` at step ``t`` after ``t`` zero gradients; ``C_t = |u_t|``
+    after ``t`` steps of the constant gradient ``b``. A sign-like update's slopes are 0, so
+    :func:`schedule_program` reads nothing; its step is ``lr_t`` whatever the gradient.
+    Not cached (a cell's ``run`` is a new function per analysis): see
+    :func:`cached_step_size_program`.
+    """
+
+    @jax.jit
+    def program(b):
+        def at(t):
+            return jnp.abs(run(jnp.where(jnp.arange(steps) == t, b, 0.0).astype(jnp.float32))[t])
+
+        return jax.vmap(at)(jnp.arange(steps)), jnp.abs(run(jnp.full(steps, b, jnp.float32)))
+
+    return program
+
+
+cached_step_size_program = functools.lru_cache(maxsize=PROGRAM_CACHE)(step_size_program)
 
 
 def analyze_optax(
@@ -553,9 +582,15 @@ def analyze_optax(
         t0,
     )
 
-    a_t, b_t = schedule_program(run, T)(jnp.float32(HAIR * mags[0]), jnp.float32(scale))
+    if clipping.sign_like:
+        a_t, b_t = cached_step_size_program(run, T)(jnp.float32(scale))
+    else:
+        a_t, b_t = schedule_program(run, T)(jnp.float32(HAIR * mags[0]), jnp.float32(scale))
     schedule = detectors.detect_schedule(
-        np.asarray(a_t), np.asarray(b_t), horizon_source=horizon_source
+        np.asarray(a_t),
+        np.asarray(b_t),
+        horizon_source=horizon_source,
+        measure="step size" if clipping.sign_like else "gain",
     )
 
     m = log_grid(scale, *magnitude_range, num_magnitudes)

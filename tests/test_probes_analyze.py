@@ -102,3 +102,31 @@ def test_analyze_optax_twice_on_one_transformation_compiles_once():
     assert compiles == []
     assert again.momentum.beta == first.momentum.beta == pytest.approx(0.7, abs=1e-3)
     np.testing.assert_array_equal(again.schedule.effective_lr, first.schedule.effective_lr)
+    # another horizon is another program: compiled, and the schedule has the new length
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    try:
+        longer = probes.analyze_optax(tx, warmup=50, impulse_steps=40, schedule_steps=30)
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listen)
+    assert compiles and len(longer.schedule.effective_lr) == 30
+
+
+def test_a_run_made_per_call_leaves_no_program_in_the_cache():
+    # analyze_cell's fallback builds a new run function per analysis: caching its programs
+    # would never hit and would keep the cell (its weights) alive
+    from probes.black_box import flip_program, impulse_program, momentum_from_response
+
+    before = impulse_program.cache_info().currsize, flip_program.cache_info().currsize
+    for decay in (0.5, 0.8):
+
+        def run(gs, decay=decay):  # heavy ball, β = decay
+            def body(m, g):
+                m = decay * m + g
+                return m, -0.1 * m
+
+            return jax.lax.scan(body, jnp.float32(0), gs)[1]
+
+        m, _, _ = momentum_from_response(run, 1.0, 20, 30, cached=False)
+        assert m.beta == pytest.approx(decay, abs=1e-3)
+    after = impulse_program.cache_info().currsize, flip_program.cache_info().currsize
+    assert after == before
