@@ -32,9 +32,10 @@ Decisions on the ambiguous definitions:
   ``HORIZON``, with the Schedule detector's names (``constant``, ``warm-up``, ``decay``,
   ``warm-up-then-decay``); a dip-and-recover has no name (``None``: any non-constant). The gain
   ``α_eff(t)`` is checked where finite and closed-form (SGD, momentum, clip chains, RMSProp,
-  Adagrad). Normalised updates at ``ν = 0`` (Adam's ``1/ε`` gain, sign) are checked for shape
-  only: their gain after ``t`` zero gradients follows the bias corrections, not a schedule
-  unless the step along a constant gradient changes too (NAdam's decay, :func:`adam`).
+  Adagrad); a sign-like update's gain is 0, so its step size ``|u_t| = lr_t`` is checked.
+  Adam's ``1/ε`` gain at ``ν = 0`` is checked for shape only: its gain after ``t`` zero
+  gradients follows the bias corrections, not a schedule unless the step along a constant
+  gradient changes too (NAdam's decay, :func:`adam`).
 * **Clipping** is saturation of the first update; adaptive methods saturate too (RMSProp at
   ``√((2^{2/3}-1)ε/(1-ρ))``, Adagrad at ``√((2^{2/3}-1)a0)``): expected, as the maths says.
 * **Damping**: AdaBelief and centred RMSProp (both divide by a spread that a constant gradient
@@ -49,7 +50,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Callable
 from functools import partial
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -59,6 +60,9 @@ from jax.flatten_util import ravel_pytree
 
 from lopt import hand_designed as cells
 from lopt.cell import Cell, cell_optimizer, make_cell
+from probes.scoring import OUTCOMES as OUTCOMES
+from probes.scoring import Verdict as Verdict
+from probes.scoring import check as check
 
 #: Task horizon the schedule shape refers to (the paper's 200 updates).
 HORIZON = 200
@@ -68,7 +72,6 @@ EPS8 = 1e-8
 C23 = 2.0 ** (2.0 / 3.0) - 1.0  # slope of x/√(x²+e) halves where x² = (2^{2/3}-1)e
 SQRT2M1 = np.sqrt(2.0) - 1.0  # slope of x/(|x|+e) halves where |x| = (√2-1)e
 MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping")
-OUTCOMES = ("true positive", "true negative", "false positive", "false negative", "value error")
 
 
 # ----------------------------------------------------------------------------- expectations
@@ -148,21 +151,6 @@ class Case:
     def expected_for(self, source: str) -> Expected:
         """The expected answer for ``"optax"`` (black box) or ``"cell"`` (white box)."""
         return self.white if source == "cell" and self.white is not None else self.expected
-
-
-class Verdict(NamedTuple):
-    """One mechanism's outcome: one of :data:`OUTCOMES`, and measured vs expected numbers."""
-
-    mechanism: str
-    outcome: str
-    detail: str = ""
-    measured: Any = None
-    expected: Any = None
-
-    @property
-    def ok(self) -> bool:
-        """True positive or true negative."""
-        return self.outcome in ("true positive", "true negative")
 
 
 # ----------------------------------------------------------------------------- white boxes
@@ -471,22 +459,23 @@ def adabelief(name="adabelief", *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-16) -> Case
     return _case(name, "adabelief", tx, dict(lr=lr, b1=b1, b2=b2, eps=eps), e)
 
 
-def sign_based(name="sign_sgd", *, kind="sign_sgd", lr=0.01, beta=0.9) -> Case:
-    """Sign updates ``-lr sign(·)``: clipping at 0; momentum = the EMA inside the sign.
+def sign_based(name="sign_sgd", *, kind="sign_sgd", lr=0.01, beta=0.9, schedule=None) -> Case:
+    """Sign updates ``-lr_t sign(·)``: clipping at 0; momentum = the EMA inside the sign.
 
     sign_sgd / ``chain(scale_by_sign(), sgd)``: memoryless, no momentum. signum:
     ``sign(EMA_β g)``: β. lion: ``sign((1-b1)g + b1 m)``, ``m`` an EMA with ``b2 = β``: most of
-    the weight (``b1``) is on the memory: β. The first update is ``-lr sign(g)`` for all.
+    the weight (``b1``) is on the memory: β. The step ``|u_t|`` is ``lr_t`` for any ``g ≠ 0``.
     """
-    memory = kind in ("signum", "lion")
-    e = Expected(ExpectMomentum(memory, beta if memory else None), _SIGN, _NORMED)
+    memory, r = kind in ("signum", "lion"), _rate(lr, schedule)
+    sch = _flat(lr) if schedule is None else ExpectSchedule(SCHEDULES[schedule][1], _sched_lr(r))
+    e = Expected(ExpectMomentum(memory, beta if memory else None), _SIGN, sch)
     txs = {
-        "sign_sgd": lambda: optax.sign_sgd(lr),
-        "chain_sign": lambda: optax.chain(optax.scale_by_sign(), optax.sgd(lr)),
-        "signum": lambda: optax.signum(lr, beta),
-        "lion": lambda: optax.lion(lr, b1=0.9, b2=beta, weight_decay=0.0),
+        "sign_sgd": lambda: optax.sign_sgd(r),
+        "chain_sign": lambda: optax.chain(optax.scale_by_sign(), optax.sgd(r)),
+        "signum": lambda: optax.signum(r, beta),
+        "lion": lambda: optax.lion(r, b1=0.9, b2=beta, weight_decay=0.0),
     }
-    return _case(name, "sign", txs[kind], dict(kind=kind, lr=lr, beta=beta), e)
+    return _case(name, "sign", txs[kind], dict(kind=kind, lr=lr, beta=beta, schedule=schedule), e)
 
 
 def damped(name="damped_momentum", *, lr=0.05, beta=0.9, kappa=0.3) -> Case:
@@ -531,7 +520,14 @@ FAMILIES: dict[str, tuple[Callable[..., Case], dict[str, Any]]] = {
     # b2 > b1 here: the ν mode's |α| (1-b2) stays below the momentum's (1-b1)
     "adam": (adam, {"lr": (1e-4, 0.1, LOG), "b1": (0.5, 0.9, LIN), "b2": (0.95, 0.9999, LIN)}),
     "adagrad": (adagrad, {"lr": (1e-3, 1.0, LOG), "a0": (1e-2, 1.0, LOG)}),
-    "sign": (sign_based, {"kind": ("sign_sgd", "signum", "lion"), "beta": (0.5, 0.99, LIN)}),
+    "sign": (
+        sign_based,
+        {
+            "kind": ("sign_sgd", "signum", "lion"),
+            "beta": (0.5, 0.99, LIN),
+            "schedule": (None, *_SETTLED),
+        },
+    ),
 }
 
 
@@ -595,105 +591,8 @@ def cases() -> list[Case]:
         sign_based("chain_sign_sgd", kind="chain_sign"),
         sign_based("signum", kind="signum"),
         sign_based("lion", kind="lion", lr=1e-4, beta=0.99),
+        sign_based("sign_sgd_cosine", schedule="cosine_decay"),
+        sign_based("lion_warmup_cosine", kind="lion", lr=1e-4, beta=0.95, schedule="warmup_cosine"),
         damped(),
     ]
-    return out
-
-
-# ----------------------------------------------------------------------------- scoring
-
-
-def _detection(mechanism: str, expected: bool, measured: bool) -> Verdict | None:
-    """A verdict when detection is wrong or nothing more is to be checked, else ``None``."""
-    if expected and not measured:
-        return Verdict(mechanism, "false negative", "not detected", False, True)
-    if measured and not expected:
-        return Verdict(mechanism, "false positive", "detected", True, False)
-    return None
-
-
-def _right(mechanism: str, detected: bool) -> Verdict:
-    return Verdict(mechanism, "true positive" if detected else "true negative")
-
-
-def _close(measured: float, expected: float, rtol: float) -> bool:
-    return bool(np.isfinite(measured) and abs(measured - expected) <= rtol * abs(expected))
-
-
-def _momentum(e: ExpectMomentum, m: Any) -> Verdict:
-    v = _detection("momentum", e.detected, bool(m.detected))
-    if v is not None:
-        return v._replace(detail=f"{v.detail} (β={m.beta:.4g}, α={m.alpha:.4g})")
-    if e.beta is not None and not abs(float(m.beta) - e.beta) <= e.beta_tol:
-        return Verdict("momentum", "value error", "beta", float(m.beta), e.beta)
-    if e.alpha is not None and not _close(float(m.alpha), e.alpha, e.alpha_rtol):
-        return Verdict("momentum", "value error", "alpha", float(m.alpha), e.alpha)
-    return _right("momentum", e.detected)
-
-
-def _clipping(e: ExpectClipping, c: Any) -> Verdict:
-    v = _detection("clipping", e.detected, bool(c.detected))
-    if v is not None:
-        return v._replace(detail=f"{v.detail} (threshold={c.threshold:.4g}, slope0={c.slope0:.4g})")
-    if e.detected and e.threshold is not None:
-        g = np.abs(np.asarray(c.gradients, np.float64))
-        lo = float(np.min(g[g > 0])) if np.any(g > 0) else 0.0
-        t = float(c.threshold)
-        ok = t <= lo * (1 + 1e-6) if e.threshold < lo else _close(t, e.threshold, e.rtol)
-        if not ok:
-            return Verdict("clipping", "value error", "threshold", t, e.threshold)
-    return _right("clipping", e.detected)
-
-
-def _schedule(e: ExpectSchedule, s: Any) -> Verdict:
-    v = _detection("schedule", e.shape != "constant", bool(s.detected))
-    if v is not None:
-        return v._replace(detail=f"{v.detail} (shape={s.shape})")
-    if e.shape is not None and s.shape != e.shape:
-        return Verdict("schedule", "value error", "shape", s.shape, e.shape)
-    if e.lr is not None:
-        a = np.asarray(s.effective_lr, np.float64)
-        want = e.lr(np.arange(a.size))
-        tol = e.rtol * np.abs(want) + 1e-6 * np.max(np.abs(want))
-        bad = ~(np.abs(a - want) <= tol)
-        if bad.any():
-            t = int(np.argmax(bad))
-            return Verdict("schedule", "value error", f"effective lr at t={t}", a[t], want[t])
-    return _right("schedule", e.shape != "constant")
-
-
-def _adaptation(e: ExpectAdaptation, a: Any) -> Verdict:
-    v = _detection("adaptation", e.detected, bool(a.detected))
-    if v is not None:
-        return v._replace(detail=f"{v.detail} (slope={a.slope:.4g})")
-    if e.detected and e.slope is not None and not abs(float(a.slope) - e.slope) <= e.slope_tol:
-        return Verdict("adaptation", "value error", "slope", float(a.slope), e.slope)
-    return _right("adaptation", e.detected)
-
-
-def check(case: Case, analysis: Any) -> list[Verdict]:
-    """Scores an analysis against the case's expected answer, one verdict per mechanism.
-
-    Args:
-        case: the case.
-        analysis: a :class:`probes.analysis.Analysis` of ``case.optax()`` (``source ==
-            "optax"``) or of ``case.cell()`` (``"cell"``).
-
-    Returns:
-        Verdicts for momentum, clipping, schedule, adaptation and (unless expected ``None``)
-        damping. Detection is judged first (false positive / false negative), then the numbers
-        (value error, with the measured and expected values).
-    """
-    e = case.expected_for(analysis.source)
-    out = [
-        _momentum(e.momentum, analysis.momentum),
-        _clipping(e.clipping, analysis.clipping),
-        _schedule(e.schedule, analysis.schedule),
-        _adaptation(e.adaptation, analysis.adaptation),
-    ]
-    if e.damping is not None:
-        d = analysis.damping
-        measured = bool(d is not None and d.detected)
-        v = _detection("damping", e.damping, measured)
-        out.append(v or _right("damping", e.damping))
     return out

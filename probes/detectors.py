@@ -316,6 +316,9 @@ class Schedule(_Result):
         constant_gradient_lr: ``-∂u_t/∂g_t`` after ``t`` steps of a constant gradient ``b``
             from a fresh state, ``(T,)`` (empty if not probed).
         horizon_source: where ``T`` came from (the task family or the default).
+        measure: what the curves are: ``"gain"`` (``α_eff``, the slope ``-∂u/∂g`` at ``g = 0``)
+            or ``"step size"`` (``|u_t|`` at a gradient of the typical scale: a sign-like
+            update, whose slopes are 0, carries its schedule in the size of its steps).
     """
 
     detected: bool
@@ -326,6 +329,7 @@ class Schedule(_Result):
     peak_step: int
     constant_gradient_lr: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     horizon_source: str = ""
+    measure: str = "gain"
 
 
 def _rise_fall(curve: np.ndarray) -> tuple[float, float, int] | None:
@@ -347,6 +351,7 @@ def detect_schedule(
     *,
     tol: float = SCHEDULE_TOL,
     horizon_source: str = "",
+    measure: str = "gain",
 ) -> Schedule:
     """Classifies the schedule as constant, warm-up, decay or warm-up-then-decay.
 
@@ -356,13 +361,13 @@ def detect_schedule(
     (fall) of at least ``tol`` on both curves: the gain after ``t`` zero gradients and, where
     given and not zero, the gain after ``t`` steps of a constant gradient. The moments' bias
     corrections of a normalised update (Adam, AdaBelief) lower the first with ``t`` and raise
-    the second.
+    the second. ``measure`` names what the curves are (:class:`Schedule`); the rule is the same.
     """
     a = np.asarray(effective_lr, np.float64)
     b = np.zeros(0) if constant_lr is None else np.asarray(constant_lr, np.float64)
     ra = _rise_fall(a)
     if ra is None:
-        return Schedule(False, "constant", a, 0.0, 0.0, 0, b, horizon_source)
+        return Schedule(False, "constant", a, 0.0, 0.0, 0, b, horizon_source, measure)
     rb = _rise_fall(b) if b.size else None
     rise, fall = (ra[0], ra[1]) if rb is None else (min(ra[0], rb[0]), min(ra[1], rb[1]))
     shape = {
@@ -371,7 +376,7 @@ def detect_schedule(
         (False, True): "decay",
         (True, True): "warm-up-then-decay",
     }[(rise >= tol, fall >= tol)]
-    return Schedule(shape != "constant", shape, a, rise, fall, ra[2], b, horizon_source)
+    return Schedule(shape != "constant", shape, a, rise, fall, ra[2], b, horizon_source, measure)
 
 
 # ----------------------------------------------------------------------------- adaptation

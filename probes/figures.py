@@ -487,8 +487,10 @@ def clipping(
 # ----------------------------------------------------------------------------- 4. schedule
 
 
-def schedule(alpha: np.ndarray, *, peak: int | None, shape: str) -> Figure:
-    """``α_eff(h_t)`` along the autonomous trajectory ``h_{t+1} = F(h_t, 0)``."""
+def schedule(
+    alpha: np.ndarray, *, peak: int | None, shape: str, ylabel: str | None = None
+) -> Figure:
+    """``α_eff(h_t)`` along the autonomous trajectory ``h_{t+1} = F(h_t, 0)`` (or ``ylabel``'s)."""
     fig, (ax,) = figure(width=5.6, height=3.9)
     a = _arr(alpha)
     t = np.arange(a.size)
@@ -498,7 +500,7 @@ def schedule(alpha: np.ndarray, *, peak: int | None, shape: str) -> Figure:
         ax.plot(peak, a[peak], "o", ms=8, color=NEG, mec="white", label=f"peak at step {peak}")
         ax.legend(loc="best")
     ax.set_xlabel("step t (zero gradients)")
-    ax.set_ylabel("effective learning rate $\\alpha_{eff}$")
+    ax.set_ylabel(ylabel or "effective learning rate $\\alpha_{eff}$")
     ax.set_title(literal(f"Learning-rate schedule: {shape}"))
     ax.set_ylim(bottom=min(0.0, float(np.nanmin(a)) * 1.1) if np.isfinite(a).any() else 0)
     return fig

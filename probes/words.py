@@ -137,14 +137,15 @@ def schedule_phrase(s: Mapping[str, Any]) -> str:
     shape, peak = s.get("shape"), s.get("peak_step")
     n = len(s.get("effective_lr") or [])
     fall = finite(s.get("fall"))
-    falls = f" (α_eff falls by {fall:.0%} over {n} steps)" if fall is not None and n else ""
+    what = "its step size" if s.get("measure") == "step size" else "α_eff"
+    falls = f" ({what} falls by {fall:.0%} over {n} steps)" if fall is not None and n else ""
     if shape == "warm-up-then-decay":
         return f"warms up over {peak} steps then decays{falls}"
     if shape == "warm-up":
         return f"warms up over {peak} steps (no decay within {n} steps)"
     if shape == "decay":
         return f"decays its learning rate from the first step{falls}"
-    return "learning-rate schedule not detected (α_eff stays within 5% of its peak)"
+    return f"learning-rate schedule not detected ({what} stays within 5% of its peak)"
 
 
 def range_name(d: Mapping[str, Any]) -> str:

@@ -74,6 +74,7 @@ FAST = [
             "adam",
             "adam_b2_half",
             "sign_sgd",
+            "lion_warmup_cosine",  # a sign-like update's schedule, read from its step size
         )
     ],
     *[(n, "cell") for n in ("sgd", "momentum", "clip", "rmsprop", "adam")],

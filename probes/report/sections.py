@@ -269,19 +269,32 @@ def schedule_section(b: Builder, a: Mapping) -> dict:
         num_row("rise", "rise before the peak", s.get("rise"), fmt(s.get("rise"), ".0%")),
         num_row("fall", "fall after the peak", s.get("fall"), fmt(s.get("fall"), ".0%")),
     ]
+    steps = s.get("measure") == "step size"
+    what = "step size |u|" if steps else "α_eff"
     if lr.size and np.isfinite(lr).any():
-        nums.append(num_row("alpha_eff_first", "α_eff at step 0", lr[0]))
-        nums.append(num_row("alpha_eff_peak", "α_eff at the peak", np.nanmax(np.abs(lr))))
-        nums.append(num_row("alpha_eff_last", f"α_eff at step {lr.size - 1}", lr[-1]))
+        nums.append(num_row("alpha_eff_first", f"{what} at step 0", lr[0]))
+        nums.append(num_row("alpha_eff_peak", f"{what} at the peak", np.nanmax(np.abs(lr))))
+        nums.append(num_row("alpha_eff_last", f"{what} at step {lr.size - 1}", lr[-1]))
     figs = []
     if lr.size:
+        curve = (
+            "The step size |u_t| of this sign-like update (its slope −∂U/∂g is 0) for a gradient "
+            "of the typical scale after t zero gradients from its initial state."
+            if steps
+            else "The effective learning rate α_eff = −∂U/∂g at g = 0 while the optimizer runs on "
+            "zero gradients from its initial state."
+        )
         figs.append(
             b.add(
                 "schedule_alpha_eff",
-                b.fig.schedule(lr, peak=s.get("peak_step"), shape=str(s.get("shape"))),
-                "The effective learning rate α_eff = −∂U/∂g at g = 0 while the optimizer runs on "
-                "zero gradients from its initial state. A rise is a warm-up, a fall a decay: the "
-                "schedule the optimizer carries in its state, independent of the problem.",
+                b.fig.schedule(
+                    lr,
+                    peak=s.get("peak_step"),
+                    shape=str(s.get("shape")),
+                    ylabel="step size |u_t|" if steps else None,
+                ),
+                curve + " A rise is a warm-up, a fall a decay: the schedule the optimizer carries "
+                "in its state, independent of the problem.",
                 "schedule",
                 False,
             )

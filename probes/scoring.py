@@ -1,0 +1,129 @@
+"""Scoring an analysis against a battery case's expected answer (:mod:`probes.battery`).
+
+:func:`check` judges each mechanism in turn: detection first (a false positive or false
+negative), then the numbers (a value error, with the measured and expected values). The
+expectations are :mod:`probes.battery`'s ``Expect*`` records; this module reads their fields.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, NamedTuple
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from probes.battery import (
+        Case,
+        ExpectAdaptation,
+        ExpectClipping,
+        ExpectMomentum,
+        ExpectSchedule,
+    )
+
+#: A verdict's outcome: the first two are right, the last three wrong.
+OUTCOMES = ("true positive", "true negative", "false positive", "false negative", "value error")
+
+
+class Verdict(NamedTuple):
+    """One mechanism's outcome: one of :data:`OUTCOMES`, and measured vs expected numbers."""
+
+    mechanism: str
+    outcome: str
+    detail: str = ""
+    measured: Any = None
+    expected: Any = None
+
+    @property
+    def ok(self) -> bool:
+        """True positive or true negative."""
+        return self.outcome in ("true positive", "true negative")
+
+
+def _detection(mechanism: str, expected: bool, measured: bool) -> Verdict | None:
+    """A verdict when detection is wrong or nothing more is to be checked, else ``None``."""
+    if expected and not measured:
+        return Verdict(mechanism, "false negative", "not detected", False, True)
+    if measured and not expected:
+        return Verdict(mechanism, "false positive", "detected", True, False)
+    return None
+
+
+def _right(mechanism: str, detected: bool) -> Verdict:
+    return Verdict(mechanism, "true positive" if detected else "true negative")
+
+
+def _close(measured: float, expected: float, rtol: float) -> bool:
+    return bool(np.isfinite(measured) and abs(measured - expected) <= rtol * abs(expected))
+
+
+def _momentum(e: ExpectMomentum, m: Any) -> Verdict:
+    v = _detection("momentum", e.detected, bool(m.detected))
+    if v is not None:
+        return v._replace(detail=f"{v.detail} (β={m.beta:.4g}, α={m.alpha:.4g})")
+    if e.beta is not None and not abs(float(m.beta) - e.beta) <= e.beta_tol:
+        return Verdict("momentum", "value error", "beta", float(m.beta), e.beta)
+    if e.alpha is not None and not _close(float(m.alpha), e.alpha, e.alpha_rtol):
+        return Verdict("momentum", "value error", "alpha", float(m.alpha), e.alpha)
+    return _right("momentum", e.detected)
+
+
+def _clipping(e: ExpectClipping, c: Any) -> Verdict:
+    v = _detection("clipping", e.detected, bool(c.detected))
+    if v is not None:
+        return v._replace(detail=f"{v.detail} (threshold={c.threshold:.4g}, slope0={c.slope0:.4g})")
+    if e.detected and e.threshold is not None:
+        g = np.abs(np.asarray(c.gradients, np.float64))
+        lo = float(np.min(g[g > 0])) if np.any(g > 0) else 0.0
+        t = float(c.threshold)
+        ok = t <= lo * (1 + 1e-6) if e.threshold < lo else _close(t, e.threshold, e.rtol)
+        if not ok:
+            return Verdict("clipping", "value error", "threshold", t, e.threshold)
+    return _right("clipping", e.detected)
+
+
+def _schedule(e: ExpectSchedule, s: Any) -> Verdict:
+    v = _detection("schedule", e.shape != "constant", bool(s.detected))
+    if v is not None:
+        return v._replace(detail=f"{v.detail} (shape={s.shape})")
+    if e.shape is not None and s.shape != e.shape:
+        return Verdict("schedule", "value error", "shape", s.shape, e.shape)
+    if e.lr is not None:
+        a = np.asarray(s.effective_lr, np.float64)
+        want = e.lr(np.arange(a.size))
+        tol = e.rtol * np.abs(want) + 1e-6 * np.max(np.abs(want))
+        bad = ~(np.abs(a - want) <= tol)
+        if bad.any():
+            t = int(np.argmax(bad))
+            return Verdict("schedule", "value error", f"effective lr at t={t}", a[t], want[t])
+    return _right("schedule", e.shape != "constant")
+
+
+def _adaptation(e: ExpectAdaptation, a: Any) -> Verdict:
+    v = _detection("adaptation", e.detected, bool(a.detected))
+    if v is not None:
+        return v._replace(detail=f"{v.detail} (slope={a.slope:.4g})")
+    if e.detected and e.slope is not None and not abs(float(a.slope) - e.slope) <= e.slope_tol:
+        return Verdict("adaptation", "value error", "slope", float(a.slope), e.slope)
+    return _right("adaptation", e.detected)
+
+
+def check(case: Case, analysis: Any) -> list[Verdict]:
+    """Scores an analysis of ``case.optax()`` (source ``optax``) or ``case.cell()`` (``cell``).
+
+    Returns verdicts for momentum, clipping, schedule, adaptation and (unless expected ``None``)
+    damping. Detection is judged first (false positive / false negative), then the numbers
+    (value error, with the measured and expected values).
+    """
+    e = case.expected_for(analysis.source)
+    out = [
+        _momentum(e.momentum, analysis.momentum),
+        _clipping(e.clipping, analysis.clipping),
+        _schedule(e.schedule, analysis.schedule),
+        _adaptation(e.adaptation, analysis.adaptation),
+    ]
+    if e.damping is not None:
+        d = analysis.damping
+        measured = bool(d is not None and d.detected)
+        v = _detection("damping", e.damping, measured)
+        out.append(v or _right("damping", e.damping))
+    return out
