@@ -122,7 +122,7 @@ def saves_products(opt, family: TaskFamily, config: MetaTrainConfig) -> bool:
     if config.save_products is not None:
         return config.save_products
     hidden = getattr(opt, "hidden_size", None)
-    if isinstance(hidden, int) and hidden < PRODUCT_MIN_HIDDEN:
+    if isinstance(hidden, int | np.integer) and hidden < PRODUCT_MIN_HIDDEN:
         return False
     theta = jax.eval_shape(opt.init, jax.random.key(0))
     tx = opt.optimizer(jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), theta))

@@ -236,6 +236,12 @@ def test_narrow_cells_recompute_their_products_wide_ones_store_them():
     assert mt.saves_products(wide, family, config)
     # an explicit setting still wins
     assert mt.saves_products(narrow, family, MetaTrainConfig(num_problems=4, save_products=True))
+    # a width given as a NumPy integer (read from a config array) is a width too
+
+    class NumpyWidth:
+        hidden_size = np.int64(mt.PRODUCT_MIN_HIDDEN - 1)
+
+    assert not mt.saves_products(NumpyWidth(), family, config)
 
 
 def test_resuming_a_finished_run_writes_nothing_and_returns_its_result(tmp_path):
