@@ -123,6 +123,13 @@ def test_a_sign_like_update_gets_no_gains_and_no_impulse_fit(tmp_path):
     assert all(x["value"] is None for x in rec["values"].values())
     assert all(r["holds"] is None for r in rec["relations"])
 
+    # the white box records α_eff(h0) too: a sign's slope, 0, not a gain to compare
+    from probes.battery import optax_cell
+
+    white = probes.analyze_cell(optax_cell(optax.sign_sgd(LR))).to_json()
+    assert white["meta"]["alpha_eff_h0"] == 0.0
+    assert all(x["value"] is None for x in lr_reconciliation(white)["values"].values())
+
     report = probes.write_report(a, tmp_path)
     nums = report["mechanisms"]["momentum"]["numbers"]
     for key in ("share_measured", "measured_steady", "fit_lag", "tail_decay"):

@@ -110,7 +110,7 @@ def lr_reconciliation(
     v["alpha_eff_h0"] = _value(
         "α_eff(h0)",
         "−∂U/∂g at g = 0 from the fresh state h0: the first update's gain",
-        meta.get("alpha_eff_h0"),
+        None if sign_like else meta.get("alpha_eff_h0"),  # a sign's slope: 0
     )
     slope = None if sign_like else finite((a.get("clipping") or {}).get("slope0"))
     v["clip_slope0"] = _value(
