@@ -372,7 +372,8 @@ def analyze_cell(
     # Schedule: the gain along the autonomous dynamics from h0 and along a constant gradient
     # (a sign-like update, whose gain is 0: its step sizes).
     if clipping.sign_like:
-        steps = step_size_program(lambda gs: _cell_run(cell, gs), schedule_steps)
+        # uncached: this run function is new per analysis (cf. momentum_from_response)
+        steps = step_size_program.__wrapped__(lambda gs: _cell_run(cell, gs), schedule_steps)
         alpha_t, driven = (np.asarray(x) for x in steps(jnp.float32(scale)))
     else:
         alpha_t = np.asarray(effective_lr(cell, traj, hair=hair))

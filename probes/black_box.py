@@ -494,14 +494,13 @@ def schedule_program(run: Callable, steps: int) -> Callable:
     return program
 
 
+@functools.lru_cache(maxsize=PROGRAM_CACHE)
 def step_size_program(run: Callable, steps: int) -> Callable:
     """``b -> (A (T,), C (T,))``: a sign-like update's step sizes, its schedule's two curves.
 
     ``A_t = |u_t|`` for a gradient ``b`` at step ``t`` after ``t`` zero gradients; ``C_t = |u_t|``
     after ``t`` steps of the constant gradient ``b``. A sign-like update's slopes are 0, so
     :func:`schedule_program` reads nothing; its step is ``lr_t`` whatever the gradient.
-    Not cached (a cell's ``run`` is a new function per analysis): see
-    :func:`cached_step_size_program`.
     """
 
     @jax.jit
@@ -512,9 +511,6 @@ def step_size_program(run: Callable, steps: int) -> Callable:
         return jax.vmap(at)(jnp.arange(steps)), jnp.abs(run(jnp.full(steps, b, jnp.float32)))
 
     return program
-
-
-cached_step_size_program = functools.lru_cache(maxsize=PROGRAM_CACHE)(step_size_program)
 
 
 def analyze_optax(
@@ -583,7 +579,7 @@ def analyze_optax(
     )
 
     if clipping.sign_like:
-        a_t, b_t = cached_step_size_program(run, T)(jnp.float32(scale))
+        a_t, b_t = step_size_program(run, T)(jnp.float32(scale))
     else:
         a_t, b_t = schedule_program(run, T)(jnp.float32(HAIR * mags[0]), jnp.float32(scale))
     schedule = detectors.detect_schedule(

@@ -193,10 +193,8 @@ def adaptation_section(b: Builder, a: Mapping, ev: Mapping | None) -> dict:
                         "label": f"detector, g* {'>' if k == 'pos' else '<'} 0",
                     }
                 )
-    drawable = any(
-        np.any(np.isfinite(np.asarray(sr["alpha"], float)) & (np.asarray(sr["alpha"], float) != 0))
-        for sr in series
-    )
+    alphas = [np.asarray(sr["alpha"], float) for sr in series]
+    drawable = any(np.any(np.isfinite(x) & (x != 0)) for x in alphas)
     if drawable:  # log-log axes: not with α_eff = 0 everywhere (a sign-like update)
         # The guide starts where the curves are a decade before their largest |g*|.
         ref = None
