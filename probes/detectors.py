@@ -48,6 +48,9 @@ ADAPT_DROP = 0.2
 #: flip sign every step falls to this fraction of its small-gradient value, both by itself and
 #: relative to the gain for persistent ones; ``κ`` is the amplitude where it does.
 DAMP_RATIO = 0.5
+#: ... where "small-gradient value" is the median over this many of the smallest resolved
+#: amplitudes below the training range (the probe's grid starts two decades below it).
+REFERENCE_POINTS = 3
 
 
 #: The mechanisms an analysis answers, in the order reports and comparisons show them.
@@ -563,8 +566,8 @@ class Damping(_Result):
     Two steady gains per amplitude ``a`` (see :func:`probes.analysis.damping_gains`): the *DC
     gain* ``G₀(a)``, the update per unit gradient under a constant gradient ``±a``, and the
     *Nyquist gain* ``G_π(a)``, the amplitude of the alternating part of the update per unit
-    gradient under ``+a, −a, +a, …``. Their ratio relative to its value at the smallest
-    amplitude, ``R(a) = (G_π/G₀)(a) / (G_π/G₀)(a_min)``, is 1 for every optimizer whose
+    gradient under ``+a, −a, +a, …``. Their ratio relative to its small-amplitude value,
+    ``R(a) = (G_π/G₀)(a) / (G_π/G₀)_ref``, is 1 for every optimizer whose
     nonlinearity acts on the gradient's magnitude alone: SGD, momentum, clipping (the clipped
     magnitude is the same for both inputs), RMSProp and Adam (both gains fall as ``1/a``).
     It falls for an optimizer whose step size shrinks when the gradient keeps changing sign:
@@ -575,16 +578,22 @@ class Damping(_Result):
     Such damping lets an optimizer use a learning rate far above the linear stability limit of
     stiff directions (whose gradients alternate) while keeping its full step along flat
     directions (whose gradients persist). The Nyquist gain must fall by itself too
-    (``N(a) = G_π(a)/G_π(a_min)``): a ratio that falls because the DC gain *rises* (persistent
+    (``N(a) = G_π(a)/G_π,ref``): a ratio that falls because the DC gain *rises* (persistent
     gradients amplified, e.g. on a second branch of steady states past a fold) is not damping.
+    The reference values are medians over the ``REFERENCE_POINTS`` (3) smallest amplitudes with
+    resolved gains below ``gradient_range`` (the smallest resolved one where none lies below):
+    at the very smallest amplitudes a learned optimizer's gains are differences of nearly equal
+    float32 updates and can be off by several percent, enough to move ``max(R, N)`` across the
+    threshold.
 
     Attributes:
         detected: ``max(R(a), N(a)) ≤ DAMP_RATIO`` somewhere in ``gradient_range``.
         kappa: the smallest amplitude where ``max(R, N)`` reaches ``DAMP_RATIO`` (log-linear
             interpolation over the whole grid up to the top of ``gradient_range``; ``inf`` if not
-            detected). ``R`` is normalised at the grid's smallest amplitude ``a₀``, so for
-            ``R = 1/(1 + a/κ)`` the reported value is ``κ + 2a₀``: the probe's grid starts two
-            decades below the gradient range.
+            detected). On the probe's grid, which starts two decades below the gradient range,
+            ``R`` is normalised by its median over the three smallest amplitudes, that is at
+            the second, ``a₁``, when ``R`` is monotone, so for ``R = 1/(1 + a/κ)`` the reported
+            value is ``κ + 2a₁`` to first order.
         min_ratio: the smallest ``max(R, N)`` within ``gradient_range``.
         amplitudes: ``a``, increasing, ``(A,)``.
         dc_gain: ``G₀(a)`` (``−Δu/a``: positive for descent), ``(A,)``.
@@ -647,10 +656,14 @@ def detect_damping(
     ratio = np.full(a.shape, np.nan)
     both = np.full(a.shape, np.nan)
     if ok.any():
-        first = int(np.argmax(ok))
-        ratio = q / q[first]
+        # The reference: the median over the smallest resolved amplitudes below the range. One
+        # alone is not enough: there a learned optimizer's gains are differences of nearly
+        # equal float32 updates, off by several percent in either direction.
+        below = int(np.sum(ok & (a < lo * (1 - 1e-6))))
+        ref = np.flatnonzero(ok)[: min(max(below, 1), REFERENCE_POINTS)]
+        ratio = q / np.median(q[ref])
         # Damping lowers the Nyquist gain itself, not only relative to the DC gain.
-        both = np.maximum(ratio, np.where(ok, gp / gp[first], np.nan))
+        both = np.maximum(ratio, np.where(ok, gp / np.median(gp[ref]), np.nan))
     inside = (a >= lo * (1 - 1e-6)) & (a <= hi * (1 + 1e-6)) & np.isfinite(both)
     kappa, min_ratio = float("inf"), float("nan")
     if inside.any():
