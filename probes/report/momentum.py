@@ -64,7 +64,8 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
             num_row(
                 "fit_lag",
                 f"fit within {FIT_TOLERANCE:.0%} of the measured response up to lag",
-                None if lag is None else lag - 1,
+                # the last lag where the fit holds; None if it holds at none
+                fit["num_lags"] - 1 if lag is None else (lag - 1 if lag > 0 else None),
                 f"all {fit['num_lags']} lags"
                 if lag is None
                 else ("none (off from lag 0)" if lag == 0 else str(lag - 1)),
