@@ -111,7 +111,8 @@ def test_black_box_heavy_ball_and_the_report_page(tmp_path):
     nums = report["mechanisms"]["momentum"]["numbers"]
     assert nums["share_measured"]["value"] == pytest.approx(1.0, rel=1e-3)
     # the fit holds at every lag: the last one recorded
-    assert nums["fit_lag"]["value"] == len(a.momentum.impulse_response) - 1
+    lags = len(a["momentum"]["impulse_response"] or a["meta"]["impulse_response"])
+    assert lags > 100 and nums["fit_lag"]["value"] == lags - 1
 
 
 def test_a_sign_like_update_gets_no_gains_and_no_impulse_fit(tmp_path):
