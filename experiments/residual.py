@@ -10,7 +10,19 @@ distill``):
 * **saturation**: the update after 0, 5 and 59 steps of a constant large gradient
   (``--persistent``) for the learned optimizer and the chain, and the chain with its clip
   moved after the momentum and learning rate (at 1, 1.5 and 2 times the probed asymptote of the
-  first update) scored the same way.
+  first update) scored the same way, and the chain with a bound on its update added after it
+  (at the largest steady update under a persistent gradient that the damping probe measured,
+  and at 0.75 times it);
+* **where the gain is lost**: per held-out problem, the chain's mean normalised loss minus the
+  learned optimizer's: median, mean, the share of the summed shortfall carried by the worst 5%
+  of problems, and the mean loss difference over four stretches of the horizon, against the
+  learned optimizer and against the best baseline;
+* **oscillations of other periods**: the steady gain of the learned optimizer for a gradient
+  that is a square wave of period ``P`` (2 to 24 steps; 1 is a constant gradient) and amplitude
+  ``a``, over the last 48 of 240 steps from a fresh state, relative to its median over the three
+  smallest amplitudes, at amplitudes over the training range. The damping probe looks at
+  ``P = 2`` only; a gain that falls with ``a`` at some period but not at ``P = 1`` would be
+  damping of that frequency.
 
 The held-out score is the mean normalised loss on the 128 held-out problems of ``lopt evaluate``
 (:func:`lopt.heldout_key`) and the fraction of the gain is against the run's best tuned
@@ -109,6 +121,64 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
+    def normalised(tx) -> np.ndarray:
+        losses = np.asarray(evaluate(tx, family, heldout_key(), 128, horizon), np.float64)
+        return losses / losses[:, :1]
+
+    def where_lost(learned, tx, best) -> dict:
+        ln, cn = normalised(learned), normalised(tx)
+        bn = normalised(baseline(best["name"], **best["hyperparameters"]))
+        short = cn.mean(1) - ln.mean(1)
+        worst = np.sort(short)[::-1][: max(1, short.size // 20)]
+        cuts = [0, 20, horizon // 3, 2 * horizon // 3, horizon]
+        return {
+            "shortfall_median": float(np.median(short)),
+            "shortfall_mean": float(short.mean()),
+            "worst_5pct_share_of_shortfall": float(worst.sum() / short.sum()),
+            "worst_problems": [round(float(x), 4) for x in worst],
+            "stretches": [
+                {
+                    "steps": [lo, hi],
+                    "minus_learned": float((cn[:, lo:hi] - ln[:, lo:hi]).mean()),
+                    "minus_best_baseline": float((cn[:, lo:hi] - bn[:, lo:hi]).mean()),
+                }
+                for lo, hi in zip(cuts[:-1], cuts[1:], strict=True)
+            ],
+        }
+
+    def periods(tx, gradient_range) -> dict:
+        lo, hi = gradient_range
+        amps = np.logspace(np.log10(lo) - 2, np.log10(hi), 17).astype(np.float32)
+        t = np.arange(240)
+
+        def run(gs):
+            def body(carry, g):
+                p, s = carry
+                du, s = tx.update(g, s, p)
+                return (optax.apply_updates(p, du), s), du
+
+            p = jnp.zeros((), jnp.float32)
+            return jax.lax.scan(body, (p, tx.init(p)), gs)[1]
+
+        run_all = jax.jit(jax.vmap(run))
+        out = {"amplitudes": amps.tolist(), "in_range_from": int(np.argmax(amps >= lo))}
+        for period in (1, 2, 3, 4, 6, 8, 12, 24):
+            wave = np.ones(t.size) if period == 1 else np.sign(np.cos(np.pi * (2 * t + 1) / period))
+            if period % 2:
+                wave = np.cos(2 * np.pi * t / period)
+            g = (np.concatenate([amps, -amps])[:, None] * wave[None]).astype(np.float32)
+            u = np.asarray(run_all(jnp.asarray(g)), np.float64)
+            du = (u[: amps.size] - u[amps.size :])[:, -48:] / 2  # the part odd in the gradient
+            e = np.exp(-2j * np.pi * t[-48:] / period)
+            gain = np.abs((du * e).sum(1) / (amps[:, None] * wave[None, -48:] * e).sum(1))
+            rel = gain / np.median(gain[:3])
+            inside = rel[amps >= lo]
+            out[f"period_{period}"] = {
+                "min_in_range": float(inside.min()),
+                "relative": rel.round(3).tolist(),
+            }
+        return out
+
     def plus_drift() -> optax.GradientTransformation:
         b = jnp.asarray(drift)
 
@@ -134,6 +204,13 @@ def main(argv: list[str] | None = None) -> int:
         ),
         flush=True,
     )
+    steady = np.asarray(a["damping"]["dc_gain"], np.float64) * a["damping"]["amplitudes"]
+    top_update = float(np.nanmax(steady))
+    for k in (1.0, 0.75):
+        bounded = optax.chain(build_chain(chain), optax.clip(k * top_update))
+        print(json.dumps(scored(f"update bounded at {k}x {top_update:.3g}", bounded)))
+    print(json.dumps(where_lost(learned, build_chain(chain), best)), flush=True)
+    print(json.dumps(periods(learned, a["damping"]["gradient_range"])), flush=True)
     clip = [e for e in chain if e["transform"] in ("soft_clip", "clip")]
     rest = [e for e in chain if e["transform"] not in ("soft_clip", "clip")]
     if clip:
