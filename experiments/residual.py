@@ -18,7 +18,8 @@ distill``):
   of problems, and the mean loss difference over four stretches of the horizon, against the
   learned optimizer and against the best baseline;
 * **oscillations of other periods**: the steady gain of the learned optimizer for a gradient
-  that is a square wave of period ``P`` (2 to 24 steps; 1 is a constant gradient) and amplitude
+  of period ``P`` (2 to 24 steps: a square wave, a sinusoid for ``P = 3``; 1 is a constant
+  gradient) and amplitude
   ``a``, over the last 48 of 240 steps from a fresh state, relative to its median over the three
   smallest amplitudes, at amplitudes over the training range. The damping probe looks at
   ``P = 2`` only; a gain that falls with ``a`` at some period but not at ``P = 1`` would be
@@ -163,9 +164,12 @@ def main(argv: list[str] | None = None) -> int:
         run_all = jax.jit(jax.vmap(run))
         out = {"amplitudes": amps.tolist(), "in_range_from": int(np.argmax(amps >= lo))}
         for period in (1, 2, 3, 4, 6, 8, 12, 24):
-            wave = np.ones(t.size) if period == 1 else np.sign(np.cos(np.pi * (2 * t + 1) / period))
-            if period % 2:
+            if period == 1:
+                wave = np.ones(t.size)
+            elif period % 2:  # an odd period has no square wave of equal halves: a sinusoid
                 wave = np.cos(2 * np.pi * t / period)
+            else:
+                wave = np.where(t % period < period // 2, 1.0, -1.0)
             g = (np.concatenate([amps, -amps])[:, None] * wave[None]).astype(np.float32)
             u = np.asarray(run_all(jnp.asarray(g)), np.float64)
             du = (u[: amps.size] - u[amps.size :])[:, -48:] / 2  # the part odd in the gradient

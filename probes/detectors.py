@@ -627,6 +627,16 @@ class Damping(_Result):
     buildup_fit: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
 
 
+def damping_reference(amplitudes: Any, ok: Any, lo: float) -> np.ndarray:
+    """:func:`detect_damping`'s reference amplitudes (indices): resolved (``ok``), below ``lo``.
+
+    Up to ``REFERENCE_POINTS`` of the smallest; the smallest ``ok`` one alone if none is below.
+    """
+    a, ok = np.asarray(amplitudes, np.float64), np.asarray(ok, bool)
+    below = int(np.sum(ok & (a < lo * (1 - 1e-6))))
+    return np.flatnonzero(ok)[: min(max(below, 1), REFERENCE_POINTS)]
+
+
 def detect_damping(
     amplitudes: np.ndarray,
     dc_gain: np.ndarray,
@@ -656,11 +666,9 @@ def detect_damping(
     ratio = np.full(a.shape, np.nan)
     both = np.full(a.shape, np.nan)
     if ok.any():
-        # The reference: the median over the smallest resolved amplitudes below the range. One
-        # alone is not enough: there a learned optimizer's gains are differences of nearly
-        # equal float32 updates, off by several percent in either direction.
-        below = int(np.sum(ok & (a < lo * (1 - 1e-6))))
-        ref = np.flatnonzero(ok)[: min(max(below, 1), REFERENCE_POINTS)]
+        # The median over a few small amplitudes: at one alone a learned optimizer's gains are
+        # float32 differences of nearly equal updates, off by several percent either way.
+        ref = damping_reference(a, ok, lo)
         ratio = q / np.median(q[ref])
         # Damping lowers the Nyquist gain itself, not only relative to the DC gain.
         both = np.maximum(ratio, np.where(ok, gp / np.median(gp[ref]), np.nan))

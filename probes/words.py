@@ -13,6 +13,9 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
+
+from probes.detectors import damping_reference
 from probes.values import finite
 
 #: How the report names the optimizers of ``eval.json``.
@@ -181,9 +184,10 @@ def buildup_text(memory: Any, horizon: Any) -> str:
 def damping_dip(d: Mapping[str, Any]) -> dict[str, Any] | None:
     """Where the relative gain ``R`` of a ``damping`` result dips lowest within its range.
 
-    Returns ``{"ratio": R, "amplitude": a, "nyquist": N, "dc": G₀(a)/G₀(a₀)}`` at the smallest
-    finite ``R`` inside ``gradient_range`` (``N`` the sign-flipping gain relative to its value at
-    the smallest amplitude, ``dc`` the persistent gain likewise), or ``None`` without the arrays.
+    Returns ``{"ratio": R, "amplitude": a, "nyquist": N, "dc": G₀(a)/G₀_ref}`` at the smallest
+    finite ``R`` inside ``gradient_range`` (``N`` the sign-flipping gain relative to its
+    small-amplitude reference, ``dc`` the persistent gain likewise; the reference is the
+    detector's, :func:`probes.detectors.damping_reference`), or ``None`` without the arrays.
     """
     amps, ratio = d.get("amplitudes") or [], d.get("ratio") or []
     dc, ny = d.get("dc_gain") or [], d.get("nyquist_gain") or []
@@ -193,8 +197,10 @@ def damping_dip(d: Mapping[str, Any]) -> dict[str, Any] | None:
     ok = [r for r in rows if None not in r and r[2] > 0 and r[3] > 0]
     if not ok:
         return None
-    a0, _, dc0, ny0 = ok[0]
     lo, hi = (finite(x) for x in (list(d.get("gradient_range") or []) + [None, None])[:2])
+    ref = damping_reference([r[0] for r in ok], [True] * len(ok), ok[0][0] if lo is None else lo)
+    dc0 = float(np.median([ok[i][2] for i in ref]))
+    ny0 = float(np.median([ok[i][3] for i in ref]))
     inside = [
         r
         for r in ok

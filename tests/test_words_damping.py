@@ -25,6 +25,14 @@ def test_dip_of_r_is_traced_to_the_persistent_gain():
     dip = damping_dip(_not_detected())
     assert dip["ratio"] == 0.49 and dip["amplitude"] == 0.1
     assert dip["dc"] == pytest.approx(2.0) and dip["nyquist"] == pytest.approx(0.98)
+    # The gains are relative to the detector's reference: the median over the (up to three)
+    # smallest amplitudes below the range, not the smallest one alone (here read 10% high).
+    d = {
+        **_not_detected(),
+        "gradient_range": [0.05, 2.0],
+        "nyquist_gain": [2.2, 2.0, 2.0, 1.96, 1.6, 0.1],
+    }
+    assert damping_dip(d)["nyquist"] == pytest.approx(0.98) and damping_dip(d)["dc"] == 2.0
     # Outside the gradient range the dip is not the rule's concern.
     d = {**_not_detected(), "gradient_range": [1e-3, 0.05]}
     assert damping_dip(d)["ratio"] == 1.0

@@ -1,7 +1,8 @@
 """Summarises several runs of a benchmark: ranges over runs and the pooled round-to-round spread.
 
-Runs of ``meta_step.py`` or ``mlp_step.py``, each saved to a file of JSON lines
-(``meta_step.py ... > run1.jsonl``). Per preset and variant it prints one JSON object:
+Runs of ``meta_step.py``, each saved to a file of JSON lines (``meta_step.py ... >
+run1.jsonl``); ``mlp_step.py``'s rows carry no round times, so for them only the ranges over
+runs mean anything. Per preset and variant it prints one JSON object:
 
 * ``runs``: how many runs had that variant;
 * ``s_per_step``, ``paired``, ``roofline_fraction``, ``relative_iqr``: ``[min, max]`` over the
