@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import json
-from collections import defaultdict
 
 import numpy as np
 
@@ -47,34 +46,32 @@ def _span(values: list[float]) -> list[float] | None:
     return [min(values), max(values)] if values else None
 
 
+def _name(row: dict) -> str:
+    return row.get("impl") or row.get("variant")
+
+
 def pool(paths: list[str]) -> list[dict]:
     """One summary per (preset, variant) over the runs in ``paths`` (see the module docstring)."""
-    runs = [_rows(p) for p in paths]
-    by_key: dict[tuple, list[dict]] = defaultdict(list)
-    for rows in runs:
-        for row in rows:
-            by_key[(row.get("preset"), row.get("impl") or row.get("variant"))].append(row)
+    # per run: (preset, variant) -> row
+    runs = [{(row.get("preset"), _name(row)): row for row in _rows(p)} for p in paths]
+    keys = list(dict.fromkeys(k for run in runs for k in run))
     out = []
-    for (preset, name), rows in by_key.items():
+    for preset, name in keys:
+        rows = [run[(preset, name)] for run in runs if (preset, name) in run]
         rounds = []
         for row in rows:
             t = np.asarray(row.get("times") or [], np.float64)
             if t.size:
                 rounds.extend(t / np.median(t))
         r = np.asarray(rounds)
-        q1, q3 = np.percentile(r, [25, 75]) if r.size else (np.nan, np.nan)
         narrower = 0
-        for rows_of_run in runs:
-            mine = [x for x in rows_of_run if (x.get("impl") or x.get("variant")) == name]
-            ref = [
-                x
-                for x in rows_of_run
-                if (x.get("impl") or x.get("variant")) in REFERENCES and x.get("preset") == preset
-            ]
-            mine = [x for x in mine if x.get("preset") == preset]
-            if mine and ref and "relative_iqr" in mine[0] and "relative_iqr" in ref[0]:
-                narrower += mine[0]["relative_iqr"] <= ref[0]["relative_iqr"]
+        for run in runs:
+            mine = run.get((preset, name))
+            ref = next((run[(preset, n)] for n in REFERENCES if (preset, n) in run), None)
+            if mine and ref and "relative_iqr" in mine and "relative_iqr" in ref:
+                narrower += mine["relative_iqr"] <= ref["relative_iqr"]
         paired = [row.get("paired_vs_plain", row.get("paired_vs_peer")) for row in rows]
+        q1, q3 = np.percentile(r, [25, 75]) if r.size else (np.nan, np.nan)
         out.append(
             {
                 "preset": preset,
