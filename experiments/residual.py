@@ -17,6 +17,13 @@ distill``):
   learned optimizer's: median, mean, the share of the summed shortfall carried by the worst 5%
   of problems, and the mean loss difference over four stretches of the horizon, against the
   learned optimizer and against the best baseline;
+* **damping from a fresh state**: the damping probe's gains (``probes.black_box``: the DC gain
+  under a constant ``±a``, the Nyquist gain under ``±a`` alternating) step by step from a fresh
+  state instead of in the steady state. Per step ``t``, ``R_t(a)`` is the Nyquist-to-DC ratio
+  relative to its value at small amplitudes, for the learned optimizer and the probed chain at
+  the amplitude nearest 1 and at the top of the training range; and the probe's decision value,
+  the smallest ``max(R, N)`` over the training range, with the gains averaged over the first
+  10, 20, 50 and 100 steps and over the last 20 of 200 (the probe's own window);
 * **oscillations of other periods**: the steady gain of the learned optimizer for a gradient
   of period ``P`` (2 to 24 steps: a square wave, a sinusoid for ``P = 3``; 1 is a constant
   gradient) and amplitude
@@ -59,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
     from lopt.chain import build_chain
     from lopt.evaluation import family_from_config, heldout_key
     from lopt.unroll import evaluate, summarize
+    from probes.black_box import nyquist_response
+    from probes.detectors import damping_reference
     from probes.faithfulness import TRAJECTORY_SEED, coordinates, record, replay
 
     run = Path(args.run)
@@ -183,6 +192,45 @@ def main(argv: list[str] | None = None) -> int:
             }
         return out
 
+    def fresh_damping(tx, gradient_range, steps=200) -> dict:
+        lo, hi = gradient_range
+        amps = np.logspace(np.log10(lo) - 2, np.log10(hi), 21)
+
+        def run(gs):
+            def body(s, g):
+                du, s = tx.update(g, s, jnp.zeros((), jnp.float32))
+                return s, du
+
+            return jax.lax.scan(body, tx.init(jnp.zeros((), jnp.float32)), gs)[1]
+
+        a32 = jnp.asarray(amps, jnp.float32)
+        const = jnp.stack([jnp.ones(steps), -jnp.ones(steps)]).astype(jnp.float32)
+        u = np.asarray(jax.jit(jax.vmap(jax.vmap(run)))(a32[:, None, None] * const), np.float64)
+        dc = -(u[:, 0] - u[:, 1]) / (2 * amps[:, None])  # (A, T): per-step DC gain
+        ny = nyquist_response(run, amps, steps=steps)  # (A, T): per-step Nyquist gain
+        ok = np.isfinite(dc).all(1) & np.isfinite(ny).all(1)
+        ref = damping_reference(amps, ok, lo)
+
+        def decision(window):
+            g0, gp = dc[:, window].mean(1), ny[:, window].mean(1)
+            r = (gp / g0) / np.median((gp / g0)[ref])
+            both = np.maximum(r, gp / np.median(gp[ref]))
+            return float(np.nanmin(both[(amps >= lo) & (amps <= hi)]))
+
+        per_step = (ny / dc) / np.median((ny / dc)[ref], axis=0)
+        out = {}
+        near_1 = int(np.argmin(np.abs(np.log(amps))))
+        for name, j in (("near_1", near_1), ("top", amps.size - 1)):
+            out[f"R_t_at_{name}"] = {
+                "amplitude": float(amps[j]),
+                "steps": [1, 3, 5, 9, 19, 39],
+                "R": per_step[j, [1, 3, 5, 9, 19, 39]].round(3).tolist(),
+            }
+        for w in (10, 20, 50, 100):
+            out[f"decision_first_{w}"] = decision(slice(0, w))
+        out["decision_last_20"] = decision(slice(steps - 20, steps))
+        return out
+
     def plus_drift() -> optax.GradientTransformation:
         b = jnp.asarray(drift)
 
@@ -215,6 +263,9 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(scored(f"update bounded at {k}x {top_update:.3g}", bounded)))
     print(json.dumps(where_lost(learned, build_chain(chain), best)), flush=True)
     print(json.dumps(periods(learned, a["damping"]["gradient_range"])), flush=True)
+    for name, tx in (("learned", learned), ("probed chain", build_chain(chain))):
+        fresh = fresh_damping(tx, a["damping"]["gradient_range"])
+        print(json.dumps({"damping_from_a_fresh_state": name, **fresh}), flush=True)
     clip = [e for e in chain if e["transform"] in ("soft_clip", "clip")]
     rest = [e for e in chain if e["transform"] not in ("soft_clip", "clip")]
     if clip:

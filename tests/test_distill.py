@@ -416,7 +416,9 @@ def test_identify_chain_recovers_the_numbers_of_a_chain_teacher():
         chain[3]["schedule"]["values"], truth[3]["schedule"]["values"], rtol=1e-3
     )
     assert notes["selected_round"] >= 1 and notes["candidates"][0]["validation_error"] > 0.01
-    assert notes["candidates"][notes["selected_round"]]["validation_error"] < 1e-6
+    assert notes["candidates"][notes["selected"]]["validation_error"] < 1e-6
+    # the chain has damping already: no structure is added
+    assert not notes["damping_added"] and notes["damping_start"] is None
     json.dumps(chain, allow_nan=False)  # plain floats: distill.json stays strict JSON
 
 
@@ -440,6 +442,39 @@ def test_identify_chain_starting_from_a_diverging_chain():
     np.testing.assert_allclose(
         [chain[0]["decay"], chain[1]["learning_rate"]], [0.5, 0.3], rtol=1e-3
     )
+    # the teacher lies in the detected structure: the damping tried in front does not describe
+    # it better (both fits reach the float32 floor), so the simpler structure is kept
+    assert notes["damping_start"] > 0 and not notes["damping_added"]
+    assert [c["structure"] for c in notes["candidates"]].count("detected + damping") == 1
+    assert notes["structure"] == "detected" and len(chain) == 2
+
+
+def test_identify_chain_adds_damping_the_probes_did_not_detect():
+    # The teacher damps sign-flipping gradients; the detected chain has no damping (as when the
+    # steady-state probe misses it). The structure with damping added contains the teacher, so
+    # its fit finds the teacher's numbers and is kept, labelled as added by identification.
+    truth = [
+        {"transform": "damp_oscillations", "scale": 0.3, "decay": 0.9},
+        {"transform": "trace", "decay": 0.8},
+        {"transform": "scale_by_learning_rate", "learning_rate": 0.2},
+    ]
+    start = [
+        {"transform": "trace", "decay": 0.6, "mechanism": "momentum"},
+        {"transform": "scale_by_learning_rate", "learning_rate": 0.1, "mechanism": "learning rate"},
+    ]
+    family = tasks.get("linear_regression", dim=3, num_steps=30)
+    chain, notes = identify_chain(
+        start, build_chain(truth), family, IdentifyConfig(rounds=2, num_problems=16)
+    )
+    assert notes["damping_added"] and notes["structure"] == "detected + damping"
+    assert [e["transform"] for e in chain] == [e["transform"] for e in truth]
+    got = [chain[0]["scale"], chain[0]["decay"], chain[1]["decay"], chain[2]["learning_rate"]]
+    np.testing.assert_allclose(got, [0.3, 0.9, 0.8, 0.2], rtol=1e-3)
+    assert "added by identification" in chain[0]["mechanism"]
+    chosen = notes["candidates"][notes["selected"]]
+    assert chosen["structure"] == "detected + damping" and chosen["validation_error"] < 1e-6
+    plain = [c["validation_error"] for c in notes["candidates"] if c["structure"] == "detected"]
+    assert min(plain) > 1e-3  # without damping the teacher cannot be described
 
 
 def test_identify_chain_can_flip_the_sign_of_the_learning_rate():
@@ -467,7 +502,9 @@ def test_distill_reports_the_identified_variant_of_a_moving_gru(tiny_run, tmp_pa
     lopt.save(run / "theta.npz", opt, theta, step=0)
     # the hand-made analysis stands for one of these weights: written after them
     analysis = json.loads((run / "analysis.json").read_text())
-    config = DistillConfig(identify=IdentifyConfig(rounds=2, num_problems=8), retune=None)
+    config = DistillConfig(
+        identify=IdentifyConfig(rounds=2, num_problems=8, try_damping=False), retune=None
+    )
     d = distill_analysis(analysis, run, config, progress=False)
     assert d.chain_identified is not None and d.tx_identified is not None
     assert [e["transform"] for e in d.chain_identified] == [e["transform"] for e in d.chain]
@@ -475,7 +512,7 @@ def test_distill_reports_the_identified_variant_of_a_moving_gru(tiny_run, tmp_pa
     assert len(ident["candidates"]) == 3 and ident["coords"] == 3
     # the hand-made analysis has nothing to do with this GRU: a fit beats the detected numbers
     assert ident["selected_round"] >= 1
-    best = ident["candidates"][ident["selected_round"]]["validation_error"]
+    best = ident["candidates"][ident["selected"]]["validation_error"]
     assert best < ident["candidates"][0]["validation_error"]
     assert all(
         e["mechanism"].endswith("(numbers identified)")
@@ -626,3 +663,27 @@ def test_momentum_modes_numbers_are_free_except_a_direct_term():
     np.testing.assert_allclose(again[0]["weights"], [0.1, 0.6, 0.3], rtol=1e-6)
     z = encode(chain, free) | {"0.decays.1": jnp.float32(0.0)}  # logit 0: decay 0.5
     assert float(decode(chain, free, z)[0]["decays"][1]) == pytest.approx(0.5)
+
+
+def test_the_report_says_when_identification_added_damping():
+    from probes.report.distillation import distill_section
+    from probes.words import identified_damping_sentence
+
+    cands = [
+        {"structure": "detected", "round": 0, "validation_error": 0.19},
+        {"structure": "detected", "round": 1, "validation_error": 0.127},
+        {"structure": "detected + damping", "round": 1, "validation_error": 0.118},
+    ]
+    entry = {"transform": "damp_oscillations", "scale": 0.77, "decay": 0.74}
+    distill = {
+        "chain": [{"transform": "trace", "decay": 0.9}],
+        "chain_identified": [entry, {"transform": "trace", "decay": 0.9}],
+        "notes": {"identify": {"damping_added": True, "candidates": cands}},
+        "results": {},
+    }
+    text = identified_damping_sentence(distill)
+    assert "κ = 0.77" in text and "ρ = 0.74" in text and "0.118 against 0.127" in text
+    assert text in distill_section(distill)["notes"]
+    distill["notes"]["identify"]["damping_added"] = False
+    assert identified_damping_sentence(distill) is None
+    assert not any("added oscillation damping" in n for n in distill_section(distill)["notes"])

@@ -5,6 +5,13 @@ the chain, replayed on the gradients it meets, outputs what the learned optimize
 them (Levenberg-Marquardt on the imitation error, with DAgger rounds). It answers whether
 numbers fitted to the optimizer's behaviour describe it, where the probed numbers
 (:mod:`probes.to_chain`) may not.
+
+When the probes did not detect oscillation damping, the identification also fits the chain
+with a damping transform in front (:func:`lopt.chain.damp_oscillations`, started nearly
+inactive) and keeps that structure when it describes the updates clearly better. The damping
+probe reads steady gains after 200 steps of a periodic gradient; the learned optimizer meets
+nothing like that in training, so the probe's silence does not rule the mechanism out on the
+trajectories that matter.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from jax.flatten_util import ravel_pytree
 from lopt.chain import build_chain
 from probes.distill.free_numbers import decode, encode, free_numbers, relabel
 from probes.faithfulness import coordinates, record, replay
+from probes.to_chain import DAMP_DECAY
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +49,9 @@ class IdentifyConfig:
             ``split(fold_in(base, 10_000))`` (also Adam's tuning key in
             :func:`lopt.evaluation.tune_baselines`, whose problems are ``split(base)``; never the
             held-out key).
+        try_damping: also fit the chain with oscillation damping in front when it has none,
+            and keep it if it lowers the best validation error by more than
+            :data:`EXTENSION_GAIN` (relative).
     """
 
     rounds: int = 6
@@ -49,6 +60,20 @@ class IdentifyConfig:
     coords: int | None = 256
     validation: int = 64
     key: int = 2
+    try_damping: bool = True
+
+
+#: A structure with one more mechanism is kept only if its best validation imitation error is
+#: below ``(1 − EXTENSION_GAIN)`` times the detected structure's, less ``EXTENSION_FLOOR`` (the
+#: float32 floor of the error, where two exact fits differ by rounding): a tie keeps the
+#: simpler one.
+EXTENSION_GAIN = 0.02
+EXTENSION_FLOOR = 1e-6
+#: The added damping starts at ``κ = DAMPING_START ×`` the 90th percentile of the recorded
+#: ``|g|``, where it scales the largest gradients by less than 10%: nearly inactive.
+DAMPING_START = 10.0
+#: The label of the added damping entry (its numbers' tag is appended by the fit).
+ADDED_DAMPING = "oscillation damping, added by identification: not detected by the probes"
 
 
 def _imitation_error(chain_tx, teacher_u: jax.Array, seqs: Mapping[str, jax.Array]) -> jax.Array:
@@ -88,8 +113,17 @@ def identify_chain(
        optimizer's updates for them, add them to the data and refit (DAgger: the chain is then
        fitted where it actually goes, not only along the learned optimizer's path). Repeat.
 
-    The returned chain is the candidate (the detected numbers or a round's fit) with the lowest
-    imitation error on its own trajectories on ``config.validation`` other problems.
+    4. If the chain has no oscillation damping and ``config.try_damping`` is set, do 2-3 again
+       for the chain with :func:`lopt.chain.damp_oscillations` in front (``κ`` starting at
+       :data:`DAMPING_START` times the 90th percentile of the recorded ``|g|``, memory
+       :data:`probes.to_chain.DAMP_DECAY`).
+
+    Each candidate (the detected numbers, each round's fit of each structure) is scored by its
+    imitation error on its own trajectories on ``config.validation`` other problems. The
+    structure with damping added is kept only if its best score is below ``1 −``
+    :data:`EXTENSION_GAIN` times the detected structure's (less :data:`EXTENSION_FLOOR`); the
+    returned chain is the
+    best-scoring candidate of the kept structure.
 
     Args:
         chain: the detected chain (:func:`probes.distill.chain_from_analysis`).
@@ -101,17 +135,17 @@ def identify_chain(
         say: optional progress callback (one line per round).
 
     Returns:
-        ``(chain, notes)``: the identified chain (same structure, plain floats; the detected
-        chain itself if no fit does better) and a record (schedule exponent, per-candidate
-        errors, the selected candidate, settings); ``(None, {"note": why})`` when there is
+        ``(chain, notes)``: the identified chain (plain floats; the detected structure, or it
+        with damping in front, labelled as added by identification; the detected chain itself
+        if no fit does better) and a record (every candidate's structure, round and errors, the
+        selected one, the schedule exponent, settings); ``(None, {"note": why})`` when there is
         nothing to identify (no number in the chain to fit, or a learned optimizer that makes no
         finite, non-zero update).
     """
     num_steps = family.num_steps if num_steps is None else num_steps
     rounds, num_problems, fit_steps = config.rounds, config.num_problems, config.fit_steps
     key = jax.random.fold_in(jax.random.key(0), config.key)
-    free = free_numbers(chain)
-    if not free:
+    if not free_numbers(chain):
         return None, {"note": "the chain has no number to fit: nothing to identify"}
     learned = optax.with_extra_args_support(learned)
     idx = coordinates(family.num_params(), config.coords)
@@ -125,11 +159,123 @@ def identify_chain(
         # a problem on which the learned optimizer makes no update has nothing to imitate
         return seqs, teacher, finite & (jnp.sum(teacher**2, (1, 2)) > 0)
 
-    @jax.jit
-    def record_chain(z, keys):
-        return record_replayed(build_chain(decode(chain, free, unravel(z))), keys)
+    def keys(i, count=num_problems):
+        return jax.random.split(jax.random.fold_in(key, i), count)
 
-    z_flat, unravel = ravel_pytree(encode(chain, free))
+    val_keys = keys(10_000, config.validation)
+
+    def score(finite, err):
+        # mean imitation error on the validation problems; inf if the chain diverged on any
+        finite, err = np.asarray(finite), np.asarray(err)
+        return float(np.mean(err)) if finite.all() and np.isfinite(err).all() else math.inf
+
+    def usable(recorded):
+        # problems whose gradients and learned updates are finite and not all zero; the others
+        # (a chain diverging in a DAgger round, an optimizer that never moves) are dropped, so
+        # no inf or NaN reaches the fit (a zero weight would not mask it in the Jacobian)
+        seqs, teacher, ok = recorded
+        ok = np.asarray(ok)
+        return jax.tree.map(lambda x: x[ok], seqs), teacher[ok]
+
+    own = usable(jax.jit(lambda k: record_replayed(learned, k))(keys(0)))
+    if own[1].shape[0] == 0:
+        return None, {
+            "note": "the learned optimizer makes no finite, non-zero update on the recorded "
+            "problems: nothing to identify"
+        }
+
+    def fit_structure(chain, name, with_start):
+        """Candidates ``(z, fit error, validation error)`` of one structure, and its coding."""
+        free = free_numbers(chain)
+        z, unravel = ravel_pytree(encode(chain, free))
+
+        @jax.jit
+        def record_chain(z, keys):
+            return record_replayed(build_chain(decode(chain, free, unravel(z))), keys)
+
+        @jax.jit
+        def chain_error(z, teacher, seqs):
+            return _imitation_error(build_chain(decode(chain, free, unravel(z))), teacher, seqs)
+
+        def validate(z):
+            seqs, teacher, finite = record_chain(z, val_keys)
+            return score(finite, chain_error(z, teacher, seqs))
+
+        fit = _fitter(chain, free, unravel, fit_steps)
+        candidates = [(z, math.nan, validate(z))] if with_start else []
+        data = [own]
+        for r in range(rounds):
+            seqs = jax.tree.map(lambda *x: jnp.concatenate(x), *[d[0] for d in data])
+            teacher = jnp.concatenate([d[1] for d in data])
+            z, train_err = fit(z, seqs, teacher)  # finite: the fit only accepts finite steps
+            candidates.append((z, float(train_err), validate(z)))
+            if say:
+                say(
+                    f"identification ({name}) round {r + 1}/{rounds}: imitation error "
+                    f"{float(train_err):.4f} (fit), {candidates[-1][2]:.4f} (own trajectories, "
+                    "validation)"
+                )
+            if r + 1 < rounds:
+                new = usable(record_chain(z, keys(r + 1)))
+                if new[1].shape[0]:
+                    data.append(new)
+        return candidates, free, unravel
+
+    structures = [("detected", chain, True)]
+    start_kappa = None
+    if config.try_damping and not any(e.get("transform") == "damp_oscillations" for e in chain):
+        g = np.abs(np.asarray(own[0]["g"], np.float64))
+        start_kappa = DAMPING_START * float(np.percentile(g, 90))
+        if math.isfinite(start_kappa) and start_kappa > 0:
+            damp = {"transform": "damp_oscillations", "scale": start_kappa, "decay": DAMP_DECAY}
+            structures.append(
+                ("detected + damping", [{**damp, "mechanism": ADDED_DAMPING}, *chain], False)
+            )
+    fitted_structures = [fit_structure(c, name, start) for name, c, start in structures]
+    best = [min(c[2] for c in f[0]) for f in fitted_structures]
+    better = len(best) > 1 and best[1] < (1.0 - EXTENSION_GAIN) * best[0] - EXTENSION_FLOOR
+    kept = 1 if better else 0
+    candidates, free, unravel = fitted_structures[kept]
+    first_round = 0 if structures[kept][2] else 1
+    pick = int(np.argmin([c[2] for c in candidates]))
+    selected_round = pick + first_round
+    if selected_round == 0:
+        fitted, gamma = [dict(e) for e in chain], {}
+    else:
+        fitted, gamma = relabel(
+            structures[kept][1], free, unravel(candidates[pick][0]), "numbers identified"
+        )
+    notes = {
+        "method": "numbers fitted to the learned optimizer's updates on the gradients the chain "
+        "meets (DAgger rounds); no loss is used",
+        "schedule_exponent": gamma,
+        "candidates": [
+            {
+                "structure": name,
+                "round": i + (0 if start else 1),
+                "fit_error": c[1],
+                "validation_error": c[2],
+            }
+            for (name, _, start), f in zip(structures, fitted_structures, strict=True)
+            for i, c in enumerate(f[0])
+        ],
+        "structure": structures[kept][0],
+        "damping_added": kept == 1,
+        "damping_start": start_kappa,
+        "selected_round": selected_round,
+        "selected": sum(len(f[0]) for f in fitted_structures[:kept]) + pick,
+        "rounds": rounds,
+        "num_problems": num_problems,
+        "validation_problems": config.validation,
+        "coords": int(idx.size),
+        "fit_steps": fit_steps,
+        "key": f"fold_in(key(0), {config.key})",
+    }
+    return fitted, notes
+
+
+def _fitter(chain, free, unravel, fit_steps):
+    """The jitted Levenberg-Marquardt fit ``(x, seqs, teacher) -> (x, error)`` of one structure."""
 
     @jax.jit
     def fit(x, seqs, teacher):
@@ -169,76 +315,4 @@ def identify_chain(
         (x, _), _ = jax.lax.scan(step, (x, jnp.float32(1.0)), length=fit_steps)
         return x, value(x)
 
-    def keys(i, count=num_problems):
-        return jax.random.split(jax.random.fold_in(key, i), count)
-
-    val_keys = keys(10_000, config.validation)
-
-    @jax.jit
-    def chain_error(z, teacher, seqs):
-        return _imitation_error(build_chain(decode(chain, free, unravel(z))), teacher, seqs)
-
-    def score(finite, err):
-        # mean imitation error on the validation problems; inf if the chain diverged on any
-        finite, err = np.asarray(finite), np.asarray(err)
-        return float(np.mean(err)) if finite.all() and np.isfinite(err).all() else math.inf
-
-    def validate(z):
-        seqs, teacher, finite = record_chain(z, val_keys)
-        return score(finite, chain_error(z, teacher, seqs))
-
-    def usable(recorded):
-        # problems whose gradients and learned updates are finite and not all zero; the others
-        # (a chain diverging in a DAgger round, an optimizer that never moves) are dropped, so
-        # no inf or NaN reaches the fit (a zero weight would not mask it in the Jacobian)
-        seqs, teacher, ok = recorded
-        ok = np.asarray(ok)
-        return jax.tree.map(lambda x: x[ok], seqs), teacher[ok]
-
-    data = [usable(jax.jit(lambda k: record_replayed(learned, k))(keys(0)))]
-    if data[0][1].shape[0] == 0:
-        return None, {
-            "note": "the learned optimizer makes no finite, non-zero update on the recorded "
-            "problems: nothing to identify"
-        }
-    detected = build_chain(chain)
-    seqs0, teacher0, finite0 = jax.jit(lambda k: record_replayed(detected, k))(val_keys)
-    err0 = jax.jit(lambda t, s: _imitation_error(detected, t, s))(teacher0, seqs0)
-    z = z_flat
-    candidates = [(None, math.nan, score(finite0, err0))]
-    for r in range(rounds):
-        seqs = jax.tree.map(lambda *x: jnp.concatenate(x), *[d[0] for d in data])
-        teacher = jnp.concatenate([d[1] for d in data])
-        z, train_err = fit(z, seqs, teacher)  # finite: the fit only accepts finite steps
-        candidates.append((z, float(train_err), validate(z)))
-        if say:
-            say(
-                f"identification round {r + 1}/{rounds}: imitation error {float(train_err):.4f} "
-                f"(fit), {candidates[-1][2]:.4f} (own trajectories, validation)"
-            )
-        if r + 1 < rounds:
-            new = usable(record_chain(z, keys(r + 1)))
-            if new[1].shape[0]:
-                data.append(new)
-    best = int(np.argmin([c[2] for c in candidates]))
-    if best == 0:
-        fitted, gamma = [dict(e) for e in chain], {}
-    else:
-        fitted, gamma = relabel(chain, free, unravel(candidates[best][0]), "numbers identified")
-    notes = {
-        "method": "numbers fitted to the learned optimizer's updates on the gradients the chain "
-        "meets (DAgger rounds); no loss is used",
-        "schedule_exponent": gamma,
-        "candidates": [
-            {"round": i, "fit_error": c[1], "validation_error": c[2]}
-            for i, c in enumerate(candidates)
-        ],
-        "selected_round": best,
-        "rounds": rounds,
-        "num_problems": num_problems,
-        "validation_problems": config.validation,
-        "coords": int(idx.size),
-        "fit_steps": fit_steps,
-        "key": f"fold_in(key(0), {config.key})",
-    }
-    return fitted, notes
+    return fit

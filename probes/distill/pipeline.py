@@ -45,6 +45,7 @@ from probes.distill.retune import RetuneConfig, retune_chain, retune_cost, valid
 from probes.distill.stats import BootstrapConfig, fraction_report, mean_sem
 from probes.runs import analyze_run, check_analysis, saved_analysis
 from probes.to_chain import DistillError, chain_from_analysis
+from probes.words import identified_damping_sentence
 
 #: ``distill.json`` schema. 2: the re-tuned variant tunes every number (``notes.retune`` holds
 #: its validation curve, not a grid; ``results.distilled_retuned`` has no factors).
@@ -481,4 +482,7 @@ def format_report(result: Mapping[str, Any]) -> str:
             )
     if result.get("reason"):
         lines.append(f"fraction: n/a ({result['reason']})")
+    added = identified_damping_sentence(result)
+    if added:
+        lines.append(added)
     return "\n".join(lines)
