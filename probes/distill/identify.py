@@ -121,9 +121,8 @@ def identify_chain(
     Each candidate (the detected numbers, each round's fit of each structure) is scored by its
     imitation error on its own trajectories on ``config.validation`` other problems. The
     structure with damping added is kept only if its best score is below ``1 −``
-    :data:`EXTENSION_GAIN` times the detected structure's (less :data:`EXTENSION_FLOOR`); the
-    returned chain is the
-    best-scoring candidate of the kept structure.
+    :data:`EXTENSION_GAIN` times the detected structure's, less :data:`EXTENSION_FLOOR`; the
+    returned chain is the best-scoring candidate of the kept structure.
 
     Args:
         chain: the detected chain (:func:`probes.distill.chain_from_analysis`).
