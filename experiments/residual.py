@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     from lopt.evaluation import family_from_config, heldout_key
     from lopt.unroll import evaluate, summarize
     from probes.black_box import nyquist_response
-    from probes.detectors import damping_reference
+    from probes.detectors import damping_reference, detect_damping
     from probes.faithfulness import TRAJECTORY_SEED, coordinates, record, replay
 
     run = Path(args.run)
@@ -211,11 +211,9 @@ def main(argv: list[str] | None = None) -> int:
         ok = np.isfinite(dc).all(1) & np.isfinite(ny).all(1)
         ref = damping_reference(amps, ok, lo)
 
-        def decision(window):
+        def decision(window):  # the detector itself, on gains averaged over the window
             g0, gp = dc[:, window].mean(1), ny[:, window].mean(1)
-            r = (gp / g0) / np.median((gp / g0)[ref])
-            both = np.maximum(r, gp / np.median(gp[ref]))
-            return float(np.nanmin(both[(amps >= lo) & (amps <= hi)]))
+            return detect_damping(amps, g0, gp, gradient_range=(lo, hi)).min_ratio
 
         per_step = (ny / dc) / np.median((ny / dc)[ref], axis=0)
         out = {}

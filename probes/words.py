@@ -307,9 +307,14 @@ def summary_sentences(a: Mapping[str, Any]) -> list[str]:
 def distill_sentence(distill: Mapping[str, Any]) -> str | None:
     """One summary line: how much of the gain the distilled chains recover (``distill.json``)."""
     parts = []
+    added = ((distill.get("notes") or {}).get("identify") or {}).get("damping_added")
     for key, how in (
         ("fraction", "with the probed numbers"),
-        ("fraction_identified", "with numbers fitted to its updates"),
+        (
+            "fraction_identified",
+            "with numbers fitted to its updates"
+            + (" (and oscillation damping added)" if added else ""),
+        ),
         ("fraction_retuned", "with numbers tuned on training problems"),
     ):
         f = distill.get(key)
@@ -340,6 +345,8 @@ def identified_damping_sentence(distill: Mapping[str, Any]) -> str | None:
     entry = next(iter(distill.get("chain_identified") or []), None)
     if not ident.get("damping_added") or not isinstance(entry, Mapping):
         return None
+    if entry.get("transform") != "damp_oscillations":
+        return None
     errors: dict[str, float] = {}
     for c in ident.get("candidates") or []:
         v = finite(c.get("validation_error"))
@@ -349,9 +356,9 @@ def identified_damping_sentence(distill: Mapping[str, Any]) -> str | None:
     than = f" ({fmt(damped)} against {fmt(plain)})" if plain and damped else ""
     return (
         "Identification added oscillation damping in front of the chain (κ = "
-        f"{fmt(entry.get('scale'))}, memory ρ = {fmt(entry.get('decay'))}), which the damping "
-        "probe's steady gains did not show: with it the chain's imitation error on validation "
-        f"problems is lower{than}."
+        f"{fmt(entry.get('scale'))}, memory ρ = {fmt(entry.get('decay'))}), which the detected "
+        "chain lacks: with it the chain's imitation error on validation problems is lower"
+        f"{than}."
     )
 
 

@@ -447,6 +447,8 @@ def test_identify_chain_starting_from_a_diverging_chain():
     assert notes["damping_start"] > 0 and not notes["damping_added"]
     assert [c["structure"] for c in notes["candidates"]].count("detected + damping") == 1
     assert notes["structure"] == "detected" and len(chain) == 2
+    chosen = notes["candidates"][notes["selected"]]
+    assert chosen["structure"] == "detected" and chosen["round"] == notes["selected_round"]
 
 
 def test_identify_chain_adds_damping_the_probes_did_not_detect():
@@ -473,6 +475,7 @@ def test_identify_chain_adds_damping_the_probes_did_not_detect():
     assert "added by identification" in chain[0]["mechanism"]
     chosen = notes["candidates"][notes["selected"]]
     assert chosen["structure"] == "detected + damping" and chosen["validation_error"] < 1e-6
+    assert chosen["round"] == notes["selected_round"] >= 1
     plain = [c["validation_error"] for c in notes["candidates"] if c["structure"] == "detected"]
     assert min(plain) > 1e-3  # without damping the teacher cannot be described
 
@@ -666,8 +669,9 @@ def test_momentum_modes_numbers_are_free_except_a_direct_term():
 
 
 def test_the_report_says_when_identification_added_damping():
+    from probes.distill import format_report
     from probes.report.distillation import distill_section
-    from probes.words import identified_damping_sentence
+    from probes.words import distill_sentence, identified_damping_sentence
 
     cands = [
         {"structure": "detected", "round": 0, "validation_error": 0.19},
@@ -684,6 +688,22 @@ def test_the_report_says_when_identification_added_damping():
     text = identified_damping_sentence(distill)
     assert "κ = 0.77" in text and "ρ = 0.74" in text and "0.118 against 0.127" in text
     assert text in distill_section(distill)["notes"]
+    row = {"metric": 0.05, "sem": 0.001}
+    result = {
+        **distill,
+        "optax_code": chain_code(distill["chain"]),
+        "results": {"learned": row, "best_baseline": {**row, "name": "momentum"}, "distilled": row},
+        "gain": None,
+    }
+    assert text in format_report(result).splitlines()
+    frac = {"mean": 0.67, "ci": [0.23, 1.0]}
+    summary = distill_sentence({**distill, "fraction": frac, "fraction_identified": frac})
+    assert "fitted to its updates (and oscillation damping added) 67%" in summary
     distill["notes"]["identify"]["damping_added"] = False
     assert identified_damping_sentence(distill) is None
     assert not any("added oscillation damping" in n for n in distill_section(distill)["notes"])
+    assert "damping added" not in distill_sentence({**distill, "fraction_identified": frac})
+    # a damping entry that is not first (or a chain without one) is not reported as added
+    distill["notes"]["identify"]["damping_added"] = True
+    distill["chain_identified"] = distill["chain_identified"][::-1]
+    assert identified_damping_sentence(distill) is None

@@ -6,12 +6,12 @@ them (Levenberg-Marquardt on the imitation error, with DAgger rounds). It answer
 numbers fitted to the optimizer's behaviour describe it, where the probed numbers
 (:mod:`probes.to_chain`) may not.
 
-When the probes did not detect oscillation damping, the identification also fits the chain
-with a damping transform in front (:func:`lopt.chain.damp_oscillations`, started nearly
-inactive) and keeps that structure when it describes the updates clearly better. The damping
-probe reads steady gains after 200 steps of a periodic gradient; the learned optimizer meets
-nothing like that in training, so the probe's silence does not rule the mechanism out on the
-trajectories that matter.
+When the detected chain has no oscillation damping, the identification also fits it with a
+damping transform in front (:func:`lopt.chain.damp_oscillations`, started nearly inactive) and
+keeps that structure when it describes the updates clearly better. The damping probe reads
+steady gains after 200 steps of a fixed-amplitude periodic gradient from a fresh state; the
+gradients a learned optimizer meets in training flip sign without ever settling like that, so
+the probe's silence does not rule the mechanism out on the trajectories that matter.
 """
 
 from __future__ import annotations
@@ -70,10 +70,11 @@ class IdentifyConfig:
 EXTENSION_GAIN = 0.02
 EXTENSION_FLOOR = 1e-6
 #: The added damping starts at ``κ = DAMPING_START ×`` the 90th percentile of the recorded
-#: ``|g|``, where it scales the largest gradients by less than 10%: nearly inactive.
+#: ``|g|``, where it scales gradients that change by up to that percentile by less than 10%:
+#: nearly inactive.
 DAMPING_START = 10.0
 #: The label of the added damping entry (its numbers' tag is appended by the fit).
-ADDED_DAMPING = "oscillation damping, added by identification: not detected by the probes"
+ADDED_DAMPING = "oscillation damping, added by identification: not in the detected chain"
 
 
 def _imitation_error(chain_tx, teacher_u: jax.Array, seqs: Mapping[str, jax.Array]) -> jax.Array:
@@ -94,7 +95,8 @@ def identify_chain(
 ) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
     """Fits the chain's numbers to the learned optimizer's *updates* (system identification).
 
-    The structure stays the one the probes detected; its numbers are refitted: clip and damping
+    The structure is the one the probes detected (or it with damping in front, step 4); its
+    numbers are refitted: clip and damping
     scales (positive), decays (inside (0, 1)), the learning rate (non-zero; its sign may flip),
     and an exponent ``γ`` on the detected schedule's multipliers when they are all positive
     (``m(t)^γ``: ``γ = 1`` is the probed schedule, ``γ = 0`` none). No loss enters: the target
@@ -131,7 +133,7 @@ def identify_chain(
         family: the task family.
         config: rounds, problems, iterations, coordinates and key (:class:`IdentifyConfig`).
         num_steps: updates per problem (default: the family's).
-        say: optional progress callback (one line per round).
+        say: optional progress callback (one line per round and structure).
 
     Returns:
         ``(chain, notes)``: the identified chain (plain floats; the detected structure, or it
@@ -222,11 +224,13 @@ def identify_chain(
 
     structures = [("detected", chain, True)]
     start_kappa = None
-    if config.try_damping and not any(e.get("transform") == "damp_oscillations" for e in chain):
+    has_damping = any(e.get("transform") == "damp_oscillations" for e in chain)
+    if config.try_damping and rounds >= 1 and not has_damping:
         g = np.abs(np.asarray(own[0]["g"], np.float64))
-        start_kappa = DAMPING_START * float(np.percentile(g, 90))
-        if math.isfinite(start_kappa) and start_kappa > 0:
-            damp = {"transform": "damp_oscillations", "scale": start_kappa, "decay": DAMP_DECAY}
+        kappa = DAMPING_START * float(np.percentile(g, 90))
+        if math.isfinite(kappa) and kappa > 0:  # recorded only when the structure is fitted
+            start_kappa = kappa
+            damp = {"transform": "damp_oscillations", "scale": kappa, "decay": DAMP_DECAY}
             structures.append(
                 ("detected + damping", [{**damp, "mechanism": ADDED_DAMPING}, *chain], False)
             )

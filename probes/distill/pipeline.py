@@ -6,14 +6,15 @@
 learned optimizer and the best tuned baseline problem by problem, and reports the fraction of
 the learned optimizer's gain it recovers, ``(best_baseline − distilled)/(best_baseline −
 learned)``, with a 95% paired bootstrap interval over problems (fixed seed,
-:mod:`probes.distill.stats`). Two variants with the same structure are reported next to it,
+:mod:`probes.distill.stats`). Two variants are reported next to it,
 clearly labelled: *identified* (:func:`~probes.distill.identify_chain`: every number fitted to
-the learned optimizer's own updates, no loss used) and *re-tuned*
+the learned optimizer's own updates, no loss used; its structure is the detected one, or it
+with oscillation damping in front when that describes the updates better) and *re-tuned*
 (:func:`~probes.distill.retune_chain`: every number tuned on the loss of training problems,
-never the held-out ones, starting from the detected or the identified numbers, whichever
+never the held-out ones, starting from the detected or the identified chain, whichever
 scores better on the re-tuning's validation problems). The three
 answer different questions: do the probed numbers describe the optimizer, do numbers fitted to
-its behaviour, and can the detected structure match it at all.
+its behaviour, and can the structure match it at all.
 
 :func:`distill_run` is the run directory's entry point (``lopt distill RUN``): it re-uses
 ``RUN/analysis.json`` while it still describes the run (:func:`probes.runs.saved_analysis`),
@@ -80,10 +81,11 @@ class Distillation:
         chain: the chain (JSON-able list of dicts); :func:`lopt.build_chain` rebuilds ``tx``.
         tx: the optax transformation.
         chain_retuned: the chain with every number tuned on the loss of training problems
-            (:func:`~probes.distill.retune_chain`; same structure) or ``None``.
+            (:func:`~probes.distill.retune_chain`; the structure of its start) or ``None``.
         tx_retuned: its transformation or ``None``.
         chain_identified: the chain with its numbers identified from the learned optimizer's
-            updates (:func:`~probes.distill.identify_chain`; same structure) or ``None``.
+            updates (:func:`~probes.distill.identify_chain`; the detected structure, or it with
+            damping added) or ``None``.
         tx_identified: its transformation or ``None``.
         results: ``learned``, ``best_baseline``, ``distilled``, ``distilled_retuned``,
             ``distilled_identified``.
@@ -345,8 +347,9 @@ def distill_analysis(
             f"{notes['retune']['start']} numbers"
         )
     if tx_id is not None:
+        added = ", oscillation damping added" if notes["identify"].get("damping_added") else ""
         results["distilled_identified"]["label"] = (
-            "numbers fitted to the learned optimizer's updates; no loss used"
+            f"numbers fitted to the learned optimizer's updates{added}; no loss used"
         )
     notes["evaluation"] = {
         "key": "lopt.heldout_key()",

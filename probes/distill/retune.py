@@ -1,8 +1,9 @@
 """Re-tuning: every number of a chain tuned on the loss of training problems.
 
 :func:`retune_chain` keeps the structure and tunes its numbers on the paper's meta-objective by
-Adam on the exact meta-gradient. It answers whether the detected structure can match the
-learned optimizer at all, whatever the probes or the identification made of its numbers.
+Adam on the exact meta-gradient. It answers whether the structure (the detected one, or the
+identification's) can match the learned optimizer at all, whatever the probes or the
+identification made of its numbers.
 """
 
 from __future__ import annotations
@@ -122,7 +123,8 @@ def validation_scores(
     re-tuning starts without looking at the held-out problems.
 
     Args:
-        chains: chains of one structure (e.g. the detected and the identified one).
+        chains: chains to compare (e.g. the detected and the identified one; their structures
+            may differ).
         family: the task family.
         key: the training key given to :func:`retune_chain`.
         config: the re-tuning settings (``validation`` and ``chunk`` count).

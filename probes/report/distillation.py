@@ -141,8 +141,7 @@ def distill_section(distill: Mapping | None) -> dict | None:
         "held-out problems (written by lopt distill): with the probed numbers as they are; "
         "identified (every number fitted to the learned optimizer's own updates, no loss "
         f"used); and re-tuned ({_retune_method(distill)}). The first two ask whether the "
-        "numbers describe the optimizer, the last whether the detected structure can match it "
-        "at all.",
+        "numbers describe the optimizer, the last whether the structure can match it at all.",
         "chain": _chain_text(distill.get("chain")),
         "code": [(k, c) for k, c in code if c],
         "rows": rows,
