@@ -1,0 +1,127 @@
+"""Oscillation damping read from the first steps, in front of the probed chain.
+
+The damping probe (:class:`probes.detectors.Damping`) decides on steady gains after 200 steps
+of a gradient alternating ``±a``; a learned optimizer makes most of its update in the first
+steps of a problem, where its damping may differ. This experiment reads the damping from the
+first ``K`` steps instead: the learned optimizer's updates for ``g_t = (−1)ᵗ a`` from a fresh
+state (less its updates for ``g = 0``), at 10 amplitudes over the training range of ``|g|``
+(``analysis.json``'s ``damping.gradient_range``), are compared with those of the probed chain
+(``distill.json``'s ``chain``) with :func:`lopt.chain.damp_oscillations` in front; ``κ`` (31
+values, a decade either side of the range) and the memory ``ρ`` are chosen on a grid to minimise
+the relative squared error, averaged over amplitudes. No loss and no trajectory is used. The
+chain with the fitted damping is then scored on the 128 held-out problems of ``lopt evaluate``:
+the fraction of the learned optimizer's gain over the best tuned baseline that it recovers, with
+the bootstrap interval of ``lopt distill``.
+
+Usage::
+
+    python3 experiments/transient_damping.py runs/quickstart --steps 20 40
+
+Prints one JSON object per line; writes nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+import lopt
+from lopt import rundir
+from lopt.baselines import baseline
+from lopt.chain import build_chain
+from lopt.evaluation import family_from_config, heldout_key
+from lopt.unroll import evaluate, per_problem_metric
+from probes.distill.stats import fraction_report
+
+DECAYS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
+
+
+def flip_updates(tx: optax.GradientTransformation, amps: jax.Array, steps: int) -> jax.Array:
+    """``[steps, A]``: updates for ``(−1)ᵗ a`` from a fresh state, less those for ``g = 0``."""
+    tx = optax.with_extra_args_support(tx)
+    p = jnp.zeros(amps.shape)
+
+    def run(seq):
+        def body(s, g):
+            u, s = tx.update(g, s, p, value=jnp.float32(1.0))
+            return s, u
+
+        return jax.lax.scan(body, tx.init(p), seq)[1]
+
+    sign = ((-1.0) ** jnp.arange(steps))[:, None]
+    return run(sign * amps) - run(jnp.zeros((steps, 1)) * amps)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run", help="run directory with analysis.json, distill.json, eval.json")
+    parser.add_argument("--steps", type=int, nargs="+", default=[20, 40], help="K")
+    args = parser.parse_args(argv)
+    run = args.run
+    analysis = rundir.read_json(f"{run}/analysis.json")
+    dist = rundir.read_json(f"{run}/distill.json")
+    ev = rundir.read_json(f"{run}/eval.json")
+    family = family_from_config(rundir.read_json(f"{run}/config.json"))
+    opt, theta, _ = lopt.load(f"{run}/theta.npz")
+    learned = opt.optimizer(theta)
+    probed = dist["chain"]
+    lo, hi = (float(x) for x in analysis["damping"]["gradient_range"])
+    amps = jnp.asarray(np.geomspace(lo, hi, 10), jnp.float32)
+    kappas = np.geomspace(lo / 10, hi * 10, 31)
+
+    horizon, n = family.num_steps, int(ev.get("num_problems") or 128)
+    best = dist["results"]["best_baseline"]
+
+    def held_out(tx):
+        return per_problem_metric(np.asarray(evaluate(tx, family, heldout_key(), n, horizon)))
+
+    per_learned, per_best = (
+        held_out(learned),
+        held_out(baseline(best["name"], **best["hyperparameters"])),
+    )
+    for steps in args.steps:
+        target = np.asarray(flip_updates(learned, amps, steps))
+
+        @jax.jit
+        def chain_flips(kappa, rho, steps=steps):
+            damp = {"transform": "damp_oscillations", "scale": kappa, "decay": rho}
+            return flip_updates(build_chain([damp, *probed]), amps, steps)
+
+        def error(u, target=target):
+            return float(np.mean(np.sum((u - target) ** 2, 0) / np.sum(target**2, 0)))
+
+        none = error(np.asarray(flip_updates(build_chain(probed), amps, steps)))
+        fits = [
+            (error(np.asarray(chain_flips(k, r))), float(k), r)
+            for k, r in itertools.product(kappas, DECAYS)
+        ]
+        err, kappa, rho = min(fits)
+        damp = {"transform": "damp_oscillations", "scale": kappa, "decay": rho}
+        rep = fraction_report(per_learned, per_best, held_out(build_chain([damp, *probed])))
+        frac = rep["fraction"]
+        print(
+            json.dumps(
+                {
+                    "steps": steps,
+                    "amplitudes": [lo, hi],
+                    "flip_error_without": none,
+                    "flip_error_with": err,
+                    "kappa": kappa,
+                    "decay": rho,
+                    "fraction": None if frac is None else frac["mean"],
+                    "interval": None if frac is None else frac["ci"],
+                    "probed_fraction": (dist.get("fraction") or {}).get("mean"),
+                }
+            )
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
