@@ -13,9 +13,14 @@ chain with the fitted damping is then scored on the 128 held-out problems of ``l
 the fraction of the learned optimizer's gain over the best tuned baseline that it recovers, with
 the bootstrap interval of ``lopt distill``.
 
+``--optax`` does the same fit on optax optimizers in front of their own probed chains
+(:func:`probes.analyze_optax`, amplitudes 10⁻³ … 3): where the fit lowers the error of an
+optimizer without damping, a rule built on it would name damping where there is none.
+
 Usage::
 
     python3 experiments/transient_damping.py runs/quickstart --steps 20 40
+    python3 experiments/transient_damping.py --optax --steps 20
 
 Prints one JSON object per line; writes nothing.
 """
@@ -34,7 +39,7 @@ import optax
 import lopt
 from lopt import rundir
 from lopt.baselines import baseline
-from lopt.chain import build_chain
+from lopt.chain import build_chain, damp_oscillations
 from lopt.evaluation import family_from_config, heldout_key
 from lopt.unroll import evaluate, per_problem_metric
 from probes.distill.stats import fraction_report
@@ -58,11 +63,78 @@ def flip_updates(tx: optax.GradientTransformation, amps: jax.Array, steps: int) 
     return run(sign * amps) - run(jnp.zeros((steps, 1)) * amps)
 
 
+def fit_damping(tx, chain, amps: jax.Array, steps: int) -> dict:
+    """``κ`` and ``ρ`` of a damping in front of ``chain`` matching ``tx`` on ``±a`` alternating.
+
+    Returns the relative squared error of the chain's updates over the first ``steps`` steps
+    (averaged over amplitudes) without and with the fitted damping, and the fit.
+    """
+    target = np.asarray(flip_updates(tx, amps, steps))
+    lo, hi = float(amps.min()), float(amps.max())
+
+    @jax.jit
+    def chain_flips(kappa, rho):
+        damp = {"transform": "damp_oscillations", "scale": kappa, "decay": rho}
+        return flip_updates(build_chain([damp, *chain]), amps, steps)
+
+    def error(u):
+        return float(np.mean(np.sum((u - target) ** 2, 0) / np.sum(target**2, 0)))
+
+    none = error(np.asarray(flip_updates(build_chain(chain), amps, steps)))
+    fits = [
+        (error(np.asarray(chain_flips(k, r))), float(k), r)
+        for k, r in itertools.product(np.geomspace(lo / 10, hi * 10, 31), DECAYS)
+    ]
+    err, kappa, rho = min(fits)
+    return {"flip_error_without": none, "flip_error_with": err, "kappa": kappa, "decay": rho}
+
+
+#: Optax optimizers without oscillation damping (and one with), for ``--optax``.
+OPTAX = {
+    "sgd": lambda: optax.sgd(0.1),
+    "sgd momentum 0.9": lambda: optax.sgd(0.1, momentum=0.9),
+    "nesterov 0.8": lambda: optax.sgd(0.05, momentum=0.8, nesterov=True),
+    "adam": lambda: optax.adam(1e-2),
+    "rmsprop": lambda: optax.rmsprop(1e-2),
+    "adagrad": lambda: optax.adagrad(0.1),
+    "clip 0.5, momentum 0.9": lambda: optax.chain(optax.clip(0.5), optax.sgd(0.1, momentum=0.9)),
+    "sgd, cosine decay": lambda: optax.sgd(optax.cosine_decay_schedule(0.1, 200)),
+    "damp_oscillations(0.3), momentum 0.9": lambda: optax.chain(
+        damp_oscillations(0.3, 0.8), optax.sgd(0.1, momentum=0.9)
+    ),
+}
+
+
+def optax_check(steps: int) -> None:
+    """The same fit on optax optimizers, each in front of its own probed chain."""
+    import probes  # noqa: PLC0415 (only this check analyses optimizers)
+    from probes.to_chain import chain_from_analysis  # noqa: PLC0415
+
+    amps = jnp.asarray(np.geomspace(1e-3, 3.0, 10), jnp.float32)
+    for name, make in OPTAX.items():
+        tx = make()
+        analysis = probes.analyze_optax(tx)
+        chain, _ = chain_from_analysis(analysis.to_json())
+        fit = fit_damping(tx, chain, amps, steps)
+        print(
+            json.dumps(
+                {"optax": name, "steps": steps, "detected": analysis.damping.detected, **fit}
+            )
+        )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("run", help="run directory with analysis.json, distill.json, eval.json")
+    parser.add_argument("run", nargs="?", help="run directory (analysis, distill, eval .json)")
     parser.add_argument("--steps", type=int, nargs="+", default=[20, 40], help="K")
+    parser.add_argument(
+        "--optax", action="store_true", help="also fit optax optimizers (first --steps only)"
+    )
     args = parser.parse_args(argv)
+    if args.optax:
+        optax_check(args.steps[0])
+    if args.run is None:
+        return 0
     run = args.run
     analysis = rundir.read_json(f"{run}/analysis.json")
     dist = rundir.read_json(f"{run}/distill.json")
@@ -73,36 +145,17 @@ def main(argv: list[str] | None = None) -> int:
     probed = dist["chain"]
     lo, hi = (float(x) for x in analysis["damping"]["gradient_range"])
     amps = jnp.asarray(np.geomspace(lo, hi, 10), jnp.float32)
-    kappas = np.geomspace(lo / 10, hi * 10, 31)
-
     horizon, n = family.num_steps, int(ev.get("num_problems") or 128)
     best = dist["results"]["best_baseline"]
 
     def held_out(tx):
         return per_problem_metric(np.asarray(evaluate(tx, family, heldout_key(), n, horizon)))
 
-    per_learned, per_best = (
-        held_out(learned),
-        held_out(baseline(best["name"], **best["hyperparameters"])),
-    )
+    per_learned = held_out(learned)
+    per_best = held_out(baseline(best["name"], **best["hyperparameters"]))
     for steps in args.steps:
-        target = np.asarray(flip_updates(learned, amps, steps))
-
-        @jax.jit
-        def chain_flips(kappa, rho, steps=steps):
-            damp = {"transform": "damp_oscillations", "scale": kappa, "decay": rho}
-            return flip_updates(build_chain([damp, *probed]), amps, steps)
-
-        def error(u, target=target):
-            return float(np.mean(np.sum((u - target) ** 2, 0) / np.sum(target**2, 0)))
-
-        none = error(np.asarray(flip_updates(build_chain(probed), amps, steps)))
-        fits = [
-            (error(np.asarray(chain_flips(k, r))), float(k), r)
-            for k, r in itertools.product(kappas, DECAYS)
-        ]
-        err, kappa, rho = min(fits)
-        damp = {"transform": "damp_oscillations", "scale": kappa, "decay": rho}
+        fit = fit_damping(learned, probed, amps, steps)
+        damp = {"transform": "damp_oscillations", "scale": fit["kappa"], "decay": fit["decay"]}
         rep = fraction_report(per_learned, per_best, held_out(build_chain([damp, *probed])))
         frac = rep["fraction"]
         print(
@@ -110,10 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                 {
                     "steps": steps,
                     "amplitudes": [lo, hi],
-                    "flip_error_without": none,
-                    "flip_error_with": err,
-                    "kappa": kappa,
-                    "decay": rho,
+                    **fit,
                     "fraction": None if frac is None else frac["mean"],
                     "interval": None if frac is None else frac["ci"],
                     "probed_fraction": (dist.get("fraction") or {}).get("mean"),
