@@ -343,9 +343,11 @@ def identified_damping_sentence(distill: Mapping[str, Any]) -> str | None:
     """Says so when identification added damping the probes did not detect (``distill.json``)."""
     ident = (distill.get("notes") or {}).get("identify") or {}
     entry = next(iter(distill.get("chain_identified") or []), None)
-    if not ident.get("damping_added") or not isinstance(entry, Mapping):
-        return None
-    if entry.get("transform") != "damp_oscillations":
+    if not (
+        ident.get("damping_added")
+        and isinstance(entry, Mapping)
+        and entry.get("transform") == "damp_oscillations"
+    ):
         return None
     errors: dict[str, float] = {}
     for c in ident.get("candidates") or []:
