@@ -97,8 +97,9 @@ def identify_chain(
 
     The structure is the one the probes detected (or it with damping in front, step 4); its
     numbers are refitted: clip and damping scales (positive), decays (inside (0, 1)), the
-    learning rate (non-zero; its sign may flip), and an exponent ``γ`` on the detected schedule's multipliers when they are all positive
-    (``m(t)^γ``: ``γ = 1`` is the probed schedule, ``γ = 0`` none). No loss enters: the target
+    learning rate (non-zero; its sign may flip), and an exponent ``γ`` on the detected
+    schedule's multipliers when they are all positive (``m(t)^γ``: ``γ = 1`` is the probed
+    schedule, ``γ = 0`` none). No loss enters: the target
     is what the learned optimizer outputs for the gradients the chain sees. The learned
     optimizer must act coordinate by coordinate (a :class:`~lopt.cell.Cell`), so that replaying
     it on a recorded subset of coordinates reproduces what it did.
