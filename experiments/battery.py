@@ -10,6 +10,12 @@ Usage::
     python3 experiments/battery.py                   # everything (about 10-20 minutes on 2 cores)
     python3 experiments/battery.py --black-box-only  # analyze_optax only (a few minutes)
     python3 experiments/battery.py --cases sgd,adam,nesterov
+    python3 experiments/battery.py --black-box-only --faithfulness  # + each chain's update error
+
+``--faithfulness`` also composes each black-box analysis into its chain
+(``probes.to_chain.chain_from_analysis``, probed numbers only) and scores it against the
+optimizer on the default ``linear_regression`` family (``probes.faithfulness``: the chain's
+updates on the optimizer's own gradients, relative RMS error, median over 8 problems).
 """
 
 from __future__ import annotations
@@ -22,7 +28,9 @@ import time
 import numpy as np
 
 import probes
+import tasks
 from probes import battery
+from probes.faithfulness import faithfulness
 
 
 def _plain(x):
@@ -40,7 +48,7 @@ def _plain(x):
     return x
 
 
-def run_case(case: battery.Case, source: str) -> dict:
+def run_case(case: battery.Case, source: str, family=None) -> dict:
     t0 = time.perf_counter()
     if source == "optax":
         analysis = probes.analyze_optax(case.optax())
@@ -48,7 +56,7 @@ def run_case(case: battery.Case, source: str) -> dict:
         analysis = probes.analyze_cell(case.cell())
     seconds = time.perf_counter() - t0
     verdicts = battery.check(case, analysis)
-    return {
+    row = {
         "case": case.name,
         "family": case.family,
         "source": source,
@@ -56,10 +64,26 @@ def run_case(case: battery.Case, source: str) -> dict:
         "seconds": round(seconds, 2),
         "verdicts": [_plain(v._asdict()) for v in verdicts],
     }
+    if family is not None and source == "optax":
+        f = faithfulness(
+            analysis.to_json(), case.optax(), family, num_problems=8, coords=64, heldout_problems=16
+        )
+        row["update_error"] = _plain(f.update_error)
+        row["chain"] = [e["transform"] for e in f.chain]
+    return row
 
 
 def summary(rows: list[dict]) -> dict:
     out = {}
+    errors = {r["case"]: r["update_error"] for r in rows if "update_error" in r}
+    if errors:
+        finite = [e for e in errors.values() if e is not None]
+        out["faithfulness"] = {
+            "below_0.01": sum(e < 0.01 for e in finite),
+            "below_0.2": sum(e < 0.2 for e in finite),
+            "total": len(errors),
+            "above_0.2": {k: e for k, e in errors.items() if e is None or e >= 0.2},
+        }
     for source in ("optax", "cell"):
         mine = [r for r in rows if r["source"] == source]
         if not mine:
@@ -89,7 +113,11 @@ def main() -> None:
     parser.add_argument("--cases", default="", help="comma-separated case names (default all)")
     parser.add_argument("--black-box-only", action="store_true")
     parser.add_argument("--white-box-only", action="store_true")
+    parser.add_argument(
+        "--faithfulness", action="store_true", help="score each black-box chain's updates"
+    )
     args = parser.parse_args()
+    family = tasks.get("linear_regression") if args.faithfulness else None
     chosen = battery.cases()
     if args.cases:
         names = set(args.cases.split(","))
@@ -103,7 +131,7 @@ def main() -> None:
         for source in sources:
             if source == "cell" and case.cell is None:
                 continue
-            row = run_case(case, source)
+            row = run_case(case, source, family)
             rows.append(row)
             print(json.dumps(row), flush=True)
     result = summary(rows)

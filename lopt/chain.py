@@ -128,24 +128,28 @@ def damp_oscillations(scale: float | jax.Array, decay: float = 0.8) -> optax.Gra
 
 
 class MomentumModesState(NamedTuple):
-    """State of :func:`momentum_modes`: one trace per mode (last axis)."""
+    """State of :func:`momentum_modes`: one trace per mode (last axis) and the step count."""
 
     traces: Any
+    count: jax.Array
 
 
 def momentum_modes(
-    decays: Sequence[float], weights: Sequence[float]
+    decays: Sequence[float], weights: Sequence[float], debias: bool = False
 ) -> optax.GradientTransformation:
     """A weighted sum of traces, ``Σ_i w_i m_i`` with ``m_i ← λ_i m_i + g`` (``λ_i`` = decays).
 
     Its impulse response is ``Σ_i w_i λ_i^k``: a sum of decaying modes, the form the probes fit
     to an optimizer's response (:class:`probes.detectors.Momentum`). One mode with weight 1 is
     ``optax.trace(decay=λ)``; a mode with ``λ = 0`` passes the gradient through (a direct term,
-    as in Nesterov momentum).
+    as in Nesterov momentum). With ``debias``, each trace is divided by ``1 − λ_i^t`` at step
+    ``t`` (the share of its steady weight that ``t`` gradients have filled), as Adam's first
+    moment is: ``momentum_modes([b1], [1 − b1], debias=True)`` is Adam's ``m̂``.
 
     Args:
         decays: ``λ_i`` in ``[0, 1)``.
         weights: ``w_i``, one per decay.
+        debias: divide each trace by ``1 − λ_i^t``.
 
     Returns:
         The transformation.
@@ -157,16 +161,19 @@ def momentum_modes(
 
     def init_fn(params):
         return MomentumModesState(
-            jax.tree.map(lambda x: jnp.zeros((*jnp.shape(x), lam.shape[0]), jnp.float32), params)
+            jax.tree.map(lambda x: jnp.zeros((*jnp.shape(x), lam.shape[0]), jnp.float32), params),
+            jnp.zeros([], jnp.int32),
         )
 
     def update_fn(updates, state, params=None):
         del params
+        count = optax.safe_increment(state.count)
         traces = jax.tree.map(
             lambda m, g: lam * m + jnp.asarray(g, jnp.float32)[..., None], state.traces, updates
         )
-        out = jax.tree.map(lambda m, g: (m @ w).astype(jnp.asarray(g).dtype), traces, updates)
-        return out, MomentumModesState(traces)
+        wt = w / (1.0 - lam ** count.astype(jnp.float32)) if debias else w
+        out = jax.tree.map(lambda m, g: (m @ wt).astype(jnp.asarray(g).dtype), traces, updates)
+        return out, MomentumModesState(traces, count)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -277,16 +284,27 @@ TRANSFORMS: dict[str, Transform] = {
         keywords=("decay",),
     ),
     "trace": Transform(optax.trace, "optax.trace", keywords=("decay",)),
+    "scale_by_sign": Transform(optax.scale_by_sign, "optax.scale_by_sign"),
     "momentum_modes": Transform(
         momentum_modes,
         "lopt.chain.momentum_modes",
         keywords=("decays", "weights"),
+        optional=("debias",),
         code=lambda p: (
             f"lopt.chain.momentum_modes(decays={_list_code(p['decays'])}, "
-            f"weights={_list_code(p['weights'])})"
+            f"weights={_list_code(p['weights'])}" + (", debias=True)" if p.get("debias") else ")")
         ),
     ),
-    "scale_by_rms": Transform(optax.scale_by_rms, "optax.scale_by_rms", keywords=("decay", "eps")),
+    "scale_by_rms": Transform(
+        optax.scale_by_rms,
+        "optax.scale_by_rms",
+        keywords=("decay", "eps"),
+        optional=("bias_correction",),
+        code=lambda p: (
+            f"optax.scale_by_rms(decay={number_code(p['decay'])}, eps={number_code(p['eps'])}"
+            + (", bias_correction=True)" if p.get("bias_correction") else ")")
+        ),
+    ),
     "scale_by_learning_rate": Transform(
         _scale_by_learning_rate,
         "optax.scale_by_learning_rate",
@@ -327,9 +345,11 @@ def build_chain(chain: Sequence[Mapping[str, Any]]) -> optax.GradientTransformat
         chain: a list of ``{"transform": name, <parameters>}`` dicts, applied in order:
             ``clip`` (``max_delta``: ``optax.clip``), ``soft_clip`` (``scale``:
             :func:`soft_clip`), ``damp_oscillations`` (``scale``, ``decay``:
-            :func:`damp_oscillations`), ``trace`` (``decay``: ``optax.trace``), ``scale_by_rms``
-            (``decay``, ``eps``), ``scale_by_learning_rate`` (``learning_rate`` and optional
-            ``schedule``: ``{"steps", "values", "tail_ratio"}``, see
+            :func:`damp_oscillations`), ``trace`` (``decay``: ``optax.trace``),
+            ``scale_by_sign`` (no parameters: ``optax.scale_by_sign``), ``momentum_modes``
+            (``decays``, ``weights``, optional ``debias``), ``scale_by_rms`` (``decay``, ``eps``,
+            optional ``bias_correction``), ``scale_by_learning_rate`` (``learning_rate`` and
+            optional ``schedule``: ``{"steps", "values", "tail_ratio"}``, see
             :func:`interpolated_schedule`). Keys ``mechanism`` and ``note`` are ignored. The
             numbers may be traced (the chain is then differentiable in them).
 

@@ -26,15 +26,21 @@ transformations (:mod:`lopt.chain`), each one a mechanism of the paper (Maheswar
    last probed step, approaches 1 geometrically at the rate of the probed tail.
 4. **adaptation** (only if detected, and not if the detected damping alone accounts for it: the
    adaptation probe's step from ``g*`` to 0 is a gradient change the damping reacts to) →
-   ``optax.scale_by_rms`` whose ``ε`` puts the half-point of
-   ``α_eff(|g*|)`` where the probes found it; ``α`` is multiplied by ``√ε`` so the small-gradient
-   learning rate is unchanged (the decay, which the steady-state probe cannot see, is 0.9).
+   ``optax.scale_by_rms`` before the momentum, with every number read where its probe reads it
+   (:func:`_rms_from_probes`): the learning rate after it and ``ε/d`` from the adaptation curve,
+   the decay ``d`` and ``ε`` from the first update's saturation, or ``d`` from an impulse-response
+   mode against descent (the normaliser's memory, left out of the momentum). When the first
+   update is already full-sized (Adam), both the normaliser and the momentum are debiased; when
+   the normaliser explains the first update's saturation, no clipping is added.
 5. **oscillation damping** (only if detected; a mechanism beyond the paper's four, see
    :class:`probes.detectors.Damping`) → :func:`lopt.chain.damp_oscillations` first in the chain,
    with the probed ``κ`` (the gradient amplitude where gradients that flip sign every step lose
    half their gain relative to persistent ones; the transform has exactly that half-point) and
    the probed memory ``ρ`` (how fast the damping builds up from a fresh state; ``DAMP_DECAY``
    for analyses that lack it).
+
+A **sign-like** update (the clipping probe's ``sign_like``) is written as
+``[optax.trace(β)] → optax.scale_by_sign → step size`` (:func:`_sign_chain`).
 
 Mechanisms that were not detected are left out; without momentum the learning rate is
 ``α_eff(h*)`` (plain, possibly scheduled, SGD).
@@ -153,6 +159,201 @@ def _adaptation_explained_by_damping(ada: Mapping[str, Any], damp: Mapping[str, 
     return ok_any
 
 
+#: ``scale_by_rms``'s decay where the probes cannot see it (no saturating first update and no
+#: opposite-sign mode in the impulse response).
+RMS_DECAY = 0.9
+#: The slope of ``g/√(a g² + ε)`` halves where ``a g² = RMS_HALF · ε``.
+RMS_HALF = 2.0 ** (2.0 / 3.0) - 1.0
+#: The normalisation explains the first update's saturation when ``A/√(m² + ε/d)`` with the
+#: ``ε`` that the saturation implies matches the adaptation curve within this RMS log-ratio.
+RMS_FIT_TOL = 0.1
+
+
+def _rms_curve_fit(m: np.ndarray, a: np.ndarray) -> tuple[float, float, float]:
+    """Least-squares ``a ≈ A/√(m² + e)`` in log space: ``(A, e, RMS log-ratio)``.
+
+    ``e`` on a log grid around the probed ``m²`` (and 0); ``log A`` in closed form for each.
+    """
+    lo, hi = np.log10(np.min(m) ** 2), np.log10(np.max(m) ** 2)
+    best = (np.nan, np.nan, np.inf)
+    for e in np.concatenate([[0.0], np.logspace(lo - 6, hi + 2, 161)]):
+        la = np.log(a) + 0.5 * np.log(m**2 + e)
+        err = float(np.sqrt(np.mean((la - la.mean()) ** 2)))
+        if err < best[2] - 1e-12:
+            best = (float(np.exp(la.mean())), float(e), err)
+    return best
+
+
+def _rms_error(m: np.ndarray, a: np.ndarray, big_a: float, e: float) -> float:
+    """RMS log-ratio of ``a`` to ``big_a/√(m² + e)``."""
+    return float(np.sqrt(np.mean((np.log(a) - np.log(big_a / np.sqrt(m**2 + e))) ** 2)))
+
+
+def _normalisation_memory(mom: Mapping[str, Any]) -> float | None:
+    """``λ`` of the strongest real fitted mode with ``α < 0`` (against descent; ``None`` if none).
+
+    A normaliser read at a background ``b ≠ 0`` answers an impulse with such a mode: the
+    impulse raises its second-moment estimate, which lowers the following updates for as long
+    as the estimate remembers it (Adam: ``λ = b2``).
+    """
+    lams, alphas = mom.get("fit_eigenvalues") or [], mom.get("fit_alphas") or []
+    if len(lams) != len(alphas) or not lams:
+        return None
+    pairs = [(complex(*lam), complex(*a)) for lam, a in zip(lams, alphas, strict=True)]
+    opposite = [
+        (abs(a), lam.real)
+        for lam, a in pairs
+        if a.real < 0 and abs(lam.imag) <= IMAG_TOL and 0.0 < lam.real < 1.0
+    ]
+    return max(opposite)[1] if opposite else None
+
+
+def _rms_from_probes(
+    ada: Mapping[str, Any],
+    clip: Mapping[str, Any],
+    memory: float | None,
+    gain: float,
+    warmup: int | None,
+    scheduled: bool = False,
+) -> dict[str, Any] | None:
+    """``scale_by_rms(d, ε)`` and the learning rate ``L`` after it, from the probes alone.
+
+    The adaptation probe (``α_eff`` at ``g = 0`` after ``W`` steps of a constant ``g*``) reads
+    ``A/√(g*² + e)``; ``A`` (and ``e`` where the curve bends within the probed range) come
+    from a fit. The clipping probe (the first update from a fresh state) saturates at ``S``
+    and its slope halves at ``t``. Two forms of normaliser are weighed by the ratio ``S/A``:
+
+    * **plain** (RMSProp): ``scale_by_rms(d, ε) → momentum → L`` has ``A = L/√d`` and
+      ``S = L/√(1−d)``, so ``S/A = √(d/(1−d))``; ``(1−d) t² = RMS_HALF · ε``.
+    * **bias-corrected** (Adam): ``scale_by_rms(d, ε, bias_correction=True)`` and a debiased
+      momentum (:func:`lopt.chain.momentum_modes`) have ``A = L/√(d/c)`` with
+      ``c = 1 − d^{W+1}`` and a first update already at its steady size, ``S = G L`` (``G``
+      the momentum's steady gain per unit of its lag-0 weight), so ``S/A = G √(d/c)``;
+      ``t² = RMS_HALF · ε``.
+
+    ``d`` is the impulse response's opposite-sign mode (``memory``, the normaliser's own
+    memory) where one was measured, and the form whose predicted ``S/A`` is closer (in log) is
+    taken; without one only the plain form can be told apart (``d`` from ``S/A``, or
+    ``RMS_DECAY`` when a schedule was detected: ``S`` is read at the first step, ``A`` after
+    ``W``, at another learning rate). If the
+    resulting curve matches the adaptation probe (``RMS_FIT_TOL``), the first update's
+    saturation is the normaliser's own and no clipping is added (RMSProp and Adam are
+    sign-like from a fresh state). Otherwise (or without a saturating first update) ``ε`` is
+    the fitted bend and ``d`` is ``memory`` or ``RMS_DECAY``. Every number is referred to the
+    operating point of the probe that reads it, so the chain's updates have the optimizer's
+    size.
+
+    Returns:
+        ``{"decay", "eps", "learning_rate", "bias_correction", "explains_clipping",
+        "fit_error"}``, or ``None`` when the adaptation curve has fewer than two usable points.
+    """
+    m = np.asarray(ada.get("magnitudes") or [], np.float64)
+    arms = ada.get("lr_vs_magnitude") or {}
+    arm = "pos" if (ada.get("slope_pos") or 0) <= (ada.get("slope_neg") or 0) else "neg"
+    a = np.abs(np.asarray([np.nan if x is None else x for x in arms.get(arm, [])], float))
+    if a.size != m.size:
+        return None
+    ok = np.isfinite(a) & (a > 0) & (m > 0)
+    if ok.sum() < 2:
+        return None
+    m, a = m[ok], a[ok]
+    big_a, e, err = _rms_curve_fit(m, a)
+    decay = memory if memory is not None else RMS_DECAY
+    out = {"decay": decay, "eps": e * decay, "bias_correction": False, "explains_clipping": False}
+    thr = float(clip.get("threshold") or np.inf)
+    pos, neg = clip.get("asymptote_pos"), clip.get("asymptote_neg")
+    sat = 0.5 * abs(float(neg) - float(pos)) if pos is not None and neg is not None else 0.0
+    if clip.get("detected") and np.isfinite(thr) and sat > 0:
+        ratio = sat / big_a
+        if memory is None and scheduled:  # S and A are read at different learning rates
+            form = {"decay": RMS_DECAY, "bias_correction": False}
+        elif memory is None:
+            form = {"decay": ratio**2 / (1.0 + ratio**2), "bias_correction": False}
+        else:
+            c = 1.0 - memory ** (int(warmup or 0) + 1) if warmup else 1.0
+            plain = math.sqrt(memory / (1.0 - memory))
+            debiased = gain * math.sqrt(memory / c)
+            corrected = debiased > 0 and abs(math.log(ratio / debiased)) < abs(
+                math.log(ratio / plain)
+            )
+            form = {"decay": memory, "bias_correction": corrected}
+        d = form["decay"]
+        eps = thr**2 / RMS_HALF * (1.0 if form["bias_correction"] else 1.0 - d)
+        err_sat = _rms_error(m, a, big_a, eps / d)
+        if err_sat <= max(RMS_FIT_TOL, err):
+            out = {**form, "eps": eps, "explains_clipping": True}
+            err = err_sat
+    d = out["decay"]
+    c = 1.0 - d ** (int(warmup) + 1) if out["bias_correction"] and warmup else 1.0
+    out["learning_rate"] = float(big_a * math.sqrt(d / c))
+    out["fit_error"] = float(err)
+    out["decay"], out["eps"] = float(d), float(out["eps"])
+    return out
+
+
+def _normalised_schedule(
+    eff: np.ndarray, modes: tuple[list[float], list[float]] | None
+) -> np.ndarray:
+    """A normalised chain's schedule multiplier: ``eff`` over the chain's own gain, ``→ 1``.
+
+    The normaliser's learning rate ``L`` is read by the adaptation probe after ``W`` steps,
+    past the schedule probe's horizon, where a schedule sits at its last value; so the
+    multiplier is ``eff(t)/D(t)`` divided by its last value, ``D(t) = Σ w_i/(1 − λ_i^{t+1})``
+    being what debiased modes (``modes``; ``D = 1`` without) add on their own at step ``t``
+    after zero gradients. (The gain after zero gradients is ``1/ε`` territory for a
+    normaliser, whose ``ε`` the probes read only roughly: only its shape is used.)
+    """
+    d = np.ones_like(eff)
+    if modes is not None:
+        t = np.arange(eff.size, dtype=np.float64)[:, None] + 1.0
+        lam, w = (np.asarray(x, np.float64)[None] for x in modes)
+        d = np.sum(w / (1.0 - lam**t), axis=1)
+    ratio = eff / d
+    return ratio / ratio[-1] if ratio.size and ratio[-1] != 0 else ratio
+
+
+def _sign_chain(
+    mom: Mapping[str, Any], clip: Mapping[str, Any], sch: Mapping[str, Any]
+) -> list[dict[str, Any]]:
+    """A sign-like update as ``[trace(β)] → scale_by_sign → step``.
+
+    The step is the first update's size (half the gap between its asymptotes), and a detected
+    schedule is the probed step size over it; momentum (read from how long an opposite
+    impulse flips the update's sign) goes inside the sign, as in signum and Lion.
+    """
+    out: list[dict[str, Any]] = []
+    timescale = f"{float(mom.get('timescale') or 0):.3g} steps"
+    if mom.get("detected"):
+        out.append(
+            {
+                "transform": "trace",
+                "decay": float(mom["beta"]),
+                "mechanism": f"momentum inside the sign (timescale {timescale})",
+            }
+        )
+    out.append({"transform": "scale_by_sign", "mechanism": "saturating update: sign-like"})
+    pos, neg = clip.get("asymptote_pos"), clip.get("asymptote_neg")
+    step = 0.5 * abs(float(neg) - float(pos)) if pos is not None and neg is not None else 0.0
+    entry: dict[str, Any] = {
+        "transform": "scale_by_learning_rate",
+        "learning_rate": step,
+        "schedule": None,
+        "mechanism": "step size",
+    }
+    eff = np.asarray([np.nan if x is None else x for x in sch.get("effective_lr") or []], float)
+    if sch.get("detected") and step > 0 and eff.size and np.all(np.isfinite(eff)):
+        mult = eff / step
+        knots = _knots(mult)
+        entry["schedule"] = {
+            "steps": knots,
+            "values": [float(mult[k]) for k in knots],
+            "tail_ratio": _tail_ratio(mult),
+        }
+        entry["mechanism"] = f"step size with a {sch.get('shape')} schedule"
+    out.append(entry)
+    return out
+
+
 def chain_from_analysis(
     analysis: Mapping[str, Any], *, clip_form: str = "auto"
 ) -> tuple[list[dict[str, Any]], dict[str, Any]]:
@@ -210,8 +411,37 @@ def chain_from_analysis(
     else:
         alpha_star, src = -float(clip.get("slope0") or 0.0), "slope of U(h0, g) at 0"
     notes["alpha_eff_steady"] = {"value": alpha_star, "source": src}
+    if clip.get("sign_like"):
+        chain += _sign_chain(mom, clip, sch)
+        return chain, notes
 
-    if clip.get("detected") and clip.get("threshold"):
+    lr = alpha_star
+    damp_entry = chain[0] if chain and chain[0]["transform"] == "damp_oscillations" else None
+    explained = damp_entry is not None and _adaptation_explained_by_damping(ada, damp_entry)
+    notes["adaptation_from_damping"] = explained
+    adapting = bool(ada.get("detected")) and not explained
+    # With a normaliser in the chain, a mode opposing Σα is the normaliser's memory, not momentum.
+    modes = _response_modes(mom, drop_opposite=adapting)
+    # The dominant mode's share of the lag-0 gain (a trace carries that mode alone); with a
+    # normaliser, of the modes kept.
+    ref = alpha_star
+    if adapting:
+        ref = sum(a[0] for a in mom.get("fit_alphas") or [] if a[0] > 0) or alpha_star
+    trace_alpha = float(mom.get("alpha") or 0.0) / ref if ref else 1.0
+    if not mom.get("detected"):
+        gain = 1.0
+    elif modes is not None:
+        gain = sum(w / (1.0 - lam) for lam, w in zip(*modes, strict=True))
+    else:
+        gain = trace_alpha / (1.0 - float(mom["beta"]))
+    rms = None
+    if adapting:
+        warmup = (analysis.get("meta") or {}).get("warmup")
+        rms = _rms_from_probes(
+            ada, clip, _normalisation_memory(mom), gain, warmup, bool(sch.get("detected"))
+        )
+    notes["normalisation"] = rms
+    if clip.get("detected") and clip.get("threshold") and not (rms and rms["explains_clipping"]):
         thr = float(clip["threshold"])
         fit = _clip_fit(clip)
         notes["clip_fit"] = fit
@@ -234,56 +464,42 @@ def chain_from_analysis(
             )
         else:
             raise ValueError(f"clip_form must be auto, soft_clip or clip, got {clip_form!r}")
-
-    lr = alpha_star
-    damp_entry = chain[0] if chain and chain[0]["transform"] == "damp_oscillations" else None
-    explained = damp_entry is not None and _adaptation_explained_by_damping(ada, damp_entry)
-    notes["adaptation_from_damping"] = explained
-    if ada.get("detected") and not explained:
-        m = np.asarray(ada.get("magnitudes") or [], np.float64)
-        arms = ada.get("lr_vs_magnitude") or {}
-        arm = "pos" if (ada.get("slope_pos") or 0) <= (ada.get("slope_neg") or 0) else "neg"
-        a = np.abs(np.asarray([np.nan if x is None else x for x in arms.get(arm, [])], float))
-        ok = np.isfinite(a) & (a > 0)
-        decay = 0.9
-        if ok.sum() >= 2 and m.size == a.size:
-            # RMSProp's steady α_eff ∝ 1/√(ρ g*² + ε) halves at ρ g*² = 3ε.
-            half = float(np.interp(0.5, (a[ok] / a[ok][0])[::-1], m[ok][::-1]))
-            eps = decay * half**2 / 3.0
-        else:
-            eps = 1e-8
-        chain.append(
-            {
-                "transform": "scale_by_rms",
-                "decay": decay,
-                "eps": eps,
-                "mechanism": "adaptation (α_eff falls with |g*|)",
-            }
+    debias = bool(rms and rms["bias_correction"])
+    if rms is not None:
+        entry = {"transform": "scale_by_rms", "decay": rms["decay"], "eps": rms["eps"]}
+        if debias:
+            entry["bias_correction"] = True
+        entry["mechanism"] = "adaptation (α_eff falls with |g*|)" + (
+            ", which also saturates the first update" if rms["explains_clipping"] else ""
         )
-        lr = lr * math.sqrt(eps)
-    modes = _response_modes(mom)
-    if mom.get("detected") and modes is not None:
-        decays, weights = modes
-        chain.append(
-            {
-                "transform": "momentum_modes",
-                "decays": decays,
-                "weights": weights,
-                "mechanism": f"momentum (dominant mode, timescale "
-                f"{float(mom.get('timescale') or 0):.3g} steps) and the other fitted modes of "
-                "the impulse response",
-            }
-        )
+        chain.append(entry)
+        lr = rms["learning_rate"]
+    timescale = f"{float(mom.get('timescale') or 0):.3g} steps"
+    debias_weights = None
+    if mom.get("detected") and (modes is not None or debias):
+        decays, weights = modes if modes is not None else ([float(mom["beta"])], [1.0])
+        entry = {"transform": "momentum_modes", "decays": decays, "weights": weights}
+        if debias:
+            entry["debias"] = True
+            debias_weights = (decays, weights)
+        entry["mechanism"] = (
+            f"momentum (dominant mode, timescale {timescale}) and the other fitted modes of "
+            "the impulse response"
+            if len(decays) > 1
+            else f"momentum (timescale {timescale})"
+        ) + (", debiased as the normaliser is" if debias else "")
+        chain.append(entry)
+        if modes is None:
+            lr *= trace_alpha
     elif mom.get("detected"):
         chain.append(
             {
                 "transform": "trace",
                 "decay": float(mom["beta"]),
-                "mechanism": f"momentum (dominant mode, timescale "
-                f"{float(mom.get('timescale') or 0):.3g} steps)",
+                "mechanism": f"momentum (dominant mode, timescale {timescale})",
             }
         )
-        lr = float(mom["alpha"]) * (lr / alpha_star if alpha_star else 1.0)
+        lr *= trace_alpha
     entry: dict[str, Any] = {
         "transform": "scale_by_learning_rate",
         "learning_rate": lr,
@@ -295,7 +511,7 @@ def chain_from_analysis(
         e = np.asarray([np.nan if x is None else x for x in eff], np.float64)
         if not np.all(np.isfinite(e)):  # keep the finite prefix
             e = e[: int(np.argmax(~np.isfinite(e)))]
-        mult = e / alpha_star
+        mult = e / alpha_star if rms is None else _normalised_schedule(e, debias_weights)
         knots = _knots(mult)
     if sch.get("detected") and eff and alpha_star and knots:
         entry["schedule"] = {
@@ -315,7 +531,9 @@ IMAG_TOL = 1e-6
 MODE_TOL = 1e-6
 
 
-def _response_modes(mom: Mapping[str, Any]) -> tuple[list[float], list[float]] | None:
+def _response_modes(
+    mom: Mapping[str, Any], *, drop_opposite: bool = False
+) -> tuple[list[float], list[float]] | None:
     """The fitted real modes ``(λ_i, α_i/Σα)`` when more than one carries weight, else ``None``.
 
     The weights are relative to ``Σα_i``, the response at lag 0, which the learning-rate entry
@@ -327,6 +545,8 @@ def _response_modes(mom: Mapping[str, Any]) -> tuple[list[float], list[float]] |
     pairs = [(complex(*lam), complex(*a)) for lam, a in zip(lams, alphas, strict=True)]
     scale = sum(abs(a) for _, a in pairs)
     pairs = [(lam, a) for lam, a in pairs if abs(a) > MODE_TOL * scale]
+    if drop_opposite:  # the normalisation's own memory, which scale_by_rms carries
+        pairs = [(lam, a) for lam, a in pairs if a.real > 0]
     if len(pairs) < 2:
         return None
     if any(abs(lam.imag) > IMAG_TOL or not 0.0 <= lam.real < 1.0 for lam, _ in pairs):
