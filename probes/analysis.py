@@ -63,6 +63,7 @@ from probes.black_box import (
     probe_clipping,
     probe_damping,
     step_size_program,
+    with_transient_damping,
 )
 from probes.canonical import canonical
 from probes.detectors import Adaptation
@@ -414,7 +415,8 @@ def analyze_cell(
         "alpha_eff_h0": float(effective_lr(cell, h0, secant=1e-3 * scale)),
         "fixed_points_at_zero": int(np.sum(np.asarray(fp.mask[0]) & (np.asarray(fp.kind[0]) == 0))),
     }
-    return Analysis(momentum, clipping, schedule, adaptation, "cell", meta, damping)
+    result = Analysis(momentum, clipping, schedule, adaptation, "cell", meta, damping)
+    return with_transient_damping(result, lambda gs: _cell_run(cell, gs), (lo, hi), cached=False)
 
 
 def _adaptation_along_branches(

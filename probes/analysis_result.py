@@ -8,6 +8,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from probes.detectors import Adaptation, Clipping, Damping, Momentum, Schedule
+from probes.transient import TransientDamping
 from probes.values import plain
 
 #: 2: adds ``damping`` (oscillation damping). 3: damping needs the Nyquist gain itself to fall.
@@ -98,6 +99,9 @@ class Analysis:
         meta: settings and context (gradient scale, typical step, ...).
         damping: oscillation damping (:class:`probes.detectors.Damping`), a mechanism beyond
             the paper's four; ``None`` for analyses written before it existed.
+        damping_transient: the damping read from the first steps of alternating gradients
+            (:class:`probes.transient.TransientDamping`), where the steady reading found none;
+            ``None`` otherwise and for analyses written before it existed.
     """
 
     momentum: Momentum
@@ -107,6 +111,7 @@ class Analysis:
     source: str
     meta: dict[str, Any]
     damping: Damping | None = None
+    damping_transient: TransientDamping | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict with ``schema_version``; every number finite or ``None``."""
@@ -121,6 +126,8 @@ class Analysis:
         }
         if self.damping is not None:
             out["damping"] = self.damping.to_json()
+        if self.damping_transient is not None:
+            out["damping_transient"] = self.damping_transient.to_json()
         json.dumps(out, allow_nan=False)  # fails loudly if anything non-finite slipped through
         return out
 
@@ -146,7 +153,11 @@ class Analysis:
         meta = d.get("meta") or {}
         if not isinstance(meta, Mapping):
             raise ValueError(f"analysis.meta: expected an object, got {meta!r}")
-        damping = d.get("damping")
+        damping, transient = d.get("damping"), d.get("damping_transient")
+        if transient is not None and not isinstance(transient, Mapping):
+            raise ValueError(
+                f"analysis.damping_transient: expected an object, got {transient!r:.80}"
+            )
         return cls(
             Momentum.from_json(d["momentum"]),
             Clipping.from_json(d["clipping"]),
@@ -155,4 +166,5 @@ class Analysis:
             d["source"],
             dict(meta),
             None if damping is None else Damping.from_json(damping),
+            None if transient is None else TransientDamping.from_json(transient),
         )

@@ -31,6 +31,7 @@ Shapes: ``T`` steps, ``G`` gradient values, ``M`` magnitudes, ``A`` amplitudes.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -44,6 +45,7 @@ from probes import detectors
 from probes.analysis_result import Analysis
 from probes.detectors import Clipping, Damping
 from probes.modes import memory_from_flips
+from probes.transient import read_transient_damping
 
 # ----------------------------------------------------------------------------- shared pieces
 
@@ -513,6 +515,27 @@ def step_size_program(run: Callable, steps: int) -> Callable:
     return program
 
 
+def with_transient_damping(
+    analysis: Analysis,
+    run: Callable[[jax.Array], jax.Array],
+    gradient_range: tuple[float, float],
+    *,
+    cached: bool = True,
+) -> Analysis:
+    """``analysis`` with the transient damping reading where none was detected in steady state.
+
+    :func:`probes.transient.read_transient_damping` on ``run`` (the chain of the other
+    mechanisms is built from ``analysis``), amplitudes over ``gradient_range``; ``cached`` as
+    there.
+    """
+    if analysis.damping is None or analysis.damping.detected:
+        return analysis
+    reading = read_transient_damping(
+        run, analysis.to_json(), _scalar_updates, gradient_range, cached=cached
+    )
+    return dataclasses.replace(analysis, damping_transient=reading)
+
+
 def analyze_optax(
     tx: optax.GradientTransformation,
     *,
@@ -628,4 +651,5 @@ def analyze_optax(
         damping_points,
         damping_steps,
     )
-    return Analysis(momentum, clipping, schedule, adaptation, "optax", meta, damping)
+    result = Analysis(momentum, clipping, schedule, adaptation, "optax", meta, damping)
+    return with_transient_damping(result, _jitted(run), (float(m[0]), float(m[-1])))

@@ -382,6 +382,12 @@ def chain_from_analysis(
     }
     chain: list[dict[str, Any]] = []
     damping = analysis.get("damping")
+    transient, read = analysis.get("damping_transient"), ""
+    if isinstance(damping, Mapping) and not damping.get("detected"):
+        if isinstance(transient, Mapping) and transient.get("detected"):
+            damping = {"detected": True, "kappa": transient["kappa"], "memory": transient["memory"]}
+            notes["damping_from"] = f"the first {transient.get('steps')} steps"
+            read = f", read from the first {transient.get('steps')} steps"
     if isinstance(damping, Mapping):
         notes["detected"]["damping"] = bool(damping.get("detected"))
         kappa, memory = damping.get("kappa"), damping.get("memory")
@@ -393,7 +399,7 @@ def chain_from_analysis(
                     "scale": float(kappa),
                     "decay": float(memory) if measured else DAMP_DECAY,
                     "mechanism": f"oscillation damping (gain for sign-flipping gradients "
-                    f"halves at |g| = {float(kappa):.4g})",
+                    f"halves at |g| = {float(kappa):.4g}{read})",
                 }
             )
 

@@ -1,0 +1,95 @@
+"""Damping read from the first steps of alternating gradients (probes.transient)."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+import pytest
+
+import probes
+import tasks
+from lopt.chain import damp_oscillations
+from probes.analysis_result import Analysis
+from probes.faithfulness import faithfulness
+from probes.to_chain import chain_from_analysis
+from probes.words import describe, summary_sentences
+
+KAPPA, RHO, UNTIL = 0.3, 0.8, 40
+
+
+def early_damping(kappa: float, rho: float, until: int) -> optax.GradientTransformation:
+    """``damp_oscillations(κ, ρ)`` for the first ``until`` steps, the identity after."""
+    inner = damp_oscillations(kappa, rho)
+
+    def init(params):
+        return inner.init(params), jnp.zeros([], jnp.int32)
+
+    def update(g, state, params=None):
+        s, count = state
+        damped, s = inner.update(g, s, params)
+        out = jax.tree.map(lambda a, b: jnp.where(count < until, a, b), damped, g)
+        return out, (s, count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _early():
+    return optax.chain(early_damping(KAPPA, RHO, UNTIL), optax.sgd(0.1, momentum=0.9))
+
+
+@functools.cache
+def _analysis(name):
+    return probes.analyze_optax(OPTIMIZERS[name]())
+
+
+OPTIMIZERS = {
+    "early_damping": _early,
+    "momentum": lambda: optax.sgd(0.05, momentum=0.8),
+    "clip_momentum": lambda: optax.chain(optax.clip(0.4), optax.sgd(0.1, momentum=0.9)),
+    "rmsprop": lambda: optax.rmsprop(0.01),
+    "adam": lambda: optax.adam(1e-3),
+}
+
+
+def test_damping_that_fades_is_missed_in_steady_state_and_read_from_the_first_steps():
+    a = _analysis("early_damping")
+    # After 200 steps the damping has switched off: the steady probe sees plain momentum.
+    assert not a.damping.detected
+    t = a.damping_transient
+    assert t.detected and t.steps == 20
+    # The grid holds 10**-0.5 ~ 0.316 (nearest to kappa = 0.3) and rho = 0.8 exactly.
+    assert t.kappa == pytest.approx(10**-0.5, rel=1e-4) and t.memory == pytest.approx(RHO)
+    assert t.error_with < 0.05 * t.error_without
+    assert Analysis.from_json(a.to_json()).to_json() == a.to_json()
+
+
+def test_the_chain_carries_the_transient_damping_and_replays_the_optimizer():
+    d = _analysis("early_damping").to_json()
+    chain, notes = chain_from_analysis(d)
+    assert [e["transform"] for e in chain] == [
+        "damp_oscillations",
+        "trace",
+        "scale_by_learning_rate",
+    ]
+    assert notes["damping_from"] == "the first 20 steps"
+    family = tasks.get("linear_regression", num_steps=30)  # inside the damping's 40 steps
+    with_it = faithfulness(d, _early(), family, num_problems=4, coords=32, heldout_problems=8)
+    without = {k: v for k, v in d.items() if k != "damping_transient"}
+    plain = faithfulness(without, _early(), family, num_problems=4, coords=32, heldout_problems=8)
+    assert with_it.update_error < 0.5 * plain.update_error
+
+
+@pytest.mark.parametrize("name", ["momentum", "clip_momentum", "rmsprop", "adam"])
+def test_no_transient_damping_where_there_is_none(name):
+    t = _analysis(name).damping_transient
+    assert t is not None and not t.detected
+    assert t.error_with >= 0.75 * t.error_without or t.error_without < 0.01
+
+
+def test_the_reading_is_put_in_words():
+    d = _analysis("early_damping").to_json()
+    assert any("first 20 steps it damps oscillations" in s for s in summary_sentences(d))
+    assert any("κ ≈ 0.32" in line for line in describe(d))
+    quiet = _analysis("momentum").to_json()
+    assert any("no damping to find" in s for s in summary_sentences(quiet))
