@@ -6,7 +6,9 @@ steps of a problem, where its damping may differ. This experiment reads the damp
 first ``K`` steps instead: the learned optimizer's updates for ``g_t = (−1)ᵗ a`` from a fresh
 state (less its updates for ``g = 0``), at 10 amplitudes over the training range of ``|g|``
 (``analysis.json``'s ``damping.gradient_range``), are compared with those of the probed chain
-(``distill.json``'s ``chain``) with :func:`lopt.chain.damp_oscillations` in front; ``κ`` (31
+(the chain :func:`probes.to_chain.chain_from_analysis` builds without the first-steps damping,
+which :mod:`probes.transient` now adds with ``K = 20``) with
+:func:`lopt.chain.damp_oscillations` in front; ``κ`` (31
 values, a decade either side of the range) and the memory ``ρ`` are chosen on a grid to minimise
 the relative squared error, averaged over amplitudes. No loss and no trajectory is used. The
 chain with the fitted damping is then scored on the 128 held-out problems of ``lopt evaluate``:
@@ -43,8 +45,8 @@ from lopt.chain import build_chain, damp_oscillations
 from lopt.evaluation import family_from_config, heldout_key
 from lopt.unroll import evaluate, per_problem_metric
 from probes.distill.stats import fraction_report
-
-DECAYS = (0.0, 0.3, 0.5, 0.7, 0.8, 0.9)
+from probes.to_chain import chain_from_analysis
+from probes.transient import DECAYS, KAPPAS
 
 
 def flip_updates(tx: optax.GradientTransformation, amps: jax.Array, steps: int) -> jax.Array:
@@ -83,7 +85,7 @@ def fit_damping(tx, chain, amps: jax.Array, steps: int) -> dict:
     none = error(np.asarray(flip_updates(build_chain(chain), amps, steps)))
     fits = [
         (error(np.asarray(chain_flips(k, r))), float(k), r)
-        for k, r in itertools.product(np.geomspace(lo / 10, hi * 10, 31), DECAYS)
+        for k, r in itertools.product(np.geomspace(lo / 10, hi * 10, KAPPAS), DECAYS)
     ]
     err, kappa, rho = min(fits)
     return {"flip_error_without": none, "flip_error_with": err, "kappa": kappa, "decay": rho}
@@ -108,13 +110,13 @@ OPTAX = {
 def optax_check(steps: int) -> None:
     """The same fit on optax optimizers, each in front of its own probed chain."""
     import probes  # noqa: PLC0415 (only this check analyses optimizers)
-    from probes.to_chain import chain_from_analysis  # noqa: PLC0415
 
     amps = jnp.asarray(np.geomspace(1e-3, 3.0, 10), jnp.float32)
     for name, make in OPTAX.items():
         tx = make()
         analysis = probes.analyze_optax(tx)
-        chain, _ = chain_from_analysis(analysis.to_json())
+        plain = {k: v for k, v in analysis.to_json().items() if k != "damping_transient"}
+        chain, _ = chain_from_analysis(plain)
         fit = fit_damping(tx, chain, amps, steps)
         print(
             json.dumps(
@@ -142,7 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     family = family_from_config(rundir.read_json(f"{run}/config.json"))
     opt, theta, _ = lopt.load(f"{run}/theta.npz")
     learned = opt.optimizer(theta)
-    probed = dist["chain"]
+    # The chain of the other mechanisms: without the first-steps damping the probes now add.
+    plain = {k: v for k, v in analysis.items() if k != "damping_transient"}
+    probed = chain_from_analysis(plain)[0]
     lo, hi = (float(x) for x in analysis["damping"]["gradient_range"])
     amps = jnp.asarray(np.geomspace(lo, hi, 10), jnp.float32)
     horizon, n = family.num_steps, int(ev.get("num_problems") or 128)
@@ -153,6 +157,7 @@ def main(argv: list[str] | None = None) -> int:
 
     per_learned = held_out(learned)
     per_best = held_out(baseline(best["name"], **best["hyperparameters"]))
+    plain_frac = fraction_report(per_learned, per_best, held_out(build_chain(probed)))["fraction"]
     for steps in args.steps:
         fit = fit_damping(learned, probed, amps, steps)
         damp = {"transform": "damp_oscillations", "scale": fit["kappa"], "decay": fit["decay"]}
@@ -166,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
                     **fit,
                     "fraction": None if frac is None else frac["mean"],
                     "interval": None if frac is None else frac["ci"],
-                    "probed_fraction": (dist.get("fraction") or {}).get("mean"),
+                    "fraction_without": None if plain_frac is None else plain_frac["mean"],
                 }
             )
         )
