@@ -214,7 +214,7 @@ def _rms_from_probes(
     memory: float | None,
     gain: float,
     warmup: int | None,
-    scheduled: bool = False,
+    schedule_ratios: tuple[float, float] = (1.0, 1.0),
 ) -> dict[str, Any] | None:
     """``scale_by_rms(d, ε)`` and the learning rate ``L`` after it, from the probes alone.
 
@@ -233,15 +233,16 @@ def _rms_from_probes(
 
     ``d`` is the impulse response's opposite-sign mode (``memory``, the normaliser's own
     memory) where one was measured, and the form whose predicted ``S/A`` is closer (in log) is
-    taken; without one only the plain form can be told apart (``d`` from ``S/A``, or
-    ``RMS_DECAY`` when a schedule was detected: ``S`` is read at the first step, ``A`` after
-    ``W``, at another learning rate). If the
-    resulting curve matches the adaptation probe (``RMS_FIT_TOL``), the first update's
-    saturation is the normaliser's own and no clipping is added (RMSProp and Adam are
-    sign-like from a fresh state). Otherwise (or without a saturating first update) ``ε`` is
-    the fitted bend and ``d`` is ``memory`` or ``RMS_DECAY``. Every number is referred to the
-    operating point of the probe that reads it, so the chain's updates have the optimizer's
-    size.
+    taken; without one only the plain form can be told apart (``d`` from ``S/A``). Under a
+    detected schedule ``S`` (read at the first step) is first referred to the learning rate at
+    which ``A`` was read (after ``W`` steps, where the schedule sits at its last value):
+    ``schedule_ratios`` are the schedule's last value over its value at the clipping probe's
+    step, as each form would read it (:func:`_schedule_ratios`). If the resulting curve
+    matches the adaptation probe (``RMS_FIT_TOL``), the first update's saturation is the
+    normaliser's own and no clipping is added (RMSProp and Adam are sign-like from a fresh
+    state). Otherwise (or without a saturating first update) ``ε`` is the fitted bend and ``d``
+    is ``memory`` or ``RMS_DECAY``. Every number is referred to the operating point of the
+    probe that reads it, so the chain's updates have the optimizer's size.
 
     Returns:
         ``{"decay", "eps", "learning_rate", "bias_correction", "explains_clipping",
@@ -264,16 +265,14 @@ def _rms_from_probes(
     pos, neg = clip.get("asymptote_pos"), clip.get("asymptote_neg")
     sat = 0.5 * abs(float(neg) - float(pos)) if pos is not None and neg is not None else 0.0
     if clip.get("detected") and np.isfinite(thr) and sat > 0:
-        ratio = sat / big_a
-        if memory is None and scheduled:  # S and A are read at different learning rates
-            form = {"decay": RMS_DECAY, "bias_correction": False}
-        elif memory is None:
+        ratio, ratio_d = (sat * r / big_a for r in schedule_ratios)
+        if memory is None:
             form = {"decay": ratio**2 / (1.0 + ratio**2), "bias_correction": False}
         else:
             c = 1.0 - memory ** (int(warmup or 0) + 1) if warmup else 1.0
             plain = math.sqrt(memory / (1.0 - memory))
             debiased = gain * math.sqrt(memory / c)
-            corrected = debiased > 0 and abs(math.log(ratio / debiased)) < abs(
+            corrected = debiased > 0 and abs(math.log(ratio_d / debiased)) < abs(
                 math.log(ratio / plain)
             )
             form = {"decay": memory, "bias_correction": corrected}
@@ -291,6 +290,33 @@ def _rms_from_probes(
     return out
 
 
+def _debias_curve(n: int, modes: tuple[list[float], list[float]] | None) -> np.ndarray:
+    """``D(t) = Σ w_i/(1 − λ_i^{t+1})`` for ``t < n`` (``1`` without ``modes``).
+
+    The gain of debiased modes at step ``t`` after zero gradients, relative to their steady
+    lag-0 weight.
+    """
+    if modes is None:
+        return np.ones(n)
+    t = np.arange(n, dtype=np.float64)[:, None] + 1.0
+    lam, w = (np.asarray(x, np.float64)[None] for x in modes)
+    return np.sum(w / (1.0 - lam**t), axis=1)
+
+
+def _schedule_ratios(
+    eff: np.ndarray, step: int, modes: tuple[list[float], list[float]] | None
+) -> tuple[float, float]:
+    """The schedule's last value over its value at ``step``, plainly and debiased.
+
+    The second takes the debiased momentum's own ``D(t)`` out; ``(1, 1)`` if either value is
+    not positive.
+    """
+    if not 0 <= step < eff.size or not (eff[step] > 0 and eff[-1] > 0):
+        return 1.0, 1.0
+    d = _debias_curve(eff.size, modes)
+    return float(eff[-1] / eff[step]), float((eff[-1] / d[-1]) / (eff[step] / d[step]))
+
+
 def _normalised_schedule(
     eff: np.ndarray, modes: tuple[list[float], list[float]] | None
 ) -> np.ndarray:
@@ -303,12 +329,7 @@ def _normalised_schedule(
     after zero gradients. (The gain after zero gradients is ``1/ε`` territory for a
     normaliser, whose ``ε`` the probes read only roughly: only its shape is used.)
     """
-    d = np.ones_like(eff)
-    if modes is not None:
-        t = np.arange(eff.size, dtype=np.float64)[:, None] + 1.0
-        lam, w = (np.asarray(x, np.float64)[None] for x in modes)
-        d = np.sum(w / (1.0 - lam**t), axis=1)
-    ratio = eff / d
+    ratio = eff / _debias_curve(eff.size, modes)
     return ratio / ratio[-1] if ratio.size and ratio[-1] != 0 else ratio
 
 
@@ -443,9 +464,14 @@ def chain_from_analysis(
     rms = None
     if adapting:
         warmup = (analysis.get("meta") or {}).get("warmup")
-        rms = _rms_from_probes(
-            ada, clip, _normalisation_memory(mom), gain, warmup, bool(sch.get("detected"))
-        )
+        ratios = (1.0, 1.0)
+        if sch.get("detected") and eff:
+            e = np.asarray([np.nan if x is None else x for x in eff], np.float64)
+            if not np.all(np.isfinite(e)):  # keep the finite prefix
+                e = e[: int(np.argmax(~np.isfinite(e)))]
+            one = ([float(mom["beta"])], [1.0]) if mom.get("detected") else None
+            ratios = _schedule_ratios(e, int(clip.get("step") or 0), modes or one)
+        rms = _rms_from_probes(ada, clip, _normalisation_memory(mom), gain, warmup, ratios)
     notes["normalisation"] = rms
     if clip.get("detected") and clip.get("threshold") and not (rms and rms["explains_clipping"]):
         thr = float(clip["threshold"])

@@ -36,6 +36,10 @@ OPTIMIZERS = {
     "rmsprop_momentum": lambda: optax.rmsprop(0.01, decay=0.95, momentum=0.7),
     "adam": lambda: optax.adam(3e-3, b1=0.8, b2=0.99),
     "adagrad": lambda: optax.adagrad(0.05),
+    "adam_warmup_cosine": lambda: optax.adam(
+        optax.warmup_cosine_decay_schedule(0.0, 2e-3, 15, 150, end_value=2e-4)
+    ),
+    "rmsprop_cosine": lambda: optax.rmsprop(optax.cosine_decay_schedule(0.02, 150, 0.1)),
     "sign_sgd": lambda: optax.sign_sgd(0.03),
     "signum": lambda: optax.signum(0.02, 0.85),
 }
@@ -84,6 +88,19 @@ def test_adam_is_a_bias_corrected_normaliser_and_a_debiased_momentum():
     assert steady == pytest.approx(3e-3 / np.sqrt(c), rel=0.02)
 
 
+def test_a_schedule_is_taken_out_of_the_first_updates_saturation():
+    # The first update is read at the schedule's first step, the adaptation curve after W steps
+    # at its last value: S is referred to A's learning rate before the two are compared, so a
+    # warm-up from near 0 still reads Adam's form and a cosine decay RMSProp's decay.
+    _, chain, _ = _chain("adam_warmup_cosine")
+    assert chain[0]["bias_correction"] and chain[1]["debias"]
+    assert chain[-1]["schedule"] is not None
+    _, chain, _ = _chain("rmsprop_cosine")
+    assert _kinds(chain) == ["scale_by_rms", "scale_by_learning_rate"]
+    assert chain[0]["decay"] == pytest.approx(0.9, abs=1e-3)
+    assert chain[1]["learning_rate"] == pytest.approx(0.002, rel=0.01)  # the last value
+
+
 def test_adagrad_is_a_slow_normaliser():
     # Adagrad's accumulator after W steps of g* is a0 + (W+1) g*^2, and its first update
     # -lr g/sqrt(a0 + g^2) saturates at lr: S/A = sqrt(W+1), so d = 1 - 1/(W+2) and, over a
@@ -106,11 +123,14 @@ def test_sign_like_updates_become_scale_by_sign_with_momentum_inside():
 
 #: Relative RMS error of the chain's updates on the optimizer's own gradients (measured
 #: 2026-12-06 on this family: rmsprop(s), sign_sgd, signum ~1e-7 or 0; adagrad 0.01; adam
-#: 0.05, the momentum's and normaliser's debiasing being matched only in form).
+#: 0.05, the momentum's and normaliser's debiasing being matched only in form; the schedules
+#: interpolated between knots add ~0.002).
 BOUNDS = {
     "rmsprop": 1e-4,
     "rmsprop_momentum": 1e-4,
+    "rmsprop_cosine": 0.02,
     "adam": 0.15,
+    "adam_warmup_cosine": 0.15,
     "adagrad": 0.05,
     "sign_sgd": 1e-4,
     "signum": 1e-3,
