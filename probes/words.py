@@ -338,11 +338,11 @@ def summary_sentences(a: Mapping[str, Any]) -> list[str]:
             "Learning-rate adaptation: not detected; its learning rate does not fall as "
             f"gradients grow{sl}{extra}."
         )
-    d = a.get("damping") or {}
-    if d:
-        out.append(damping_phrase(d))
-    if a.get("damping_transient"):
-        out.append(transient_damping_phrase(a["damping_transient"]))
+    d, t = a.get("damping") or {}, a.get("damping_transient") or {}
+    if d:  # one sentence per mechanism: a first-steps damping joins the steady reading's
+        out.append(
+            damping_phrase(d) + (" " + transient_damping_phrase(t) if t.get("detected") else "")
+        )
     return [x.replace("-0", "−0").replace(" -", " −") for x in out]
 
 

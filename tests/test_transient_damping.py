@@ -13,7 +13,7 @@ from lopt.chain import damp_oscillations
 from probes.analysis_result import Analysis
 from probes.faithfulness import faithfulness
 from probes.to_chain import chain_from_analysis
-from probes.words import describe, summary_sentences
+from probes.words import describe, summary_sentences, transient_damping_phrase
 
 KAPPA, RHO, UNTIL = 0.3, 0.8, 40
 
@@ -92,4 +92,8 @@ def test_the_reading_is_put_in_words():
     assert any("first 20 steps it damps oscillations" in s for s in summary_sentences(d))
     assert any("κ ≈ 0.32" in line for line in describe(d))
     quiet = _analysis("momentum").to_json()
-    assert any("no damping to find" in s for s in summary_sentences(quiet))
+    # Nothing found: the summary keeps one sentence per mechanism, the line says why.
+    assert len(summary_sentences(quiet)) == 5
+    assert "no damping to find" not in " ".join(summary_sentences(quiet))
+    assert "in the first 20 steps: not detected" in describe(quiet)[-1]
+    assert "no damping to find" in transient_damping_phrase(quiet["damping_transient"])
