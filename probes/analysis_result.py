@@ -12,9 +12,10 @@ from probes.transient import TransientDamping
 from probes.values import plain
 
 #: 2: adds ``damping`` (oscillation damping). 3: damping needs the Nyquist gain itself to fall.
+#: 4: adds ``damping_transient`` (damping read from the first steps).
 #: Analyses of an older version are re-computed by ``probes report`` and ``lopt distill`` rather
 #: than re-used (:func:`is_current`).
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def is_current(analysis: dict[str, Any]) -> bool:

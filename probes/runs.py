@@ -159,7 +159,7 @@ def saved_analysis(
         return None, "analysis.json is older than theta.npz"
     analysis = read_json(path)
     if not isinstance(analysis, dict) or not is_current(analysis):
-        return None, "analysis.json predates this version's probes (no oscillation damping)"
+        return None, "analysis.json predates this version's probes (no first-steps damping)"
     seed = analysis.get("key_seed")
     seed = 0 if seed is None else seed
     if key_seed is not None and seed != key_seed:
