@@ -37,7 +37,9 @@ transformations (:mod:`lopt.chain`), each one a mechanism of the paper (Maheswar
    with the probed ``κ`` (the gradient amplitude where gradients that flip sign every step lose
    half their gain relative to persistent ones; the transform has exactly that half-point) and
    the probed memory ``ρ`` (how fast the damping builds up from a fresh state; ``DAMP_DECAY``
-   for analyses that lack it).
+   for analyses that lack it); where the steady reading found none, the ``κ`` and ``ρ`` read
+   from the first steps (``analysis.damping_transient``, :mod:`probes.transient`) if that
+   reading detected damping.
 
 A **sign-like** update (the clipping probe's ``sign_like``) is written as
 ``[optax.trace(β)] → optax.scale_by_sign → step size`` (:func:`_sign_chain`).
