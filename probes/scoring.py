@@ -103,8 +103,9 @@ def check(case: Any, analysis: Any) -> list[Verdict]:
     """Scores an analysis of ``case.optax()`` (source ``optax``) or ``case.cell()`` (``cell``).
 
     Returns verdicts for momentum, clipping, schedule, adaptation and (unless expected ``None``)
-    damping. Detection is judged first (false positive / false negative), then the numbers
-    (value error, with the measured and expected values).
+    damping (read in steady state or from the first steps). Detection is judged first (false
+    positive / false negative), then the numbers (value error, with the measured and expected
+    values).
     """
     e = case.expected_for(analysis.source)
     out = [
@@ -113,9 +114,9 @@ def check(case: Any, analysis: Any) -> list[Verdict]:
         _schedule(e.schedule, analysis.schedule),
         _adaptation(e.adaptation, analysis.adaptation),
     ]
-    if e.damping is not None:
-        d = analysis.damping
-        measured = bool(d is not None and d.detected)
+    if e.damping is not None:  # in steady state or, where that finds none, in the first steps
+        d, t = analysis.damping, getattr(analysis, "damping_transient", None)
+        measured = bool(d is not None and d.detected) or bool(t is not None and t.detected)
         v = _detection("damping", e.damping, measured)
         out.append(v or _right("damping", e.damping))
     return out
