@@ -54,7 +54,7 @@ of how hard to work: ``distill.json`` does not record them.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -169,6 +169,10 @@ RMS_HALF = 2.0 ** (2.0 / 3.0) - 1.0
 #: The normalisation explains the first update's saturation when ``A/√(m² + ε/d)`` with the
 #: ``ε`` that the saturation implies matches the adaptation curve within this RMS log-ratio.
 RMS_FIT_TOL = 0.1
+#: The largest decay a plain normaliser is given (past it: an accumulator, see _plain_decay).
+D_MAX = 1.0 - 1e-6
+#: The smallest ``ε`` a normaliser is given (``g·rsqrt(ν + ε)`` is NaN at ``g = ν = 0``).
+EPS_FLOOR = 1e-20
 
 
 def _rms_curve_fit(m: np.ndarray, a: np.ndarray) -> tuple[float, float, float]:
@@ -225,12 +229,16 @@ def _rms_from_probes(
     from a fit. The clipping probe (the first update from a fresh state) saturates at ``S``
     and its slope halves at ``t``. Two forms of normaliser are weighed by the ratio ``S/A``:
 
-    * **plain** (RMSProp): ``scale_by_rms(d, ε) → momentum → L`` has ``A = L/√d`` and
-      ``S = L/√(1−d)``, so ``S/A = √(d/(1−d))``; ``(1−d) t² = RMS_HALF · ε``.
+    After ``W`` steps of ``g*`` the second moment holds ``f = 1 − d^W`` of ``g*²``, and the
+    probe reads the next step, ``ν = d f g*²``.
+
+    * **plain** (RMSProp): ``scale_by_rms(d, ε) → momentum → L`` has ``A = L/√(d f)`` and
+      ``S = L/√(1−d)``, so ``S/A = √(d f/(1−d))``, solved for ``d`` (:func:`_plain_decay`);
+      ``(1−d) t² = RMS_HALF · ε``.
     * **bias-corrected** (Adam): ``scale_by_rms(d, ε, bias_correction=True)`` and a debiased
-      momentum (:func:`lopt.chain.momentum_modes`) have ``A = L/√(d/c)`` with
+      momentum (:func:`lopt.chain.momentum_modes`) have ``A = L/√(d f/c)`` with
       ``c = 1 − d^{W+1}`` and a first update already at its steady size, ``S = G L`` (``G``
-      the momentum's steady gain per unit of its lag-0 weight), so ``S/A = G √(d/c)``;
+      the momentum's steady gain per unit of its lag-0 weight), so ``S/A = G √(d f/c)``;
       ``t² = RMS_HALF · ε``.
 
     ``d`` is the impulse response's opposite-sign mode (``memory``, the normaliser's own
@@ -261,35 +269,67 @@ def _rms_from_probes(
         return None
     m, a = m[ok], a[ok]
     big_a, e, err = _rms_curve_fit(m, a)
+    w = int(warmup or 0)
+
+    def fill(d: float) -> float:  # the share of ν that W steps of g* fill: 1 − d^W
+        return 1.0 - d**w if w else 1.0
+
+    def debias(d: float) -> float:  # bias correction at the probe's step: 1 − d^{W+1}
+        return 1.0 - d ** (w + 1) if w else 1.0
+
     decay = memory if memory is not None else RMS_DECAY
-    out = {"decay": decay, "eps": e * decay, "bias_correction": False, "explains_clipping": False}
+    out = {"decay": decay, "eps": e * decay * fill(decay)}
+    out |= {"bias_correction": False, "explains_clipping": False}
     thr = float(clip.get("threshold") or np.inf)
     pos, neg = clip.get("asymptote_pos"), clip.get("asymptote_neg")
     sat = 0.5 * abs(float(neg) - float(pos)) if pos is not None and neg is not None else 0.0
+    lr = None
     if clip.get("detected") and np.isfinite(thr) and sat > 0:
         ratio, ratio_d = (sat * r / big_a for r in schedule_ratios)
         if memory is None:
-            form = {"decay": ratio**2 / (1.0 + ratio**2), "bias_correction": False}
+            d = _plain_decay(ratio**2, fill)
+            form = {"decay": d, "bias_correction": False}
+            lr_form = big_a * ratio * math.sqrt(1.0 - d)  # the first update's size, S √(1−d)
         else:
-            c = 1.0 - memory ** (int(warmup or 0) + 1) if warmup else 1.0
-            plain = math.sqrt(memory / (1.0 - memory))
-            debiased = gain * math.sqrt(memory / c)
+            plain = math.sqrt(memory * fill(memory) / (1.0 - memory))
+            debiased = gain * math.sqrt(memory * fill(memory) / debias(memory))
             corrected = debiased > 0 and abs(math.log(ratio_d / debiased)) < abs(
                 math.log(ratio / plain)
             )
             form = {"decay": memory, "bias_correction": corrected}
+            lr_form = None
         d = form["decay"]
         eps = thr**2 / RMS_HALF * (1.0 if form["bias_correction"] else 1.0 - d)
-        err_sat = _rms_error(m, a, big_a, eps / d)
+        err_sat = _rms_error(m, a, big_a, eps / (d * fill(d)))
         if err_sat <= max(RMS_FIT_TOL, err):
             out = {**form, "eps": eps, "explains_clipping": True}
-            err = err_sat
+            err, lr = err_sat, lr_form
     d = out["decay"]
-    c = 1.0 - d ** (int(warmup) + 1) if out["bias_correction"] and warmup else 1.0
-    out["learning_rate"] = float(big_a * math.sqrt(d / c))
+    c = debias(d) if out["bias_correction"] else 1.0
+    out["learning_rate"] = float(lr if lr is not None else big_a * math.sqrt(d * fill(d) / c))
+    out["eps"] = max(float(out["eps"]), EPS_FLOOR)
     out["fit_error"] = float(err)
-    out["decay"], out["eps"] = float(d), float(out["eps"])
+    out["decay"] = float(d)
     return out
+
+
+def _plain_decay(target: float, fill: Callable[[float], float]) -> float:
+    """``d`` with ``d·fill(d)/(1−d) = target`` (bisection; increasing in ``d``), at most ``D_MAX``.
+
+    Past ``D_MAX`` the normaliser forgets nothing over the probe's ``W`` steps (an accumulator,
+    Adagrad): any ``d`` that close to 1 gives the same chain once its learning rate is set
+    from the first update, so ``D_MAX`` is used.
+    """
+    lo, hi = 0.0, D_MAX
+    if hi * fill(hi) / (1.0 - hi) <= target:
+        return hi
+    for _ in range(100):
+        mid = 0.5 * (lo + hi)
+        if mid * fill(mid) / (1.0 - mid) < target:
+            lo = mid
+        else:
+            hi = mid
+    return 0.5 * (lo + hi)
 
 
 def _debias_curve(n: int, modes: tuple[list[float], list[float]] | None) -> np.ndarray:
@@ -340,8 +380,9 @@ def _sign_chain(
 ) -> list[dict[str, Any]]:
     """A sign-like update as ``[trace(β)] → scale_by_sign → step``.
 
-    The step is the first update's size (half the gap between its asymptotes), and a detected
-    schedule is the probed step size over it; momentum (read from how long an opposite
+    The step is the first update's size (half the gap between its asymptotes) or, under a
+    detected schedule, the last probed step size, and the schedule is the probed step size over
+    it; momentum (read from how long an opposite
     impulse flips the update's sign) goes inside the sign, as in signum and Lion.
     """
     out: list[dict[str, Any]] = []
@@ -357,14 +398,17 @@ def _sign_chain(
     out.append({"transform": "scale_by_sign", "mechanism": "saturating update: sign-like"})
     pos, neg = clip.get("asymptote_pos"), clip.get("asymptote_neg")
     step = 0.5 * abs(float(neg) - float(pos)) if pos is not None and neg is not None else 0.0
+    eff = np.asarray([np.nan if x is None else x for x in sch.get("effective_lr") or []], float)
+    scheduled = sch.get("detected") and eff.size and np.all(np.isfinite(eff)) and eff[-1] > 0
+    if scheduled:  # the step settles at the schedule's last value (its tail approaches it)
+        step = float(eff[-1])
     entry: dict[str, Any] = {
         "transform": "scale_by_learning_rate",
         "learning_rate": step,
         "schedule": None,
         "mechanism": "step size",
     }
-    eff = np.asarray([np.nan if x is None else x for x in sch.get("effective_lr") or []], float)
-    if sch.get("detected") and step > 0 and eff.size and np.all(np.isfinite(eff)):
+    if scheduled:
         mult = eff / step
         knots = _knots(mult)
         entry["schedule"] = {
@@ -446,7 +490,12 @@ def chain_from_analysis(
 
     lr = alpha_star
     damp_entry = chain[0] if chain and chain[0]["transform"] == "damp_oscillations" else None
-    explained = damp_entry is not None and _adaptation_explained_by_damping(ada, damp_entry)
+    # A damping read from the first steps only cannot explain the steady adaptation probe.
+    explained = (
+        damp_entry is not None
+        and "damping_from" not in notes
+        and _adaptation_explained_by_damping(ada, damp_entry)
+    )
     notes["adaptation_from_damping"] = explained
     adapting = bool(ada.get("detected")) and not explained
     # With a normaliser in the chain, a mode opposing Σα is the normaliser's memory, not momentum.

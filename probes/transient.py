@@ -14,7 +14,7 @@ minimise the relative squared error averaged over amplitudes.
 **Rule.** Damping is detected here when the fitted damping removes at least ``GAIN`` of the
 chain's error on these sequences and that error is at least ``FLOOR`` (an error the chain
 already explains to a percent leaves nothing to find). On the battery's optimizers without
-damping the fit removes nothing; the rule uses no loss and no training trajectory.
+damping it detects nothing; the rule uses no loss and no training trajectory.
 
 Shapes: ``K`` steps, ``A`` amplitudes, ``G`` grid points.
 """

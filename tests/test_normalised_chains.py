@@ -18,7 +18,7 @@ import probes
 import tasks
 from lopt.chain import build_chain, chain_code, momentum_modes
 from probes.faithfulness import faithfulness
-from probes.to_chain import chain_from_analysis
+from probes.to_chain import D_MAX, chain_from_analysis
 
 FAMILY = tasks.get("linear_regression", num_steps=60)
 
@@ -34,7 +34,7 @@ def _chain(name):
 OPTIMIZERS = {
     "rmsprop": lambda: optax.rmsprop(0.02, decay=0.8),
     "rmsprop_momentum": lambda: optax.rmsprop(0.01, decay=0.95, momentum=0.7),
-    "adam": lambda: optax.adam(3e-3, b1=0.8, b2=0.99),
+    "adam": lambda: optax.adam(3e-3, b1=0.8, b2=0.999),
     "adagrad": lambda: optax.adagrad(0.05),
     "adam_warmup_cosine": lambda: optax.adam(
         optax.warmup_cosine_decay_schedule(0.0, 2e-3, 15, 150, end_value=2e-4)
@@ -73,19 +73,18 @@ def test_rmsprop_with_momentum_keeps_the_trace_after_the_normaliser():
 def test_adam_is_a_bias_corrected_normaliser_and_a_debiased_momentum():
     # At a background b the impulse response is -(lr/|b|)[(1-b1) b1^k - c (1-b2) b2^k]: the
     # negative b2 mode is the normaliser's memory (d = b2), not momentum. The first update is
-    # a full sign step lr (both moments debiased), S/A = G sqrt(b2/c) with the momentum's
-    # steady gain G = 1/(1-b1), so the bias-corrected form is chosen. Steady state: the chain's
-    # update for a constant gradient is lr * 1 * G, Adam's lr.
-    analysis, chain, _ = _chain("adam")
+    # a full sign step lr (both moments debiased), S/A = G sqrt(d f/c) with the momentum's
+    # steady gain G = 1/(1-b1), f = 1 - d^W and c = 1 - d^(W+1), so the bias-corrected form is
+    # chosen. Steady state: the chain's update for a constant gradient is lr * 1 * G = Adam's lr.
+    _, chain, _ = _chain("adam")
     assert _kinds(chain) == ["scale_by_rms", "momentum_modes", "scale_by_learning_rate"]
     rms, modes, lr = chain
-    assert rms["bias_correction"] and rms["decay"] == pytest.approx(0.99, abs=2e-3)
+    assert rms["bias_correction"] and rms["decay"] == pytest.approx(0.999, abs=2e-4)
     assert modes["debias"]
     w, lam = np.asarray(modes["weights"]), np.asarray(modes["decays"])
     assert lam[np.argmax(w)] == pytest.approx(0.8, abs=1e-3)
     steady = lr["learning_rate"] * float(np.sum(w / (1 - lam)))
-    c = 1 - 0.99 ** (analysis["meta"]["warmup"] + 1)
-    assert steady == pytest.approx(3e-3 / np.sqrt(c), rel=0.02)
+    assert steady == pytest.approx(3e-3, rel=0.01)
 
 
 def test_a_schedule_is_taken_out_of_the_first_updates_saturation():
@@ -101,14 +100,17 @@ def test_a_schedule_is_taken_out_of_the_first_updates_saturation():
     assert chain[1]["learning_rate"] == pytest.approx(0.002, rel=0.01)  # the last value
 
 
-def test_adagrad_is_a_slow_normaliser():
-    # Adagrad's accumulator after W steps of g* is a0 + (W+1) g*^2, and its first update
-    # -lr g/sqrt(a0 + g^2) saturates at lr: S/A = sqrt(W+1), so d = 1 - 1/(W+2) and, over a
-    # horizon much shorter than 1/(1-d), (1-d) * sum g^2 is the accumulator / (W+2).
-    analysis, chain, _ = _chain("adagrad")
-    w = analysis["meta"]["warmup"]
+def test_adagrad_is_an_accumulator():
+    # Adagrad's accumulator after W steps of g* is a0 + W g*^2, and its first update
+    # -lr g/sqrt(a0 + g^2) saturates at lr: S/A ~ sqrt(W), beyond what a normaliser that
+    # forgets over W steps can give (d f/(1-d) < W). The chain's decay is then as close to 1
+    # as allowed, and its learning rate is set from the first update: (1-d) * sum g^2 is the
+    # accumulator scaled by (1-d), which L = lr sqrt(1-d) cancels.
+    _, chain, _ = _chain("adagrad")
     assert _kinds(chain) == ["scale_by_rms", "scale_by_learning_rate"]
-    assert 1 - chain[0]["decay"] == pytest.approx(1 / (w + 2), rel=0.05)
+    d = chain[0]["decay"]
+    assert d == pytest.approx(D_MAX)
+    assert chain[1]["learning_rate"] == pytest.approx(0.05 * np.sqrt(1 - d), rel=1e-3)
 
 
 def test_sign_like_updates_become_scale_by_sign_with_momentum_inside():
@@ -121,17 +123,17 @@ def test_sign_like_updates_become_scale_by_sign_with_momentum_inside():
     assert "optax.scale_by_sign()" in chain_code(chain)
 
 
-#: Relative RMS error of the chain's updates on the optimizer's own gradients (measured
-#: 2026-12-06 on this family: rmsprop(s), sign_sgd, signum ~1e-7 or 0; adagrad 0.01; adam
-#: 0.05, the momentum's and normaliser's debiasing being matched only in form; the schedules
-#: interpolated between knots add ~0.002).
+#: Relative RMS error of the chain's updates on the optimizer's own gradients, about three
+#: times what was measured on 2026-12-06 on this family (rmsprop(s), adagrad, sign_sgd, signum
+#: ~1e-5 or below; adam 0.003, the momentum's debiasing matched only in form; the schedules
+#: interpolated between knots add ~0.002 and a warm-up ~0.01).
 BOUNDS = {
     "rmsprop": 1e-4,
     "rmsprop_momentum": 1e-4,
-    "rmsprop_cosine": 0.02,
-    "adam": 0.15,
-    "adam_warmup_cosine": 0.15,
-    "adagrad": 0.05,
+    "rmsprop_cosine": 0.01,
+    "adam": 0.01,
+    "adam_warmup_cosine": 0.05,
+    "adagrad": 1e-3,
     "sign_sgd": 1e-4,
     "signum": 1e-3,
 }

@@ -84,7 +84,8 @@ def test_the_chain_carries_the_transient_damping_and_replays_the_optimizer():
 def test_no_transient_damping_where_there_is_none(name):
     t = _analysis(name).damping_transient
     assert t is not None and not t.detected
-    assert t.error_with >= 0.75 * t.error_without or t.error_without < 0.01
+    # The other mechanisms already reproduce these optimizers' first steps.
+    assert t.error_without < 0.01
 
 
 def test_the_reading_is_put_in_words():
