@@ -92,6 +92,22 @@ def _knots(values: np.ndarray, tol: float = KNOT_TOL) -> list[int]:
     return knots
 
 
+def _finite_prefix(eff: Any) -> np.ndarray:
+    """The probed curve (``None`` as ``nan``) up to its first non-finite value."""
+    e = np.asarray([np.nan if x is None else x for x in eff or []], np.float64)
+    return e if np.all(np.isfinite(e)) else e[: int(np.argmax(~np.isfinite(e)))]
+
+
+def _schedule(mult: np.ndarray) -> dict[str, Any]:
+    """A chain's ``schedule`` entry: the multiplier's knots and its tail ratio."""
+    knots = _knots(mult)
+    return {
+        "steps": knots,
+        "values": [float(mult[k]) for k in knots],
+        "tail_ratio": _tail_ratio(mult),
+    }
+
+
 def _tail_ratio(m: np.ndarray, window: int = 10) -> float:
     """Per-step ratio of ``m_t − 1`` over the last ``window`` steps, clipped to ``[0, 1]``.
 
@@ -409,13 +425,7 @@ def _sign_chain(
         "mechanism": "step size",
     }
     if scheduled:
-        mult = eff / step
-        knots = _knots(mult)
-        entry["schedule"] = {
-            "steps": knots,
-            "values": [float(mult[k]) for k in knots],
-            "tail_ratio": _tail_ratio(mult),
-        }
+        entry["schedule"] = _schedule(eff / step)
         entry["mechanism"] = f"step size with a {sch.get('shape')} schedule"
     out.append(entry)
     return out
@@ -517,11 +527,8 @@ def chain_from_analysis(
         warmup = (analysis.get("meta") or {}).get("warmup")
         ratios = (1.0, 1.0)
         if sch.get("detected") and eff:
-            e = np.asarray([np.nan if x is None else x for x in eff], np.float64)
-            if not np.all(np.isfinite(e)):  # keep the finite prefix
-                e = e[: int(np.argmax(~np.isfinite(e)))]
             one = ([float(mom["beta"])], [1.0]) if mom.get("detected") else None
-            ratios = _schedule_ratios(e, int(clip.get("step") or 0), modes or one)
+            ratios = _schedule_ratios(_finite_prefix(eff), int(clip.get("step") or 0), modes or one)
         rms = _rms_from_probes(ada, clip, _normalisation_memory(mom), gain, warmup, ratios)
     notes["normalisation"] = rms
     if clip.get("detected") and clip.get("threshold") and not (rms and rms["explains_clipping"]):
@@ -589,19 +596,10 @@ def chain_from_analysis(
         "schedule": None,
         "mechanism": "learning rate",
     }
-    knots: list[int] = []
-    if sch.get("detected") and eff and alpha_star:
-        e = np.asarray([np.nan if x is None else x for x in eff], np.float64)
-        if not np.all(np.isfinite(e)):  # keep the finite prefix
-            e = e[: int(np.argmax(~np.isfinite(e)))]
+    e = _finite_prefix(eff)
+    if sch.get("detected") and alpha_star and e.size:
         mult = e / alpha_star if rms is None else _normalised_schedule(e, debias_weights)
-        knots = _knots(mult)
-    if sch.get("detected") and eff and alpha_star and knots:
-        entry["schedule"] = {
-            "steps": knots,
-            "values": [float(mult[k]) for k in knots],
-            "tail_ratio": _tail_ratio(mult),
-        }
+        entry["schedule"] = _schedule(mult)
         entry["mechanism"] = f"learning rate with a {sch.get('shape')} schedule"
     chain.append(entry)
     return chain, notes
