@@ -148,6 +148,9 @@ def _eval_row(ev: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 def _row(name: str, a: Mapping[str, Any], ev: Mapping | None, cfg: Mapping | None) -> dict:
     m, c, s, d, o = (a.get(k) or {} for k in MECHANISMS)
+    # a damping the steady probe misses but the first steps show (probes.transient) counts
+    first = not o.get("detected") and bool((a.get("damping_transient") or {}).get("detected"))
+    kappa = (a["damping_transient"] if first else o).get("kappa")
     opt = (cfg or {}).get("optimizer") or {}
     return {
         "run": name,
@@ -174,8 +177,9 @@ def _row(name: str, a: Mapping[str, Any], ev: Mapping | None, cfg: Mapping | Non
         "adaptation": {"detected": bool(d.get("detected")), "slope": finite(d.get("slope"))},
         # absent from analyses written before the damping probe existed: not measured
         "damping": {
-            "detected": bool(o.get("detected")),
-            "kappa": finite(o.get("kappa")),
+            "detected": bool(o.get("detected")) or first,
+            "kappa": finite(kappa),
+            "first_steps": first,
             "measured": bool(o),
         },
         "fixed_points": _fixed_points(a),
@@ -261,9 +265,11 @@ def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         text.append(f"Schedule shapes: {', '.join(shapes)}.")
     k = spread["damping_kappa"]
     if k:
+        first = [r["run"] for r in table if r["damping"].get("first_steps")]
         text.append(
             f"Oscillation damping halves the sign-flipping gain at |g| = {k['mean']:.3g} ± "
-            f"{k['std']:.2g} (range {k['min']:.3g}–{k['max']:.3g})."
+            f"{k['std']:.2g} (range {k['min']:.3g}–{k['max']:.3g})"
+            + (f"; read from the first steps only in {', '.join(first)}." if first else ".")
         )
     fps = [r["fixed_points"]["at_zero"] for r in table]
     stable = [r["fixed_points"]["stable"] for r in table]
@@ -394,7 +400,10 @@ def _html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
                 mark(c, f"|g|≈{fmt(c['threshold'])}"),
                 mark(s, str(s["shape"])),
                 mark(a, f"slope {slope(a['slope'])}"),
-                mark(dmp, f"κ≈{fmt(dmp['kappa'])}"),
+                mark(
+                    dmp,
+                    f"κ≈{fmt(dmp['kappa'])}" + (" (first steps)" if dmp.get("first_steps") else ""),
+                ),
                 f"{fp['at_zero']} ({fp['linearized_at']}), ρ={fmt(fp['spectral_radius'])}",
                 ev_txt,
             ]

@@ -79,6 +79,24 @@ def test_damping_missing_from_an_older_analysis_is_unmeasured_not_absent():
     assert "damping" in both["universal"] and both["unmeasured"] == {}
 
 
+def test_damping_read_from_the_first_steps_counts_as_detected_and_says_so():
+    from probes.compare import _row, summarize
+
+    steady = {"damping": {"detected": True, "kappa": 0.1}}
+    first = {
+        "damping": {"detected": False, "kappa": None},
+        "damping_transient": {"detected": True, "kappa": 0.9, "memory": 0.8, "steps": 20},
+    }
+    quiet = {**first, "damping_transient": {"detected": False, "kappa": 5.0}}
+    rows = [_row("a", steady, None, None), _row("b", first, None, None)]
+    s = summarize(rows)
+    assert s["universal"] == ["damping"] and s["spread"]["damping_kappa"]["values"] == [0.1, 0.9]
+    assert rows[1]["damping"]["first_steps"] and not rows[0]["damping"]["first_steps"]
+    assert any("read from the first steps only in b" in t for t in s["text"])
+    none = _row("c", quiet, None, None)["damping"]
+    assert not none["detected"] and not none["first_steps"]
+
+
 def test_runs_without_weights_keep_an_old_analysis_and_say_so(two_runs, tmp_path):
     import shutil
 
