@@ -12,10 +12,11 @@ from probes.transient import TransientDamping
 from probes.values import plain
 
 #: 2: adds ``damping`` (oscillation damping). 3: damping needs the Nyquist gain itself to fall.
-#: 4: adds ``damping_transient`` (damping read from the first steps).
+#: 4: adds ``damping_transient`` (damping read from the first steps). 5: the faithfulness chain
+#: carries a ringing impulse response as real modes fitted to it (:mod:`probes.to_chain`).
 #: Analyses of an older version are re-computed by ``probes report`` and ``lopt distill`` rather
 #: than re-used (:func:`is_current`).
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 
 
 def is_current(analysis: dict[str, Any]) -> bool:

@@ -15,7 +15,12 @@ transformations (:mod:`lopt.chain`), each one a mechanism of the paper (Maheswar
    measured ``U(h0, −∞)``. Both maps are scored against the measured ``U(h0, g)`` (relative
    RMS error over the range of training gradients) and the better one is used; the scores are
    recorded in ``distill.json`` (``clip_fit``).
-2. **momentum** → ``optax.trace(decay=β)`` with the dominant fitted mode's ``β``.
+2. **momentum** → ``optax.trace(decay=β)`` with the dominant fitted mode's ``β`` when one real
+   mode carries the impulse response; :func:`lopt.chain.momentum_modes` with every fitted mode
+   (weights ``α_i/Σα``) when several real ones do. When a fitted mode that carries weight rings
+   (complex) or alternates (negative), no trace can carry it: the measured impulse response
+   itself is fitted by two real modes with non-negative weights (:func:`_modes_from_response`),
+   so that the chain's lag-0 and steady gains are the measured ones rather than one mode's.
 3. **learning rate and schedule** → ``optax.scale_by_learning_rate`` with the dominant mode's
    ``α`` (the learned update has no built-in minus sign; ``α > 0`` means descent, and
    ``scale_by_learning_rate`` supplies the minus). If a schedule was detected, ``α`` is
@@ -572,12 +577,19 @@ def chain_from_analysis(
         if debias:
             entry["debias"] = True
             debias_weights = (decays, weights)
-        entry["mechanism"] = (
-            f"momentum (dominant mode, timescale {timescale}) and the other fitted modes of "
-            "the impulse response"
-            if len(decays) > 1
-            else f"momentum (timescale {timescale})"
-        ) + (", debiased as the normaliser is" if debias else "")
+        if _ringing(mom) and modes is not None:
+            slow = 1.0 / (1.0 - max(decays))
+            entry["mechanism"] = (
+                f"momentum (the measured impulse response as real modes, slowest timescale "
+                f"{slow:.3g} steps: the fitted modes ring)"
+            )
+        else:
+            entry["mechanism"] = (
+                f"momentum (dominant mode, timescale {timescale}) and the other fitted modes of "
+                "the impulse response"
+                if len(decays) > 1
+                else f"momentum (timescale {timescale})"
+            ) + (", debiased as the normaliser is" if debias else "")
         chain.append(entry)
         if modes is None:
             lr *= trace_alpha
@@ -630,9 +642,62 @@ def _response_modes(
         pairs = [(lam, a) for lam, a in pairs if a.real > 0]
     if len(pairs) < 2:
         return None
-    if any(abs(lam.imag) > IMAG_TOL or not 0.0 <= lam.real < 1.0 for lam, _ in pairs):
+    if any(not abs(lam) < 1.0 for lam, _ in pairs):
         return None
+    if any(abs(lam.imag) > IMAG_TOL or lam.real < 0.0 for lam, _ in pairs):
+        # a ringing (complex) or alternating mode is no trace: the measured response is
+        # written as real modes instead, when it is not itself adapting's normaliser memory
+        return None if drop_opposite else _modes_from_response(mom.get("impulse_response"))
     total = sum(a.real for _, a in pairs)
     if total <= 0:
         return None
     return [lam.real for lam, _ in pairs], [a.real / total for _, a in pairs]
+
+
+#: Decays :func:`_modes_from_response` chooses from: 0 (a direct term) and timescales
+#: ``1/(1 − λ)`` from 1.05 to 1000 steps, evenly in their logarithm.
+RESPONSE_GRID = np.concatenate([[0.0], 1.0 - np.logspace(-0.02, -3.0, 150)])
+
+
+def _modes_from_response(response: Any) -> tuple[list[float], list[float]] | None:
+    """Two real modes ``(λ_i, w_i/Σw)`` fitted to a measured impulse response, else ``None``.
+
+    The descent-signed response ``r_k`` (``−impulse_response``, finite prefix) is fitted by
+    ``w_1 λ_1^k + w_2 λ_2^k`` with both decays on :data:`RESPONSE_GRID` and both weights
+    non-negative, by least squares over every lag. ``None`` when the response is missing,
+    shorter than three lags, or not descent at lag 0.
+    """
+    r = -_finite_prefix(response or [])
+    if r.size < 3 or not r[0] > 0:
+        return None
+    powers = RESPONSE_GRID[:, None] ** np.arange(r.size)[None, :]  # [grid, lags]
+    gram, proj = powers @ powers.T, powers @ r
+    i, j = np.triu_indices(RESPONSE_GRID.size, 1)
+    det = gram[i, i] * gram[j, j] - gram[i, j] ** 2
+    ok = det > 1e-12 * gram[i, i] * gram[j, j]
+    det = np.where(ok, det, 1.0)
+    wi = (gram[j, j] * proj[i] - gram[i, j] * proj[j]) / det
+    wj = (gram[i, i] * proj[j] - gram[i, j] * proj[i]) / det
+    ok &= (wi >= 0) & (wj >= 0)
+    # residual r·r − 2 w·p + wᵀGw, compared over the admissible pairs
+    sse = -2 * (wi * proj[i] + wj * proj[j])
+    sse += wi**2 * gram[i, i] + 2 * wi * wj * gram[i, j] + wj**2 * gram[j, j]
+    if not ok.any():
+        return None
+    k = int(np.argmin(np.where(ok, sse, np.inf)))
+    lams = [float(RESPONSE_GRID[i[k]]), float(RESPONSE_GRID[j[k]])]
+    w = np.array([wi[k], wj[k]])
+    keep = w > MODE_TOL * w.sum()
+    weights = [float(x) for x in w[keep] / w.sum()]
+    return [lam for lam, kept in zip(lams, keep, strict=True) if kept], weights
+
+
+def _ringing(mom: Mapping[str, Any]) -> bool:
+    """Whether a fitted mode with weight is complex or alternating (no trace can carry it)."""
+    lams, alphas = mom.get("fit_eigenvalues") or [], mom.get("fit_alphas") or []
+    pairs = [(complex(*lam), complex(*a)) for lam, a in zip(lams, alphas, strict=False)]
+    scale = sum(abs(a) for _, a in pairs)
+    return any(
+        abs(a) > MODE_TOL * scale and (abs(lam.imag) > IMAG_TOL or lam.real < 0.0)
+        for lam, a in pairs
+    )
