@@ -60,6 +60,7 @@ from jax.flatten_util import ravel_pytree
 
 from lopt import hand_designed as cells
 from lopt.cell import Cell, cell_optimizer, make_cell
+from probes.detectors import SIGN_CHANGE_LEVEL
 from probes.scoring import OUTCOMES as OUTCOMES
 from probes.scoring import Verdict as Verdict
 from probes.scoring import check as check
@@ -188,6 +189,21 @@ def two_momentum_cell(a1: float, b1: float, a2: float, b2: float) -> Cell:
     return make_cell(p, lambda p: jnp.zeros(2, jnp.float32), _two_step, _two_readout)
 
 
+def _ring_step(p, h, g):
+    c, s = jnp.cos(p["theta"]), jnp.sin(p["theta"])
+    return p["rho"] * jnp.stack([c * h[0] - s * h[1], s * h[0] + c * h[1]]) + jnp.stack([g, 0.0])
+
+
+def _ring_readout(p, h):
+    return -p["a"] * h[0]
+
+
+def ringing_cell(a: float, rho: float, theta: float) -> Cell:
+    """A momentum that rings: ``m' = ρR(θ)m + (g, 0)``, ``Δx = -a m'_0``; ``r_k = -aρ^k cos kθ``."""
+    p = {k: jnp.float32(v) for k, v in dict(a=a, rho=rho, theta=theta).items()}
+    return make_cell(p, lambda p: jnp.zeros(2, jnp.float32), _ring_step, _ring_readout)
+
+
 # ----------------------------------------------------------------------------- families
 
 _SIGN = ExpectClipping(True, 0.0)  # sign-like: threshold 0, resolved to the grid's first point
@@ -237,6 +253,23 @@ def two_modes(name="two_modes", *, a1=0.05, b1=0.9, a2=0.01, b2=0.5) -> Case:
     cell = lambda: two_momentum_cell(a1, b1, a2, b2)  # noqa: E731
     hp = dict(a1=a1, b1=b1, a2=a2, b2=b2)
     return _case(name, "two_modes", lambda: cell_optimizer(cell()), hp, e, cell)
+
+
+def ringing(
+    name: str = "ringing", *, a: float = 0.1, rho: float = 0.85, phase: float = 0.5
+) -> Case:
+    """A complex pair ``ρe^{±iθ}``: ``r_k = -aρ^k cos kθ = -2 Re((a/2) λ^k)``.
+
+    ``θ = phase · θ_max(ρ)``, where ``θ_max`` puts the first sign change (``kθ = π/2``) where
+    the envelope ``ρ^k`` reaches ``SIGN_CHANGE_LEVEL``: for ``phase < 1`` the pair keeps its sign
+    until the envelope is below it, so it is momentum with ``β = |λ| = ρ``, ``α = 2 Re(a/2) = a``
+    (the rule's numbers for a pair), and ``α_eff = a`` at rest (lag 0).
+    """
+    theta = phase * np.pi * np.log(rho) / (2.0 * np.log(SIGN_CHANGE_LEVEL))
+    e = Expected(ExpectMomentum(True, rho, a), schedule=_flat(a))
+    cell = lambda: ringing_cell(a, rho, theta)  # noqa: E731
+    hp = dict(a=a, rho=rho, phase=phase)
+    return _case(name, "ringing", lambda: cell_optimizer(cell()), hp, e, cell)
 
 
 def cascade(name: str = "cascade", *, lr: float = 0.1, b1: float = 0.9, b2: float = 0.5) -> Case:
@@ -511,6 +544,10 @@ FAMILIES: dict[str, tuple[Callable[..., Case], dict[str, Any]]] = {
         {"a1": (0.03, 0.1, LOG), "b1": (0.85, 0.97, LIN), "a2": (1e-3, 0.02, LOG)},
     ),
     "cascade": (cascade, {"lr": (1e-2, 0.3, LOG), "b1": (0.8, 0.97, LIN), "b2": (0.1, 0.5, LIN)}),
+    "ringing": (
+        ringing,
+        {"a": (1e-2, 0.3, LOG), "rho": (0.6, 0.95, LIN), "phase": (0.2, 0.8, LIN)},
+    ),
     "clipped": (clipped, {"kind": tuple(_CLIPS), "c": (1e-2, 1e2, LOG), "lr": (1e-3, 1.0, LOG)}),
     "scheduled": (
         scheduled,
@@ -559,6 +596,7 @@ def cases() -> list[Case]:
         nesterov(),
         two_modes(),
         cascade(),
+        ringing(),
         ema_momentum(),
         clipped(),
         clipped("clip_by_global_norm", kind="clip_by_global_norm"),

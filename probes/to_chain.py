@@ -647,13 +647,20 @@ def _response_modes(
     if any(abs(lam.imag) > IMAG_TOL or lam.real < 0.0 for lam, _ in pairs):
         # a ringing (complex) or alternating mode is no trace: the measured response is
         # written as real modes instead, when it is not itself adapting's normaliser memory
-        return None if drop_opposite else _modes_from_response(mom.get("impulse_response"))
+        if drop_opposite:
+            return None
+        # the measured response, or (black box, which keeps none) the fitted modes' own
+        k = np.arange(RESPONSE_LAGS)
+        fitted = [-sum((a * lam**j).real for lam, a in pairs) for j in k]
+        return _modes_from_response(mom.get("impulse_response") or fitted)
     total = sum(a.real for _, a in pairs)
     if total <= 0:
         return None
     return [lam.real for lam, _ in pairs], [a.real / total for _, a in pairs]
 
 
+#: Lags of the response written from the fitted modes when the analysis keeps none (black box).
+RESPONSE_LAGS = 200
 #: Decays :func:`_modes_from_response` chooses from: 0 (a direct term) and timescales
 #: ``1/(1 − λ)`` from 1.05 to 1000 steps, evenly in their logarithm.
 RESPONSE_GRID = np.concatenate([[0.0], 1.0 - np.logspace(-0.02, -3.0, 150)])

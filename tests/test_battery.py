@@ -63,6 +63,7 @@ FAST = [
             "momentum",
             "nesterov",
             "cascade",
+            "ringing",
             "clip",
             "clip_by_global_norm",
             "clip_warmup_from_zero",
@@ -103,7 +104,7 @@ def _random_known(case):
 
 
 #: Families whose white box is a hand-written cell (cheap to compile, no step counter).
-_RANDOM_CELLS = {"sgd", "momentum", "two_modes", "rmsprop"}
+_RANDOM_CELLS = {"sgd", "momentum", "two_modes", "ringing", "rmsprop"}
 
 
 @pytest.mark.slow
@@ -218,6 +219,23 @@ def test_expected_answers_match_simulated_responses():
         m = case.expected.momentum
         k = np.arange(40, 60)
         np.testing.assert_allclose(np.asarray(r)[k], -m.alpha * m.beta**k, rtol=1e-3)
+
+
+def test_the_ringing_case_rings_as_its_docstring_says():
+    # r_k = -a ρ^k cos kθ, simulated; its first sign change comes after the envelope has fallen
+    # below the momentum rule's level (so a pair that rings this slowly is momentum).
+    case = CASES["ringing"]
+    a, rho, phase = (case.hparams[k] for k in ("a", "rho", "phase"))
+    theta = phase * np.pi * np.log(rho) / (2 * np.log(0.05))
+    tx = case.optax()
+    state, r = tx.init(jnp.float32(0.0)), []
+    for k in range(80):
+        u, state = tx.update(jnp.float32(k == 0), state, jnp.float32(0.0))
+        r.append(float(u))
+    k = np.arange(80)
+    np.testing.assert_allclose(r, -a * rho**k * np.cos(k * theta), rtol=1e-4, atol=1e-9)
+    first = int(np.argmax(np.asarray(r) > 0))
+    assert first > 0 and rho**first < 0.05
 
 
 def test_sample_case_draws_within_the_ranges_and_repeats():

@@ -8,6 +8,7 @@ import pytest
 
 import lopt
 import probes
+import probes.battery
 import tasks
 from lopt.chain import build_chain, chain_code, damp_oscillations, soft_clip
 from lopt.meta_train import MetaTrainConfig, run_config
@@ -182,6 +183,29 @@ def test_a_ringing_impulse_response_is_carried_by_real_modes_fitted_to_it():
     err = np.sqrt(np.sum((got - response) ** 2) / np.sum(response**2))
     assert err < 0.04  # 0.021 measured
     assert got.sum() == pytest.approx(response.sum(), rel=0.03)  # 46.57 against 46.17
+
+
+def test_the_battery_s_ringing_momentum_is_distilled_into_real_modes():
+    # The black box keeps no impulse response: the modes are fitted to the fitted pair's own.
+    # Measured: 1.7% update error against 4.2% for a trace of the pair's |λ| and 2 Re α.
+    case = probes.battery.ringing()
+    analysis = probes.analyze_optax(case.optax()).to_json()
+    chain, _ = chain_from_analysis(analysis)
+    assert [e["transform"] for e in chain] == ["momentum_modes", "scale_by_learning_rate"]
+    grads = np.random.default_rng(0).normal(scale=0.8, size=(60, 3)).astype(np.float32)
+    want = _updates(case.optax(), grads)
+    mom = analysis["momentum"]
+    trace = build_chain(
+        [
+            {"transform": "trace", "decay": mom["beta"]},
+            {"transform": "scale_by_learning_rate", "learning_rate": mom["alpha"]},
+        ]
+    )
+
+    def error(tx):
+        return np.sqrt(np.sum((_updates(tx, grads) - want) ** 2) / np.sum(want**2))
+
+    assert error(build_chain(chain)) < 0.03 and error(build_chain(chain)) < error(trace) / 2
 
 
 def test_momentum_modes_with_one_mode_is_a_trace():
