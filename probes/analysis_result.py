@@ -13,7 +13,8 @@ from probes.values import plain
 
 #: 2: adds ``damping`` (oscillation damping). 3: damping needs the Nyquist gain itself to fall.
 #: 4: adds ``damping_transient`` (damping read from the first steps). 5: the faithfulness chain
-#: carries a ringing impulse response as real modes fitted to it (:mod:`probes.to_chain`).
+#: carries a ringing impulse response as real modes fitted to it (:mod:`probes.to_chain`), and
+#: the black box's ``meta.gain_at_warmup`` (the schedule's gain where adaptation is read).
 #: Analyses of an older version are re-computed by ``probes report`` and ``lopt distill`` rather
 #: than re-used (:func:`is_current`).
 SCHEMA_VERSION = 5

@@ -497,6 +497,26 @@ def schedule_program(run: Callable, steps: int) -> Callable:
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE)
+def gain_at_program(run: Callable, step: int) -> Callable:
+    """``hair -> A_step``: the schedule probe's gain ``A_t`` at one step ``t`` (e.g. ``W``).
+
+    The same protocol as :func:`schedule_program`'s ``A``: ``-∂u_t/∂g_t`` after ``t`` zero
+    gradients (the mean of the slopes at ``±hair`` where that is not finite).
+    """
+    steps = step + 1
+
+    @jax.jit
+    def program(hair):
+        onehot = (jnp.arange(steps) == step).astype(jnp.float32)
+        d = -jax.jvp(run, (jnp.zeros(steps, jnp.float32),), (onehot,))[1][step]
+        plus = -jax.jvp(run, (hair * onehot,), (onehot,))[1][step]
+        minus = -jax.jvp(run, (-hair * onehot,), (onehot,))[1][step]
+        return jnp.where(jnp.isfinite(d), d, 0.5 * (plus + minus))
+
+    return program
+
+
+@functools.lru_cache(maxsize=PROGRAM_CACHE)
 def step_size_program(run: Callable, steps: int) -> Callable:
     """``b -> (A (T,), C (T,))``: a sign-like update's step sizes, its schedule's two curves.
 
@@ -601,10 +621,14 @@ def analyze_optax(
         t0,
     )
 
+    gain_at_warmup = None
     if clipping.sign_like:
         a_t, b_t = step_size_program(run, T)(jnp.float32(scale))
     else:
-        a_t, b_t = schedule_program(run, T)(jnp.float32(HAIR * mags[0]), jnp.float32(scale))
+        hair = jnp.float32(HAIR * mags[0])
+        a_t, b_t = schedule_program(run, T)(hair, jnp.float32(scale))
+        if int(warmup) >= T:  # where the adaptation probe reads: the schedule may still move
+            gain_at_warmup = float(gain_at_program(run, int(warmup))(hair))
     schedule = detectors.detect_schedule(
         np.asarray(a_t),
         np.asarray(b_t),
@@ -642,6 +666,9 @@ def analyze_optax(
         # slowest mode): Adam ≈ 0 (only the bias-correction factor of the ν mode remains).
         "steady_response": steady,
         "warmup": warmup,
+        # the schedule probe's gain A_t at t = W, where the adaptation probe reads the steady
+        # state: a normalised chain's learning rate is referred to it (probes.to_chain)
+        "gain_at_warmup": gain_at_warmup,
     }
     damping = probe_damping(
         _jitted(run),

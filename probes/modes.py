@@ -1,6 +1,7 @@
 """Fits to responses: exponential modes, the momentum mode and memories.
 
-Prony's method and the dominant momentum mode of an impulse response, the memory of a
+Prony's method and the dominant momentum mode of an impulse response, two real modes with
+non-negative weights fitted to a response (what a chain of traces can carry), the memory of a
 sign-like update, and the build-up memory of oscillation damping.
 """
 
@@ -184,3 +185,44 @@ def fit_damping_memory(
     best = int(np.argmin(err))
     rho = float(MEMORY_GRID[best % MEMORY_GRID.size])
     return (rho, model[best]) if return_fit else rho
+
+
+#: A fitted eigenvalue whose imaginary part is at most this is real.
+IMAG_TOL = 1e-6
+#: Decays :func:`real_modes` chooses from: 0 (a direct term) and timescales ``1/(1 − λ)`` from
+#: 1.05 to 1000 steps, evenly in their logarithm.
+REAL_MODE_GRID = np.concatenate([[0.0], 1.0 - np.logspace(-0.02, -3.0, 150)])
+
+
+def real_modes(r: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
+    """Two real modes with non-negative weights fitted to a response: ``r_k ≈ Σ w_i λ_i^k``.
+
+    Both decays on :data:`REAL_MODE_GRID`, by least squares over every lag (the closed-form
+    2×2 normal equations for every pair of grid decays, keeping the pairs whose weights are
+    both non-negative). A ringing or alternating response gets the real pair that follows it
+    best, which a chain of traces can carry.
+
+    Args:
+        r: the response, descent-signed (``r_0 > 0``), ``(T,)`` with ``T ≥ 3``.
+
+    Returns:
+        ``(λ (2,), w (2,))``, or ``None`` if no pair has non-negative weights.
+    """
+    r = np.asarray(r, np.float64)
+    grid = REAL_MODE_GRID
+    powers = grid[:, None] ** np.arange(r.size)[None, :]  # [grid, lags]
+    gram, proj = powers @ powers.T, powers @ r
+    i, j = np.triu_indices(grid.size, 1)
+    det = gram[i, i] * gram[j, j] - gram[i, j] ** 2
+    ok = det > 1e-12 * gram[i, i] * gram[j, j]
+    det = np.where(ok, det, 1.0)
+    wi = (gram[j, j] * proj[i] - gram[i, j] * proj[j]) / det
+    wj = (gram[i, i] * proj[j] - gram[i, j] * proj[i]) / det
+    ok &= (wi >= 0) & (wj >= 0)
+    if not ok.any():
+        return None
+    # residual r·r − 2 w·p + wᵀGw (r·r is the same for every pair)
+    sse = -2 * (wi * proj[i] + wj * proj[j])
+    sse += wi**2 * gram[i, i] + 2 * wi * wj * gram[i, j] + wj**2 * gram[j, j]
+    k = int(np.argmin(np.where(ok, sse, np.inf)))
+    return np.array([grid[i[k]], grid[j[k]]]), np.array([wi[k], wj[k]])

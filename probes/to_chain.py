@@ -19,7 +19,7 @@ transformations (:mod:`lopt.chain`), each one a mechanism of the paper (Maheswar
    mode carries the impulse response; :func:`lopt.chain.momentum_modes` with every fitted mode
    (weights ``α_i/Σα``) when several real ones do. When a fitted mode that carries weight rings
    (complex) or alternates (negative), no trace can carry it: the measured impulse response
-   itself is fitted by two real modes with non-negative weights (:func:`_modes_from_response`),
+   itself is fitted by two real modes with non-negative weights (:func:`probes.modes.real_modes`),
    so that the chain's lag-0 and steady gains are the measured ones rather than one mode's.
 3. **learning rate and schedule** → ``optax.scale_by_learning_rate`` with the dominant mode's
    ``α`` (the learned update has no built-in minus sign; ``α > 0`` means descent, and
@@ -32,11 +32,14 @@ transformations (:mod:`lopt.chain`), each one a mechanism of the paper (Maheswar
 4. **adaptation** (only if detected, and not if the detected damping alone accounts for it: the
    adaptation probe's step from ``g*`` to 0 is a gradient change the damping reacts to) →
    ``optax.scale_by_rms`` before the momentum, with every number read where its probe reads it
-   (:func:`_rms_from_probes`): the learning rate after it and ``ε/d`` from the adaptation curve,
-   the decay ``d`` and ``ε`` from the first update's saturation, or ``d`` from an impulse-response
-   mode against descent (the normaliser's memory, left out of the momentum). When the first
-   update is already full-sized (Adam), both the normaliser and the momentum are debiased; when
-   the normaliser explains the first update's saturation, no clipping is added.
+   (:func:`probes.normaliser.rms_from_probes`): the learning rate after it and ``ε/d`` from the
+   adaptation curve, the decay ``d`` and ``ε`` from the first update's saturation, or ``d`` from
+   an impulse-response mode against descent (the normaliser's memory, left out of the
+   momentum). When the first update is already full-sized (Adam), both the normaliser and the
+   momentum are debiased; when the normaliser explains the first update's saturation, no
+   clipping is added. The adaptation probe reads after ``W`` steps; where the black box also
+   measured the schedule's gain there (``meta.gain_at_warmup``), a schedule still moving past
+   its horizon is referred to it, so the chain's learning rate is the horizon's.
 5. **oscillation damping** (only if detected; a mechanism beyond the paper's four, see
    :class:`probes.detectors.Damping`) → :func:`lopt.chain.damp_oscillations` first in the chain,
    with the probed ``κ`` (the gradient amplitude where gradients that flip sign every step lose
@@ -59,12 +62,20 @@ of how hard to work: ``distill.json`` does not record them.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from lopt.chain import HALF_SLOPE
+from probes.modes import IMAG_TOL, real_modes
+from probes.normaliser import (
+    at_probe,
+    normalisation_memory,
+    normalised_schedule,
+    rms_from_probes,
+    schedule_ratios,
+)
 
 #: Schedule knots are kept until piecewise-linear interpolation is within this relative error.
 KNOT_TOL = 2e-3
@@ -182,220 +193,6 @@ def _adaptation_explained_by_damping(ada: Mapping[str, Any], damp: Mapping[str, 
     return ok_any
 
 
-#: ``scale_by_rms``'s decay where the probes cannot see it (no saturating first update and no
-#: opposite-sign mode in the impulse response).
-RMS_DECAY = 0.9
-#: The slope of ``g/√(a g² + ε)`` halves where ``a g² = RMS_HALF · ε``.
-RMS_HALF = 2.0 ** (2.0 / 3.0) - 1.0
-#: The normalisation explains the first update's saturation when ``A/√(m² + ε/d)`` with the
-#: ``ε`` that the saturation implies matches the adaptation curve within this RMS log-ratio.
-RMS_FIT_TOL = 0.1
-#: The largest decay a plain normaliser is given (past it: an accumulator, see _plain_decay).
-D_MAX = 1.0 - 1e-6
-#: The smallest ``ε`` a normaliser is given (``g·rsqrt(ν + ε)`` is NaN at ``g = ν = 0``).
-EPS_FLOOR = 1e-20
-
-
-def _rms_curve_fit(m: np.ndarray, a: np.ndarray) -> tuple[float, float, float]:
-    """Least-squares ``a ≈ A/√(m² + e)`` in log space: ``(A, e, RMS log-ratio)``.
-
-    ``e`` on a log grid around the probed ``m²`` (and 0); ``log A`` in closed form for each.
-    """
-    lo, hi = np.log10(np.min(m) ** 2), np.log10(np.max(m) ** 2)
-    best = (np.nan, np.nan, np.inf)
-    for e in np.concatenate([[0.0], np.logspace(lo - 6, hi + 2, 161)]):
-        la = np.log(a) + 0.5 * np.log(m**2 + e)
-        err = float(np.sqrt(np.mean((la - la.mean()) ** 2)))
-        if err < best[2] - 1e-12:
-            best = (float(np.exp(la.mean())), float(e), err)
-    return best
-
-
-def _rms_error(m: np.ndarray, a: np.ndarray, big_a: float, e: float) -> float:
-    """RMS log-ratio of ``a`` to ``big_a/√(m² + e)``."""
-    return float(np.sqrt(np.mean((np.log(a) - np.log(big_a / np.sqrt(m**2 + e))) ** 2)))
-
-
-def _normalisation_memory(mom: Mapping[str, Any]) -> float | None:
-    """``λ`` of the strongest real fitted mode with ``α < 0`` (against descent; ``None`` if none).
-
-    A normaliser read at a background ``b ≠ 0`` answers an impulse with such a mode: the
-    impulse raises its second-moment estimate, which lowers the following updates for as long
-    as the estimate remembers it (Adam: ``λ = b2``).
-    """
-    lams, alphas = mom.get("fit_eigenvalues") or [], mom.get("fit_alphas") or []
-    if len(lams) != len(alphas) or not lams:
-        return None
-    pairs = [(complex(*lam), complex(*a)) for lam, a in zip(lams, alphas, strict=True)]
-    opposite = [
-        (abs(a), lam.real)
-        for lam, a in pairs
-        if a.real < 0 and abs(lam.imag) <= IMAG_TOL and 0.0 < lam.real < 1.0
-    ]
-    return max(opposite)[1] if opposite else None
-
-
-def _rms_from_probes(
-    ada: Mapping[str, Any],
-    clip: Mapping[str, Any],
-    memory: float | None,
-    gain: float,
-    warmup: int | None,
-    schedule_ratios: tuple[float, float] = (1.0, 1.0),
-) -> dict[str, Any] | None:
-    """``scale_by_rms(d, ε)`` and the learning rate ``L`` after it, from the probes alone.
-
-    The adaptation probe (``α_eff`` at ``g = 0`` after ``W`` steps of a constant ``g*``) reads
-    ``A/√(g*² + e)``; ``A`` (and ``e`` where the curve bends within the probed range) come
-    from a fit. The clipping probe (the first update from a fresh state) saturates at ``S``
-    and its slope halves at ``t``. Two forms of normaliser are weighed by the ratio ``S/A``:
-
-    After ``W`` steps of ``g*`` the second moment holds ``f = 1 − d^W`` of ``g*²``, and the
-    probe reads the next step, ``ν = d f g*²``.
-
-    * **plain** (RMSProp): ``scale_by_rms(d, ε) → momentum → L`` has ``A = L/√(d f)`` and
-      ``S = L/√(1−d)``, so ``S/A = √(d f/(1−d))``, solved for ``d`` (:func:`_plain_decay`);
-      ``(1−d) t² = RMS_HALF · ε``.
-    * **bias-corrected** (Adam): ``scale_by_rms(d, ε, bias_correction=True)`` and a debiased
-      momentum (:func:`lopt.chain.momentum_modes`) have ``A = L/√(d f/c)`` with
-      ``c = 1 − d^{W+1}`` and a first update already at its steady size, ``S = G L`` (``G``
-      the momentum's steady gain per unit of its lag-0 weight), so ``S/A = G √(d f/c)``;
-      ``t² = RMS_HALF · ε``.
-
-    ``d`` is the impulse response's opposite-sign mode (``memory``, the normaliser's own
-    memory) where one was measured, and the form whose predicted ``S/A`` is closer (in log) is
-    taken; without one only the plain form can be told apart (``d`` from ``S/A``). Under a
-    detected schedule ``S`` (read at the first step) is first referred to the learning rate at
-    which ``A`` was read (after ``W`` steps, where the schedule sits at its last value):
-    ``schedule_ratios`` are the schedule's last value over its value at the clipping probe's
-    step, as each form would read it (:func:`_schedule_ratios`). If the resulting curve
-    matches the adaptation probe (``RMS_FIT_TOL``), the first update's saturation is the
-    normaliser's own and no clipping is added (RMSProp and Adam are sign-like from a fresh
-    state). Otherwise (or without a saturating first update) ``ε`` is the fitted bend and ``d``
-    is ``memory`` or ``RMS_DECAY``. Every number is referred to the operating point of the
-    probe that reads it, so the chain's updates have the optimizer's size.
-
-    Returns:
-        ``{"decay", "eps", "learning_rate", "bias_correction", "explains_clipping",
-        "fit_error"}``, or ``None`` when the adaptation curve has fewer than two usable points.
-    """
-    m = np.asarray(ada.get("magnitudes") or [], np.float64)
-    arms = ada.get("lr_vs_magnitude") or {}
-    arm = "pos" if (ada.get("slope_pos") or 0) <= (ada.get("slope_neg") or 0) else "neg"
-    a = np.abs(np.asarray([np.nan if x is None else x for x in arms.get(arm, [])], float))
-    if a.size != m.size:
-        return None
-    ok = np.isfinite(a) & (a > 0) & (m > 0)
-    if ok.sum() < 2:
-        return None
-    m, a = m[ok], a[ok]
-    big_a, e, err = _rms_curve_fit(m, a)
-    w = int(warmup or 0)
-
-    def fill(d: float) -> float:  # the share of ν that W steps of g* fill: 1 − d^W
-        return 1.0 - d**w if w else 1.0
-
-    def debias(d: float) -> float:  # bias correction at the probe's step: 1 − d^{W+1}
-        return 1.0 - d ** (w + 1) if w else 1.0
-
-    decay = memory if memory is not None else RMS_DECAY
-    out = {"decay": decay, "eps": e * decay * fill(decay)}
-    out |= {"bias_correction": False, "explains_clipping": False}
-    thr = float(clip.get("threshold") or np.inf)
-    pos, neg = clip.get("asymptote_pos"), clip.get("asymptote_neg")
-    sat = 0.5 * abs(float(neg) - float(pos)) if pos is not None and neg is not None else 0.0
-    lr = None
-    if clip.get("detected") and np.isfinite(thr) and sat > 0:
-        ratio, ratio_d = (sat * r / big_a for r in schedule_ratios)
-        if memory is None:
-            d = _plain_decay(ratio**2, fill)
-            form = {"decay": d, "bias_correction": False}
-            lr_form = big_a * ratio * math.sqrt(1.0 - d)  # the first update's size, S √(1−d)
-        else:
-            plain = math.sqrt(memory * fill(memory) / (1.0 - memory))
-            debiased = gain * math.sqrt(memory * fill(memory) / debias(memory))
-            corrected = debiased > 0 and abs(math.log(ratio_d / debiased)) < abs(
-                math.log(ratio / plain)
-            )
-            form = {"decay": memory, "bias_correction": corrected}
-            lr_form = None
-        d = form["decay"]
-        eps = thr**2 / RMS_HALF * (1.0 if form["bias_correction"] else 1.0 - d)
-        err_sat = _rms_error(m, a, big_a, eps / (d * fill(d)))
-        if err_sat <= max(RMS_FIT_TOL, err):
-            out = {**form, "eps": eps, "explains_clipping": True}
-            err, lr = err_sat, lr_form
-    d = out["decay"]
-    c = debias(d) if out["bias_correction"] else 1.0
-    out["learning_rate"] = float(lr if lr is not None else big_a * math.sqrt(d * fill(d) / c))
-    out["eps"] = max(float(out["eps"]), EPS_FLOOR)
-    out["fit_error"] = float(err)
-    out["decay"] = float(d)
-    return out
-
-
-def _plain_decay(target: float, fill: Callable[[float], float]) -> float:
-    """``d`` with ``d·fill(d)/(1−d) = target`` (bisection; increasing in ``d``), at most ``D_MAX``.
-
-    Past ``D_MAX`` the normaliser forgets nothing over the probe's ``W`` steps (an accumulator,
-    Adagrad): any ``d`` that close to 1 gives the same chain once its learning rate is set
-    from the first update, so ``D_MAX`` is used.
-    """
-    lo, hi = 0.0, D_MAX
-    if hi * fill(hi) / (1.0 - hi) <= target:
-        return hi
-    for _ in range(100):
-        mid = 0.5 * (lo + hi)
-        if mid * fill(mid) / (1.0 - mid) < target:
-            lo = mid
-        else:
-            hi = mid
-    return 0.5 * (lo + hi)
-
-
-def _debias_curve(n: int, modes: tuple[list[float], list[float]] | None) -> np.ndarray:
-    """``D(t) = Σ w_i/(1 − λ_i^{t+1})`` for ``t < n`` (``1`` without ``modes``).
-
-    The gain of debiased modes at step ``t`` after zero gradients, relative to their steady
-    lag-0 weight.
-    """
-    if modes is None:
-        return np.ones(n)
-    t = np.arange(n, dtype=np.float64)[:, None] + 1.0
-    lam, w = (np.asarray(x, np.float64)[None] for x in modes)
-    return np.sum(w / (1.0 - lam**t), axis=1)
-
-
-def _schedule_ratios(
-    eff: np.ndarray, step: int, modes: tuple[list[float], list[float]] | None
-) -> tuple[float, float]:
-    """The schedule's last value over its value at ``step``, plainly and debiased.
-
-    The second takes the debiased momentum's own ``D(t)`` out; ``(1, 1)`` if either value is
-    not positive.
-    """
-    if not 0 <= step < eff.size or not (eff[step] > 0 and eff[-1] > 0):
-        return 1.0, 1.0
-    d = _debias_curve(eff.size, modes)
-    return float(eff[-1] / eff[step]), float((eff[-1] / d[-1]) / (eff[step] / d[step]))
-
-
-def _normalised_schedule(
-    eff: np.ndarray, modes: tuple[list[float], list[float]] | None
-) -> np.ndarray:
-    """A normalised chain's schedule multiplier: ``eff`` over the chain's own gain, ``→ 1``.
-
-    The normaliser's learning rate ``L`` is read by the adaptation probe after ``W`` steps,
-    past the schedule probe's horizon, where a schedule sits at its last value; so the
-    multiplier is ``eff(t)/D(t)`` divided by its last value, ``D(t) = Σ w_i/(1 − λ_i^{t+1})``
-    being what debiased modes (``modes``; ``D = 1`` without) add on their own at step ``t``
-    after zero gradients. (The gain after zero gradients is ``1/ε`` territory for a
-    normaliser, whose ``ε`` the probes read only roughly: only its shape is used.)
-    """
-    ratio = eff / _debias_curve(eff.size, modes)
-    return ratio / ratio[-1] if ratio.size and ratio[-1] != 0 else ratio
-
-
 def _sign_chain(
     mom: Mapping[str, Any], clip: Mapping[str, Any], sch: Mapping[str, Any]
 ) -> list[dict[str, Any]]:
@@ -504,6 +301,8 @@ def chain_from_analysis(
         return chain, notes
 
     lr = alpha_star
+    meta = analysis.get("meta") or {}
+    warmup, gain_at_warmup = meta.get("warmup"), meta.get("gain_at_warmup")
     damp_entry = chain[0] if chain and chain[0]["transform"] == "damp_oscillations" else None
     # A damping read from the first steps only cannot explain the steady adaptation probe.
     explained = (
@@ -529,12 +328,13 @@ def chain_from_analysis(
         gain = trace_alpha / (1.0 - float(mom["beta"]))
     rms = None
     if adapting:
-        warmup = (analysis.get("meta") or {}).get("warmup")
         ratios = (1.0, 1.0)
-        if sch.get("detected") and eff:
+        if sch.get("detected") and eff:  # S (first step) referred to where A is read (W)
             one = ([float(mom["beta"])], [1.0]) if mom.get("detected") else None
-            ratios = _schedule_ratios(_finite_prefix(eff), int(clip.get("step") or 0), modes or one)
-        rms = _rms_from_probes(ada, clip, _normalisation_memory(mom), gain, warmup, ratios)
+            e = _finite_prefix(eff)
+            at = at_probe(e, modes or one, gain_at_warmup, warmup)
+            ratios = schedule_ratios(e, int(clip.get("step") or 0), modes or one, at)
+        rms = rms_from_probes(ada, clip, normalisation_memory(mom), gain, warmup, ratios)
     notes["normalisation"] = rms
     if clip.get("detected") and clip.get("threshold") and not (rms and rms["explains_clipping"]):
         thr = float(clip["threshold"])
@@ -610,16 +410,17 @@ def chain_from_analysis(
     }
     e = _finite_prefix(eff)
     if sch.get("detected") and alpha_star and e.size:
-        mult = e / alpha_star if rms is None else _normalised_schedule(e, debias_weights)
+        if rms is None:
+            mult = e / alpha_star
+        else:
+            at = at_probe(e, debias_weights, gain_at_warmup, warmup)
+            mult = normalised_schedule(e, debias_weights, at[1])
         entry["schedule"] = _schedule(mult)
         entry["mechanism"] = f"learning rate with a {sch.get('shape')} schedule"
     chain.append(entry)
     return chain, notes
 
 
-#: Fitted modes whose eigenvalue has an imaginary part above this are left out of
-#: ``momentum_modes`` (an oscillating mode is not a trace).
-IMAG_TOL = 1e-6
 #: Modes with ``|α_i|`` below this fraction of ``Σ|α|`` carry no weight and are left out.
 MODE_TOL = 1e-6
 
@@ -661,42 +462,24 @@ def _response_modes(
 
 #: Lags of the response written from the fitted modes when the analysis keeps none (black box).
 RESPONSE_LAGS = 200
-#: Decays :func:`_modes_from_response` chooses from: 0 (a direct term) and timescales
-#: ``1/(1 − λ)`` from 1.05 to 1000 steps, evenly in their logarithm.
-RESPONSE_GRID = np.concatenate([[0.0], 1.0 - np.logspace(-0.02, -3.0, 150)])
 
 
 def _modes_from_response(response: Any) -> tuple[list[float], list[float]] | None:
-    """Two real modes ``(λ_i, w_i/Σw)`` fitted to a measured impulse response, else ``None``.
+    """Two real modes ``(λ_i, w_i/Σw)`` fitted to an impulse response, else ``None``.
 
-    The descent-signed response ``r_k`` (``−impulse_response``, finite prefix) is fitted by
-    ``w_1 λ_1^k + w_2 λ_2^k`` with both decays on :data:`RESPONSE_GRID` and both weights
-    non-negative, by least squares over every lag. ``None`` when the response is missing,
+    :func:`probes.modes.real_modes` on the descent-signed response (``−impulse_response``,
+    finite prefix); modes with no weight are left out. ``None`` when the response is missing,
     shorter than three lags, or not descent at lag 0.
     """
     r = -_finite_prefix(response or [])
     if r.size < 3 or not r[0] > 0:
         return None
-    powers = RESPONSE_GRID[:, None] ** np.arange(r.size)[None, :]  # [grid, lags]
-    gram, proj = powers @ powers.T, powers @ r
-    i, j = np.triu_indices(RESPONSE_GRID.size, 1)
-    det = gram[i, i] * gram[j, j] - gram[i, j] ** 2
-    ok = det > 1e-12 * gram[i, i] * gram[j, j]
-    det = np.where(ok, det, 1.0)
-    wi = (gram[j, j] * proj[i] - gram[i, j] * proj[j]) / det
-    wj = (gram[i, i] * proj[j] - gram[i, j] * proj[i]) / det
-    ok &= (wi >= 0) & (wj >= 0)
-    # residual r·r − 2 w·p + wᵀGw, compared over the admissible pairs
-    sse = -2 * (wi * proj[i] + wj * proj[j])
-    sse += wi**2 * gram[i, i] + 2 * wi * wj * gram[i, j] + wj**2 * gram[j, j]
-    if not ok.any():
+    fit = real_modes(r)
+    if fit is None:
         return None
-    k = int(np.argmin(np.where(ok, sse, np.inf)))
-    lams = [float(RESPONSE_GRID[i[k]]), float(RESPONSE_GRID[j[k]])]
-    w = np.array([wi[k], wj[k]])
+    lams, w = fit
     keep = w > MODE_TOL * w.sum()
-    weights = [float(x) for x in w[keep] / w.sum()]
-    return [lam for lam, kept in zip(lams, keep, strict=True) if kept], weights
+    return [float(x) for x in lams[keep]], [float(x) for x in w[keep] / w.sum()]
 
 
 def _ringing(mom: Mapping[str, Any]) -> bool:

@@ -18,7 +18,8 @@ import probes
 import tasks
 from lopt.chain import build_chain, chain_code, momentum_modes
 from probes.faithfulness import faithfulness
-from probes.to_chain import D_MAX, chain_from_analysis
+from probes.normaliser import D_MAX
+from probes.to_chain import chain_from_analysis
 
 FAMILY = tasks.get("linear_regression", num_steps=60)
 
@@ -40,6 +41,9 @@ OPTIMIZERS = {
         optax.warmup_cosine_decay_schedule(0.0, 2e-3, 15, 150, end_value=2e-4)
     ),
     "rmsprop_cosine": lambda: optax.rmsprop(optax.cosine_decay_schedule(0.02, 150, 0.1)),
+    # schedules still moving past the 200-step horizon, where the adaptation probe reads (W)
+    "rmsprop_unsettled": lambda: optax.rmsprop(optax.exponential_decay(0.02, 100, 0.9)),
+    "adam_unsettled": lambda: optax.adam(optax.exponential_decay(3e-3, 60, 0.8)),
     "sign_sgd": lambda: optax.sign_sgd(0.03),
     "signum": lambda: optax.signum(0.02, 0.85),
 }
@@ -100,6 +104,25 @@ def test_a_schedule_is_taken_out_of_the_first_updates_saturation():
     assert chain[1]["learning_rate"] == pytest.approx(0.002, rel=0.01)  # the last value
 
 
+def test_a_schedule_still_moving_past_the_horizon_is_referred_to_it():
+    # The adaptation probe reads after W = 2000 steps, where exponential_decay(0.02, 100, 0.9)
+    # has fallen to 0.02·0.9^20 = 0.0024, a seventh of its value at the horizon's last step
+    # (0.02·0.9^1.99 = 0.0162). The black box also reads the schedule's gain at W, so the
+    # chain's scheduled learning rate at that step is the optimizer's, not W's.
+    analysis, chain, _ = _chain("rmsprop_unsettled")
+    assert analysis["meta"]["gain_at_warmup"] > 0
+    lr = chain[-1]
+    assert lr["learning_rate"] * lr["schedule"]["values"][-1] == pytest.approx(
+        0.02 * 0.9**1.99, rel=0.01
+    )
+    # Before the gain at W was read these chains replayed their optimizers (60 steps) with
+    # errors 0.36 (RMSProp) and 0.99 (Adam under exponential_decay(3e-3, 60, 0.8)); the
+    # bounds in BOUNDS are about three times today's errors.
+    assert chain_from_analysis(analysis)[0][-1]["schedule"] is not None
+    analysis, _, _ = _chain("adam_unsettled")
+    assert analysis["schedule"]["detected"] and analysis["meta"]["gain_at_warmup"] > 0
+
+
 def test_adagrad_is_an_accumulator():
     # Adagrad's accumulator after W steps of g* is a0 + W g*^2, and its first update
     # -lr g/sqrt(a0 + g^2) saturates at lr: S/A ~ sqrt(W), beyond what a normaliser that
@@ -133,6 +156,8 @@ BOUNDS = {
     "rmsprop_cosine": 0.01,
     "adam": 0.01,
     "adam_warmup_cosine": 0.05,
+    "rmsprop_unsettled": 0.005,
+    "adam_unsettled": 0.03,
     "adagrad": 1e-3,
     "sign_sgd": 1e-4,
     "signum": 1e-3,
