@@ -123,6 +123,18 @@ def test_a_schedule_still_moving_past_the_horizon_is_referred_to_it():
     assert analysis["schedule"]["detected"] and analysis["meta"]["gain_at_warmup"] > 0
 
 
+def test_the_black_box_reads_the_schedule_s_gain_where_adaptation_is_read():
+    # RMSProp's gain after t zero gradients is lr_t/sqrt(eps): at W = 2000 over the horizon's
+    # last step it is lr_2000/lr_199 = 0.9^((2000 - 199)/100) for exponential_decay(., 100, 0.9),
+    # and 1 for a constant rate.
+    analysis, _, _ = _chain("rmsprop_unsettled")
+    ratio = analysis["meta"]["gain_at_warmup"] / analysis["schedule"]["effective_lr"][-1]
+    assert ratio == pytest.approx(0.9 ** ((2000 - 199) / 100), rel=1e-4)
+    analysis, _, _ = _chain("rmsprop")
+    ratio = analysis["meta"]["gain_at_warmup"] / analysis["schedule"]["effective_lr"][-1]
+    assert ratio == pytest.approx(1.0, rel=1e-5)
+
+
 def test_adagrad_is_an_accumulator():
     # Adagrad's accumulator after W steps of g* is a0 + W g*^2, and its first update
     # -lr g/sqrt(a0 + g^2) saturates at lr: S/A ~ sqrt(W), beyond what a normaliser that
