@@ -627,8 +627,11 @@ def analyze_optax(
     else:
         hair = jnp.float32(HAIR * mags[0])
         a_t, b_t = schedule_program(run, T)(hair, jnp.float32(scale))
-        if int(warmup) >= T:  # where the adaptation probe reads: the schedule may still move
-            gain_at_warmup = float(gain_at_program(run, int(warmup))(hair))
+        # the gain where the adaptation probe reads (step W): past the horizon a schedule may
+        # still move there; within it, the curve's own value
+        w = int(warmup)
+        at_w = a_t[w] if w < T else gain_at_program(run, w)(hair)
+        gain_at_warmup = float(at_w)
     schedule = detectors.detect_schedule(
         np.asarray(a_t),
         np.asarray(b_t),

@@ -195,18 +195,19 @@ REAL_MODE_GRID = np.concatenate([[0.0], 1.0 - np.logspace(-0.02, -3.0, 150)])
 
 
 def real_modes(r: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
-    """Two real modes with non-negative weights fitted to a response: ``r_k ≈ Σ w_i λ_i^k``.
+    """At most two real modes with non-negative weights fitted to a response: ``r_k ≈ Σ w_i λ_i^k``.
 
-    Both decays on :data:`REAL_MODE_GRID`, by least squares over every lag (the closed-form
-    2×2 normal equations for every pair of grid decays, keeping the pairs whose weights are
-    both non-negative). A ringing or alternating response gets the real pair that follows it
-    best, which a chain of traces can carry.
+    Decays on :data:`REAL_MODE_GRID`, by least squares over every lag: every single grid decay
+    (``w = p/G``) and every pair (the closed-form 2×2 normal equations), keeping the candidates
+    whose weights are non-negative. A ringing or alternating response gets the real modes that
+    follow it best, which a chain of traces can carry; the lag-0 and steady gains are the fit's.
 
     Args:
         r: the response, descent-signed (``r_0 > 0``), ``(T,)`` with ``T ≥ 3``.
 
     Returns:
-        ``(λ (2,), w (2,))``, or ``None`` if no pair has non-negative weights.
+        ``(λ (2,), w (2,))`` (a single mode has a second of weight 0), or ``None`` if no
+        candidate has non-negative weights.
     """
     r = np.asarray(r, np.float64)
     grid = REAL_MODE_GRID
@@ -219,10 +220,16 @@ def real_modes(r: np.ndarray) -> tuple[np.ndarray, np.ndarray] | None:
     wi = (gram[j, j] * proj[i] - gram[i, j] * proj[j]) / det
     wj = (gram[i, i] * proj[j] - gram[i, j] * proj[i]) / det
     ok &= (wi >= 0) & (wj >= 0)
-    if not ok.any():
-        return None
-    # residual r·r − 2 w·p + wᵀGw (r·r is the same for every pair)
+    # residual r·r − 2 w·p + wᵀGw (r·r is the same for every candidate)
     sse = -2 * (wi * proj[i] + wj * proj[j])
     sse += wi**2 * gram[i, i] + 2 * wi * wj * gram[i, j] + wj**2 * gram[j, j]
-    k = int(np.argmin(np.where(ok, sse, np.inf)))
+    sse = np.where(ok, sse, np.inf)
+    one = np.diag(gram)
+    w1 = np.where(one > 0, proj / np.where(one > 0, one, 1.0), -1.0)
+    sse1 = np.where(w1 >= 0, -(w1**2) * one, np.inf)  # single decays: −p²/G
+    if not (np.isfinite(sse).any() or np.isfinite(sse1).any()):
+        return None
+    k, k1 = int(np.argmin(sse)), int(np.argmin(sse1))
+    if sse1[k1] <= sse[k]:
+        return np.array([grid[k1], grid[k1]]), np.array([w1[k1], 0.0])
     return np.array([grid[i[k]], grid[j[k]]]), np.array([wi[k], wj[k]])

@@ -103,9 +103,10 @@ def rms_from_probes(
     memory) where one was measured, and the form whose predicted ``S/A`` is closer (in log) is
     taken; without one only the plain form can be told apart (``d`` from ``S/A``). Under a
     detected schedule ``S`` (read at the first step) is first referred to the learning rate at
-    which ``A`` was read (after ``W`` steps, where the schedule sits at its last value):
-    ``schedule_ratios`` are the schedule's last value over its value at the clipping probe's
-    step, as each form would read it (:func:`schedule_ratios`). If the resulting curve
+    which ``A`` was read (after ``W`` steps): ``schedule_ratios`` are the schedule's value
+    there (:func:`at_probe`: measured at ``W`` by the black box, else the last value within the
+    horizon) over its value at the clipping probe's step, as each form would read it
+    (:func:`schedule_ratios`). If the resulting curve
     matches the adaptation probe (``RMS_FIT_TOL``), the first update's saturation is the
     normaliser's own and no clipping is added (RMSProp and Adam are sign-like from a fresh
     state). Otherwise (or without a saturating first update) ``ε`` is the fitted bend and ``d``
@@ -256,4 +257,6 @@ def normalised_schedule(
     for a normaliser, whose ``ε`` the probes read only roughly: only its shape is used.)
     """
     ratio = eff / debias_curve(eff.size, modes)
-    return ratio / end_d if ratio.size and end_d > 0 and math.isfinite(end_d) else ratio
+    if ratio.size and end_d > 0 and math.isfinite(end_d):
+        return ratio / end_d
+    return ratio / ratio[-1] if ratio.size and ratio[-1] != 0 else ratio

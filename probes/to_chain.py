@@ -19,8 +19,9 @@ transformations (:mod:`lopt.chain`), each one a mechanism of the paper (Maheswar
    mode carries the impulse response; :func:`lopt.chain.momentum_modes` with every fitted mode
    (weights ``α_i/Σα``) when several real ones do. When a fitted mode that carries weight rings
    (complex) or alternates (negative), no trace can carry it: the measured impulse response
-   itself is fitted by two real modes with non-negative weights (:func:`probes.modes.real_modes`),
-   so that the chain's lag-0 and steady gains are the measured ones rather than one mode's.
+   itself is fitted by at most two real modes with non-negative weights
+   (:func:`probes.modes.real_modes`): the lag-0 gain is the measured one and the steady gain the
+   fit's, rather than one mode's. Under a normaliser the dominant mode stays a trace.
 3. **learning rate and schedule** → ``optax.scale_by_learning_rate`` with the dominant mode's
    ``α`` (the learned update has no built-in minus sign; ``α > 0`` means descent, and
    ``scale_by_learning_rate`` supplies the minus). If a schedule was detected, ``α`` is
@@ -377,7 +378,7 @@ def chain_from_analysis(
         if debias:
             entry["debias"] = True
             debias_weights = (decays, weights)
-        if _ringing(mom) and modes is not None:
+        if _ringing(mom) and modes is not None and not adapting:
             slow = 1.0 / (1.0 - max(decays))
             entry["mechanism"] = (
                 f"momentum (the measured impulse response as real modes, slowest timescale "
@@ -431,7 +432,10 @@ def _response_modes(
     """The fitted real modes ``(λ_i, α_i/Σα)`` when more than one carries weight, else ``None``.
 
     The weights are relative to ``Σα_i``, the response at lag 0, which the learning-rate entry
-    carries; ``None`` (a single ``trace``) when a mode is complex or unstable, or ``Σα ≤ 0``.
+    carries. When a mode that carries weight rings (complex) or alternates, two real modes
+    fitted to the measured response (:func:`_modes_from_response`); under a normaliser
+    (``drop_opposite``) ``None`` instead, so the dominant mode becomes a single ``trace``.
+    ``None`` also when a mode is unstable or ``Σα ≤ 0``.
     """
     lams, alphas = mom.get("fit_eigenvalues") or [], mom.get("fit_alphas") or []
     if len(lams) != len(alphas):

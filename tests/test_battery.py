@@ -15,6 +15,7 @@ import pytest
 
 import probes
 from probes import battery
+from probes.detectors import SIGN_CHANGE_LEVEL
 
 CASES = {c.name: c for c in battery.cases()}
 
@@ -226,7 +227,7 @@ def test_the_ringing_case_rings_as_its_docstring_says():
     # below the momentum rule's level (so a pair that rings this slowly is momentum).
     case = CASES["ringing"]
     a, rho, phase = (case.hparams[k] for k in ("a", "rho", "phase"))
-    theta = phase * np.pi * np.log(rho) / (2 * np.log(0.05))
+    theta = phase * np.pi * np.log(rho) / (2 * np.log(SIGN_CHANGE_LEVEL))
     tx = case.optax()
     state, r = tx.init(jnp.float32(0.0)), []
     for k in range(80):
@@ -235,7 +236,7 @@ def test_the_ringing_case_rings_as_its_docstring_says():
     k = np.arange(80)
     np.testing.assert_allclose(r, -a * rho**k * np.cos(k * theta), rtol=1e-4, atol=1e-9)
     first = int(np.argmax(np.asarray(r) > 0))
-    assert first > 0 and rho**first < 0.05
+    assert first > 0 and rho**first < SIGN_CHANGE_LEVEL
 
 
 def test_sample_case_draws_within_the_ranges_and_repeats():

@@ -164,10 +164,11 @@ def test_nesterov_analysis_gives_all_its_modes_and_reproduces_it(beta, lr):
 
 
 def test_a_ringing_impulse_response_is_carried_by_real_modes_fitted_to_it():
-    # A direct term and a complex pair λ = 0.665 ± 0.073i (the main job's optimizer on one
-    # machine): no trace carries the pair. The dominant mode alone (trace β = |λ|, α = 11.88)
-    # has a 19% error and a steady gain of 35.9 against the measured 46.2; two real modes fitted
-    # to the measured response itself get both right.
+    # A direct term and the complex pair λ = 0.665 ± 0.073i fitted on one main-job optimizer
+    # (this response is built from those modes alone: steady gain 46.2; the optimizer's own
+    # response, 45.5, also has a small negative tail): no trace carries the pair. The dominant
+    # mode alone (trace β = |λ|, α = 11.88) has a 19% error and a steady gain of 35.9; real
+    # modes fitted to the response itself are within 4% and 3%.
     lam, alpha, k = 0.665 + 0.073j, 5.94 - 7.90j, np.arange(200)
     response = 2.5 * (k == 0) + 2 * np.real(alpha * lam**k)  # descent-signed
     a = _analysis(abs(lam), 11.88)
@@ -176,13 +177,24 @@ def test_a_ringing_impulse_response_is_carried_by_real_modes_fitted_to_it():
     a["momentum"]["impulse_response"] = list(-response)
     chain, _ = chain_from_analysis(a)
     assert [e["transform"] for e in chain] == ["momentum_modes", "scale_by_learning_rate"]
-    assert "ring" in chain[0]["mechanism"] and min(chain[0]["weights"]) >= 0
+    assert "ring" in chain[0]["mechanism"]
     impulse = np.zeros((200, 3), np.float32)
     impulse[0] = 1.0
     got = -_updates(build_chain(chain), impulse)[:, 0]
     err = np.sqrt(np.sum((got - response) ** 2) / np.sum(response**2))
     assert err < 0.04  # 0.021 measured
     assert got.sum() == pytest.approx(response.sum(), rel=0.03)  # 46.57 against 46.17
+
+
+def test_real_modes_take_a_single_mode_when_one_fits_best():
+    from probes.modes import real_modes
+
+    k = np.arange(100)
+    lams, w = real_modes((-0.5) ** k)  # alternating: the best non-negative fit is λ = 0 alone
+    assert w[1] == 0 and lams[0] == 0 and w[0] == pytest.approx(1.0)
+    lams, w = real_modes(0.5 * (k == 0) + 2 * 0.9**k)  # a direct term and a real mode
+    np.testing.assert_allclose(sorted(lams), [0.0, 0.9], atol=1e-3)
+    np.testing.assert_allclose(w[np.argsort(lams)], [0.5, 2.0], rtol=1e-2)
 
 
 def test_the_battery_s_ringing_momentum_is_distilled_into_real_modes():

@@ -118,7 +118,6 @@ def test_a_schedule_still_moving_past_the_horizon_is_referred_to_it():
     # Before the gain at W was read these chains replayed their optimizers (60 steps) with
     # errors 0.36 (RMSProp) and 0.99 (Adam under exponential_decay(3e-3, 60, 0.8)); the
     # bounds in BOUNDS are about three times today's errors.
-    assert chain_from_analysis(analysis)[0][-1]["schedule"] is not None
     analysis, _, _ = _chain("adam_unsettled")
     assert analysis["schedule"]["detected"] and analysis["meta"]["gain_at_warmup"] > 0
 
@@ -133,6 +132,11 @@ def test_the_black_box_reads_the_schedule_s_gain_where_adaptation_is_read():
     analysis, _, _ = _chain("rmsprop")
     ratio = analysis["meta"]["gain_at_warmup"] / analysis["schedule"]["effective_lr"][-1]
     assert ratio == pytest.approx(1.0, rel=1e-5)
+
+
+def test_when_w_is_within_the_horizon_its_gain_is_read_off_the_curve():
+    analysis = probes.analyze_optax(optax.rmsprop(0.02), warmup=150, schedule_steps=200).to_json()
+    assert analysis["meta"]["gain_at_warmup"] == analysis["schedule"]["effective_lr"][150]
 
 
 def test_adagrad_is_an_accumulator():
