@@ -217,8 +217,8 @@ def _sign_chain(
     out.append({"transform": "scale_by_sign", "mechanism": "saturating update: sign-like"})
     pos, neg = clip.get("asymptote_pos"), clip.get("asymptote_neg")
     step = 0.5 * abs(float(neg) - float(pos)) if pos is not None and neg is not None else 0.0
-    eff = np.asarray([np.nan if x is None else x for x in sch.get("effective_lr") or []], float)
-    scheduled = sch.get("detected") and eff.size and np.all(np.isfinite(eff)) and eff[-1] > 0
+    eff = _finite_prefix(sch.get("effective_lr"))  # the same rule as every probed curve
+    scheduled = sch.get("detected") and eff.size and eff[-1] > 0
     if scheduled:  # the step settles at the schedule's last value (its tail approaches it)
         step = float(eff[-1])
     entry: dict[str, Any] = {

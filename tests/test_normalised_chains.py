@@ -162,6 +162,17 @@ def test_sign_like_updates_become_scale_by_sign_with_momentum_inside():
     assert "optax.scale_by_sign()" in chain_code(chain)
 
 
+def test_a_sign_like_schedule_keeps_its_finite_prefix():
+    # A probed step-size curve that stops being finite (a schedule read past where it is
+    # defined) keeps the part before: the step settles at its last finite value.
+    analysis, _, _ = _chain("sign_sgd")
+    sch = {"detected": True, "shape": "decay", "effective_lr": [0.03] * 50 + [0.01] * 50 + [None]}
+    chain, _ = chain_from_analysis({**analysis, "schedule": {**analysis["schedule"], **sch}})
+    step = chain[-1]
+    assert step["learning_rate"] == pytest.approx(0.01) and step["schedule"] is not None
+    assert step["schedule"]["values"][0] == pytest.approx(3.0)
+
+
 #: Relative RMS error of the chain's updates on the optimizer's own gradients, about three
 #: times what was measured on 2026-12-06 on this family (rmsprop(s), adagrad, sign_sgd, signum
 #: ~1e-5 or below; adam 0.003, the momentum's debiasing matched only in form; the schedules
