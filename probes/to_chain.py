@@ -379,7 +379,8 @@ def chain_from_analysis(
             entry["debias"] = True
             debias_weights = (decays, weights)
         if _ringing(mom) and modes is not None and not adapting:
-            slow = 1.0 / (1.0 - max(decays))
+            top = max(decays)  # the detectors' timescale, τ = −1/ln λ (0 for a direct term)
+            slow = -1.0 / math.log(top) if top > 0 else 0.0
             entry["mechanism"] = (
                 f"momentum (the measured impulse response as real modes, slowest timescale "
                 f"{slow:.3g} steps: the fitted modes ring)"
