@@ -469,6 +469,18 @@ def momentum_from_response(
     return m, np.zeros(0), scale
 
 
+def _gain_after_zeros(run: Callable, steps: int, t: Any, hair: jax.Array) -> jax.Array:
+    """``A_t = -∂u_t/∂g_t`` after ``t`` zero gradients, in a run of ``steps``.
+
+    The mean of the slopes at ``±hair`` where the slope at ``g = 0`` is not finite.
+    """
+    onehot = (jnp.arange(steps) == t).astype(jnp.float32)
+    d = -jax.jvp(run, (jnp.zeros(steps, jnp.float32),), (onehot,))[1][t]
+    plus = -jax.jvp(run, (hair * onehot,), (onehot,))[1][t]
+    minus = -jax.jvp(run, (-hair * onehot,), (onehot,))[1][t]
+    return jnp.where(jnp.isfinite(d), d, 0.5 * (plus + minus))
+
+
 @functools.lru_cache(maxsize=PROGRAM_CACHE)
 def schedule_program(run: Callable, steps: int) -> Callable:
     """``(hair, b) -> (A (T,), C (T,))``: the two curves of the schedule probe.
@@ -480,12 +492,7 @@ def schedule_program(run: Callable, steps: int) -> Callable:
     @jax.jit
     def program(hair, b):
         def at(t):
-            onehot = (jnp.arange(steps) == t).astype(jnp.float32)
-            zero = jnp.zeros(steps, jnp.float32)
-            d = -jax.jvp(run, (zero,), (onehot,))[1][t]
-            plus = -jax.jvp(run, (hair * onehot,), (onehot,))[1][t]
-            minus = -jax.jvp(run, (-hair * onehot,), (onehot,))[1][t]
-            return jnp.where(jnp.isfinite(d), d, 0.5 * (plus + minus))
+            return _gain_after_zeros(run, steps, t, hair)
 
         def along(t):
             onehot = (jnp.arange(steps) == t).astype(jnp.float32)
@@ -503,17 +510,7 @@ def gain_at_program(run: Callable, step: int) -> Callable:
     The same protocol as :func:`schedule_program`'s ``A``: ``-∂u_t/∂g_t`` after ``t`` zero
     gradients (the mean of the slopes at ``±hair`` where that is not finite).
     """
-    steps = step + 1
-
-    @jax.jit
-    def program(hair):
-        onehot = (jnp.arange(steps) == step).astype(jnp.float32)
-        d = -jax.jvp(run, (jnp.zeros(steps, jnp.float32),), (onehot,))[1][step]
-        plus = -jax.jvp(run, (hair * onehot,), (onehot,))[1][step]
-        minus = -jax.jvp(run, (-hair * onehot,), (onehot,))[1][step]
-        return jnp.where(jnp.isfinite(d), d, 0.5 * (plus + minus))
-
-    return program
+    return jax.jit(lambda hair: _gain_after_zeros(run, step + 1, step, hair))
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE)

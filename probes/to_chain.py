@@ -438,19 +438,14 @@ def _response_modes(
     (``drop_opposite``) ``None`` instead, so the dominant mode becomes a single ``trace``.
     ``None`` also when a mode is unstable or ``Σα ≤ 0``.
     """
-    lams, alphas = mom.get("fit_eigenvalues") or [], mom.get("fit_alphas") or []
-    if len(lams) != len(alphas):
-        return None
-    pairs = [(complex(*lam), complex(*a)) for lam, a in zip(lams, alphas, strict=True)]
-    scale = sum(abs(a) for _, a in pairs)
-    pairs = [(lam, a) for lam, a in pairs if abs(a) > MODE_TOL * scale]
+    pairs = _weighted_modes(mom)
     if drop_opposite:  # the normalisation's own memory, which scale_by_rms carries
         pairs = [(lam, a) for lam, a in pairs if a.real > 0]
     if len(pairs) < 2:
         return None
     if any(not abs(lam) < 1.0 for lam, _ in pairs):
         return None
-    if any(abs(lam.imag) > IMAG_TOL or lam.real < 0.0 for lam, _ in pairs):
+    if any(_rings(lam) for lam, _ in pairs):
         # a ringing (complex) or alternating mode is no trace: the measured response is
         # written as real modes instead, when it is not itself adapting's normaliser memory
         if drop_opposite:
@@ -487,12 +482,24 @@ def _modes_from_response(response: Any) -> tuple[list[float], list[float]] | Non
     return [float(x) for x in lams[keep]], [float(x) for x in w[keep] / w.sum()]
 
 
-def _ringing(mom: Mapping[str, Any]) -> bool:
-    """Whether a fitted mode with weight is complex or alternating (no trace can carry it)."""
+def _weighted_modes(mom: Mapping[str, Any]) -> list[tuple[complex, complex]]:
+    """The fitted ``(λ_i, α_i)`` carrying weight: ``|α_i|`` above ``MODE_TOL`` of ``Σ|α|``.
+
+    ``[]`` when the fit is malformed (eigenvalues and weights of different lengths).
+    """
     lams, alphas = mom.get("fit_eigenvalues") or [], mom.get("fit_alphas") or []
-    pairs = [(complex(*lam), complex(*a)) for lam, a in zip(lams, alphas, strict=False)]
+    if len(lams) != len(alphas):
+        return []
+    pairs = [(complex(*lam), complex(*a)) for lam, a in zip(lams, alphas, strict=True)]
     scale = sum(abs(a) for _, a in pairs)
-    return any(
-        abs(a) > MODE_TOL * scale and (abs(lam.imag) > IMAG_TOL or lam.real < 0.0)
-        for lam, a in pairs
-    )
+    return [(lam, a) for lam, a in pairs if abs(a) > MODE_TOL * scale]
+
+
+def _rings(lam: complex) -> bool:
+    """A complex or alternating mode: no trace can carry it."""
+    return abs(lam.imag) > IMAG_TOL or lam.real < 0.0
+
+
+def _ringing(mom: Mapping[str, Any]) -> bool:
+    """Whether a fitted mode with weight is complex or alternating."""
+    return any(_rings(lam) for lam, _ in _weighted_modes(mom))
