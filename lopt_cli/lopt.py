@@ -410,6 +410,12 @@ def _add_distill(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="skip the identified variant (numbers fitted to the learned optimizer's updates)",
     )
+    p.add_argument(
+        "--no-exchange",
+        action="store_true",
+        help="skip exchanging one mechanism's numbers at a time between the probed and the "
+        "identified chain (two held-out evaluations per mechanism)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress lines")
     p.set_defaults(func=_cmd_distill)
 
@@ -431,7 +437,11 @@ def _cmd_distill(args: argparse.Namespace) -> int:
         chosen = {k: v for k, v in chosen.items() if v is not None}
         # numbers the user chose are run whatever their cost
         retune = RetuneConfig(**chosen, budget=None) if chosen else RetuneConfig()
-    config = DistillConfig(identify=None if args.no_identify else IdentifyConfig(), retune=retune)
+    config = DistillConfig(
+        identify=None if args.no_identify else IdentifyConfig(),
+        retune=retune,
+        attribute=not args.no_exchange,
+    )
     result = distill_run(args.run, config, progress=not args.quiet)
     print(format_report(result))
     print(f"wrote {os.path.join(args.run, 'distill.json')}")

@@ -406,6 +406,52 @@ def identified_damping_sentence(distill: Mapping[str, Any]) -> str | None:
     )
 
 
+def attribution_sentence(distill: Mapping[str, Any], listing: bool = True) -> str | None:
+    """The one-mechanism exchanges of ``distill.json`` in words (``attribution``), or ``None``.
+
+    Without ``listing`` only the sentence naming the costliest probed numbers (for a caller that
+    shows the exchanges as a table).
+    """
+
+    def frac(cell: Any) -> float | None:
+        f = cell.get("fraction") if isinstance(cell, Mapping) else None
+        return finite(f.get("mean")) if isinstance(f, Mapping) else None
+
+    rows = [r for r in distill.get("attribution") or [] if isinstance(r, Mapping)]
+    parts, costs = [], []
+    ident = finite((distill.get("fraction_identified") or {}).get("mean"))
+    for r in rows:
+        name = str(r.get("mechanism") or r.get("transform", "?")).split(" (")[0]
+        a, b = frac(r.get("identified_here_only")), frac(r.get("probed_here_only"))
+        if a is None and b is None:
+            continue
+        parts.append(f"{name} {fmt_pct(a)} / {fmt_pct(b)}")
+        if b is not None and ident is not None:
+            costs.append((ident - b, name, b))
+    if not parts:
+        return None
+    said = []
+    if listing:
+        said.append(
+            "Exchanging one mechanism's numbers between the probed and the identified chain "
+            "(share of the gain recovered by the probed chain with that mechanism identified / "
+            f"by the identified chain with that mechanism probed): {'; '.join(parts)}."
+        )
+    if costs:
+        cost, name, b = max(costs)
+        if cost > 0:
+            said.append(
+                f"The {name}'s probed numbers cost the identified chain the most "
+                f"({ident:.0%} → {b:.0%})."
+            )
+    return " ".join(said) or None
+
+
+def fmt_pct(x: float | None) -> str:
+    """``x`` as a whole percentage, or ``n/a``."""
+    return "n/a" if x is None else f"{x:.0%}"
+
+
 def results_sentence(res: Mapping[str, Any]) -> str:
     """Which tuned baselines the learned optimizer beats at each horizon (the results table)."""
     parts = []

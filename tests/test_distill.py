@@ -383,6 +383,7 @@ def test_cli_distill_writes_distill_json(tiny_run, capsys):
     assert len(d["curves"]["distilled"]["mean"]) == 8
     # the untrained GRU makes no update: nothing to identify, no identified variant
     assert d["chain_identified"] is None and d["results"]["distilled_identified"] is None
+    assert d["attribution"] is None  # nothing identified, nothing to exchange
     assert "nothing to identify" in d["notes"]["identify"]["note"]
     assert d["significant"] is False and d["fraction"] is None and "not above" in d["reason"]
     build_chain(d["chain"])  # what a user loads from distill.json trains
@@ -586,6 +587,14 @@ def test_distill_reports_the_identified_variant_of_a_moving_gru(tiny_run, tmp_pa
     out = d.to_json()
     json.dumps(out, allow_nan=False)
     assert out["optax_code_identified"].startswith("optax.chain(")
+    # each mechanism's numbers exchanged both ways, scored on the same held-out problems
+    rows = out["attribution"]
+    assert [r["transform"] for r in rows] == [e["transform"] for e in d.chain_identified]
+    assert all(
+        np.isfinite(r[k]["metric"])
+        for r in rows
+        for k in ("identified_here_only", "probed_here_only")
+    )
 
 
 def test_retune_chain_finds_the_best_numbers_on_identity_quadratics():

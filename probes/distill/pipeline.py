@@ -41,12 +41,13 @@ from lopt.chain import META_KEYS, build_chain, chain_code, number_code
 from lopt.evaluation import Evaluation, heldout_key
 from lopt.run import Run, evaluate_run
 from lopt.unroll import evaluate, per_problem_metric, summarize
+from probes.distill.attribution import attribute
 from probes.distill.identify import IdentifyConfig, identify_chain
 from probes.distill.retune import RetuneConfig, retune_chain, retune_cost, validation_scores
 from probes.distill.stats import BootstrapConfig, fraction_report, mean_sem
 from probes.runs import analyze_run, check_analysis, saved_analysis
 from probes.to_chain import DistillError, chain_from_analysis
-from probes.words import identified_damping_sentence
+from probes.words import attribution_sentence, identified_damping_sentence
 
 #: ``distill.json`` schema. 2: the re-tuned variant tunes every number (``notes.retune`` holds
 #: its validation curve, not a grid; ``results.distilled_retuned`` has no factors).
@@ -63,6 +64,9 @@ class DistillConfig:
             skipped (and ``notes["retune"]`` says why) when :func:`~probes.distill.retune_cost`
             exceeds ``retune.budget``, as for the classifier families' nets at the defaults.
         bootstrap: the bootstrap of the recovered fractions' intervals.
+        attribute: with an identified chain, also evaluate the one-mechanism exchanges
+            between it and the probed chain (:mod:`probes.distill.attribution`; two held-out
+            evaluations per mechanism) and report them as ``attribution``.
 
     Example:
         >>> quick = DistillConfig(identify=IdentifyConfig(rounds=2), retune=None)
@@ -71,6 +75,7 @@ class DistillConfig:
     identify: IdentifyConfig | None = dataclasses.field(default_factory=IdentifyConfig)
     retune: RetuneConfig | None = dataclasses.field(default_factory=RetuneConfig)
     bootstrap: BootstrapConfig = dataclasses.field(default_factory=BootstrapConfig)
+    attribute: bool = True
 
 
 @dataclasses.dataclass
@@ -92,6 +97,8 @@ class Distillation:
         gain, significant, fraction, fraction_retuned, fraction_identified, reason: see
             :func:`~probes.distill.fraction_report`.
         curves: per-step mean and s.e.m. of ``f_t/f_0`` for the distilled chains.
+        attribution: the one-mechanism exchanges between the probed and the identified chain
+            (:func:`attribute`) or ``None``.
         notes: how the numbers were derived, the identification and re-tuning records,
             evaluation settings.
     """
@@ -111,6 +118,7 @@ class Distillation:
     reason: str | None = None
     curves: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: dict[str, Any] = dataclasses.field(default_factory=dict)
+    attribution: list[dict[str, Any]] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The ``distill.json`` dict (schema :data:`SCHEMA`; strict JSON, no NaN)."""
@@ -134,6 +142,7 @@ class Distillation:
             "fraction_identified": self.fraction_identified,
             "reason": self.reason,
             "curves": self.curves,
+            "attribution": self.attribution,
             "notes": self.notes,
         }
         return rundir.plain(out)
@@ -320,6 +329,21 @@ def distill_analysis(
         per.get("distilled_identified"),
         config.bootstrap,
     )
+    attribution = None
+    if config.attribute and chain_id is not None:
+        attribution = attribute(
+            chain,
+            chain_id,
+            family,
+            key,
+            num_problems,
+            horizon,
+            per["learned"],
+            per[best],
+            fractions=rep["significant"],
+            bootstrap=config.bootstrap,
+            say=say,
+        )
     results = {
         "learned": metrics["learned"],
         "best_baseline": {"name": best, **metrics[best], "hyperparameters": best_hp},
@@ -377,6 +401,7 @@ def distill_analysis(
             if k in curves
         },
         notes=notes,
+        attribution=attribution,
     )
 
 
@@ -485,7 +510,42 @@ def format_report(result: Mapping[str, Any]) -> str:
             )
     if result.get("reason"):
         lines.append(f"fraction: n/a ({result['reason']})")
+    lines += _attribution_lines(result.get("attribution"))
+    said = attribution_sentence(result, listing=False)
+    if said:
+        lines.append(said)
     added = identified_damping_sentence(result)
     if added:
         lines.append(added)
     return "\n".join(lines)
+
+
+def _attribution_lines(rows: Any) -> list[str]:
+    """The one-mechanism exchanges of ``distill.json`` as text lines (none without them)."""
+    if not rows:
+        return []
+
+    def shown(cell: Any) -> str:
+        if not isinstance(cell, Mapping):
+            return "-"
+        f, m = cell.get("fraction"), cell.get("metric")
+        if isinstance(f, Mapping):
+            return f"{f['mean']:.1%}"
+        return "diverged" if m is None else f"{m:.4f}"
+
+    fractions = any(
+        isinstance(r.get(d), Mapping) and isinstance(r[d].get("fraction"), Mapping)
+        for r in rows
+        for d in ("identified_here_only", "probed_here_only")
+    )
+    what = "fraction of the gain recovered" if fractions else "metric"
+    lines = [f"one mechanism's numbers exchanged between the two chains ({what}):"]
+    lines.append(
+        f"  {'mechanism':<26} {'probed, this identified':>24} {'identified, this probed':>24}"
+    )
+    for r in rows:
+        lines.append(
+            f"  {r['transform']:<26} {shown(r.get('identified_here_only')):>24} "
+            f"{shown(r.get('probed_here_only')):>24}"
+        )
+    return lines

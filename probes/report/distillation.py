@@ -7,7 +7,7 @@ from typing import Any
 
 from probes.report.sections import num_row
 from probes.values import finite, plain
-from probes.words import fmt, identified_damping_sentence, pm
+from probes.words import attribution_sentence, fmt, identified_damping_sentence, pm
 from probes.words import label as display_name
 
 
@@ -123,6 +123,9 @@ def distill_section(distill: Mapping | None) -> dict | None:
     added = identified_damping_sentence(distill)
     if added:
         notes.append(added)
+    exchanged = attribution_sentence(distill)
+    if exchanged:
+        notes.append(exchanged)
     if distill.get("reason"):
         notes.append(str(distill["reason"]))
     method = distill.get("fraction") if isinstance(distill.get("fraction"), Mapping) else {}
