@@ -5,7 +5,7 @@ distill``):
 
 * **drift**: the learned optimizer's update when every gradient is zero, from its fresh state,
   over the horizon; its norm against the update's on the optimizer's own trajectories (256
-  coordinates of 32 training problems, :func:`probes.faithfulness.record`), and the chain's
+  coordinates of 32 training problems, :func:`probes.replay.record`), and the chain's
   update error and held-out score with and without the drift added as a fixed term;
 * **saturation**: the update after 0, 5 and 59 steps of a constant large gradient
   (``--persistent``) for the learned optimizer and the chain, and the chain with its clip
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     from lopt.unroll import evaluate, summarize
     from probes.black_box import nyquist_response
     from probes.detectors import damping_reference, detect_damping
-    from probes.faithfulness import TRAJECTORY_SEED, coordinates, record, replay
+    from probes.replay import TRAJECTORY_SEED, coordinates, record, replay
 
     run = Path(args.run)
     try:

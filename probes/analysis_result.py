@@ -15,9 +15,10 @@ from probes.values import plain
 #: 4: adds ``damping_transient`` (damping read from the first steps). 5: the faithfulness chain
 #: carries a ringing impulse response as real modes fitted to it (:mod:`probes.to_chain`), and
 #: the black box's ``meta.gain_at_warmup`` (the schedule's gain where adaptation is read).
+#: 6: adds ``faithfulness.memory_along`` (:mod:`probes.memory_along`).
 #: Analyses of an older version are re-computed by ``probes report`` and ``lopt distill`` rather
 #: than re-used (:func:`is_current`).
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 
 def is_current(analysis: dict[str, Any]) -> bool:

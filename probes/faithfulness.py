@@ -31,15 +31,22 @@ from typing import Any
 import jax
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 
 from lopt.chain import build_chain
 from lopt.evaluation import heldout_key
-from lopt.unroll import Summary, evaluate, init_inner, summarize, unroll
+from lopt.unroll import Summary, evaluate, summarize
+from probes.memory_along import memory_along
+from probes.replay import TRAJECTORY_SEED, coordinates, record, replay
 from probes.to_chain import chain_from_analysis
 
-#: Seed of the training problems whose trajectories the chain replays (not the held-out key).
-TRAJECTORY_SEED = 3
+__all__ = [
+    "TRAJECTORY_SEED",
+    "Faithfulness",
+    "coordinates",
+    "faithfulness",
+    "record",
+    "replay",
+]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +67,8 @@ class Faithfulness:
         curve_error: relative L1 distance between the two mean normalised loss curves.
         num_problems: training problems whose trajectories were replayed.
         num_steps: the horizon.
+        memory_along: the optimizer's gain and memory along these trajectories beside the
+            convergence point's (:func:`probes.memory_along.memory_along`), or ``None``.
     """
 
     chain: list[dict[str, Any]]
@@ -71,6 +80,7 @@ class Faithfulness:
     curve_error: float | None
     num_problems: int
     num_steps: int
+    memory_along: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (``analysis.json``'s ``faithfulness``)."""
@@ -80,56 +90,11 @@ class Faithfulness:
     def from_json(cls, d: Mapping[str, Any]) -> Faithfulness:
         """The inverse of :meth:`to_json`."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        missing = fields - set(d)
+        optional = {"memory_along"}  # absent from analyses written before it was read
+        missing = fields - set(d) - optional
         if missing:
             raise ValueError(f"faithfulness: missing field(s) {', '.join(sorted(missing))}")
-        return cls(**{k: d[k] for k in fields})
-
-
-def replay(tx: optax.GradientTransformation, seq: Mapping[str, jax.Array]) -> jax.Array:
-    """``tx``'s updates, open loop, on a recorded sequence ``{"g", "p", "f"}`` ([T, C])."""
-    tx = optax.with_extra_args_support(tx)
-
-    def body(state, x):
-        u, state = tx.update(x["g"], state, x["p"], value=x["f"])
-        return state, u
-
-    return jax.lax.scan(body, tx.init(seq["p"][0]), seq)[1]
-
-
-def coordinates(num_params: int, keep: int | None) -> np.ndarray:
-    """``keep`` coordinates evenly spaced in ``num_params`` flattened parameters (all: None)."""
-    keep = num_params if keep is None else min(num_params, keep)
-    return np.unique(np.linspace(0, num_params - 1, keep).round().astype(np.int32))
-
-
-def record(
-    tx: optax.GradientTransformation,
-    family: Any,
-    keys: jax.Array,
-    idx: np.ndarray,
-    num_steps: int | None = None,
-) -> dict[str, jax.Array]:
-    """What ``tx`` meets and does on the problems drawn from ``keys``, at coordinates ``idx``.
-
-    Returns ``{"g", "p", "f", "u"}``: gradients, parameters, losses and updates, ``[P, T, C]``
-    (``f``: ``[P, T]``).
-    """
-    tx = optax.with_extra_args_support(tx)
-    num_steps = family.num_steps if num_steps is None else num_steps
-
-    def pick(r):
-        return {
-            "g": ravel_pytree(r.grads)[0][idx],
-            "p": ravel_pytree(r.params)[0][idx],
-            "f": r.loss,
-            "u": ravel_pytree(r.updates)[0][idx],
-        }
-
-    def one(k):
-        return unroll(tx, family, init_inner(tx, family, k), num_steps, record=pick)[1]
-
-    return jax.vmap(one)(keys)
+        return cls(**{k: d[k] for k in fields if k in d})
 
 
 def _shares(sq_err: np.ndarray, sq_u: np.ndarray, masks: dict[str, np.ndarray]) -> dict:
@@ -172,6 +137,11 @@ def faithfulness(
     keys = jax.random.split(jax.random.key(TRAJECTORY_SEED), num_problems)
     seqs = jax.jit(lambda k: record(tx, family, k, idx))(keys)
     u_chain = jax.jit(jax.vmap(lambda s: replay(chain_tx, s)))(seqs)
+    # the cell's linearised response at h*, or the black box's measured one
+    response = (analysis.get("momentum") or {}).get("impulse_response") or (
+        analysis.get("meta") or {}
+    ).get("impulse_response")
+    along = memory_along(tx, seqs, response)
     u, g = np.asarray(seqs["u"], np.float64), np.asarray(seqs["g"], np.float64)
     sq_err, sq_u = (np.asarray(u_chain, np.float64) - u) ** 2, u**2
     ok = np.isfinite(sq_err).all((1, 2)) & np.isfinite(sq_u).all((1, 2)) & (sq_u.sum((1, 2)) > 0)
@@ -219,4 +189,5 @@ def faithfulness(
         curve_error=curve_error,
         num_problems=int(ok.sum()),
         num_steps=family.num_steps,
+        memory_along=along,
     )

@@ -383,11 +383,16 @@ def alpha_beta(
     return fig
 
 
-def impulse_response(response: np.ndarray, fitted: np.ndarray | None = None) -> Figure:
+def impulse_response(
+    response: np.ndarray,
+    fitted: np.ndarray | None = None,
+    along: Sequence[tuple[int, np.ndarray]] = (),
+) -> Figure:
     """``|r_k|`` on a log scale (dotted where ``-r_k < 0``) and the fit by exponential modes.
 
     ``-r_k`` is the update caused by a unit gradient ``k`` steps earlier; heavy-ball momentum
-    gives ``α βᵏ``, a straight line.
+    gives ``α βᵏ``, a straight line. ``along``: ``(start, response)`` pairs measured along
+    training trajectories (:mod:`probes.memory_along`), drawn thin, lighter for later starts.
     """
     fig, (ax,) = figure(width=5.6, height=3.9)
     r = -_arr(response)
@@ -405,6 +410,11 @@ def impulse_response(response: np.ndarray, fitted: np.ndarray | None = None) -> 
     if fitted is not None:
         f = np.abs(_arr(fitted))
         ax.plot(k, np.where(f > floor, f, np.nan), color=NEG, lw=1.3, ls="--", label="fitted modes")
+    for i, (_, resp) in enumerate(along):
+        a = np.abs(_arr(resp))
+        shade = str(0.15 + 0.6 * i / max(len(along) - 1, 1))
+        label = "along training (later starts lighter)" if i == 0 else None
+        ax.plot(np.arange(a.size), np.where(a > floor, a, np.nan), color=shade, lw=0.9, label=label)
     if nz.size:
         ax.set_yscale("log")
         ax.set_ylim(floor, peak * 2)

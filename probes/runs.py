@@ -22,7 +22,7 @@ import jax
 from lopt.run import Run
 from lopt.rundir import CheckpointError, read_json, write_json
 from probes.analysis import analyze, is_current
-from probes.analysis_result import Analysis, check_partial
+from probes.analysis_result import SCHEMA_VERSION, Analysis, check_partial
 from probes.faithfulness import faithfulness
 
 
@@ -159,7 +159,9 @@ def saved_analysis(
         return None, "analysis.json is older than theta.npz"
     analysis = read_json(path)
     if not isinstance(analysis, dict) or not is_current(analysis):
-        return None, "analysis.json predates this version's probes (no first-steps damping)"
+        return None, (
+            f"analysis.json predates this version's probes (schema_version below {SCHEMA_VERSION})"
+        )
     seed = analysis.get("key_seed")
     seed = 0 if seed is None else seed
     if key_seed is not None and seed != key_seed:

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 from probes.detectors import damping_reference
+from probes.memory_along import TOLERANCE as MEMORY_TOLERANCE
 from probes.transient import FLOOR as TRANSIENT_FLOOR
 from probes.transient import GAIN as TRANSIENT_GAIN
 from probes.values import finite
@@ -500,6 +501,36 @@ def headline_sentences(res: Mapping[str, Any]) -> list[str]:
             f"{bf:.2g}; it wins on the average over the horizon, not at the end."
         )
     return out
+
+
+def memory_along_sentence(ma: Any) -> str | None:
+    """The memory along training trajectories against the convergence point's, or ``None``."""
+    if not isinstance(ma, Mapping):
+        return None
+    pairs = [
+        (s, finite(m)) for s, m in zip(ma.get("starts") or [], ma.get("memory") or [], strict=False)
+    ]
+    pairs = [(s, m) for s, m in pairs if m is not None]
+    if not pairs:
+        return None
+    mem = [m for _, m in pairs]
+    text = (
+        f"Along its own training trajectories it carries a gradient for {min(mem):.2g}–"
+        f"{max(mem):.2g} steps (its response summed over {ma.get('lags')} lags over the lag-0 "
+        f"term, from steps {pairs[0][0]}–{pairs[-1][0]})"
+    )
+    m0 = finite(ma.get("convergence_memory"))
+    if m0 is None:
+        return text + "."
+    if ma.get("state_dependent"):
+        return text + (
+            f", against {m0:.2g} at the convergence point where momentum is read: its memory "
+            "depends on its state, which one momentum read at one state does not carry."
+        )
+    return text + (
+        f", within {MEMORY_TOLERANCE:.0%} of the convergence point's {m0:.2g}: the momentum "
+        "read there holds along training."
+    )
 
 
 def faithfulness_sentence(f: Mapping[str, Any]) -> str | None:

@@ -30,6 +30,12 @@ def test_exact_mechanisms_reproduce_the_optimizer(analysis):
     for part in f.residual.values():
         assert sum(v["update_share"] for v in part.values()) == pytest.approx(1.0)
     assert f.num_problems == 8 and f.num_steps == 40
+    # a heavy ball remembers the same everywhere: (1 − 0.9⁴⁰)/(1 − 0.9) steps along its own
+    # trajectories (40 lags from step 0) and at its convergence point
+    ma = f.memory_along
+    assert ma["starts"] == [0] and ma["state_dependent"] is False
+    np.testing.assert_allclose(ma["memory"], (1 - 0.9**40) / 0.1, rtol=1e-3)
+    np.testing.assert_allclose(ma["convergence_memory"], (1 - 0.9**40) / 0.1, rtol=1e-3)
     assert Faithfulness.from_json(f.to_json()) == f
 
 

@@ -130,7 +130,7 @@ def test_probes_report_cli_writes_a_white_box_report(tiny_run, capsys):
     write_json(tiny_run / "analysis.json", {**old, "schema_version": 1})
     assert main(["report", str(tiny_run)]) == 0
     assert "predates" in capsys.readouterr().err
-    assert _strict_json(tiny_run / "analysis.json")["schema_version"] == 5
+    assert _strict_json(tiny_run / "analysis.json")["schema_version"] == 6
 
 
 def test_index_html_is_self_contained_and_embeds_every_figure(tiny_run):
@@ -423,3 +423,28 @@ def test_the_summary_leads_with_the_result_the_plateau_and_the_faithfulness(tmp_
     # without a plateau, no plateau sentence
     ev["horizons"]["6"]["optimizers"]["learned"]["final"] = 1e-3
     assert len(probes.write_report(analysis, tmp_path, evaluation=ev)["summary"]) == 2 + 5
+    # a memory along training that differs from h*'s follows the faithfulness, and the momentum
+    # section gives both and draws the responses along training beside the one at h*
+    along = {
+        "starts": [0, 10],
+        "lags": 3,
+        "memory": [2.5, 2.9],
+        "gain": [0.1, 0.1],
+        "response": [[-0.1, -0.1, -0.05], [-0.1, -0.1, -0.09]],
+        "convergence_memory": 1.2,
+        "state_dependent": True,
+    }
+    analysis["faithfulness"]["memory_along"] = along
+    report = probes.write_report(analysis, tmp_path, evaluation=ev)
+    assert (
+        len(report["summary"]) == 3 + 5 and "against 1.2 at the convergence" in report["summary"][2]
+    )
+    mom = report["mechanisms"]["momentum"]
+    assert mom["numbers"]["memory_along"]["display"] == "2.5 … 2.9"
+    assert mom["numbers"]["memory_convergence"]["value"] == 1.2
+    assert any("from steps 0–10" in n for n in mom["notes"])
+    # one that agrees with h* stays in the momentum section
+    along.update(convergence_memory=2.6, state_dependent=False)
+    report = probes.write_report(analysis, tmp_path, evaluation=ev)
+    assert len(report["summary"]) == 2 + 5
+    assert any("holds along training" in n for n in report["mechanisms"]["momentum"]["notes"])

@@ -29,7 +29,7 @@ from jax.flatten_util import ravel_pytree
 
 from lopt.chain import build_chain
 from probes.distill.free_numbers import decode, encode, free_numbers, relabel
-from probes.faithfulness import coordinates, record, replay
+from probes.replay import coordinates, record, replay
 from probes.to_chain import DAMP_DECAY
 
 

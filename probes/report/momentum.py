@@ -9,7 +9,7 @@ import numpy as np
 from probes.report.impulse import FIT_TOLERANCE, fit_curve, impulse_caption, impulse_fit
 from probes.report.sections import Builder, mechanism_section, num_row, wording
 from probes.values import complex_array, finite, floats
-from probes.words import fmt
+from probes.words import fmt, memory_along_sentence
 
 
 def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | None) -> dict:
@@ -42,6 +42,25 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
             "point_kind", "where it was measured", m.get("point_kind"), str(m.get("point_kind"))
         ),
     ]
+    ma = (a.get("faithfulness") or {}).get("memory_along") or {}
+    if ma.get("memory"):
+        mem = floats(ma["memory"])
+        nums.append(
+            num_row(
+                "memory_along",
+                f"memory along training (Σ_k r_k / r_0 over {ma.get('lags')} lags, per start)",
+                ma["memory"],
+                f"{np.nanmin(mem):.3g} … {np.nanmax(mem):.3g}",
+            )
+        )
+        nums.append(
+            num_row(
+                "memory_convergence",
+                "the same at the convergence point",
+                ma.get("convergence_memory"),
+                fmt(ma.get("convergence_memory"), ".3g"),
+            )
+        )
     fit = impulse_fit(m, a.get("meta"))
     if fit["measured_steady"] is not None:
         nums += [
@@ -192,14 +211,24 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
         )
     elif r.size:
         fitted = fit_curve(fa, fe, r.size)
+        along = list(zip(ma.get("starts") or [], ma.get("response") or [], strict=False))
         figs.append(
             b.add(
                 "momentum_impulse_response",
-                b.fig.impulse_response(r, fitted),
+                b.fig.impulse_response(r, fitted, along),
                 "How much a unit gradient at step t moves the update at step t + k "
                 + ("(linearised at h*). " if source == "cell" else "(measured by autodiff). ")
                 + "Heavy-ball momentum gives a straight line on this log scale, α βᵏ; the dashed "
-                "curve is the fit by at most two exponential modes." + impulse_caption(fit),
+                "curve is the fit by at most two exponential modes."
+                + (
+                    " Thin lines: the same response along the optimizer's own training "
+                    "trajectories, from steps " + ", ".join(str(x) for x, _ in along) + " (later "
+                    "starts lighter); lines flatter than the thick one mean a longer memory "
+                    "while it trains."
+                    if along
+                    else ""
+                )
+                + impulse_caption(fit),
                 "momentum",
                 False,
             )
@@ -262,4 +291,6 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
         else "The response of the update to a single gradient impulse, fitted with exponential "
         "modes: each mode is a heavy-ball momentum term with decay β and learning rate α. "
     )
-    return mechanism_section("momentum", "Momentum", m, lead, nums, figs)
+    said = memory_along_sentence(ma)
+    notes = [said] if said else []
+    return mechanism_section("momentum", "Momentum", m, lead, nums, figs, notes=notes)

@@ -31,6 +31,7 @@ from probes.words import (
     distill_sentence,
     faithfulness_sentence,
     headline_sentences,
+    memory_along_sentence,
     results_sentence,
     summary_sentences,
 )
@@ -129,6 +130,9 @@ def write_report(
         }
     distilled = distill_sentence(distill) if distill else None
     faithful = faithfulness_sentence(a["faithfulness"]) if a.get("faithfulness") else None
+    along = (a.get("faithfulness") or {}).get("memory_along") or {}
+    # in the summary only when it changes the reading of the momentum
+    moving = memory_along_sentence(along) if along.get("state_dependent") else None
     report = {
         "schema": SCHEMA,
         "title": title,
@@ -137,6 +141,7 @@ def write_report(
         "summary": (
             (headline_sentences(res) if res else [])
             + ([faithful] if faithful else [])
+            + ([moving] if moving else [])
             + summary_sentences(a)
             + ([distilled] if distilled else [])
         ),

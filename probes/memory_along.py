@@ -1,0 +1,137 @@
+"""The optimizer's memory along its own training trajectories, beside the convergence point's.
+
+The momentum probe linearises an optimizer at its convergence point (zero gradient, settled
+state) and reads its impulse response there (:class:`probes.detectors.Momentum`). A learned
+optimizer may carry gradients for longer, or shorter, in the states it passes through while it
+trains; a linear momentum read at one state cannot say so. This reading measures it on the
+trajectories the faithfulness score already records (:func:`probes.replay.record`): the
+optimizer is replayed open loop on the gradients it met, and the response of its later updates
+to its gradient at step ``s`` is the forward-mode derivative ``R_s[k] = ∂u_{s+k}/∂g_s``
+(exact per coordinate for a coordinate-wise optimizer, as the learned ones are; for one that
+mixes coordinates, the response to all kept coordinates moved together).
+
+Per start ``s`` (a grid from 0 to ``T − K``), averaged over problems and coordinates:
+
+- **gain**: ``−R̄_s[0]``, the step per unit gradient at lag 0 (positive for descent);
+- **memory**: ``Σ_{k<K} R̄_s[k] / R̄_s[0]``, in steps: the steady response over the lag-0 one,
+  ``(1 − λᴷ)/(1 − λ)`` for a trace with decay ``λ`` and 1 without momentum.
+
+The same two numbers are read off the convergence point's impulse response (truncated to
+``K``), so the two can be compared directly. The memory is **state-dependent** when some start's
+memory differs from the convergence point's by more than a factor ``1 + TOLERANCE`` either
+way. Nothing here is fitted, and no loss is used.
+
+Shapes: P problems, T steps, C coordinates, S starts, K lags.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from probes.replay import replay
+
+#: Lags of each response (``K``; fewer when the horizon is short).
+LAGS = 40
+#: Problems of the recorded trajectories used (the first ones).
+PROBLEMS = 8
+#: Relative difference in memory that counts as state-dependent.
+TOLERANCE = 0.25
+
+
+def starts(num_steps: int, lags: int) -> list[int]:
+    """0 and ``T − K`` halved repeatedly (distinct, increasing): ``[0, 5, 10, 20, 40, 80, 161]``."""
+    last = num_steps - lags
+    if last < 0:
+        return []
+    out = {0, last}
+    s = last
+    while s >= 5:
+        s //= 2
+        out.add(s)
+    return sorted(out)
+
+
+def _memory(response: np.ndarray) -> tuple[float, float]:
+    """``(gain, memory)`` of a mean response ``R[k]`` (``nan`` where the lag-0 term is 0)."""
+    r = np.asarray(response, np.float64)
+    if not (r.size and np.all(np.isfinite(r)) and r[0] != 0):
+        return float("nan"), float("nan")
+    return float(-r[0]), float(r.sum() / r[0])
+
+
+def memory_along(
+    tx: optax.GradientTransformation,
+    seqs: Mapping[str, jax.Array],
+    impulse_response: Any = None,
+    *,
+    lags: int = LAGS,
+    problems: int = PROBLEMS,
+) -> dict[str, Any] | None:
+    """Reads the gain and the memory along recorded trajectories and at the convergence point.
+
+    Args:
+        tx: the optimizer that made ``seqs``.
+        seqs: ``{"g", "p", "f", ...}`` recorded by :func:`probes.replay.record`
+            (``[P, T, C]``; ``f`` ``[P, T]``).
+        impulse_response: the convergence point's ``r_k = ∂U_{t+k}/∂g_t`` (analysis
+            ``momentum.impulse_response``), or ``None``.
+        lags: ``K``.
+        problems: problems of ``seqs`` used (the first ones).
+
+    Returns:
+        ``{"starts", "lags", "gain", "memory", "response", "convergence_gain",
+        "convergence_memory", "state_dependent"}`` (``response``: ``[S, K]`` mean responses;
+        ``state_dependent`` ``None`` without a convergence-point reading), or ``None`` when the
+        horizon is shorter than ``K``.
+    """
+    T = int(seqs["g"].shape[1])
+    grid = starts(T, lags)
+    if not grid:
+        return None
+    seqs = {k: v[:problems] for k, v in seqs.items() if k in ("g", "p", "f")}
+
+    def response(seq: Mapping[str, jax.Array], s: jax.Array) -> jax.Array:
+        def updates(g: jax.Array) -> jax.Array:
+            return replay(tx, {**seq, "g": g})
+
+        tangent = jnp.zeros_like(seq["g"]).at[s].set(1.0)
+        _, du = jax.jvp(updates, (seq["g"],), (tangent,))
+        return jax.lax.dynamic_slice_in_dim(du, s, lags, axis=0)  # [K, C]
+
+    def mean_response(s: jax.Array) -> jax.Array:
+        r = jax.vmap(lambda seq: response(seq, s))(seqs)  # [P, K, C]
+        return jnp.mean(r, axis=(0, 2))
+
+    R = np.asarray(jax.jit(jax.vmap(mean_response))(jnp.asarray(grid)), np.float64)  # [S, K]
+    gain, memory = zip(*(_memory(r) for r in R), strict=True)
+    out: dict[str, Any] = {
+        "starts": grid,
+        "lags": lags,
+        "gain": list(gain),
+        "memory": list(memory),
+        "response": R.tolist(),
+        "convergence_gain": None,
+        "convergence_memory": None,
+        "state_dependent": None,
+    }
+    ref = np.asarray(impulse_response if impulse_response is not None else [], np.float64)
+    if ref.size >= lags:
+        g0, m0 = _memory(ref[:lags])
+        if np.isfinite(m0) and m0 > 0:
+            mem = np.asarray(memory)
+            mem = mem[np.isfinite(mem)]
+            out.update(
+                convergence_gain=g0,
+                convergence_memory=m0,
+                state_dependent=bool(
+                    mem.size
+                    and (mem.max() > (1 + TOLERANCE) * m0 or mem.min() < m0 / (1 + TOLERANCE))
+                ),
+            )
+    return out

@@ -1,0 +1,108 @@
+"""The memory along training trajectories, on optimizers whose memory is known exactly."""
+
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import tasks
+from probes.faithfulness import Faithfulness
+from probes.memory_along import TOLERANCE, memory_along, starts
+from probes.replay import coordinates, record
+from probes.words import memory_along_sentence
+
+FAMILY = tasks.get("linear_regression", dim=4, num_steps=120)
+LAGS = 20
+
+
+def _seqs(tx):
+    keys = jax.random.split(jax.random.key(5), 4)
+    return jax.jit(lambda k: record(tx, FAMILY, k, coordinates(FAMILY.num_params(), 16)))(keys)
+
+
+def _trace_memory(beta, lags=LAGS):
+    return (1 - beta**lags) / (1 - beta)
+
+
+class _SwitchState(NamedTuple):
+    m: jax.Array
+    count: jax.Array
+
+
+def _switching_momentum(lr, before, after, switch):
+    """``m ← λ_t m + g``, ``u = −lr·m``; ``λ_t = before`` for ``t < switch``, else ``after``."""
+
+    def init(params):
+        return _SwitchState(jnp.zeros_like(params), jnp.zeros([], jnp.int32))
+
+    def update(g, state, params=None):
+        lam = jnp.where(state.count < switch, before, after)
+        m = lam * state.m + g
+        return -lr * m, _SwitchState(m, state.count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+def test_starts_halve_down_from_the_last_full_window():
+    assert starts(201, 40) == [0, 2, 5, 10, 20, 40, 80, 161]
+    assert starts(120, 20) == [0, 3, 6, 12, 25, 50, 100]
+    assert starts(40, 40) == [0] and starts(30, 40) == []
+
+
+def test_heavy_ball_has_the_same_memory_everywhere_and_matches_its_convergence_point():
+    lr, beta = 0.05, 0.8
+    tx = optax.sgd(lr, momentum=beta)
+    reference = -lr * beta ** np.arange(200)
+    ma = memory_along(tx, _seqs(tx), reference, lags=LAGS)
+    np.testing.assert_allclose(ma["memory"], _trace_memory(beta), rtol=1e-4)
+    np.testing.assert_allclose(ma["gain"], lr, rtol=1e-4)
+    np.testing.assert_allclose(ma["convergence_memory"], _trace_memory(beta), rtol=1e-6)
+    assert ma["convergence_gain"] == pytest.approx(lr)
+    assert ma["state_dependent"] is False
+    assert np.asarray(ma["response"]).shape == (len(starts(120, LAGS)), LAGS)
+    assert "holds along training" in memory_along_sentence(ma)
+
+
+def test_a_memory_that_changes_during_training_is_state_dependent():
+    # decay 0.5 until step 60, 0.9 after: windows that end before 60 see 0.5, those starting
+    # after it see 0.9, and the one across it (s = 50) the product of both
+    lr, switch = 0.05, 60
+    tx = _switching_momentum(lr, 0.5, 0.9, switch)
+    reference = -lr * 0.9 ** np.arange(200)  # its convergence point: the late decay
+    ma = memory_along(tx, _seqs(tx), reference, lags=LAGS)
+    mem = dict(zip(ma["starts"], ma["memory"], strict=True))
+    for s in (0, 3, 6, 12, 25):
+        assert mem[s] == pytest.approx(_trace_memory(0.5), rel=1e-4), s
+    assert mem[100] == pytest.approx(_trace_memory(0.9), rel=1e-4)
+    lam = np.where(np.arange(51, 51 + LAGS - 1) < switch, 0.5, 0.9)
+    across = 1 + np.cumprod(lam).sum()
+    assert mem[50] == pytest.approx(across, rel=1e-4)
+    assert _trace_memory(0.5) < _trace_memory(0.9) / (1 + TOLERANCE)
+    assert ma["state_dependent"] is True
+    text = memory_along_sentence(ma)
+    assert "2–8.8 steps" in text and "against 8.8 at the convergence point" in text
+    # without a convergence-point reading nothing is compared
+    alone = memory_along(tx, _seqs(tx), None, lags=LAGS)
+    assert alone["state_dependent"] is None and alone["memory"] == ma["memory"]
+    assert memory_along_sentence(alone).endswith("from steps 0–100).")
+
+
+def test_a_horizon_shorter_than_the_lags_reads_nothing_and_old_analyses_still_load():
+    tx = optax.sgd(0.05, momentum=0.8)
+    assert memory_along(tx, _seqs(tx), None, lags=200) is None
+    assert memory_along_sentence(None) is None
+    old = {
+        "chain": [],
+        "update_error": 0.1,
+        "update_error_range": (0.0, 0.2),
+        "residual": {},
+        "loss_learned": 0.1,
+        "loss_chain": 0.1,
+        "curve_error": 0.0,
+        "num_problems": 1,
+        "num_steps": 10,
+    }
+    assert Faithfulness.from_json(old).memory_along is None
