@@ -70,6 +70,10 @@ def run_case(case: battery.Case, source: str, family=None) -> dict:
         )
         row["update_error"] = _plain(f.update_error)
         row["chain"] = [e["transform"] for e in f.chain]
+        ma = f.memory_along or {}
+        row["memory_along"] = _plain(
+            {k: ma.get(k) for k in ("memory", "convergence_memory", "state_dependent")}
+        )
     return row
 
 
@@ -83,6 +87,13 @@ def summary(rows: list[dict]) -> dict:
             "below_0.2": sum(e < 0.2 for e in finite),
             "total": len(errors),
             "above_0.2": {k: e for k, e in errors.items() if e is None or e >= 0.2},
+        }
+    along = {r["case"]: r["memory_along"] for r in rows if "memory_along" in r}
+    if along:
+        out["memory_along"] = {
+            "state_dependent": sorted(k for k, v in along.items() if v["state_dependent"]),
+            "compared": sum(v["state_dependent"] is not None for v in along.values()),
+            "total": len(along),
         }
     for source in ("optax", "cell"):
         mine = [r for r in rows if r["source"] == source]

@@ -137,11 +137,7 @@ def faithfulness(
     keys = jax.random.split(jax.random.key(TRAJECTORY_SEED), num_problems)
     seqs = jax.jit(lambda k: record(tx, family, k, idx))(keys)
     u_chain = jax.jit(jax.vmap(lambda s: replay(chain_tx, s)))(seqs)
-    # the cell's linearised response at h*, or the black box's measured one
-    response = (analysis.get("momentum") or {}).get("impulse_response") or (
-        analysis.get("meta") or {}
-    ).get("impulse_response")
-    along = memory_along(tx, seqs, response)
+    along = memory_along(tx, seqs, analysis)
     u, g = np.asarray(seqs["u"], np.float64), np.asarray(seqs["g"], np.float64)
     sq_err, sq_u = (np.asarray(u_chain, np.float64) - u) ** 2, u**2
     ok = np.isfinite(sq_err).all((1, 2)) & np.isfinite(sq_u).all((1, 2)) & (sq_u.sum((1, 2)) > 0)

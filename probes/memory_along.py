@@ -16,10 +16,17 @@ Per start ``s`` (a grid from 0 to ``T − K``), averaged over problems and coord
 - **memory**: ``Σ_{k<K} R̄_s[k] / R̄_s[0]``, in steps: the steady response over the lag-0 one,
   ``(1 − λᴷ)/(1 − λ)`` for a trace with decay ``λ`` and 1 without momentum.
 
-The same two numbers are read off the convergence point's impulse response (truncated to
-``K``), so the two can be compared directly. The memory is **state-dependent** when some start's
-memory differs from the convergence point's by more than a factor ``1 + TOLERANCE`` either
-way. Nothing here is fitted, and no loss is used.
+A start's memory is left undefined (``nan``) where the lag-0 term is below ``LAG0_SHARE`` of
+the response's largest term (RMSProp's and Adam's first update is sign-like: its derivative is
+0). Where the analysis detected a schedule, its curve ``c(t)`` (``schedule.effective_lr``, held
+at its last value past its end) is divided out first, ``R_s[k]·c(s)/c(s + k)``: a learning rate
+that moves within the window is the schedule's, not a memory. The same two numbers are read off
+the convergence point's impulse response (truncated to ``K``), so the two can be compared
+directly. The memory is **state-dependent** when some start's memory differs from the
+convergence point's by more than a factor ``1 + TOLERANCE`` either way. Where adaptation was
+detected nothing is compared: a normaliser's response to the gradient's size is part of the
+response along training (it pulls RMSProp's below 1), and the normaliser in the chain carries
+it. Nothing here is fitted, and no loss is used.
 
 Shapes: P problems, T steps, C coordinates, S starts, K lags.
 """
@@ -42,6 +49,8 @@ LAGS = 40
 PROBLEMS = 8
 #: Relative difference in memory that counts as state-dependent.
 TOLERANCE = 0.25
+#: Least lag-0 term, relative to the response's largest, for which a memory is defined.
+LAG0_SHARE = 0.05
 
 
 def starts(num_steps: int, lags: int) -> list[int]:
@@ -58,17 +67,34 @@ def starts(num_steps: int, lags: int) -> list[int]:
 
 
 def _memory(response: np.ndarray) -> tuple[float, float]:
-    """``(gain, memory)`` of a mean response ``R[k]`` (``nan`` where the lag-0 term is 0)."""
+    """``(gain, memory)`` of a mean response ``R[k]`` (memory ``nan``: lag 0 too small)."""
     r = np.asarray(response, np.float64)
-    if not (r.size and np.all(np.isfinite(r)) and r[0] != 0):
+    if not (r.size and np.all(np.isfinite(r))):
         return float("nan"), float("nan")
+    if not abs(r[0]) > LAG0_SHARE * np.max(np.abs(r)):
+        return float(-r[0]), float("nan")
     return float(-r[0]), float(r.sum() / r[0])
+
+
+def _schedule_divided(R: np.ndarray, grid: list[int], curve: Any) -> bool:
+    """Divides a detected schedule's curve out of ``R`` in place; whether it could."""
+    c = np.asarray(curve if curve is not None else [], np.float64)
+    K = R.shape[1]
+    if not grid or c.size <= grid[-1]:
+        return False
+    # a curve probed a step or two short of the last window ends at its last value
+    c = np.concatenate([c, np.full(max(grid[-1] + K - c.size, 0), c[-1])])
+    if not np.all(np.isfinite(c) & (c > 0)):
+        return False
+    for i, s in enumerate(grid):
+        R[i] *= c[s] / c[s : s + K]
+    return True
 
 
 def memory_along(
     tx: optax.GradientTransformation,
     seqs: Mapping[str, jax.Array],
-    impulse_response: Any = None,
+    analysis: Mapping[str, Any] | None = None,
     *,
     lags: int = LAGS,
     problems: int = PROBLEMS,
@@ -79,15 +105,18 @@ def memory_along(
         tx: the optimizer that made ``seqs``.
         seqs: ``{"g", "p", "f", ...}`` recorded by :func:`probes.replay.record`
             (``[P, T, C]``; ``f`` ``[P, T]``).
-        impulse_response: the convergence point's ``r_k = ∂U_{t+k}/∂g_t`` (analysis
-            ``momentum.impulse_response``), or ``None``.
+        analysis: the probes' result for ``tx`` (``analysis.json``): the convergence point's
+            impulse response (``momentum.impulse_response``, or the black box's
+            ``meta.impulse_response``), the schedule and the adaptation verdict. ``None``:
+            nothing is divided out or compared.
         lags: ``K``.
         problems: problems of ``seqs`` used (the first ones).
 
     Returns:
-        ``{"starts", "lags", "gain", "memory", "response", "convergence_gain",
-        "convergence_memory", "state_dependent"}`` (``response``: ``[S, K]`` mean responses;
-        ``state_dependent`` ``None`` without a convergence-point reading), or ``None`` when the
+        ``{"starts", "lags", "gain", "memory", "response", "schedule_divided",
+        "convergence_gain", "convergence_memory", "state_dependent", "not_compared"}``
+        (``response``: ``[S, K]`` mean responses, the schedule divided out; ``state_dependent``
+        ``None``, and ``not_compared`` saying why, without a comparison), or ``None`` when the
         horizon is shorter than ``K``.
     """
     T = int(seqs["g"].shape[1])
@@ -109,6 +138,9 @@ def memory_along(
         return jnp.mean(r, axis=(0, 2))
 
     R = np.asarray(jax.jit(jax.vmap(mean_response))(jnp.asarray(grid)), np.float64)  # [S, K]
+    analysis = analysis or {}
+    sched = analysis.get("schedule") or {}
+    divided = bool(sched.get("detected")) and _schedule_divided(R, grid, sched.get("effective_lr"))
     gain, memory = zip(*(_memory(r) for r in R), strict=True)
     out: dict[str, Any] = {
         "starts": grid,
@@ -116,22 +148,31 @@ def memory_along(
         "gain": list(gain),
         "memory": list(memory),
         "response": R.tolist(),
+        "schedule_divided": divided,
         "convergence_gain": None,
         "convergence_memory": None,
         "state_dependent": None,
+        "not_compared": None,
     }
-    ref = np.asarray(impulse_response if impulse_response is not None else [], np.float64)
-    if ref.size >= lags:
-        g0, m0 = _memory(ref[:lags])
-        if np.isfinite(m0) and m0 > 0:
-            mem = np.asarray(memory)
-            mem = mem[np.isfinite(mem)]
-            out.update(
-                convergence_gain=g0,
-                convergence_memory=m0,
-                state_dependent=bool(
-                    mem.size
-                    and (mem.max() > (1 + TOLERANCE) * m0 or mem.min() < m0 / (1 + TOLERANCE))
-                ),
-            )
+    ref = (analysis.get("momentum") or {}).get("impulse_response") or (
+        analysis.get("meta") or {}
+    ).get("impulse_response")
+    ref = np.asarray(ref if ref is not None else [], np.float64)
+    g0, m0 = _memory(ref[:lags]) if ref.size >= lags else (float("nan"), float("nan"))
+    mem = np.asarray(memory)
+    mem = mem[np.isfinite(mem)]
+    if (analysis.get("adaptation") or {}).get("detected"):
+        out["not_compared"] = "adaptation detected: the normaliser's response is part of it"
+    elif not (np.isfinite(m0) and m0 > 0):
+        out["not_compared"] = "no convergence-point impulse response to compare with"
+    elif not mem.size:
+        out["not_compared"] = "no start with a lag-0 response to compare"
+    else:
+        out.update(
+            convergence_gain=g0,
+            convergence_memory=m0,
+            state_dependent=bool(
+                mem.max() > (1 + TOLERANCE) * m0 or mem.min() < m0 / (1 + TOLERANCE)
+            ),
+        )
     return out

@@ -514,14 +514,16 @@ def memory_along_sentence(ma: Any) -> str | None:
     if not pairs:
         return None
     mem = [m for _, m in pairs]
+    divided = ", the detected schedule divided out" if ma.get("schedule_divided") else ""
     text = (
         f"Along its own training trajectories it carries a gradient for {min(mem):.2g}–"
         f"{max(mem):.2g} steps (its response summed over {ma.get('lags')} lags over the lag-0 "
-        f"term, from steps {pairs[0][0]}–{pairs[-1][0]})"
+        f"term{divided}, from steps {pairs[0][0]}–{pairs[-1][0]})"
     )
     m0 = finite(ma.get("convergence_memory"))
     if m0 is None:
-        return text + "."
+        why = ma.get("not_compared")
+        return text + (f"; not compared with the convergence point ({why})." if why else ".")
     if ma.get("state_dependent"):
         return text + (
             f", against {m0:.2g} at the convergence point where momentum is read: its memory "

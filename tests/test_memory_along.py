@@ -55,7 +55,7 @@ def test_starts_halve_down_from_the_last_full_window():
 def test_heavy_ball_has_the_same_memory_everywhere_and_matches_its_convergence_point():
     lr, beta = 0.05, 0.8
     tx = optax.sgd(lr, momentum=beta)
-    reference = -lr * beta ** np.arange(200)
+    reference = {"momentum": {"impulse_response": list(-lr * beta ** np.arange(200))}}
     ma = memory_along(tx, _seqs(tx), reference, lags=LAGS)
     np.testing.assert_allclose(ma["memory"], _trace_memory(beta), rtol=1e-4)
     np.testing.assert_allclose(ma["gain"], lr, rtol=1e-4)
@@ -71,7 +71,8 @@ def test_a_memory_that_changes_during_training_is_state_dependent():
     # after it see 0.9, and the one across it (s = 50) the product of both
     lr, switch = 0.05, 60
     tx = _switching_momentum(lr, 0.5, 0.9, switch)
-    reference = -lr * 0.9 ** np.arange(200)  # its convergence point: the late decay
+    # its convergence point: the late decay (the black box keeps it under meta)
+    reference = {"meta": {"impulse_response": list(-lr * 0.9 ** np.arange(200))}}
     ma = memory_along(tx, _seqs(tx), reference, lags=LAGS)
     mem = dict(zip(ma["starts"], ma["memory"], strict=True))
     for s in (0, 3, 6, 12, 25):
@@ -87,7 +88,37 @@ def test_a_memory_that_changes_during_training_is_state_dependent():
     # without a convergence-point reading nothing is compared
     alone = memory_along(tx, _seqs(tx), None, lags=LAGS)
     assert alone["state_dependent"] is None and alone["memory"] == ma["memory"]
-    assert memory_along_sentence(alone).endswith("from steps 0–100).")
+    assert "no convergence-point impulse response" in alone["not_compared"]
+    assert memory_along_sentence(alone).endswith(
+        "(no convergence-point impulse response to compare with)."
+    )
+
+
+def test_a_schedule_is_divided_out_and_a_normaliser_is_not_compared():
+    # momentum under a learning rate that jumps up 4x at step 30: undivided, the window across
+    # the jump (from step 25) sums Σ_{k<5} 0.8^k + 4 Σ_{5≤k<K} 0.8^k; with the schedule's curve
+    # divided out, every start reads the momentum's own (1 - 0.8^K)/(1 - 0.8)
+    lr = optax.piecewise_constant_schedule(0.01, {30: 4.0})
+    tx = optax.sgd(lr, momentum=0.8)
+    curve = [float(lr(t)) for t in range(FAMILY.num_steps)]
+    ref = {"momentum": {"impulse_response": list(-0.01 * 0.8 ** np.arange(200))}}
+    plain = memory_along(tx, _seqs(tx), ref, lags=LAGS)
+    across = dict(zip(plain["starts"], plain["memory"], strict=True))[25]
+    k = np.arange(LAGS)
+    assert across == pytest.approx(np.sum(np.where(k < 5, 1.0, 4.0) * 0.8**k), rel=1e-4)
+    assert plain["schedule_divided"] is False and plain["state_dependent"] is True
+    sched = {**ref, "schedule": {"detected": True, "effective_lr": curve}}
+    ma = memory_along(tx, _seqs(tx), sched, lags=LAGS)
+    assert ma["schedule_divided"] is True and ma["state_dependent"] is False
+    np.testing.assert_allclose(ma["memory"], _trace_memory(0.8), rtol=1e-4)
+    assert "the detected schedule divided out" in memory_along_sentence(ma)
+    # RMSProp: its first update is sign-like (derivative 0), so step 0 has no memory; with
+    # adaptation detected nothing is compared
+    tx = optax.rmsprop(0.01, decay=0.9)
+    ada = {**ref, "adaptation": {"detected": True}}
+    ma = memory_along(tx, _seqs(tx), ada, lags=LAGS)
+    assert np.isnan(ma["memory"][0]) and np.all(np.isfinite(ma["memory"][1:]))
+    assert ma["state_dependent"] is None and "adaptation detected" in ma["not_compared"]
 
 
 def test_a_horizon_shorter_than_the_lags_reads_nothing_and_old_analyses_still_load():
