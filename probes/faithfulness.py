@@ -116,6 +116,7 @@ def faithfulness(
     num_problems: int = 32,
     coords: int = 256,
     heldout_problems: int = 128,
+    coordinatewise: bool = True,
 ) -> Faithfulness:
     """Scores the mechanisms of ``analysis``, with their probed numbers, against ``tx`` itself.
 
@@ -127,6 +128,8 @@ def faithfulness(
         num_problems: training problems whose trajectories are replayed.
         coords: coordinates kept per problem (evenly spaced in the flattened parameters).
         heldout_problems: held-out problems for the loss curves.
+        coordinatewise: whether ``tx`` treats every coordinate alone (a learned optimizer with
+            a cell; most optax transformations); the memory along training is read only then.
 
     Returns:
         A :class:`Faithfulness`.
@@ -137,7 +140,7 @@ def faithfulness(
     keys = jax.random.split(jax.random.key(TRAJECTORY_SEED), num_problems)
     seqs = jax.jit(lambda k: record(tx, family, k, idx))(keys)
     u_chain = jax.jit(jax.vmap(lambda s: replay(chain_tx, s)))(seqs)
-    along = memory_along(tx, seqs, analysis)
+    along = memory_along(tx, seqs, analysis, coordinatewise=coordinatewise)
     u, g = np.asarray(seqs["u"], np.float64), np.asarray(seqs["g"], np.float64)
     sq_err, sq_u = (np.asarray(u_chain, np.float64) - u) ** 2, u**2
     ok = np.isfinite(sq_err).all((1, 2)) & np.isfinite(sq_u).all((1, 2)) & (sq_u.sum((1, 2)) > 0)

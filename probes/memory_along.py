@@ -7,8 +7,10 @@ trains; a linear momentum read at one state cannot say so. This reading measures
 trajectories the faithfulness score already records (:func:`probes.replay.record`): the
 optimizer is replayed open loop on the gradients it met, and the response of its later updates
 to its gradient at step ``s`` is the forward-mode derivative ``R_s[k] = ∂u_{s+k}/∂g_s``
-(exact per coordinate for a coordinate-wise optimizer, as the learned ones are; for one that
-mixes coordinates, the response to all kept coordinates moved together).
+(exact per coordinate for a coordinate-wise optimizer, as the RNN cells are; an optimizer that
+mixes coordinates, such as the MLP optimizer's per-tensor features, behaves differently on the
+kept coordinates alone, and is not read). Problems whose recorded gradients or updates are not
+finite are left out.
 
 Per start ``s`` (a grid from 0 to ``T − K``), averaged over problems and coordinates:
 
@@ -51,10 +53,12 @@ PROBLEMS = 8
 TOLERANCE = 0.25
 #: Least lag-0 term, relative to the response's largest, for which a memory is defined.
 LAG0_SHARE = 0.05
+#: Steps a schedule curve may fall short of the last window (held at its last value).
+PAD = 2
 
 
 def starts(num_steps: int, lags: int) -> list[int]:
-    """0 and ``T − K`` halved repeatedly (distinct, increasing): ``[0, 5, 10, 20, 40, 80, 161]``."""
+    """0 and ``T − K`` halved repeatedly (distinct, increasing): ``[0, 2, 5, …, 80, 161]``."""
     last = num_steps - lags
     if last < 0:
         return []
@@ -77,14 +81,20 @@ def _memory(response: np.ndarray) -> tuple[float, float]:
 
 
 def _schedule_divided(R: np.ndarray, grid: list[int], curve: Any) -> bool:
-    """Divides a detected schedule's curve out of ``R`` in place; whether it could."""
-    c = np.asarray(curve if curve is not None else [], np.float64)
+    """Divides a detected schedule's curve out of ``R`` in place; whether it could.
+
+    The curve's finite prefix is used; it may end up to ``PAD`` steps before the last window
+    does (a probe over ``T − 1`` steps), and is held at its last value there. It must be
+    positive wherever it is used.
+    """
+    c = np.asarray([np.nan if x is None else x for x in (curve or [])], np.float64)
+    bad = np.flatnonzero(~np.isfinite(c))
+    c = c[: bad[0]] if bad.size else c
     K = R.shape[1]
-    if not grid or c.size <= grid[-1]:
+    if not grid or c.size + PAD < grid[-1] + K:
         return False
-    # a curve probed a step or two short of the last window ends at its last value
     c = np.concatenate([c, np.full(max(grid[-1] + K - c.size, 0), c[-1])])
-    if not np.all(np.isfinite(c) & (c > 0)):
+    if not np.all(c[: grid[-1] + K] > 0):
         return False
     for i, s in enumerate(grid):
         R[i] *= c[s] / c[s : s + K]
@@ -98,6 +108,7 @@ def memory_along(
     *,
     lags: int = LAGS,
     problems: int = PROBLEMS,
+    coordinatewise: bool = True,
 ) -> dict[str, Any] | None:
     """Reads the gain and the memory along recorded trajectories and at the convergence point.
 
@@ -110,20 +121,29 @@ def memory_along(
             ``meta.impulse_response``), the schedule and the adaptation verdict. ``None``:
             nothing is divided out or compared.
         lags: ``K``.
-        problems: problems of ``seqs`` used (the first ones).
+        problems: problems of ``seqs`` used (the first ones with finite gradients and
+            updates).
+        coordinatewise: whether ``tx`` treats every coordinate alone; if not, nothing is read.
 
     Returns:
         ``{"starts", "lags", "gain", "memory", "response", "schedule_divided",
         "convergence_gain", "convergence_memory", "state_dependent", "not_compared"}``
         (``response``: ``[S, K]`` mean responses, the schedule divided out; ``state_dependent``
-        ``None``, and ``not_compared`` saying why, without a comparison), or ``None`` when the
-        horizon is shorter than ``K``.
+        ``None``, and ``not_compared`` saying why, without a comparison; ``tolerance``), or
+        ``None`` when the horizon is shorter than ``K``, ``tx`` is not coordinate-wise or no
+        problem is finite.
     """
     T = int(seqs["g"].shape[1])
     grid = starts(T, lags)
-    if not grid:
+    if not grid or not coordinatewise:
         return None
-    seqs = {k: v[:problems] for k, v in seqs.items() if k in ("g", "p", "f")}
+    finite = np.isfinite(np.asarray(seqs["g"])).all((1, 2))
+    if "u" in seqs:
+        finite &= np.isfinite(np.asarray(seqs["u"])).all((1, 2))
+    keep = np.flatnonzero(finite)[:problems]
+    if not keep.size:
+        return None
+    seqs = {k: jnp.asarray(v)[keep] for k, v in seqs.items() if k in ("g", "p", "f")}
 
     def response(seq: Mapping[str, jax.Array], s: jax.Array) -> jax.Array:
         def updates(g: jax.Array) -> jax.Array:
@@ -140,7 +160,8 @@ def memory_along(
     R = np.asarray(jax.jit(jax.vmap(mean_response))(jnp.asarray(grid)), np.float64)  # [S, K]
     analysis = analysis or {}
     sched = analysis.get("schedule") or {}
-    divided = bool(sched.get("detected")) and _schedule_divided(R, grid, sched.get("effective_lr"))
+    scheduled = bool(sched.get("detected"))
+    divided = scheduled and _schedule_divided(R, grid, sched.get("effective_lr"))
     gain, memory = zip(*(_memory(r) for r in R), strict=True)
     out: dict[str, Any] = {
         "starts": grid,
@@ -153,16 +174,24 @@ def memory_along(
         "convergence_memory": None,
         "state_dependent": None,
         "not_compared": None,
+        "tolerance": TOLERANCE,
+        "problems": int(keep.size),
     }
-    ref = (analysis.get("momentum") or {}).get("impulse_response") or (
-        analysis.get("meta") or {}
-    ).get("impulse_response")
+    mom = analysis.get("momentum") or {}
+    # a sign-like optimizer's momentum keeps flip counts there, not a response
+    ref = None if mom.get("point_kind") == "sign flips" else mom.get("impulse_response")
+    ref = ref or (analysis.get("meta") or {}).get("impulse_response")
     ref = np.asarray(ref if ref is not None else [], np.float64)
     g0, m0 = _memory(ref[:lags]) if ref.size >= lags else (float("nan"), float("nan"))
     mem = np.asarray(memory)
     mem = mem[np.isfinite(mem)]
     if (analysis.get("adaptation") or {}).get("detected"):
-        out["not_compared"] = "adaptation detected: the normaliser's response is part of it"
+        out["not_compared"] = (
+            "adaptation detected: the response along training includes the step's dependence "
+            "on the gradient's size"
+        )
+    elif scheduled and not divided:
+        out["not_compared"] = "a schedule was detected but its curve could not be divided out"
     elif not (np.isfinite(m0) and m0 > 0):
         out["not_compared"] = "no convergence-point impulse response to compare with"
     elif not mem.size:

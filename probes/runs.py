@@ -195,7 +195,14 @@ def analyze_run(
     result = analysis.to_json()
     # How well the detected mechanisms, with their probed numbers, reproduce the optimizer.
     stage("scoring faithfulness: replaying the detected mechanisms on the optimizer's gradients")
-    result["faithfulness"] = faithfulness(result, opt.optimizer(theta), family).to_json()
+    try:
+        opt.cell(theta)
+        coordinatewise = True
+    except TypeError:  # e.g. the MLP optimizer's per-tensor features
+        coordinatewise = False
+    result["faithfulness"] = faithfulness(
+        result, opt.optimizer(theta), family, coordinatewise=coordinatewise
+    ).to_json()
     # What was analysed, so that results on the MNIST fallback digits cannot pass for MNIST and
     # a later command can tell which seed drew the trajectories.
     result["task"] = {"name": family.name, "data_source": getattr(family, "data_source", None)}

@@ -407,6 +407,19 @@ def identified_damping_sentence(distill: Mapping[str, Any]) -> str | None:
     )
 
 
+#: The mechanism a chain transform stands for, in sentences.
+TRANSFORM_NAMES = {
+    "damp_oscillations": "damping",
+    "soft_clip": "clipping",
+    "clip": "clipping",
+    "trace": "momentum",
+    "momentum_modes": "momentum",
+    "scale_by_rms": "normaliser",
+    "scale_by_sign": "sign",
+    "scale_by_learning_rate": "learning rate",
+}
+
+
 def attribution_sentence(distill: Mapping[str, Any], listing: bool = True) -> str | None:
     """The one-mechanism exchanges of ``distill.json`` in words (``attribution``), or ``None``.
 
@@ -422,7 +435,9 @@ def attribution_sentence(distill: Mapping[str, Any], listing: bool = True) -> st
     parts, costs = [], []
     ident = finite((distill.get("fraction_identified") or {}).get("mean"))
     for r in rows:
-        name = str(r.get("mechanism") or r.get("transform", "?")).split(" (")[0]
+        name = TRANSFORM_NAMES.get(str(r.get("transform")), str(r.get("transform", "?")))
+        if r.get("probed_here_only") is None:
+            name += " (added by identification)"
         a, b = frac(r.get("identified_here_only")), frac(r.get("probed_here_only"))
         if a is None and b is None:
             continue
@@ -436,7 +451,9 @@ def attribution_sentence(distill: Mapping[str, Any], listing: bool = True) -> st
         said.append(
             "Exchanging one mechanism's numbers between the probed and the identified chain "
             "(share of the gain recovered by the probed chain with that mechanism identified / "
-            f"by the identified chain with that mechanism probed): {'; '.join(parts)}."
+            f"by the identified chain with that mechanism probed): {'; '.join(parts)}. The "
+            "learning rate stays the receiving chain's, so exchanging the momentum also changes "
+            "the steady step."
         )
     if costs:
         cost, name, b = max(costs)
@@ -515,10 +532,12 @@ def memory_along_sentence(ma: Any) -> str | None:
         return None
     mem = [m for _, m in pairs]
     divided = ", the detected schedule divided out" if ma.get("schedule_divided") else ""
+    span = f"{min(mem):.2g}–{max(mem):.2g}" if len(mem) > 1 else f"{mem[0]:.2g}"
+    where = f"steps {pairs[0][0]}–{pairs[-1][0]}" if len(pairs) > 1 else f"step {pairs[0][0]}"
     text = (
-        f"Along its own training trajectories it carries a gradient for {min(mem):.2g}–"
-        f"{max(mem):.2g} steps (its response summed over {ma.get('lags')} lags over the lag-0 "
-        f"term{divided}, from steps {pairs[0][0]}–{pairs[-1][0]})"
+        f"Along its own training trajectories its response to a gradient, summed over "
+        f"{ma.get('lags')} steps, is {span} times its immediate step (its memory, from {where}"
+        f"{divided})"
     )
     m0 = finite(ma.get("convergence_memory"))
     if m0 is None:
@@ -529,8 +548,9 @@ def memory_along_sentence(ma: Any) -> str | None:
             f", against {m0:.2g} at the convergence point where momentum is read: its memory "
             "depends on its state, which one momentum read at one state does not carry."
         )
+    tol = finite(ma.get("tolerance")) or MEMORY_TOLERANCE
     return text + (
-        f", within {MEMORY_TOLERANCE:.0%} of the convergence point's {m0:.2g}: the momentum "
+        f", within a factor {1 + tol:.3g} of the convergence point's {m0:.2g}: the momentum "
         "read there holds along training."
     )
 

@@ -99,7 +99,21 @@ def test_attribute_scores_each_exchange_as_the_hand_written_chain():
     )
     # without fractions (a gain that is not significant) only the metrics are given
     rows = attribute(chain, ident, family, key, n, T, learned, base, fractions=False)
-    assert all(r[d]["fraction"] is None for r in rows for d in ("identified_here_only",))
+    assert all(
+        r[d]["fraction"] is None and r[d]["metric"] > 0
+        for r in rows
+        for d in ("identified_here_only", "probed_here_only")
+        if r[d] is not None
+    )
+    # every mechanism here has probed numbers, so both directions are scored
+    assert all(r["probed_here_only"] is not None for r in rows)
+    # an exchange that gives back a chain already scored re-uses its metrics (here every one:
+    # the two chains have the same numbers, only their labels differ)
+    same = [{**e, "mechanism": "identified"} for e in chain]
+    known = [(chain, np.full(n, 0.123))]
+    rows = attribute(chain, same, family, key, n, T, learned, base, known=known)
+    cells = [c for r in rows for c in (r["identified_here_only"], r["probed_here_only"])]
+    np.testing.assert_allclose([c["metric"] for c in cells], 0.123)
 
 
 def _distill(rows, ident=0.77, probed=-0.37):

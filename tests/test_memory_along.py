@@ -84,7 +84,8 @@ def test_a_memory_that_changes_during_training_is_state_dependent():
     assert _trace_memory(0.5) < _trace_memory(0.9) / (1 + TOLERANCE)
     assert ma["state_dependent"] is True
     text = memory_along_sentence(ma)
-    assert "2–8.8 steps" in text and "against 8.8 at the convergence point" in text
+    assert "is 2–8.8 times its immediate step" in text
+    assert "against 8.8 at the convergence point" in text
     # without a convergence-point reading nothing is compared
     alone = memory_along(tx, _seqs(tx), None, lags=LAGS)
     assert alone["state_dependent"] is None and alone["memory"] == ma["memory"]
@@ -119,6 +120,29 @@ def test_a_schedule_is_divided_out_and_a_normaliser_is_not_compared():
     ma = memory_along(tx, _seqs(tx), ada, lags=LAGS)
     assert np.isnan(ma["memory"][0]) and np.all(np.isfinite(ma["memory"][1:]))
     assert ma["state_dependent"] is None and "adaptation detected" in ma["not_compared"]
+
+
+def test_what_cannot_be_read_cleanly_is_not_compared():
+    lr = optax.piecewise_constant_schedule(0.01, {30: 4.0})
+    tx = optax.sgd(lr, momentum=0.8)
+    seqs = _seqs(tx)
+    ref = {"momentum": {"impulse_response": list(-0.01 * 0.8 ** np.arange(200))}}
+    curve = [float(lr(t)) for t in range(FAMILY.num_steps)]
+    # a detected schedule whose curve cannot be divided out: a zero in it, or too short
+    for bad in ([0.0, *curve[1:]], curve[:90], [*curve[:50], None, *curve[51:]]):
+        ma = memory_along(tx, seqs, {**ref, "schedule": {"detected": True, "effective_lr": bad}})
+        assert ma["schedule_divided"] is False and ma["state_dependent"] is None
+        assert "could not be divided out" in ma["not_compared"]
+    # a curve one step short of the last window is held at its last value
+    ma = memory_along(tx, seqs, {**ref, "schedule": {"detected": True, "effective_lr": curve[:-1]}})
+    assert ma["schedule_divided"] is True and ma["state_dependent"] is False
+    # a problem whose gradients are not finite is left out, the others still read
+    g = np.asarray(seqs["g"]).copy()
+    g[0, 7, 0] = np.nan
+    ma = memory_along(tx, {**seqs, "g": jnp.asarray(g)}, ref)
+    assert ma["problems"] == 3 and np.all(np.isfinite(ma["memory"]))
+    # an optimizer that mixes coordinates is not read on a subset of them
+    assert memory_along(tx, seqs, ref, coordinatewise=False) is None
 
 
 def test_a_horizon_shorter_than_the_lags_reads_nothing_and_old_analyses_still_load():

@@ -443,6 +443,11 @@ def test_the_summary_leads_with_the_result_the_plateau_and_the_faithfulness(tmp_
     assert mom["numbers"]["memory_along"]["display"] == "2.5 … 2.9"
     assert mom["numbers"]["memory_convergence"]["value"] == 1.2
     assert any("from steps 0–10" in n for n in mom["notes"])
+    # a start without a memory (None in the JSON) is left out of the range
+    along["memory"] = [None, 2.9]
+    report = probes.write_report(analysis, tmp_path, evaluation=ev)
+    assert report["mechanisms"]["momentum"]["numbers"]["memory_along"]["display"] == "2.9 … 2.9"
+    along["memory"] = [2.5, 2.9]
     # one that agrees with h* stays in the momentum section
     along.update(convergence_memory=2.6, state_dependent=False)
     report = probes.write_report(analysis, tmp_path, evaluation=ev)

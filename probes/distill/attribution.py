@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from lopt.chain import build_chain
+from lopt.chain import META_KEYS, build_chain
 from lopt.unroll import evaluate, per_problem_metric
 from probes.distill.stats import BootstrapConfig, mean_sem, recovered_fraction
 from tasks.base import TaskFamily
@@ -48,6 +48,15 @@ def _by_transform(chain: Sequence[Mapping[str, Any]]) -> dict[str, Mapping[str, 
     if len(set(names)) != len(names):
         return None  # a transform twice: no one-to-one match
     return dict(zip(names, chain, strict=True))
+
+
+def _same(a: Sequence[Mapping[str, Any]], b: Sequence[Mapping[str, Any]]) -> bool:
+    """Whether two chains are the same transforms with the same numbers."""
+
+    def numbers(chain):
+        return [{k: v for k, v in e.items() if k not in META_KEYS} for e in chain]
+
+    return len(a) == len(b) and numbers(a) == numbers(b)
 
 
 def exchanges(
@@ -97,6 +106,7 @@ def attribute(
     fractions: bool = True,
     bootstrap: BootstrapConfig | None = None,
     say: Callable[[str], None] = lambda msg: None,
+    known: Sequence[tuple[Sequence[Mapping[str, Any]], np.ndarray]] = (),
 ) -> list[dict[str, Any]]:
     """Evaluates every exchange of :func:`exchanges` on the held-out problems.
 
@@ -114,6 +124,9 @@ def attribute(
             is not significant).
         bootstrap: the fractions' intervals (default :class:`BootstrapConfig`).
         say: progress lines.
+        known: ``(chain, per-problem metrics)`` pairs already evaluated on these problems (the
+            probed and the identified chain): an exchange that gives one of them back (a
+            mechanism with the same numbers in both) re-uses its metrics.
 
     Returns:
         Per mechanism of the identified chain: ``{"transform", "mechanism",
@@ -126,11 +139,13 @@ def attribute(
     out: dict[str, dict[str, Any]] = {}
     for ex in exchanges(chain, chain_identified):
         name = ex["transform"]
-        say(f"evaluating the exchange {name}: {ex['direction'].replace('_', ' ')}")
-        losses = np.asarray(
-            evaluate(build_chain(ex["chain"]), family, key, num_problems, num_steps)
-        )
-        per = np.asarray(per_problem_metric(losses), np.float64)
+        per = next((np.asarray(m) for c, m in known if _same(c, ex["chain"])), None)
+        if per is None:
+            say(f"evaluating the exchange {name}: {ex['direction'].replace('_', ' ')}")
+            losses = np.asarray(
+                evaluate(build_chain(ex["chain"]), family, key, num_problems, num_steps)
+            )
+            per = np.asarray(per_problem_metric(losses), np.float64)
         mean, sem = mean_sem(per) if np.all(np.isfinite(per)) else (None, None)
         row = out.setdefault(
             name,

@@ -343,7 +343,13 @@ def distill_analysis(
             fractions=rep["significant"],
             bootstrap=config.bootstrap,
             say=say,
+            known=[(chain, per["distilled"]), (chain_id, per["distilled_identified"])],
         )
+        if not attribution:
+            notes["attribution"] = (
+                "no exchanges: the probed and the identified chain do not have the same "
+                "transforms one to one"
+            )
     results = {
         "learned": metrics["learned"],
         "best_baseline": {"name": best, **metrics[best], "hyperparameters": best_hp},

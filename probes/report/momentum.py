@@ -43,14 +43,15 @@ def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | Non
         ),
     ]
     ma = (a.get("faithfulness") or {}).get("memory_along") or {}
-    if ma.get("memory"):
-        mem = floats(ma["memory"])
+    mem = floats(ma.get("memory") or [])
+    mem = mem[np.isfinite(mem)]
+    if mem.size:
         nums.append(
             num_row(
                 "memory_along",
                 f"memory along training (Σ_k r_k / r_0 over {ma.get('lags')} lags, per start)",
                 ma["memory"],
-                f"{np.nanmin(mem):.3g} … {np.nanmax(mem):.3g}",
+                f"{fmt(mem.min())} … {fmt(mem.max())}",
             )
         )
         nums.append(
