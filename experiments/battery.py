@@ -72,7 +72,10 @@ def run_case(case: battery.Case, source: str, family=None) -> dict:
         row["chain"] = [e["transform"] for e in f.chain]
         ma = f.memory_along or {}
         row["memory_along"] = _plain(
-            {k: ma.get(k) for k in ("memory", "convergence_memory", "state_dependent")}
+            {
+                k: ma.get(k)
+                for k in ("memory", "convergence_memory", "state_dependent", "not_compared")
+            }
         )
     return row
 
@@ -93,6 +96,11 @@ def summary(rows: list[dict]) -> dict:
         out["memory_along"] = {
             "state_dependent": sorted(k for k, v in along.items() if v["state_dependent"]),
             "compared": sum(v["state_dependent"] is not None for v in along.values()),
+            "not_compared": dict(
+                collections.Counter(
+                    v["not_compared"] for v in along.values() if v.get("not_compared")
+                )
+            ),
             "total": len(along),
         }
     for source in ("optax", "cell"):

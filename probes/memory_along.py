@@ -22,7 +22,8 @@ A start's memory is left undefined (``nan``) where the lag-0 term is below ``LAG
 the response's largest term (RMSProp's and Adam's first update is sign-like: its derivative is
 0). Where the analysis detected a schedule, its curve ``c(t)`` (``schedule.effective_lr``, held
 at its last value past its end) is divided out first, ``R_s[k]·c(s)/c(s + k)``: a learning rate
-that moves within the window is the schedule's, not a memory. The same two numbers are read off
+that moves within the window is the schedule's, not a memory (a start whose window holds a
+zero of the curve, as under a warm-up from 0, is left out). The same two numbers are read off
 the convergence point's impulse response (truncated to ``K``), so the two can be compared
 directly. The memory is **state-dependent** when some start's memory differs from the
 convergence point's by more than a factor ``1 + TOLERANCE`` either way. Where adaptation was
@@ -84,8 +85,9 @@ def _schedule_divided(R: np.ndarray, grid: list[int], curve: Any) -> bool:
     """Divides a detected schedule's curve out of ``R`` in place; whether it could.
 
     The curve's finite prefix is used; it may end up to ``PAD`` steps before the last window
-    does (a probe over ``T − 1`` steps), and is held at its last value there. It must be
-    positive wherever it is used.
+    does (a probe over ``T − 1`` steps), and is held at its last value there. A start whose
+    window holds a value that is not positive (a warm-up from 0) is set to ``nan``; the
+    division counts as done when some start is left.
     """
     c = np.asarray([np.nan if x is None else x for x in (curve or [])], np.float64)
     bad = np.flatnonzero(~np.isfinite(c))
@@ -94,11 +96,15 @@ def _schedule_divided(R: np.ndarray, grid: list[int], curve: Any) -> bool:
     if not grid or c.size + PAD < grid[-1] + K:
         return False
     c = np.concatenate([c, np.full(max(grid[-1] + K - c.size, 0), c[-1])])
-    if not np.all(c[: grid[-1] + K] > 0):
-        return False
+    left = False
     for i, s in enumerate(grid):
-        R[i] *= c[s] / c[s : s + K]
-    return True
+        window = c[s : s + K]
+        if np.all(window > 0):
+            R[i] *= c[s] / window
+            left = True
+        else:
+            R[i] = np.nan
+    return left
 
 
 def memory_along(

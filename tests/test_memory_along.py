@@ -128,8 +128,14 @@ def test_what_cannot_be_read_cleanly_is_not_compared():
     seqs = _seqs(tx)
     ref = {"momentum": {"impulse_response": list(-0.01 * 0.8 ** np.arange(200))}}
     curve = [float(lr(t)) for t in range(FAMILY.num_steps)]
-    # a detected schedule whose curve cannot be divided out: a zero in it, or too short
-    for bad in ([0.0, *curve[1:]], curve[:90], [*curve[:50], None, *curve[51:]]):
+    # a zero in the curve (a warm-up from 0) leaves out the starts whose window holds it
+    zero = {**ref, "schedule": {"detected": True, "effective_lr": [0.0, *curve[1:]]}}
+    ma = memory_along(tx, seqs, zero)
+    assert np.isnan(ma["memory"][0]) and ma["schedule_divided"] is True
+    np.testing.assert_allclose(ma["memory"][1:], _trace_memory(0.8, 40), rtol=1e-4)
+    assert ma["state_dependent"] is False
+    # a detected schedule whose curve cannot be divided out: too short, or cut by a null
+    for bad in (curve[:90], [*curve[:50], None, *curve[51:]]):
         ma = memory_along(tx, seqs, {**ref, "schedule": {"detected": True, "effective_lr": bad}})
         assert ma["schedule_divided"] is False and ma["state_dependent"] is None
         assert "could not be divided out" in ma["not_compared"]
