@@ -169,6 +169,19 @@ def saved_analysis(
     return analysis, "re-using analysis.json"
 
 
+def coordinatewise(opt: Any, theta: Any) -> bool:
+    """Whether a learned optimizer treats every coordinate alone (it has a cell).
+
+    Replaying it on a subset of coordinates is exact only then; the MLP optimizer's per-tensor
+    features are not.
+    """
+    try:
+        opt.cell(theta)
+    except TypeError:
+        return False
+    return True
+
+
 def analyze_run(
     run: Run | str | os.PathLike,
     *,
@@ -195,13 +208,8 @@ def analyze_run(
     result = analysis.to_json()
     # How well the detected mechanisms, with their probed numbers, reproduce the optimizer.
     stage("scoring faithfulness: replaying the detected mechanisms on the optimizer's gradients")
-    try:
-        opt.cell(theta)
-        coordinatewise = True
-    except TypeError:  # e.g. the MLP optimizer's per-tensor features
-        coordinatewise = False
     result["faithfulness"] = faithfulness(
-        result, opt.optimizer(theta), family, coordinatewise=coordinatewise
+        result, opt.optimizer(theta), family, coordinatewise=coordinatewise(opt, theta)
     ).to_json()
     # What was analysed, so that results on the MNIST fallback digits cannot pass for MNIST and
     # a later command can tell which seed drew the trajectories.

@@ -135,7 +135,7 @@ def attribute(
         ``None`` where the mechanism has no probed numbers.
     """
     bootstrap = BootstrapConfig() if bootstrap is None else bootstrap
-    probed = {str(e.get("transform")): e for e in chain}
+    probed = _by_transform(chain) or {}
     out: dict[str, dict[str, Any]] = {}
     for ex in exchanges(chain, chain_identified):
         name = ex["transform"]

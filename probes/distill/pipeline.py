@@ -45,7 +45,7 @@ from probes.distill.attribution import attribute
 from probes.distill.identify import IdentifyConfig, identify_chain
 from probes.distill.retune import RetuneConfig, retune_chain, retune_cost, validation_scores
 from probes.distill.stats import BootstrapConfig, fraction_report, mean_sem
-from probes.runs import analyze_run, check_analysis, saved_analysis
+from probes.runs import analyze_run, check_analysis, coordinatewise, saved_analysis
 from probes.to_chain import DistillError, chain_from_analysis
 from probes.words import attribution_sentence, identified_damping_sentence
 
@@ -228,12 +228,7 @@ def distill_analysis(
     chain_id = tx_id = None
     if identify is not None:
         say("identifying the chain's numbers from the learned optimizer's updates")
-        try:
-            opt.cell(theta)
-            coordinatewise = True
-        except TypeError:
-            coordinatewise = False  # e.g. the MLP optimizer's per-tensor features
-        if not coordinatewise:
+        if not coordinatewise(opt, theta):
             notes["identify"] = {
                 "note": "not identified: the learned optimizer has no Cell (it is not "
                 "coordinate-wise), so replaying it on recorded gradients is not exact"
