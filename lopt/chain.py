@@ -8,7 +8,8 @@ mechanisms the probes find in a learned optimizer as such a chain (``distill.jso
 module knows nothing of probes.
 
 Besides optax's own (``clip``, ``trace``, ``scale_by_rms``, ``scale_by_learning_rate``),
-these live here: :func:`soft_clip` (a smooth gradient clip), :func:`damp_oscillations`
+these live here: :func:`offset_gradient` (a constant shift of the gradient, where a learned
+optimizer's update vanishes), :func:`soft_clip` (a smooth gradient clip), :func:`damp_oscillations`
 (damping of gradients that keep changing sign), :func:`momentum_modes` (a weighted sum of
 traces) and :func:`interpolated_schedule` (a
 piecewise-linear learning-rate multiplier with a geometric tail).
@@ -52,20 +53,34 @@ def soft_clip(scale: float | jax.Array) -> optax.GradientTransformation:
         The transformation.
     """
 
-    def init_fn(params):
+    def one(g, params):
         del params
-        return optax.EmptyState()
+        g32 = jnp.asarray(g, jnp.float32)
+        return (g32 / (1.0 + jnp.abs(g32) / scale)).astype(jnp.asarray(g).dtype)
 
-    def update_fn(updates, state, params=None):
+    return optax.stateless_with_tree_map(one)
+
+
+def offset_gradient(offset: float | jax.Array) -> optax.GradientTransformation:
+    """Shifts each gradient entry by a constant: ``g ↦ g − g₀`` (``g₀ = offset``).
+
+    Whatever follows then sees ``0`` where the gradient is ``g₀``: a chain whose update
+    vanishes at ``g = 0`` vanishes at ``g = g₀`` instead, and training with it stalls where
+    every gradient entry is ``g₀`` rather than at a minimum. This is the *bias* of an optimizer
+    whose update at zero gradient is not zero (``probes.bias``). Stateless.
+
+    Args:
+        offset: ``g₀``.
+
+    Returns:
+        The transformation.
+    """
+
+    def shift(g, params):
         del params
+        return (jnp.asarray(g) - offset).astype(jnp.asarray(g).dtype)
 
-        def one(g):
-            g32 = jnp.asarray(g, jnp.float32)
-            return (g32 / (1.0 + jnp.abs(g32) / scale)).astype(jnp.asarray(g).dtype)
-
-        return jax.tree.map(one, updates), state
-
-    return optax.GradientTransformation(init_fn, update_fn)
+    return optax.stateless_with_tree_map(shift)
 
 
 class DampOscillationsState(NamedTuple):
@@ -275,6 +290,9 @@ def _scale_by_learning_rate_code(params: Mapping[str, Any]) -> str:
 #: Every transform a chain may name. ``scale_by_learning_rate``'s optional ``schedule`` is
 #: ``{"steps", "values", "tail_ratio"}`` (:func:`interpolated_schedule`).
 TRANSFORMS: dict[str, Transform] = {
+    "offset_gradient": Transform(
+        offset_gradient, "lopt.chain.offset_gradient", positional=("offset",)
+    ),
     "clip": Transform(optax.clip, "optax.clip", positional=("max_delta",)),
     "soft_clip": Transform(soft_clip, "lopt.chain.soft_clip", positional=("scale",)),
     "damp_oscillations": Transform(
@@ -343,7 +361,8 @@ def build_chain(chain: Sequence[Mapping[str, Any]]) -> optax.GradientTransformat
 
     Args:
         chain: a list of ``{"transform": name, <parameters>}`` dicts, applied in order:
-            ``clip`` (``max_delta``: ``optax.clip``), ``soft_clip`` (``scale``:
+            ``offset_gradient`` (``offset``: :func:`offset_gradient`), ``clip`` (``max_delta``:
+            ``optax.clip``), ``soft_clip`` (``scale``:
             :func:`soft_clip`), ``damp_oscillations`` (``scale``, ``decay``:
             :func:`damp_oscillations`), ``trace`` (``decay``: ``optax.trace``),
             ``scale_by_sign`` (no parameters: ``optax.scale_by_sign``), ``momentum_modes``

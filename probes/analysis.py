@@ -48,6 +48,7 @@ import numpy as np
 from lopt.cell import Cell
 from probes import detectors
 from probes.analysis_result import SCHEMA_VERSION, Analysis, is_current
+from probes.bias import probe_bias
 from probes.black_box import (
     GRADIENT_PERCENTILES,
     HAIR,
@@ -415,7 +416,10 @@ def analyze_cell(
         "alpha_eff_h0": float(effective_lr(cell, h0, secant=1e-3 * scale)),
         "fixed_points_at_zero": int(np.sum(np.asarray(fp.mask[0]) & (np.asarray(fp.kind[0]) == 0))),
     }
-    result = Analysis(momentum, clipping, schedule, adaptation, "cell", meta, damping)
+    bias = probe_bias(
+        lambda gs: _cell_run(cell, gs), lo, hi, steady_steps, gradient_samples, cached=False
+    )
+    result = Analysis(momentum, clipping, schedule, adaptation, "cell", meta, damping, bias=bias)
     return with_transient_damping(result, lambda gs: _cell_run(cell, gs), (lo, hi), cached=False)
 
 

@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from probes.bias import Bias
 from probes.detectors import Adaptation, Clipping, Damping, Momentum, Schedule
 from probes.transient import TransientDamping
 from probes.values import plain
@@ -15,10 +16,11 @@ from probes.values import plain
 #: 4: adds ``damping_transient`` (damping read from the first steps). 5: the faithfulness chain
 #: carries a ringing impulse response as real modes fitted to it (:mod:`probes.to_chain`), and
 #: the black box's ``meta.gain_at_warmup`` (the schedule's gain where adaptation is read).
-#: 6: adds ``faithfulness.memory_along`` (:mod:`probes.memory_along`).
+#: 6: adds ``faithfulness.memory_along`` (:mod:`probes.memory_along`). 7: adds ``bias`` (the
+#: update at zero gradient and the gradient where the update vanishes, :mod:`probes.bias`).
 #: Analyses of an older version are re-computed by ``probes report`` and ``lopt distill`` rather
 #: than re-used (:func:`is_current`).
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 
 
 def is_current(analysis: dict[str, Any]) -> bool:
@@ -106,6 +108,8 @@ class Analysis:
         damping_transient: the damping read from the first steps of alternating gradients
             (:class:`probes.transient.TransientDamping`), where the steady reading found none;
             ``None`` otherwise and for analyses written before it existed.
+        bias: the update at zero gradient and the gradient where it vanishes
+            (:class:`probes.bias.Bias`); ``None`` for analyses written before it existed.
     """
 
     momentum: Momentum
@@ -116,6 +120,7 @@ class Analysis:
     meta: dict[str, Any]
     damping: Damping | None = None
     damping_transient: TransientDamping | None = None
+    bias: Bias | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict with ``schema_version``; every number finite or ``None``."""
@@ -132,6 +137,8 @@ class Analysis:
             out["damping"] = self.damping.to_json()
         if self.damping_transient is not None:
             out["damping_transient"] = self.damping_transient.to_json()
+        if self.bias is not None:
+            out["bias"] = self.bias.to_json()
         json.dumps(out, allow_nan=False)  # fails loudly if anything non-finite slipped through
         return out
 
@@ -171,4 +178,5 @@ class Analysis:
             dict(meta),
             None if damping is None else Damping.from_json(damping),
             None if transient is None else TransientDamping.from_json(transient),
+            None if d.get("bias") is None else Bias.from_json(d["bias"]),
         )

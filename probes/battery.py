@@ -72,7 +72,7 @@ W = 2000  # steady-state steps of the black-box probes (analyze_optax(warmup=...
 EPS8 = 1e-8
 C23 = 2.0 ** (2.0 / 3.0) - 1.0  # slope of x/√(x²+e) halves where x² = (2^{2/3}-1)e
 SQRT2M1 = np.sqrt(2.0) - 1.0  # slope of x/(|x|+e) halves where |x| = (√2-1)e
-MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping")
+MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping", "bias")
 
 
 # ----------------------------------------------------------------------------- expectations
@@ -118,13 +118,18 @@ class ExpectAdaptation:
 
 @dataclasses.dataclass(frozen=True)
 class Expected:
-    """The answer for one optimizer; ``damping=None`` leaves damping unchecked."""
+    """The answer for one optimizer; ``damping=None`` leaves damping unchecked.
+
+    ``bias`` is the gradient ``g₀`` where the steady update vanishes (``0``: no bias), checked
+    within :data:`probes.scoring.BIAS_RTOL`.
+    """
 
     momentum: ExpectMomentum = ExpectMomentum(False)
     clipping: ExpectClipping = ExpectClipping(False)
     schedule: ExpectSchedule = ExpectSchedule()
     adaptation: ExpectAdaptation = ExpectAdaptation(False, 0.0)
     damping: bool | None = False
+    bias: float = 0.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -302,6 +307,41 @@ def clipped(name="clip", *, kind="clip", c=0.5, lr=0.1, beta=0.0) -> Case:
     tx = lambda: optax.chain(_CLIPS[kind](c), optax.sgd(lr, momentum=beta or None))  # noqa: E731
     cell = (lambda: cells.clipped_sgd(lr, c)) if kind == "clip" and beta == 0 else None
     return _case(name, "clipped", tx, dict(kind=kind, c=c, lr=lr, beta=beta), e, cell)
+
+
+def drifting(
+    name="drift_momentum", *, lr=0.1, beta=0.9, stall=0.01, clip=0.0, shift="update"
+) -> Case:
+    """``sgd(lr, β)`` (after ``clip(c)`` if ``clip``) with a constant offset: a bias.
+
+    No optax optimizer has one (:mod:`probes.bias`); two hand-made forms whose update vanishes
+    at ``g₀ = stall``:
+
+    * ``shift="update"``: a constant ``d`` added to every update. The steady update after ``W``
+      steps of a constant ``g`` is ``-lr·g·(1 − β^W)/(1 − β) + d``, zero at ``g₀`` for
+      ``d = g₀·lr(1 − β^W)/(1 − β)`` (a clip at ``c > |g₀|`` leaves the zero where it is).
+    * ``shift="gradient"``: every gradient entry shifted first, ``g ↦ g − g₀``: the update is
+      zero exactly at ``g₀`` (the form :func:`lopt.chain.offset_gradient` writes).
+
+    A constant adds nothing to a linear response: momentum and schedule are those of the chain
+    without it, and so is clipping where the clip comes after the shift's window (``c > |g₀|``).
+    """
+    d = stall * lr * (1.0 - beta**W) / (1.0 - beta)
+    mom = ExpectMomentum(beta > 0, beta if beta > 0 else None, lr)
+    e = Expected(mom, ExpectClipping(clip > 0, clip or None), _flat(lr), bias=stall)
+
+    def tx():
+        def add(x):
+            return lambda u, p: jax.tree.map(lambda v: v + x, u)
+
+        clipper = [optax.clip(clip)] if clip else []
+        base = [*clipper, optax.sgd(lr, momentum=beta or None)]
+        if shift == "gradient":
+            return optax.chain(optax.stateless(add(-stall)), *base)
+        return optax.chain(*base, optax.stateless(add(d)))
+
+    hp = dict(lr=lr, beta=beta, stall=stall, clip=clip, shift=shift)
+    return _case(name, "drifting", tx, hp, e)
 
 
 def agc(name: str = "adaptive_grad_clip", *, c: float = 1.0, eps: float = 1e-2, lr=0.1) -> Case:
@@ -557,6 +597,15 @@ FAMILIES: dict[str, tuple[Callable[..., Case], dict[str, Any]]] = {
     # b2 > b1 here: the ν mode's |α| (1-b2) stays below the momentum's (1-b1)
     "adam": (adam, {"lr": (1e-4, 0.1, LOG), "b1": (0.5, 0.9, LIN), "b2": (0.95, 0.9999, LIN)}),
     "adagrad": (adagrad, {"lr": (1e-3, 1.0, LOG), "a0": (1e-2, 1.0, LOG)}),
+    "drifting": (
+        drifting,
+        {
+            "lr": (1e-3, 1.0, LOG),
+            "beta": (0.3, 0.98, LIN),
+            "stall": (1e-3, 1.0, LOG),
+            "shift": ("update", "gradient"),
+        },
+    ),
     "sign": (
         sign_based,
         {
@@ -632,5 +681,9 @@ def cases() -> list[Case]:
         sign_based("sign_sgd_cosine", schedule="cosine_decay"),
         sign_based("lion_warmup_cosine", kind="lion", lr=1e-4, beta=0.95, schedule="warmup_cosine"),
         damped(),
+        drifting(),
+        drifting("drift_sgd", lr=0.5, beta=0.0, stall=-0.003),
+        drifting("drift_clip_momentum", lr=0.05, beta=0.8, stall=-0.2, clip=1.0),
+        drifting("offset_momentum", lr=0.02, beta=0.95, stall=0.05, shift="gradient"),
     ]
     return out

@@ -43,6 +43,7 @@ import optax
 
 from probes import detectors
 from probes.analysis_result import Analysis
+from probes.bias import probe_bias
 from probes.detectors import Clipping, Damping
 from probes.modes import memory_from_flips
 from probes.transient import read_transient_damping
@@ -404,7 +405,10 @@ def measure_impulse(program: Callable, scale: float, warmup: int) -> tuple[Any, 
             r, gains, u_w = (np.asarray(x, np.float64) for x in program(jnp.float32(b), w))
             if not np.all(np.isfinite(r)):
                 break
-            if np.any(np.abs(r) > ZERO_RESPONSE * abs(float(u_w)) / max(b, 1e-30)):
+            # at b = 0 any non-zero response counts (an update that drifts at g = 0, a
+            # bias, is not a background that saturates a clip)
+            floor = ZERO_RESPONSE * abs(float(u_w)) / b if b > 0 else 0.0
+            if np.any(np.abs(r) > floor):
                 g0 = gains[0]
                 if np.isfinite(g0) and g0 != 0 and np.all(np.isfinite(gains)):
                     same = gains * np.sign(g0) > 0
@@ -678,5 +682,6 @@ def analyze_optax(
         damping_points,
         damping_steps,
     )
-    result = Analysis(momentum, clipping, schedule, adaptation, "optax", meta, damping)
+    bias = probe_bias(run, float(m[0]), float(m[-1]), int(warmup), gradient_samples)
+    result = Analysis(momentum, clipping, schedule, adaptation, "optax", meta, damping, bias=bias)
     return with_transient_damping(result, _jitted(run), (float(m[0]), float(m[-1])))

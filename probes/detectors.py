@@ -1,8 +1,8 @@
 """Mechanism detectors: momentum, clipping, schedule, adaptation (docs/method.md, Analyses).
 
 Each detector turns evidence arrays (computed by :mod:`probes.analysis`) into a small result
-with ``detected``, its numbers and the evidence itself (for figures). The thresholds are module
-constants, documented where they are used; the analysis functions let callers override them.
+(a :class:`Result`) with ``detected``, its numbers and the evidence itself (for figures). The
+thresholds are module constants, documented where used; the analyses let callers override them.
 
 Shapes: ``H`` modes, ``G`` gradient values, ``T`` steps, ``M`` gradient magnitudes.
 """
@@ -25,11 +25,10 @@ MIN_BETA = 0.05
 #: ``G_i / Σ_{G_j > 0} G_j`` with ``G_i = α_i/(1 - λ_i)`` (:func:`probes.modes.dominant_mode`).
 MIN_SHARE = 0.5
 #: Momentum: a complex dominant pair ``|λ| e^{±iθ}`` counts as real (a decaying exponential)
-#: when its own response ``2 Re(α λᵏ)`` keeps its sign until its envelope ``|λ|ᵏ`` has fallen
-#: below this fraction of its start. Such pairs come from two-exponential fits to a response
-#: that is not quite one exponential (the quickstart GRU-32 on one machine: ``0.698 ± 0.077i``,
-#: first sign change at lag 21, at 0.06% of the envelope: a monotone response); a ringing
-#: momentum (``0.9 e^{±0.5i}``: at lag 4, 66%) is not momentum.
+#: when its response ``2 Re(α λᵏ)`` keeps its sign until its envelope ``|λ|ᵏ`` is below this
+#: fraction of its start. Such pairs come from two-exponential fits to a response that is not
+#: quite one exponential (a quickstart GRU-32: ``0.698 ± 0.077i``, first sign change at lag 21,
+#: at 0.06% of the envelope); a ringing momentum (``0.9 e^{±0.5i}``: lag 4, 66%) is not momentum.
 SIGN_CHANGE_LEVEL = 0.05
 #: Clipping: the threshold is where the local slope ``|∂U/∂g|`` first falls to this fraction
 #: of its value at ``g = 0`` (docs/method.md, Clipping).
@@ -52,12 +51,13 @@ DAMP_RATIO = 0.5
 #: amplitudes below the training range (the probe's grid starts two decades below it).
 REFERENCE_POINTS = 3
 
-
 #: The mechanisms an analysis answers, in the order reports and comparisons show them.
 MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping")
 
 
-class _Result:
+class Result:
+    """Base of the detector results: JSON out and back (dataclass fields, checked kinds)."""
+
     #: Array fields that hold complex numbers (``[re, im]`` pairs in JSON).
     _COMPLEX: tuple[str, ...] = ()
 
@@ -117,7 +117,7 @@ def _read(kind: str, v: Any, is_complex: bool) -> Any:
 
 
 @dataclasses.dataclass
-class Momentum(_Result):
+class Momentum(Result):
     """Momentum as the dominant linear mode at the convergence point.
 
     The dominant mode is picked among the *fitted* modes (``fit_eigenvalues``, ``fit_alphas``):
@@ -254,7 +254,7 @@ def detect_momentum(
 
 
 @dataclasses.dataclass
-class Clipping(_Result):
+class Clipping(Result):
     """Saturation of the update function ``U(h0, g)``.
 
     Attributes:
@@ -306,7 +306,7 @@ def one_sided_threshold(
 
 
 @dataclasses.dataclass
-class Schedule(_Result):
+class Schedule(Result):
     """The learning-rate schedule: the time dependence of the step whatever the gradients.
 
     Attributes:
@@ -386,7 +386,7 @@ def detect_schedule(
 
 
 @dataclasses.dataclass
-class Adaptation(_Result):
+class Adaptation(Result):
     """Learning-rate adaptation: ``α_eff`` along the steady states ``h*(g*)`` against ``|g*|``.
 
     For a cell the steady states are the fixed-point branch traced from the convergence point
@@ -560,7 +560,7 @@ def detect_adaptation(
 
 
 @dataclasses.dataclass
-class Damping(_Result):
+class Damping(Result):
     """Oscillation damping: gradients that flip sign are damped more than persistent ones.
 
     Two steady gains per amplitude ``a`` (see :func:`probes.analysis.damping_gains`): the *DC

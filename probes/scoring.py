@@ -14,6 +14,8 @@ import numpy as np
 
 #: A verdict's outcome: the first two are right, the last three wrong.
 OUTCOMES = ("true positive", "true negative", "false positive", "false negative", "value error")
+#: Relative tolerance on a bias's expected stall gradient ``g₀``.
+BIAS_RTOL = 0.01
 
 
 class Verdict(NamedTuple):
@@ -99,11 +101,25 @@ def _adaptation(e: Any, a: Any) -> Verdict:
     return _right("adaptation", e.detected)
 
 
-def check(case: Any, analysis: Any) -> list[Verdict]:
+def _bias(expected: float, rtol: float, b: Any) -> Verdict:
+    want = expected != 0
+    if b is None:  # an analysis written before the bias was read
+        return Verdict("bias", "false negative", "not read") if want else _right("bias", False)
+    v = _detection("bias", want, bool(b.detected))
+    if v is not None:
+        u0, g0 = float(b.update_at_zero), float(b.stall_gradient)
+        return v._replace(detail=f"{v.detail} (update at g = 0: {u0:.3g}, g0 = {g0:.4g})")
+    if want and not _close(float(b.stall_gradient), expected, rtol):
+        return Verdict("bias", "value error", "stall gradient", float(b.stall_gradient), expected)
+    return _right("bias", want)
+
+
+def check(case: Any, analysis: Any, bias_rtol: float = BIAS_RTOL) -> list[Verdict]:
     """Scores an analysis of ``case.optax()`` (source ``optax``) or ``case.cell()`` (``cell``).
 
-    Returns verdicts for momentum, clipping, schedule, adaptation and (unless expected ``None``)
-    damping (read in steady state or from the first steps). Detection is judged first (false
+    Returns verdicts for momentum, clipping, schedule, adaptation, (unless expected ``None``)
+    damping (read in steady state or from the first steps) and bias (the stall gradient
+    ``g₀`` within ``bias_rtol``). Detection is judged first (false
     positive / false negative), then the numbers (value error, with the measured and expected
     values).
     """
@@ -119,4 +135,5 @@ def check(case: Any, analysis: Any) -> list[Verdict]:
         measured = bool(d is not None and d.detected) or bool(t is not None and t.detected)
         v = _detection("damping", e.damping, measured)
         out.append(v or _right("damping", e.damping))
+    out.append(_bias(float(getattr(e, "bias", 0.0)), bias_rtol, getattr(analysis, "bias", None)))
     return out

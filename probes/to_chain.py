@@ -50,6 +50,11 @@ transformations (:mod:`lopt.chain`), each one a mechanism of the paper (Maheswar
    from the first steps (``analysis.damping_transient``, :mod:`probes.transient`) if that
    reading detected damping.
 
+6. **bias** (only if detected, :mod:`probes.bias`) → :func:`lopt.chain.offset_gradient` with the
+   probed ``g₀`` in front of everything, so that the chain's update vanishes where the
+   optimizer's does; a bias whose update vanishes nowhere in the probed range is left out (a
+   note says so).
+
 A **sign-like** update (the clipping probe's ``sign_like``) is written as
 ``[optax.trace(β)] → optax.scale_by_sign → step size`` (:func:`_sign_chain`).
 
@@ -299,7 +304,7 @@ def chain_from_analysis(
     notes["alpha_eff_steady"] = {"value": alpha_star, "source": src}
     if clip.get("sign_like"):
         chain += _sign_chain(mom, clip, sch)
-        return chain, notes
+        return _with_bias(analysis, chain, notes)
 
     lr = alpha_star
     meta = analysis.get("meta") or {}
@@ -420,7 +425,29 @@ def chain_from_analysis(
         entry["schedule"] = _schedule(mult)
         entry["mechanism"] = f"learning rate with a {sch.get('shape')} schedule"
     chain.append(entry)
-    return chain, notes
+    return _with_bias(analysis, chain, notes)
+
+
+def _with_bias(
+    analysis: Mapping[str, Any], chain: list[dict[str, Any]], notes: dict[str, Any]
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """The chain with a detected bias's ``offset_gradient`` in front (step 6), and the notes."""
+    bias = analysis.get("bias")
+    if not isinstance(bias, Mapping):
+        return chain, notes
+    notes["detected"]["bias"] = bool(bias.get("detected"))
+    g0 = bias.get("stall_gradient")
+    if not bias.get("detected"):
+        return chain, notes
+    if g0 is None or not math.isfinite(float(g0)):
+        notes["bias"] = "the update vanishes nowhere in the probed range: a drift no chain carries"
+        return chain, notes
+    entry = {
+        "transform": "offset_gradient",
+        "offset": float(g0),
+        "mechanism": f"bias (the update vanishes at g = {float(g0):.4g}, not at 0)",
+    }
+    return [entry, *chain], notes
 
 
 #: Modes with ``|α_i|`` below this fraction of ``Σ|α|`` carry no weight and are left out.

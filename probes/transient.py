@@ -146,7 +146,7 @@ def read_transient_damping(
     Args:
         run: the optimizer on one scalar coordinate, ``gs (T,) -> updates (T,)``.
         analysis: its analysis (``Analysis.to_json()``) without this reading; the chain is built
-            from it with any detected damping left out.
+            from it with any detected damping and bias left out.
         runner: ``tx -> run`` for an optax transformation (the same form as ``run``).
         gradient_range: the smallest and largest ``|g|`` of training (amplitudes in between).
         steps: ``K``.
@@ -158,7 +158,9 @@ def read_transient_damping(
     """
     lo, hi = (float(x) for x in gradient_range)
     amps = tuple(float(x) for x in np.geomspace(lo, hi, AMPLITUDES).astype(np.float32))
-    plain = {k: v for k, v in analysis.items() if k not in ("damping", "damping_transient")}
+    # both sides are compared less their updates for g = 0: the bias stays out of the chain
+    left_out = ("damping", "damping_transient", "bias")
+    plain = {k: v for k, v in analysis.items() if k not in left_out}
     chain, _ = chain_from_analysis(plain)
     chain_json = json.dumps(chain, sort_keys=True)
     target_program = _target_program if cached else _target_program.__wrapped__

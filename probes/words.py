@@ -143,7 +143,43 @@ def describe(result: dict[str, Any]) -> list[str]:
             f" in front of the other mechanisms removes {max(removed, 0.0):.0%} of their error on"
             f" alternating gradients, error {num(without, '.2g')} without it)"
         )
+    b = result.get("bias")
+    if b:
+        g0 = finite(b.get("stall_gradient"))
+        where = f"vanishes at g ≈ {num(g0)}" if g0 is not None else "vanishes nowhere probed"
+        if g0 is not None and not b["detected"]:
+            where += ", closer to 0 than the probe resolves"
+        lines.append(
+            f"bias: {'detected' if b['detected'] else 'not detected'} (update "
+            f"{num(b.get('update_at_zero'))} after {b.get('steps')} steps of g = 0, largest "
+            f"steady update {num(b.get('reference'))}; the update {where})"
+        )
     return lines
+
+
+def bias_phrase(b: Mapping[str, Any]) -> str | None:
+    """The summary sentence of a detected ``bias`` result dict (``None``: not detected)."""
+    u0, ref = finite(b.get("update_at_zero")), finite(b.get("reference"))
+    if not b.get("detected") or u0 is None:
+        return None
+    share = f", {abs(u0) / ref:.2%} of its largest steady update" if ref else ""
+    head = (
+        "Bias: its update does not vanish with the gradient (after "
+        f"{b.get('steps')} steps of a zero gradient it still steps by {u0:.2g}{share})"
+    )
+    g0, pct = finite(b.get("stall_gradient")), finite(b.get("stall_percentile"))
+    if g0 is None:
+        return head + "; it vanishes nowhere in the probed range: the optimizer drifts."
+    final = finite(b.get("final_gradient"))
+    share_txt = (
+        f"; {pct:.0f}% of the gradient entries met in training are that small or smaller"
+        if pct is not None
+        else ""
+    ) + (f" (the median entry at the last step is {final:.2g})" if final is not None else "")
+    return (
+        f"{head}. It vanishes at g ≈ {g0:.2g} instead: a parameter comes to rest only where its "
+        f"gradient entry is {g0:.2g}, not at a minimum{share_txt}."
+    )
 
 
 def transient_damping_phrase(t: Mapping[str, Any]) -> str:
@@ -344,6 +380,9 @@ def summary_sentences(a: Mapping[str, Any]) -> list[str]:
         out.append(
             damping_phrase(d) + (" " + transient_damping_phrase(t) if t.get("detected") else "")
         )
+    bias = bias_phrase(a.get("bias") or {})
+    if bias:
+        out.append(bias)
     return [x.replace("-0", "−0").replace(" -", " −") for x in out]
 
 
@@ -385,7 +424,14 @@ def distill_sentence(distill: Mapping[str, Any]) -> str | None:
 def identified_damping_sentence(distill: Mapping[str, Any]) -> str | None:
     """Says so when identification added damping the probes did not detect (``distill.json``)."""
     ident = (distill.get("notes") or {}).get("identify") or {}
-    entry = next(iter(distill.get("chain_identified") or []), None)
+    entry = next(  # the added damping: first, or behind a bias's offset
+        (
+            e
+            for e in distill.get("chain_identified") or []
+            if isinstance(e, Mapping) and e.get("transform") != "offset_gradient"
+        ),
+        None,
+    )
     if not (
         ident.get("damping_added")
         and isinstance(entry, Mapping)
@@ -409,6 +455,7 @@ def identified_damping_sentence(distill: Mapping[str, Any]) -> str | None:
 
 #: The mechanism a chain transform stands for, in sentences.
 TRANSFORM_NAMES = {
+    "offset_gradient": "bias",
     "damp_oscillations": "damping",
     "soft_clip": "clipping",
     "clip": "clipping",
@@ -494,11 +541,12 @@ def results_sentence(res: Mapping[str, Any]) -> str:
     )
 
 
-def headline_sentences(res: Mapping[str, Any]) -> list[str]:
+def headline_sentences(res: Mapping[str, Any], bias: Mapping[str, Any] | None = None) -> list[str]:
     """The result first: the learned optimizer against the best tuned baseline.
 
     A second sentence says when it plateaus: its final loss far above the baseline's although
-    it wins on the average over the horizon.
+    it wins on the average over the horizon; with a detected ``bias`` (an analysis's) whose
+    update vanishes at some ``g₀``, it points to it.
     """
     h = next((h for h in res["horizons"] if h.get("multiple") == 1), res["horizons"][0])
     rows = {r["name"]: r for r in h["rows"]}
@@ -517,6 +565,11 @@ def headline_sentences(res: Mapping[str, Any]) -> list[str]:
             f"It plateaus: its final loss, {lf:.2g}, stays far above {label(best['name'])}'s "
             f"{bf:.2g}; it wins on the average over the horizon, not at the end."
         )
+        g0 = finite((bias or {}).get("stall_gradient"))
+        if (bias or {}).get("detected") and g0 is not None:
+            out[-1] = out[-1][:-1] + (
+                f" (its update vanishes at a gradient entry of {g0:.2g}, not 0: see Bias)."
+            )
     return out
 
 

@@ -47,6 +47,7 @@ def _params(pairs, slow=False):
         mechanisms = battery.MECHANISMS[:4]
         if CASES[name].expected_for(source).damping is not None:
             mechanisms += ("damping",)
+        mechanisms += ("bias",)
         for m in mechanisms:
             marks = [pytest.mark.slow] if slow else []
             if (name, source, m) in KNOWN:
@@ -77,6 +78,8 @@ FAST = [
             "adam_b2_half",
             "sign_sgd",
             "lion_warmup_cosine",  # a sign-like update's schedule, read from its step size
+            "drift_clip_momentum",  # a bias added to the update, behind a clip
+            "offset_momentum",  # a bias in front (the gradient shifted)
         )
     ],
     *[(n, "cell") for n in ("sgd", "momentum", "clip", "rmsprop", "adam")],
@@ -130,6 +133,7 @@ def test_battery_covers_the_optax_library():
     families = {c.family for c in CASES.values()}
     assert {"sgd", "momentum", "nesterov", "clipped", "agc", "scheduled", "rmsprop"} <= families
     assert {"adam", "adagrad", "adabelief", "sign", "two_modes", "cascade", "damped"} <= families
+    assert "drifting" in families
     assert set(battery.SCHEDULES) <= {c.hparams.get("schedule") for c in CASES.values()}
     for case in CASES.values():
         tx = case.optax()
@@ -168,6 +172,7 @@ def _fake(case, **changes):
         ),
         adaptation=ns(detected=e.adaptation.detected, slope=e.adaptation.slope or 0.0),
         damping=ns(detected=bool(e.damping)),
+        bias=ns(detected=e.bias != 0, stall_gradient=e.bias or np.nan, update_at_zero=0.0),
     )
     for path, value in changes.items():
         mech, field = path.split("__")
@@ -185,6 +190,7 @@ def test_check_names_each_outcome():
         "schedule": "true negative",
         "adaptation": "true negative",
         "damping": "true negative",
+        "bias": "true negative",
     }
     (v,) = [v for v in battery.check(mom, _fake(mom, momentum__beta=0.8)) if not v.ok]
     assert (v.mechanism, v.outcome, v.measured, v.expected) == ("momentum", "value error", 0.8, 0.9)
@@ -198,6 +204,46 @@ def test_check_names_each_outcome():
     lr[37] = 0.2
     (v,) = [v for v in battery.check(mom, _fake(mom, schedule__effective_lr=lr)) if not v.ok]
     assert v.outcome == "value error" and v.detail == "effective lr at t=37"
+
+
+def test_check_judges_the_bias_stall_gradient():
+    drift = CASES["drift_momentum"]  # g0 = 0.01
+    assert {v.mechanism: v.outcome for v in battery.check(drift, _fake(drift))}["bias"] == (
+        "true positive"
+    )
+    (v,) = [v for v in battery.check(drift, _fake(drift, bias__stall_gradient=0.0102)) if not v.ok]
+    assert (v.mechanism, v.outcome, v.expected) == ("bias", "value error", 0.01)
+    (v,) = [v for v in battery.check(drift, _fake(drift, bias__detected=False)) if not v.ok]
+    assert (v.mechanism, v.outcome) == ("bias", "false negative")
+    mom = CASES["momentum"]
+    (v,) = [v for v in battery.check(mom, _fake(mom, bias__detected=True)) if not v.ok]
+    assert (v.mechanism, v.outcome) == ("bias", "false positive")
+    no_reading = _fake(drift)
+    del no_reading.bias  # an analysis written before the bias was read
+    (v,) = [v for v in battery.check(drift, no_reading) if not v.ok]
+    assert (v.mechanism, v.outcome) == ("bias", "false negative")
+
+
+@pytest.mark.parametrize(
+    "name", ["drift_momentum", "drift_sgd", "drift_clip_momentum", "offset_momentum"]
+)
+def test_drifting_cases_stall_where_their_docstring_says(name):
+    # Independent of the probes: W steps of the expected g0 leave an update of ~0, while the
+    # update at g = 0 is not 0 and g0 ± 10% give updates of opposite signs.
+    case = CASES[name]
+    tx, g0 = case.optax(), case.expected.bias
+
+    def steady(g):
+        state, p, u = tx.init(jnp.float32(0.0)), jnp.float32(0.0), 0.0
+        run = jax.jit(lambda s, p: tx.update(jnp.float32(g), s, p))
+        for _ in range(battery.W):
+            u, state = run(state, p)
+            p = p + u
+        return float(u)
+
+    assert abs(steady(0.0)) > 0
+    assert abs(steady(g0)) < 1e-4 * abs(steady(10 * g0))
+    assert steady(0.9 * g0) * steady(1.1 * g0) < 0
 
 
 def test_sign_like_threshold_passes_only_below_the_grid():

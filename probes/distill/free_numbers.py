@@ -30,6 +30,7 @@ FREE_FIELDS = {
     "learning_rate": "signed",
     "eps": "log",
     "decay": "logit",
+    "offset": "signed",
 }
 #: The same for list-valued numbers (``momentum_modes``): each element is a free number,
 #: ``(index, "<field>.<element>")``; a mode's decay of exactly 0 (a direct term) stays fixed.

@@ -231,9 +231,10 @@ def identify_chain(
         if math.isfinite(kappa) and kappa > 0:  # recorded only when the structure is fitted
             start_kappa = kappa
             damp = {"transform": "damp_oscillations", "scale": kappa, "decay": DAMP_DECAY}
-            structures.append(
-                ("detected + damping", [{**damp, "mechanism": ADDED_DAMPING}, *chain], False)
-            )
+            # in front of the other mechanisms, behind a bias's offset (which stays first)
+            at = 1 if chain and chain[0].get("transform") == "offset_gradient" else 0
+            added = [*chain[:at], {**damp, "mechanism": ADDED_DAMPING}, *chain[at:]]
+            structures.append(("detected + damping", added, False))
     fitted_structures = [fit_structure(c, name, start) for name, c, start in structures]
     best = [min(c[2] for c in f[0]) for f in fitted_structures]
     better = len(best) > 1 and best[1] < (1.0 - EXTENSION_GAIN) * best[0] - EXTENSION_FLOOR

@@ -12,6 +12,7 @@ from typing import Any
 
 from probes.analysis_result import Analysis
 from probes.report.adaptation import adaptation_section
+from probes.report.bias import bias_section
 from probes.report.distillation import distill_section
 from probes.report.evidence import as_dict, progress_lines, white_box_evidence
 from probes.report.momentum import momentum_section
@@ -91,9 +92,9 @@ def write_report(
         rates,
         adaptation_section(b, a, ev),
     ]
-    damp = damping_section(b, a)
-    if damp:
-        sections.append(damp)
+    for extra in (damping_section(b, a), bias_section(b, a)):
+        if extra:
+            sections.append(extra)
     dsec = distill_section(distill)
     if dsec:
         sections.append(dsec)
@@ -139,7 +140,7 @@ def write_report(
         "source": a.get("source"),
         "white_box": bool(ev) and a.get("source") == "cell",
         "summary": (
-            (headline_sentences(res) if res else [])
+            (headline_sentences(res, a.get("bias")) if res else [])
             + ([faithful] if faithful else [])
             + ([moving] if moving else [])
             + summary_sentences(a)
