@@ -147,7 +147,7 @@ def _eval_row(ev: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _row(name: str, a: Mapping[str, Any], ev: Mapping | None, cfg: Mapping | None) -> dict:
-    m, c, s, d, o = (a.get(k) or {} for k in MECHANISMS)
+    m, c, s, d, o, b = (a.get(k) or {} for k in MECHANISMS)
     # a damping the steady probe misses but the first steps show (probes.transient) counts
     first = not o.get("detected") and bool((a.get("damping_transient") or {}).get("detected"))
     kappa = (a["damping_transient"] if first else o).get("kappa")
@@ -181,6 +181,13 @@ def _row(name: str, a: Mapping[str, Any], ev: Mapping | None, cfg: Mapping | Non
             "kappa": finite(kappa),
             "first_steps": first,
             "measured": bool(o),
+        },
+        # absent from analyses written before the bias probe existed: not measured
+        "bias": {
+            "detected": bool(b.get("detected")),
+            "stall_gradient": finite(b.get("stall_gradient")),
+            "update_at_zero": finite(b.get("update_at_zero")),
+            "measured": bool(b),
         },
         "fixed_points": _fixed_points(a),
         "eval": _eval_row(ev),
@@ -232,6 +239,7 @@ def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
         "schedule_peak_step": among("schedule", "peak_step"),
         "adaptation_slope": _spread([r["adaptation"]["slope"] for r in table]),
         "damping_kappa": among("damping", "kappa"),
+        "bias_stall_gradient": among("bias", "stall_gradient"),
     }
     shapes = sorted({r["schedule"]["shape"] for r in table if r["schedule"]["detected"]})
     text = [
@@ -270,6 +278,14 @@ def summarize(table: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             f"Oscillation damping halves the sign-flipping gain at |g| = {k['mean']:.3g} ± "
             f"{k['std']:.2g} (range {k['min']:.3g}–{k['max']:.3g})"
             + (f"; read from the first steps only in {', '.join(first)}." if first else ".")
+        )
+    g0 = spread["bias_stall_gradient"]
+    if g0:
+        size = np.abs(g0["values"])
+        signs = sorted({"negative" if v < 0 else "positive" for v in g0["values"]})
+        text.append(
+            f"The update vanishes at a gradient entry |g₀| = {size.min():.2g}–{size.max():.2g} "
+            f"({' or '.join(signs)}) instead of at 0 (a bias)."
         )
     fps = [r["fixed_points"]["at_zero"] for r in table]
     stable = [r["fixed_points"]["stable"] for r in table]
@@ -384,7 +400,7 @@ def _html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
 
     rows = []
     for r in result["table"]:
-        m, c, s, a, dmp = (r[k] for k in MECHANISMS)
+        m, c, s, a, dmp, bias = (r[k] for k in MECHANISMS)
         fp, ev = r["fixed_points"], r["eval"]
         ev_txt = (
             "–"
@@ -404,6 +420,7 @@ def _html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
                     dmp,
                     f"κ≈{fmt(dmp['kappa'])}" + (" (first steps)" if dmp.get("first_steps") else ""),
                 ),
+                mark(bias, f"g₀={fmt(bias['stall_gradient'])}"),
                 f"{fp['at_zero']} ({fp['linearized_at']}), ρ={fmt(fp['spectral_radius'])}",
                 ev_txt,
             ]
@@ -416,6 +433,7 @@ def _html(result: Mapping[str, Any], images: Mapping[str, bytes]) -> str:
         "schedule",
         "adaptation",
         "oscillation damping",
+        "bias",
         "fixed points at g*=0",
         "held-out (learned vs best)",
     ]

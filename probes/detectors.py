@@ -52,7 +52,7 @@ DAMP_RATIO = 0.5
 REFERENCE_POINTS = 3
 
 #: The mechanisms an analysis answers, in the order reports and comparisons show them.
-MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping")
+MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping", "bias")
 
 
 class Result:

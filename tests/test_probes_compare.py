@@ -44,7 +44,7 @@ def test_compare_two_runs(two_runs, tmp_path):
     summary = saved["summary"]
     assert summary["universal"] == ["momentum"]  # the intersection of detected mechanisms
     assert summary["idiosyncratic"] == {"clipping": ["beta05"]}
-    assert set(summary["absent"]) == {"schedule", "adaptation", "damping"}
+    assert set(summary["absent"]) == {"schedule", "adaptation", "damping", "bias"}
     assert summary["spread"]["momentum_beta"]["max"] == pytest.approx(0.9, abs=0.01)
     assert saved["table"][0]["fixed_points"]["stable"] is True
     page = (out / "index.html").read_text()
@@ -73,10 +73,24 @@ def test_damping_missing_from_an_older_analysis_is_unmeasured_not_absent():
     old = {"momentum": {"detected": True, "beta": 0.8}}  # written before the damping probe
     s = summarize([_row("a", new, None, None), _row("b", old, None, None)])
     assert s["universal"] == ["momentum"] and "damping" not in s["absent"]
-    assert "damping" not in s["idiosyncratic"] and s["unmeasured"] == {"damping": ["b"]}
+    assert "damping" not in s["idiosyncratic"] and s["unmeasured"]["damping"] == ["b"]
     assert any("damping not measured in b" in t for t in s["text"])
     both = summarize([_row("a", new, None, None), _row("c", new, None, None)])
-    assert "damping" in both["universal"] and both["unmeasured"] == {}
+    assert "damping" in both["universal"] and "damping" not in both["unmeasured"]
+
+
+def test_bias_is_compared_where_measured():
+    from probes.compare import _row, summarize
+
+    biased = {"bias": {"detected": True, "stall_gradient": -0.0077, "update_at_zero": -0.3}}
+    other = {"bias": {"detected": True, "stall_gradient": 0.0011, "update_at_zero": 0.09}}
+    old = {"momentum": {"detected": True, "beta": 0.8}}  # written before the bias probe
+    s = summarize([_row("a", biased, None, None), _row("b", other, None, None)])
+    assert s["universal"] == ["bias"]
+    assert s["spread"]["bias_stall_gradient"]["values"] == [-0.0077, 0.0011]
+    assert any("|g₀| = 0.0011–0.0077 (negative or positive)" in t for t in s["text"])
+    s = summarize([_row("a", biased, None, None), _row("c", old, None, None)])
+    assert s["unmeasured"]["bias"] == ["c"] and "bias" not in s["universal"] + s["absent"]
 
 
 def test_damping_read_from_the_first_steps_counts_as_detected_and_says_so():
