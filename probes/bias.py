@@ -16,12 +16,13 @@ training gradients (two decades below it as well).
 a rounding error of the updates the optimizer makes) and the update does not vanish closer to 0
 than the grid's smallest magnitude, two decades below the training range (a rest point that
 close is a minimum to the probe: a steep but continuous update through ``g ≈ 0``). ``g₀`` is the
-zero of ``U`` nearest 0: the smallest grid magnitude, on either side, where ``U`` has the sign
-opposite to ``u₀``, refined twice on a uniform grid inside that bracket and interpolated
-linearly; it is ``nan`` when ``U`` keeps ``u₀``'s sign over the whole range (the optimizer
-drifts at every gradient probed). Every optax optimizer has ``u₀ = 0`` exactly (nothing moves a
-parameter at 0 with a zero gradient); :mod:`probes.battery` checks both the silence and ``g₀``
-on optimizers with a drift added.
+zero of ``U`` nearest 0: on each side, the first grid point where ``U`` has the sign opposite
+to ``u₀`` and the last finite one before it bracket a zero, refined twice on a uniform grid
+inside the bracket (non-finite points skipped) and interpolated linearly; the nearer of the
+two sides' zeros is kept. It is ``nan`` when ``U`` keeps ``u₀``'s sign over the whole range
+(the optimizer drifts at every gradient probed). Every optax optimizer has ``u₀ = 0`` exactly
+(nothing moves a parameter at 0 with a zero gradient); :mod:`probes.battery` checks both the
+silence and ``g₀`` on optimizers with a drift added.
 
 The chain writes a detected bias as :func:`lopt.chain.offset_gradient` (``g ↦ g − g₀``) in front
 of the other mechanisms (:mod:`probes.to_chain`), so that its update vanishes at ``g₀`` too.
@@ -97,21 +98,38 @@ def steady_update_program(run: Callable, steps: int) -> Callable:
     return steady
 
 
-def _zero_between(program: Callable, a: float, b: float, sign: float) -> float:
-    """``g₀`` in ``[a, b]`` (``U(a)`` has ``sign``, ``U(b)`` not): refined, then interpolated."""
+def _crossing(g: np.ndarray, u: np.ndarray, sign: float) -> tuple[int, int] | None:
+    """The bracket of the first sign change of ``u`` away from ``sign``.
+
+    ``(i, j)``: the first finite point ``j`` without ``sign`` and the last finite ``i < j``
+    (``i = -1``: none), or ``None`` when every finite point has ``sign``.
+    """
+    ok = np.isfinite(u)
+    other = np.flatnonzero(ok & (np.sign(u) != sign))
+    if not other.size:
+        return None
+    j = int(other[0])
+    before = np.flatnonzero(ok[:j])
+    return (int(before[-1]) if before.size else -1), j
+
+
+def _zero_between(program: Callable, a: float, b: float, ua: float, ub: float, sign: float):
+    """``g₀`` in ``[a, b]``, where ``U(a) = ua`` has ``sign`` and ``U(b) = ub`` not.
+
+    The bracket is refined on a uniform grid ``REFINE`` times (non-finite points skipped),
+    then interpolated linearly; a refinement that finds no crossing keeps the bracket.
+    """
     n = 2 * POINTS + 1
-    ua, ub = np.nan, np.nan
     for _ in range(REFINE):
         g = np.linspace(a, b, n)
         u = np.asarray(program(jnp.asarray(g, jnp.float32)), np.float64)
-        other = np.flatnonzero(~(np.sign(u) == sign))
-        j = int(other[0]) if other.size else n - 1
-        if j == 0:  # the float32 grid's first point already crossed: keep the bracket
+        u[0], u[-1] = ua, ub  # the ends are known (float32 grids may round them)
+        found = _crossing(g, u, sign)
+        if found is None or found[0] < 0:
             break
-        a, b, ua, ub = g[j - 1], g[j], u[j - 1], u[j]
-    if np.isfinite(ua) and np.isfinite(ub) and ua != ub:
-        return float(a + (b - a) * ua / (ua - ub))
-    return float(0.5 * (a + b))
+        i, j = found
+        a, b, ua, ub = g[i], g[j], u[i], u[j]
+    return float(a + (b - a) * ua / (ua - ub)) if ua != ub else float(0.5 * (a + b))
 
 
 def probe_bias(
@@ -150,16 +168,16 @@ def probe_bias(
     g0 = float("nan")
     if moves:
         sign = float(np.sign(u0))
-        best = None
-        for side in (1.0, -1.0):  # the crossing nearest 0 on either side
-            us = u[POINTS + 1 :] if side > 0 else u[:POINTS][::-1]
-            other = np.flatnonzero(np.isfinite(us) & (np.sign(us) != sign))
-            if other.size and (best is None or other[0] < best[0]):
-                best = (int(other[0]), side)
-        if best is not None:
-            j, side = best
-            a = 0.0 if j == 0 else side * mags[j - 1]
-            g0 = _zero_between(program, a, side * mags[j], sign)
+        zeros = []
+        for side in (1.0, -1.0):  # the zero nearest 0 on either side
+            gs = np.concatenate([[0.0], side * mags])
+            us = np.concatenate([[u0], u[POINTS + 1 :] if side > 0 else u[:POINTS][::-1]])
+            found = _crossing(gs, us, sign)
+            if found is not None:
+                i, j = found  # i ≥ 0: U(0) = u0 is finite and has the sign
+                zeros.append(_zero_between(program, gs[i], gs[j], us[i], us[j], sign))
+        if zeros:
+            g0 = min(zeros, key=abs)
     # a rest point closer to 0 than the grid's smallest magnitude is a minimum to the probe
     detected = moves and not abs(g0) < mags[0]
     percentile = float("nan")

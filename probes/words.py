@@ -145,14 +145,17 @@ def describe(result: dict[str, Any]) -> list[str]:
         )
     b = result.get("bias")
     if b:
-        g0 = finite(b.get("stall_gradient"))
-        where = f"vanishes at g ≈ {num(g0)}" if g0 is not None else "vanishes nowhere probed"
-        if g0 is not None and not b["detected"]:
-            where += ", closer to 0 than the probe resolves"
+        g0, u0 = finite(b.get("stall_gradient")), finite(b.get("update_at_zero"))
+        if g0 is not None:
+            where = f"it vanishes at g ≈ {num(g0)}" + (
+                "" if b["detected"] else ", closer to 0 than the probe resolves"
+            )
+        else:
+            where = "it vanishes nowhere probed" if b["detected"] else "within rounding of 0"
         lines.append(
             f"bias: {'detected' if b['detected'] else 'not detected'} (update "
-            f"{num(b.get('update_at_zero'))} after {b.get('steps')} steps of g = 0, largest "
-            f"steady update {num(b.get('reference'))}; the update {where})"
+            f"{num(abs(u0) if u0 == 0 else u0)} after {b.get('steps')} steps of g = 0, largest "
+            f"steady update {num(b.get('reference'))}; {where})"
         )
     return lines
 

@@ -82,7 +82,7 @@ FAST = [
             "offset_momentum",  # a bias in front (the gradient shifted)
         )
     ],
-    *[(n, "cell") for n in ("sgd", "momentum", "clip", "rmsprop", "adam")],
+    *[(n, "cell") for n in ("sgd", "momentum", "clip", "rmsprop", "adam", "drift_momentum")],
 ]
 
 

@@ -30,6 +30,28 @@ def test_no_optax_optimizer_moves_at_zero_gradient():
     for tx in (optax.sgd(0.1, momentum=0.9), optax.adam(1e-3), optax.lion(1e-4)):
         b = probe_bias(_run_for(tx), 1e-2, 10.0, 500)
         assert b.update_at_zero == 0.0 and not b.detected and np.isnan(b.stall_gradient)
+    line = describe(probes.analyze_optax(optax.sgd(0.1)).to_json())[-1]
+    assert line == (
+        "bias: not detected (update 0 after 2000 steps of g = 0, largest steady update 1; "
+        "within rounding of 0)"
+    )
+
+
+def test_the_zero_nearest_0_is_found_on_either_side_past_nan_points():
+    # Stateless "optimizers" (run: gradients -> updates, each update a map of its gradient).
+    # U = 0.01 - g: one zero, at g = 0.01 (U > 0 for every g < 0), with NaN just before it
+    def right(gs):
+        return jnp.where((gs > 0.0069) & (gs < 0.0095), jnp.nan, 0.01 - gs)
+
+    b = probe_bias(right, 1e-2, 10.0, 3, cached=False)
+    assert b.detected and b.stall_gradient == pytest.approx(0.01, rel=1e-4)
+
+    # zeros on both sides, the negative one nearer: U = 0.01 - g for g ≥ 0, 0.01 + 4g for g < 0
+    def both(gs):
+        return jnp.where(gs >= 0, 0.01 - gs, 0.01 + 4.0 * gs)
+
+    b = probe_bias(both, 1e-2, 10.0, 3, cached=False)
+    assert b.stall_gradient == pytest.approx(-0.0025, rel=1e-4)
 
 
 def test_a_drift_comes_to_rest_at_its_closed_form_gradient():
@@ -60,10 +82,10 @@ def test_a_rest_point_closer_to_0_than_the_grid_resolves_is_no_bias():
 def test_stall_share_and_the_last_steps_gradient_come_from_the_samples():
     g0 = 2e-3  # drift 2e-3, lr 0.1, β 0.9
     samples = np.full((2, 5, 3), 0.5)
-    samples[:, -1, :] = [[1e-3, 1.9e-3, 2.1e-3], [1.8e-3, 3.0, 2.0e-3]]
+    samples[:, -1, :] = [[1e-3, -1.9e-3, 2.1e-3], [1.8e-3, 3.0, -2.2e-3]]
     b = probe_bias(_run_for(_drift(2e-3)), 1e-2, 10.0, 2000, samples)
     assert b.stall_gradient == pytest.approx(g0, rel=1e-4)
-    assert b.stall_percentile == pytest.approx(100 * 4 / 30)  # 1e-3, 1.9e-3, 1.8e-3, 2.0e-3
+    assert b.stall_percentile == pytest.approx(100 * 3 / 30)  # 1e-3, 1.9e-3, 1.8e-3 in size
     assert b.final_gradient == pytest.approx(np.median(samples[:, -1, :]))
 
 
@@ -150,3 +172,15 @@ def test_the_plateau_sentence_points_to_the_bias():
     assert plain[1].startswith("It plateaus") and "Bias" not in plain[1]
     assert "vanishes at a gradient entry of -0.0077, not 0: see Bias)." in pointed[1]
     assert headline_sentences(res, {**bias, "detected": False}) == plain
+
+
+def test_the_offset_keeps_the_chains_learning_rate_reconciled():
+    from probes.report.rates import _chain_numbers
+
+    chain = [
+        {"transform": "trace", "decay": 0.9},
+        {"transform": "scale_by_learning_rate", "learning_rate": 0.1, "schedule": None},
+    ]
+    plain = _chain_numbers({"chain": chain})
+    biased = _chain_numbers({"chain": [{"transform": "offset_gradient", "offset": 0.01}, *chain]})
+    assert plain["steady_factor"] == pytest.approx(10.0) and biased == plain

@@ -27,7 +27,8 @@ def test_probes_analyze_writes_analysis_json(tmp_path, capsys):
     ]
     result = json.loads((tmp_path / "analysis.json").read_text())
     assert result["schema_version"] == 7 and result["source"] == "cell"
-    assert set(result) >= {"momentum", "clipping", "schedule", "adaptation"}
+    assert set(result) >= {"momentum", "clipping", "schedule", "adaptation", "damping", "bias"}
+    assert any(line.startswith("bias: ") for line in out)  # read and printed, white box
     assert result["task"] == {"name": "linear_regression", "data_source": "synthetic"}
     assert result["key_seed"] == 0
 

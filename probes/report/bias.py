@@ -28,10 +28,10 @@ def steady_updates_figure(
     ax.plot(g[ok], u[ok], color=figures.color("learned"), lw=2.0, marker="o", ms=3)
     ax.axhline(0.0, color=figures.GREY, lw=0.8)
     ax.axvline(0.0, color=figures.GREY, lw=0.8)
-    nonzero = np.abs(g[ok & (g != 0)])
-    small = [abs(x) for x in (stall, update_at_zero) if x]
-    xlin = min([*small[:1], *(nonzero[:1] if nonzero.size else [])] or [1.0])
-    ax.set_xscale("symlog", linthresh=float(max(np.min(nonzero), xlin / 3)) if nonzero.size else 1)
+    nonzero = np.sort(np.abs(g[ok & (g != 0)]))
+    if nonzero.size:  # linear within the zero g0 (or, without one, the grid's first point)
+        near = abs(stall) if stall else float(nonzero[0])
+        ax.set_xscale("symlog", linthresh=float(max(nonzero[0], near / 3)))
     uabs = np.abs(u[ok & (u != 0)])
     if uabs.size:
         lin = abs(update_at_zero) if update_at_zero else float(np.min(uabs))
@@ -105,7 +105,8 @@ def bias_section(b: Builder, a: Mapping[str, Any]) -> dict | None:
         )
     lead = (
         "Beyond the paper's four mechanisms: does the update vanish when the gradient does? "
-        "An optimizer that still steps at zero gradient comes to rest where the gradient "
-        "cancels that step, g₀, so its loss plateaus above the minimum."
+        "An optimizer that still steps at zero gradient can come to rest only where the "
+        "gradient cancels that step, g₀ (on a quadratic its loss then plateaus above the "
+        "minimum), or, if the update vanishes nowhere, never."
     )
     return mechanism_section("bias", "Bias", bias, lead, nums, figs)

@@ -57,7 +57,7 @@ def _chain_numbers(distill: Mapping | None) -> dict[str, float | None]:
             weights, factor = float(w.sum()), float((w / (1.0 - d)).sum())
         elif t == "trace":
             factor = 1.0 / (1.0 - float(step.get("decay") or 0.0))
-        elif t not in ("soft_clip", "clip", "clip_by_global_norm"):
+        elif t not in ("offset_gradient", "soft_clip", "clip", "clip_by_global_norm"):
             known = False  # a transform whose gain at g = 0 is not read here
     if out["lr"] is not None and known:
         out["weights"] = weights
