@@ -544,5 +544,7 @@ def analyze(opt: Any, theta: Any, family: Any = None, key: jax.Array | None = No
     except TypeError:
         if samples is not None and "gradient_scale" not in kwargs:
             kwargs["gradient_scale"] = median_gradient(samples)
+        if samples is not None:  # the histogram, segments' shares and the bias's stall share
+            kwargs.setdefault("gradient_samples", samples)
         return analyze_optax(opt.optimizer(theta), **kwargs)
     return analyze_cell(cell, gradient_samples=samples, typical_step=step, **kwargs)

@@ -57,6 +57,11 @@ def test_analyze_falls_back_to_black_box_without_a_cell():
     assert a.source == "optax"
     json.dumps(a.to_json(), allow_nan=False)
     assert probes.Analysis.from_json(a.to_json()).to_json() == a.to_json()
+    # with a family, the black box gets the training gradients too (histogram, last step)
+    family = tasks.get("linear_regression", num_steps=6)
+    b = probes.analyze(opt, theta, family=family, key=jax.random.key(1))
+    assert b.source == "optax" and sum(b.clipping.histogram_counts) > 0
+    assert np.isfinite(b.bias.final_gradient)
 
 
 def test_analysis_from_json_names_what_is_wrong():
