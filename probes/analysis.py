@@ -38,6 +38,7 @@ Shapes: ``T`` steps, ``G`` gradient values, ``M`` magnitudes, ``H`` hidden units
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -311,6 +312,8 @@ def analyze_cell(
         An :class:`Analysis`.
     """
     cell = canonical(cell)
+    # the cell's update sequence for the behavioural probes (new per analysis: never cached)
+    run = functools.partial(_cell_run, cell)
     key = jax.random.key(0) if key is None else key
     scale = gradient_scale if gradient_scale is not None else median_gradient(gradient_samples)
     h0 = jnp.asarray(cell.init_state(), jnp.float32)
@@ -346,9 +349,6 @@ def analyze_cell(
     else:
         # Singular (Adam's √ν at ν = 0, a norm at 0) or silent (a sign) at h*: the cell's
         # exact response on a background, as for a black box.
-        def run(gs):
-            return _cell_run(cell, gs)
-
         momentum = momentum_from_response(run, scale, warmup, impulse_steps, cached=False)[0]
 
     # Clipping: U(h_t, g) at the first step t with a non-zero update (t = 0 but for a
@@ -375,7 +375,7 @@ def analyze_cell(
     # (a sign-like update, whose gain is 0: its step sizes).
     if clipping.sign_like:
         # uncached: this run function is new per analysis (cf. momentum_from_response)
-        steps = step_size_program.__wrapped__(lambda gs: _cell_run(cell, gs), schedule_steps)
+        steps = step_size_program.__wrapped__(run, schedule_steps)
         alpha_t, driven = (np.asarray(x) for x in steps(jnp.float32(scale)))
     else:
         alpha_t = np.asarray(effective_lr(cell, traj, hair=hair))
@@ -404,9 +404,7 @@ def analyze_cell(
         range_source=range_source,
         options=dict(continuation_options or {}),
     )
-    damping = probe_damping(
-        lambda gs: _cell_run(cell, gs), lo, hi, range_source, damping_points, damping_steps
-    )
+    damping = probe_damping(run, lo, hi, range_source, damping_points, damping_steps)
     meta = {
         "hidden_size": int(H),
         "gradient_scale": scale,
@@ -416,11 +414,9 @@ def analyze_cell(
         "alpha_eff_h0": float(effective_lr(cell, h0, secant=1e-3 * scale)),
         "fixed_points_at_zero": int(np.sum(np.asarray(fp.mask[0]) & (np.asarray(fp.kind[0]) == 0))),
     }
-    bias = probe_bias(
-        lambda gs: _cell_run(cell, gs), lo, hi, steady_steps, gradient_samples, cached=False
-    )
+    bias = probe_bias(run, lo, hi, steady_steps, gradient_samples, cached=False)
     result = Analysis(momentum, clipping, schedule, adaptation, "cell", meta, damping, bias=bias)
-    return with_transient_damping(result, lambda gs: _cell_run(cell, gs), (lo, hi), cached=False)
+    return with_transient_damping(result, run, (lo, hi), cached=False)
 
 
 def _adaptation_along_branches(

@@ -568,8 +568,9 @@ def headline_sentences(res: Mapping[str, Any], bias: Mapping[str, Any] | None = 
             f"It plateaus: its final loss, {lf:.2g}, stays far above {label(best['name'])}'s "
             f"{bf:.2g}; it wins on the average over the horizon, not at the end."
         )
-        g0 = finite((bias or {}).get("stall_gradient"))
-        if (bias or {}).get("detected") and g0 is not None:
+        bias = bias or {}
+        g0 = finite(bias.get("stall_gradient"))
+        if bias.get("detected") and g0 is not None:
             out[-1] = out[-1][:-1] + (
                 f" (its update vanishes at a gradient entry of {g0:.2g}, not 0: see Bias)."
             )
