@@ -74,7 +74,13 @@ def run_case(case: battery.Case, source: str, family=None) -> dict:
         row["memory_along"] = _plain(
             {
                 k: ma.get(k)
-                for k in ("memory", "convergence_memory", "state_dependent", "not_compared")
+                for k in (
+                    "memory",
+                    "convergence_memory",
+                    "state_dependent",
+                    "not_compared",
+                    "gain_ratio",
+                )
             }
         )
     return row
@@ -103,6 +109,15 @@ def summary(rows: list[dict]) -> dict:
             ),
             "total": len(along),
         }
+        # the chain's steady gain along training over the optimizer's: 1 for a faithful chain
+        ratios = {k: v["gain_ratio"] for k, v in along.items() if v.get("gain_ratio") is not None}
+        if ratios:
+            off = {k: r for k, r in ratios.items() if not 0.8 <= r <= 1.25}
+            out["gain_along"] = {
+                "read": len(ratios),
+                "range": [min(ratios.values()), max(ratios.values())],
+                "outside_0.8_1.25": off,
+            }
     for source in ("optax", "cell"):
         mine = [r for r in rows if r["source"] == source]
         if not mine:

@@ -18,9 +18,12 @@ from probes.values import plain
 #: the black box's ``meta.gain_at_warmup`` (the schedule's gain where adaptation is read).
 #: 6: adds ``faithfulness.memory_along`` (:mod:`probes.memory_along`). 7: adds ``bias`` (the
 #: update at zero gradient and the gradient where the update vanishes, :mod:`probes.bias`).
+#: 8: adds the damping's ``persistent_kept`` and ``sparing``, and the chain's gain along
+#: training (``faithfulness.memory_along.gain_ratio``,
+#: :func:`probes.memory_along.chain_gain_along`).
 #: Analyses of an older version are re-computed by ``probes report`` and ``lopt distill`` rather
 #: than re-used (:func:`is_current`).
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 
 
 def is_current(analysis: dict[str, Any]) -> bool:

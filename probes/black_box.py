@@ -44,7 +44,15 @@ import optax
 from probes import detectors
 from probes.analysis_result import Analysis
 from probes.bias import probe_bias
-from probes.detectors import Clipping, Damping
+from probes.damping_probe import (  # noqa: F401 (re-exported)
+    RESOLUTION,
+    SPARING_TAIL,
+    damping_gains,
+    nyquist_response,
+    persistent_kept,
+    probe_damping,
+)
+from probes.detectors import Clipping
 from probes.modes import memory_from_flips
 from probes.transient import read_transient_damping
 
@@ -180,100 +188,6 @@ def gradient_range(
                 return float(lo), float(hi), f"training |g| percentiles {p0:g}%-{p1:g}%"
     lo, hi = magnitude_range
     return scale * lo, scale * hi, "gradient scale x magnitude_range"
-
-
-#: Damping gains are unresolved where ``|ū(+a) - ū(-a)| ≤ RESOLUTION·max|ū|`` (~800 float32 ulps).
-RESOLUTION = 1e-4
-
-
-def damping_gains(
-    run: Callable[[jax.Array], jax.Array],
-    amplitudes: Any,
-    *,
-    steps: int = 200,
-    tail: int = 20,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Steady DC and Nyquist gains of a scalar optimizer at each amplitude (oscillation damping).
-
-    For each amplitude ``a`` four gradient sequences of ``steps`` steps are run from a fresh
-    state: ``+a`` and ``-a`` constant, and ``±a`` alternating starting with either sign. Over
-    the last ``tail`` steps (even, so the alternation averages out):
-
-    * DC gain ``G₀(a) = -(ū(+a) - ū(-a)) / 2a``, the mean update per unit of a persistent
-      gradient;
-    * Nyquist gain ``G_π(a) = -mean((u(+alt) - u(-alt))·s_t) / 2a`` with ``s_t = ±1`` the sign
-      of the ``+alt`` input: the alternating part of the update per unit of a gradient that
-      flips sign every step.
-
-    Differences between the two signs cancel an update the optimizer makes with no gradient
-    (a learned bias) and average asymmetric responses. Where they differ by at most
-    ``RESOLUTION`` of the update itself, float32 noise dominates: both gains are ``nan``. A
-    linear optimizer gives constant gains:
-    heavy-ball ``(α, β)``: ``G₀ = α/(1-β)``, ``G_π = α/(1+β)``.
-
-    Args:
-        run: ``gs (T,) -> updates (T,)`` for one coordinate from a fresh state.
-        amplitudes: ``(A,)`` positive amplitudes.
-        steps: ``T``, long enough for the state to settle.
-        tail: steps averaged at the end (rounded down to even, at least 2).
-
-    Returns:
-        ``(dc_gain, nyquist_gain)``, each ``(A,)``.
-    """
-    a = jnp.asarray(np.asarray(amplitudes, np.float32).reshape(-1))
-    tail = max(2, int(tail) // 2 * 2)
-    if steps < tail:
-        raise ValueError(f"steps ({steps}) must be at least tail ({tail})")
-    const = jnp.stack([jnp.ones(steps), -jnp.ones(steps)]).astype(jnp.float32)
-    u = jax.vmap(jax.vmap(run))(a[:, None, None] * const[None])[..., -tail:]  # (A, 2, tail)
-    up, um = np.asarray(u[:, 0].mean(-1), np.float64), np.asarray(u[:, 1].mean(-1), np.float64)
-    dc = -(up - um) / (2 * np.asarray(a, np.float64))
-    ny = nyquist_response(run, amplitudes, steps=steps)[:, -tail:].mean(-1)
-    # A gain is resolved where the two signs' updates differ by more than float32 noise on the
-    # update itself (a learned bias makes the difference of two nearly equal numbers).
-    unresolved = np.abs(up - um) <= RESOLUTION * np.maximum(np.abs(up), np.abs(um))
-    return np.where(unresolved, np.nan, dc), np.where(unresolved, np.nan, ny)
-
-
-def nyquist_response(
-    run: Callable[[jax.Array], jax.Array], amplitudes: Any, *, steps: int = 200
-) -> np.ndarray:
-    """Per-step Nyquist gain ``-(u_t(+alt) - u_t(-alt))·s_t / 2a`` from a fresh state, ``(A, T)``.
-
-    The step-by-step version of :func:`damping_gains`' ``G_π``: how the response to a gradient
-    alternating ``±a`` evolves while the optimizer's state settles.
-    """
-    a = jnp.asarray(np.asarray(amplitudes, np.float32).reshape(-1))
-    sign = jnp.where(jnp.arange(steps) % 2 == 0, 1.0, -1.0).astype(jnp.float32)
-    u = jax.vmap(jax.vmap(run))(a[:, None, None] * jnp.stack([sign, -sign])[None])
-    return np.asarray(-(u[:, 0] - u[:, 1]) * sign / (2 * a[:, None]), np.float64)
-
-
-def probe_damping(
-    run: Callable[[jax.Array], jax.Array],
-    lo: float,
-    hi: float,
-    range_source: str,
-    points: int,
-    steps: int,
-) -> Damping:
-    """The damping probe over ``[lo/100, 10·hi]`` (log grid), decided on ``[lo, hi]``."""
-    amps = np.logspace(np.log10(lo) - 2.0, np.log10(hi) + 1.0, points)
-    dc, ny = damping_gains(run, amps, steps=steps)
-    d = detectors.detect_damping(
-        amps, dc, ny, gradient_range=(lo, hi), gradient_range_source=range_source
-    )
-    if d.detected:
-        # How fast it builds up: at 3κ (inside the range), relative to the smallest amplitude.
-        a_m = float(min(3.0 * d.kappa, hi))
-        resp = nyquist_response(run, [float(amps[0]), a_m], steps=steps)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            d.buildup = resp[1] / resp[0]
-        d.buildup_amplitude = a_m
-        d.memory, d.buildup_fit = detectors.fit_damping_memory(
-            d.buildup, a_m, d.kappa, reference=resp[0], return_fit=True
-        )
-    return d
 
 
 # ----------------------------------------------------------------------------- optax

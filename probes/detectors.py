@@ -10,13 +10,12 @@ Shapes: ``H`` modes, ``G`` gradient values, ``T`` steps, ``M`` gradient magnitud
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from probes.modes import MEMORY_GRID, dominant_mode, fit_damping_memory, fit_modes  # noqa: F401 (re-exported)
-from probes.values import complex_array, plain
+from probes.result import Result
 
 #: Momentum: the dominant mode must decay no faster than this per step (``λ ≥ MIN_BETA``); an
 #: SGD-like mode has ``λ = 0``.
@@ -51,66 +50,12 @@ DAMP_RATIO = 0.5
 #: amplitudes below the training range (the probe's grid starts two decades below it).
 REFERENCE_POINTS = 3
 
+#: A damping whose sparing (:attr:`Damping.sparing`) is within this factor of 1 scales
+#: persistent and alternating gradients alike, as ``lopt.chain.damp_oscillations`` does.
+SPARING_TOLERANCE = 1.25
+
 #: The mechanisms an analysis answers, in the order reports and comparisons show them.
 MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping", "bias")
-
-
-class Result:
-    """Base of the detector results: JSON out and back (dataclass fields, checked kinds)."""
-
-    #: Array fields that hold complex numbers (``[re, im]`` pairs in JSON).
-    _COMPLEX: tuple[str, ...] = ()
-
-    def to_json(self) -> dict[str, Any]:
-        """A JSON-able dict (non-finite numbers become ``None``, complex ``[re, im]``)."""
-        return {f.name: plain(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
-    @classmethod
-    def from_json(cls, d: Mapping[str, Any]) -> Any:
-        """The result from its :meth:`to_json` dict (``None`` numbers come back as ``nan``).
-
-        Raises:
-            ValueError: ``d`` is not a JSON object, lacks a field without a default, or holds
-                a value of the wrong kind (naming the field).
-        """
-        name = cls.__name__.lower()
-        if not isinstance(d, Mapping):
-            raise ValueError(f"{name}: expected an object, got {type(d).__name__}")
-        kwargs = {}
-        for f in dataclasses.fields(cls):
-            if f.name not in d:
-                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
-                    raise ValueError(f"{name}: missing {f.name!r}")
-                continue
-            try:
-                kwargs[f.name] = _read(str(f.type), d[f.name], f.name in cls._COMPLEX)
-            except (TypeError, ValueError) as e:
-                raise ValueError(f"{name}.{f.name}: {e}") from None
-        return cls(**kwargs)
-
-
-def _read(kind: str, v: Any, is_complex: bool) -> Any:
-    """A JSON value as the field type ``kind`` (a dataclass annotation) of a result."""
-    if kind in ("bool", "str"):
-        if not isinstance(v, bool if kind == "bool" else str):
-            raise TypeError(f"expected a {kind}, got {v!r}")
-        return v
-    if kind == "float":
-        return float("nan") if v is None else float(v)
-    if kind == "int":
-        return int(v)
-    if kind == "np.ndarray":
-        if is_complex:
-            return complex_array(v)
-        return np.asarray([np.nan if x is None else x for x in v])
-    if kind == "tuple[float, float]":
-        lo, hi = v
-        return (_read("float", lo, False), _read("float", hi, False))
-    if kind == "dict[str, np.ndarray]":
-        return {k: _read("np.ndarray", x, False) for k, x in v.items()}
-    if not isinstance(v, dict):
-        raise TypeError(f"expected an object, got {v!r}")
-    return v
 
 
 # ----------------------------------------------------------------------------- momentum
@@ -610,6 +555,15 @@ class Damping(Result):
             from a fresh state (empty if not detected).
         buildup_amplitude: ``a_m``.
         buildup_fit: the fitted model's ``D_t`` (:func:`fit_damping_memory`).
+        persistent_kept: the DC gain for a small persistent gradient ``±c`` (``c = a_m/10``)
+            with ``±a_m`` alternating on top, over the DC gain for ``±c`` alone (after the
+            probe's steps): how much of a persistent gradient goes through while the damping
+            acts (``nan`` if not detected).
+        sparing: ``persistent_kept`` over the Nyquist gain kept under the same ``±a_m``
+            (``buildup``'s last 20 steps): 1 when the damping scales persistent and
+            alternating gradients alike, as :func:`lopt.chain.damp_oscillations` does; above
+            1 when it spares persistent ones; far below 1 for AdaBelief, whose gain for a
+            persistent gradient alone is ``1/ε`` (``nan`` if not detected).
     """
 
     detected: bool
@@ -625,6 +579,8 @@ class Damping(Result):
     buildup: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     buildup_amplitude: float = float("nan")
     buildup_fit: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
+    persistent_kept: float = float("nan")
+    sparing: float = float("nan")
 
 
 def damping_reference(amplitudes: Any, ok: Any, lo: float) -> np.ndarray:

@@ -35,7 +35,7 @@ import optax
 from lopt.chain import build_chain
 from lopt.evaluation import heldout_key
 from lopt.unroll import Summary, evaluate, summarize
-from probes.memory_along import memory_along
+from probes.memory_along import chain_gain_along, memory_along
 from probes.replay import TRAJECTORY_SEED, coordinates, record, replay
 from probes.to_chain import chain_from_analysis
 
@@ -68,7 +68,9 @@ class Faithfulness:
         num_problems: training problems whose trajectories were replayed.
         num_steps: the horizon.
         memory_along: the optimizer's gain and memory along these trajectories beside the
-            convergence point's (:func:`probes.memory_along.memory_along`), or ``None``.
+            convergence point's (:func:`probes.memory_along.memory_along`), with the chain's
+            steady gain on the same trajectories and its ratio to the optimizer's
+            (:func:`probes.memory_along.chain_gain_along`), or ``None``.
     """
 
     chain: list[dict[str, Any]]
@@ -141,6 +143,8 @@ def faithfulness(
     seqs = jax.jit(lambda k: record(tx, family, k, idx))(keys)
     u_chain = jax.jit(jax.vmap(lambda s: replay(chain_tx, s)))(seqs)
     along = memory_along(tx, seqs, analysis, coordinatewise=coordinatewise)
+    if along is not None:
+        along.update(chain_gain_along(chain_tx, seqs, analysis, along))
     u, g = np.asarray(seqs["u"], np.float64), np.asarray(seqs["g"], np.float64)
     sq_err, sq_u = (np.asarray(u_chain, np.float64) - u) ** 2, u**2
     ok = np.isfinite(sq_err).all((1, 2)) & np.isfinite(sq_u).all((1, 2)) & (sq_u.sum((1, 2)) > 0)

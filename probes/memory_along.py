@@ -211,3 +211,53 @@ def memory_along(
             ),
         )
     return out
+
+
+def chain_gain_along(
+    chain_tx: optax.GradientTransformation,
+    seqs: Mapping[str, jax.Array],
+    analysis: Mapping[str, Any] | None,
+    along: Mapping[str, Any],
+) -> dict[str, Any]:
+    """The chain's steady gain along the optimizer's trajectories, beside the optimizer's.
+
+    The *steady gain* at a start ``s`` is ``−Σ_{k<K} R̄_s[k]``: how far the later updates move
+    per unit of a persistent change in the gradient at ``s`` (the gain times the memory). Both
+    are read on the same recorded gradients, the same problems and lags, with the same
+    schedule divided out, so their ratio says whether the chain steps as far as the optimizer
+    where it trains: 1 for a chain that reproduces it; a damping or clip that holds the chain
+    back along training, but not at the convergence point where its numbers were read, shows
+    as a ratio below 1.
+
+    Args:
+        chain_tx: the chain (coordinate-wise).
+        seqs: the trajectories ``along`` was read on.
+        analysis: the analysis ``along`` was read with.
+        along: :func:`memory_along`'s result for the optimizer.
+
+    Returns:
+        ``{"chain_gain": [...], "steady_gain": [...], "gain_ratio": r}``: the chain's and the
+        optimizer's steady gains per start, and the median over starts where both are finite
+        and the optimizer's is positive of their ratio (``None`` where there is none, and where
+        adaptation was detected: a normaliser answers a persistent change of the gradient by
+        the same step, so both sums are differences near 0, as for Adam).
+    """
+    mine = memory_along(
+        chain_tx, seqs, analysis, lags=int(along["lags"]), problems=int(along["problems"])
+    )
+
+    def steady(m: Mapping[str, Any] | None) -> np.ndarray:
+        if m is None:
+            return np.full(len(along["starts"]), np.nan)
+        return -np.sum(np.asarray(m["response"], np.float64), axis=1)
+
+    theirs, ours = steady(along), steady(mine)
+    ok = np.isfinite(theirs) & np.isfinite(ours) & (theirs > 0)
+    ratio = float(np.median(ours[ok] / theirs[ok])) if ok.any() else None
+    if ((analysis or {}).get("adaptation") or {}).get("detected"):
+        ratio = None  # a normaliser cancels a persistent change: both sums are near 0
+
+    def listed(x: np.ndarray) -> list[float | None]:
+        return [float(v) if np.isfinite(v) else None for v in x]
+
+    return {"chain_gain": listed(ours), "steady_gain": listed(theirs), "gain_ratio": ratio}

@@ -74,6 +74,7 @@ from typing import Any
 import numpy as np
 
 from lopt.chain import HALF_SLOPE
+from probes.detectors import SPARING_TOLERANCE
 from probes.modes import IMAG_TOL, real_modes
 from probes.normaliser import (
     at_probe,
@@ -278,6 +279,16 @@ def chain_from_analysis(
         kappa, memory = damping.get("kappa"), damping.get("memory")
         if damping.get("detected") and kappa is not None and math.isfinite(float(kappa)):
             measured = memory is not None and 0.0 <= float(memory) < 1.0
+            sp = damping.get("sparing")
+            if sp is not None and math.isfinite(float(sp)):
+                notes["damping_sparing"] = float(sp)
+                if not 1 / SPARING_TOLERANCE <= float(sp) <= SPARING_TOLERANCE:
+                    # the transform scales persistent and alternating gradients alike
+                    read += (
+                        f"; the optimizer's damping keeps {float(sp):.2g} times as large a share "
+                        "of a persistent gradient as of an alternating one, this transform the "
+                        "same share"
+                    )
             chain.append(
                 {
                     "transform": "damp_oscillations",

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from probes.detectors import damping_reference
+from probes.detectors import SPARING_TOLERANCE, damping_reference
 from probes.memory_along import TOLERANCE as MEMORY_TOLERANCE
 from probes.transient import FLOOR as TRANSIENT_FLOOR
 from probes.transient import GAIN as TRANSIENT_GAIN
@@ -122,7 +122,7 @@ def describe(result: dict[str, Any]) -> list[str]:
         where = (
             "the gain for sign-flipping gradients halves, by itself and relative to persistent "
             f"ones, at |g| ≈ {num(d['kappa'])}, building up with memory ρ ≈ "
-            f"{num(d.get('memory'), '.3g')}"
+            f"{num(d.get('memory'), '.3g')}{sparing_text(d)}"
             if d["detected"]
             else "at every |g| the gain for sign-flipping gradients keeps at least "
             f"{num(d.get('min_ratio'), '.0%')} of its small-gradient value or of the gain for "
@@ -292,6 +292,28 @@ def damping_dip(d: Mapping[str, Any]) -> dict[str, Any] | None:
     return {"ratio": r, "amplitude": a, "nyquist": gp / ny0, "dc": g0 / dc0}
 
 
+def sparing_text(d: Mapping[str, Any]) -> str:
+    """``; under ±a alternating it keeps 74% of a persistent gradient's gain ...`` or ``""``.
+
+    Said only when the sparing departs from 1 by more than :data:`SPARING_TOLERANCE`: the
+    distilled chain's damping (``lopt.chain.damp_oscillations``) scales both alike.
+    """
+    kept, sp = finite(d.get("persistent_kept")), finite(d.get("sparing"))
+    a = finite(d.get("buildup_amplitude"))
+    if kept is None or sp is None or a is None or 1 / SPARING_TOLERANCE <= sp <= SPARING_TOLERANCE:
+        return ""
+    what = (
+        "it spares persistent gradients"
+        if sp > 1
+        else "it damps persistent gradients more than alternating ones"
+    )
+    return (
+        f"; {what}: with ±{a:.2g} alternating on top of a small persistent gradient it keeps "
+        f"{kept:.2g} of the persistent gradient's gain and {kept / sp:.2g} of the alternating "
+        f"one's (sparing {sp:.2g}; the chain's damp_oscillations keeps the same share of both)"
+    )
+
+
 def damping_phrase(d: Mapping[str, Any]) -> str:
     """The summary sentence of a ``damping`` result dict.
 
@@ -312,7 +334,8 @@ def damping_phrase(d: Mapping[str, Any]) -> str:
             mem_txt = "; the damping sets in within a step or two"
         return (
             "Damps oscillations: for gradients that flip sign every step its gain, relative to "
-            f"persistent gradients, halves at |g| ≈ {kappa:.2g}{low_txt}{mem_txt}."
+            f"persistent gradients, halves at |g| ≈ {kappa:.2g}{low_txt}{mem_txt}"
+            f"{sparing_text(d)}."
         )
     keep = f" stays above {low:.0%}" if low is not None else " does not fall far enough"
     out = (
@@ -612,6 +635,35 @@ def memory_along_sentence(ma: Any) -> str | None:
     )
 
 
+def gain_along_sentence(ma: Any) -> str | None:
+    """The chain's steady gain along training against the optimizer's, when they differ.
+
+    ``None`` when there is no ratio, or when it is within a factor ``1 + TOLERANCE`` of 1 (the
+    memory-along tolerance): the chain then steps as far as the optimizer where it trains.
+    """
+    if not isinstance(ma, Mapping):
+        return None
+    r = finite(ma.get("gain_ratio"))
+    tol = finite(ma.get("tolerance")) or MEMORY_TOLERANCE
+    if r is None or (1 / (1 + tol) <= r <= 1 + tol):
+        return None
+    pairs = [
+        (s, finite(c), finite(o))
+        for s, c, o in zip(
+            ma.get("starts") or [],
+            ma.get("chain_gain") or [],
+            ma.get("steady_gain") or [],
+            strict=False,
+        )
+    ]
+    ratios = [c / o for _, c, o in pairs if c is not None and o is not None and o > 0]
+    span = f" ({min(ratios):.2g}–{max(ratios):.2g} over the starts)" if len(ratios) > 1 else ""
+    return (
+        f"along the optimizer's training trajectories the chain moves {r:.2g}× as far as the "
+        f"optimizer per persistent change of gradient{span}"
+    )
+
+
 def faithfulness_sentence(f: Mapping[str, Any]) -> str | None:
     """How well the detected mechanisms, with their probed numbers, reproduce the optimizer."""
     err = finite(f.get("update_error"))
@@ -628,6 +680,9 @@ def faithfulness_sentence(f: Mapping[str, Any]) -> str | None:
         out += (
             f"; on held-out problems they reach a mean normalised loss of {chain} (itself {ll:.3g})"
         )
+    gain = gain_along_sentence(f.get("memory_along"))
+    if gain:
+        out += f"; {gain}"
     worst = [
         (v["error_share"] - v["update_share"], name)
         for part in (f.get("residual") or {}).values()

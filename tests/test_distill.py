@@ -48,7 +48,7 @@ def _analysis(beta=0.9, alpha=0.1, *, clip=None, schedule=None, adaptation=False
     resp = [-alpha * (beta or 0.0) ** k for k in range(200)]
     eff = schedule if schedule is not None else [alpha] * 100
     return {
-        "schema_version": 7,
+        "schema_version": 8,
         "source": "cell",
         "momentum": {
             "detected": beta is not None,
@@ -413,7 +413,7 @@ def test_distill_redoes_an_outdated_analysis(tiny_run, tmp_path):
             write_json(run / "analysis.json", {**hand_made, "key_seed": 3})
         d = distill_run(run, chain_only, progress=False)
         redone = json.loads((run / "analysis.json").read_text())
-        assert redone["schema_version"] == 7 and "damping" in redone, outdated
+        assert redone["schema_version"] == 8 and "damping" in redone, outdated
         assert redone["key_seed"] == 0, outdated
         # the untrained GRU (zero readout) has no momentum or clipping: the hand-built ones go
         assert [e["transform"] for e in d["chain"]] == ["scale_by_learning_rate"], outdated

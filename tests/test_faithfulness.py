@@ -36,6 +36,8 @@ def test_exact_mechanisms_reproduce_the_optimizer(analysis):
     assert ma["starts"] == [0] and ma["state_dependent"] is False
     np.testing.assert_allclose(ma["memory"], (1 - 0.9**40) / 0.1, rtol=1e-3)
     np.testing.assert_allclose(ma["convergence_memory"], (1 - 0.9**40) / 0.1, rtol=1e-3)
+    # and the exact chain moves as far as the optimizer along those trajectories
+    assert ma["gain_ratio"] == pytest.approx(1.0, rel=1e-3)
     assert Faithfulness.from_json(f.to_json()) == f
 
 

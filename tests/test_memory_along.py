@@ -10,9 +10,9 @@ import pytest
 
 import tasks
 from probes.faithfulness import Faithfulness
-from probes.memory_along import TOLERANCE, memory_along, starts
+from probes.memory_along import TOLERANCE, chain_gain_along, memory_along, starts
 from probes.replay import coordinates, record
-from probes.words import memory_along_sentence
+from probes.words import gain_along_sentence, memory_along_sentence
 
 FAMILY = tasks.get("linear_regression", dim=4, num_steps=120)
 LAGS = 20
@@ -167,3 +167,29 @@ def test_a_horizon_shorter_than_the_lags_reads_nothing_and_old_analyses_still_lo
         "num_steps": 10,
     }
     assert Faithfulness.from_json(old).memory_along is None
+
+
+def test_the_chain_gain_along_training_is_the_ratio_of_steady_responses():
+    # the same recorded gradients replayed through a chain with twice the learning rate and a
+    # longer memory: steady gain 2·(1 − 0.9ᴷ)/(1 − 0.9) against (1 − 0.8ᴷ)/(1 − 0.8), per start
+    lr = 0.05
+    tx = optax.sgd(lr, momentum=0.8)
+    seqs = _seqs(tx)
+    along = memory_along(tx, seqs, None, lags=LAGS)
+    same = chain_gain_along(tx, seqs, None, along)
+    assert same["gain_ratio"] == pytest.approx(1.0, rel=1e-5)
+    assert gain_along_sentence({**along, **same}) is None
+    other = chain_gain_along(optax.sgd(2 * lr, momentum=0.9), seqs, None, along)
+    expected = 2 * _trace_memory(0.9) / _trace_memory(0.8)
+    np.testing.assert_allclose(other["chain_gain"], 2 * lr * _trace_memory(0.9), rtol=1e-4)
+    np.testing.assert_allclose(other["steady_gain"], lr * _trace_memory(0.8), rtol=1e-4)
+    assert other["gain_ratio"] == pytest.approx(expected, rel=1e-4)
+    text = gain_along_sentence({**along, **other})
+    assert f"moves {expected:.2g}× as far as the optimizer" in text
+    # a chain that diverges on the recorded gradients gives no ratio, and no sentence
+    wild = optax.scale(jnp.inf)
+    none = chain_gain_along(wild, seqs, None, along)
+    assert none["gain_ratio"] is None and gain_along_sentence({**along, **none}) is None
+    # nor one where adaptation was detected (a normaliser's steady sums are near 0)
+    ada = chain_gain_along(tx, seqs, {"adaptation": {"detected": True}}, along)
+    assert ada["gain_ratio"] is None and ada["chain_gain"] == same["chain_gain"]

@@ -76,6 +76,43 @@ def test_damping_memory_recovered_through_the_momentum_filter(rho, beta):
     # the build-up unfinished, which also biases κ up by about 1%)
     assert abs((1 - d.memory) / (1 - rho) - 1) <= 0.05, d.memory
     assert d.buildup.shape == (200,) and d.buildup[0] == pytest.approx(1.0, abs=1e-5)
+    # it scales a persistent gradient under the alternation as much as the alternation itself
+    assert d.sparing == pytest.approx(1.0, abs=0.02)
+    assert d.persistent_kept == pytest.approx(np.mean(d.buildup[-20:]), rel=0.02)
+
+
+def _spare_persistent(kappa, rho):
+    """Damps only the half-change: ``(g + g_prev)/2 + (g − g_prev)/2 · 1/(1 + √e/κ)``."""
+
+    def init(params):
+        z = jax.numpy.zeros_like(params)
+        return (z, z, jax.numpy.zeros([], jax.numpy.int32))
+
+    def update(g, state, params=None):
+        prev, e, count = state
+        half = jax.numpy.where(count == 0, 0.0, 0.5 * (g - prev))
+        e = rho * e + (1 - rho) * half**2
+        root = jax.numpy.sqrt(jax.numpy.maximum(e, 1e-30))
+        return (g - half) + half / (1 + root / kappa), (g, e, count + 1)
+
+    return optax.GradientTransformation(init, update)
+
+
+def test_a_damping_that_spares_persistent_gradients_reads_so():
+    # ±c + alternating ±a: the half-change is ±a whatever c, so c passes whole (kept = 1) while
+    # the alternation keeps 1/(1 + a/κ): sparing 1 + a/κ at the build-up amplitude a = 3κ̂
+    kappa = 0.2
+    tx = optax.chain(_spare_persistent(kappa, 0.5), optax.sgd(0.5))
+    d = probe_damping(jax.jit(_scalar_updates(tx)), 1e-3, 10.0, "test", 25, 200)
+    assert d.detected and abs(d.kappa - kappa) <= 0.02 * kappa
+    assert d.persistent_kept == pytest.approx(1.0, rel=1e-4)
+    assert d.sparing == pytest.approx(1 + d.buildup_amplitude / kappa, rel=0.01)
+    text = probes.words.damping_phrase(d.to_json())
+    assert "it spares persistent gradients" in text and f"(sparing {d.sparing:.2g};" in text
+    # a damping that scales both alike says nothing of it
+    both = optax.chain(lopt.chain.damp_oscillations(kappa, 0.5), optax.sgd(0.5))
+    d = probe_damping(jax.jit(_scalar_updates(both)), 1e-3, 10.0, "test", 25, 200)
+    assert "spares" not in probes.words.damping_phrase(d.to_json())
 
 
 def test_fit_damping_memory_without_a_reference_and_degenerate_input():

@@ -335,6 +335,24 @@ def damping_section(b: Builder, a: Mapping) -> dict | None:
                 else fmt(mem),
             )
         )
+    sp = finite(d.get("sparing"))
+    if sp is not None:
+        nums.append(
+            num_row(
+                "persistent_kept",
+                "persistent gain kept with ±a_m alternating on top",
+                d.get("persistent_kept"),
+                fmt(d.get("persistent_kept"), ".2g"),
+            )
+        )
+        nums.append(
+            num_row(
+                "sparing",
+                "sparing: persistent share kept over alternating share kept (1: both alike)",
+                sp,
+                fmt(sp, ".3g"),
+            )
+        )
     dc = floats(d.get("dc_gain") or [])
     ny = floats(d.get("nyquist_gain") or [])
     if dc.size and np.isfinite(dc[0]) and np.isfinite(ny[0]):
