@@ -392,16 +392,19 @@ def test_cli_distill_writes_distill_json(tiny_run, capsys):
 def test_distill_redoes_an_outdated_analysis(tiny_run, tmp_path):
     # analysis.json is re-used only while probes.runs.saved_analysis accepts it: one from before
     # the damping probe, one older than the weights it describes and one drawn with another
-    # seed are redone (key seed 0) before the chain is built.
+    # seed are all refused (each rule is tested in test_probes_cli); distill redoes a refused
+    # one (key seed 0) before the chain is built.
     import os
     import shutil
+
+    from probes.runs import saved_analysis
 
     run = tmp_path / "old"
     shutil.copytree(tiny_run, run)
     chain_only = DistillConfig(identify=None, retune=None)
     hand_made = _analysis(0.5, 0.05, clip=1.0)
     theta = run / "theta.npz"
-    for outdated in ("schema", "older", "seed"):
+    for outdated in ("older", "seed", "schema"):
         write_json(run / "analysis.json", hand_made)
         t = os.stat(run / "analysis.json").st_mtime
         os.utime(theta, (t - 10, t - 10))
@@ -411,13 +414,14 @@ def test_distill_redoes_an_outdated_analysis(tiny_run, tmp_path):
             os.utime(theta, (t + 10, t + 10))
         else:
             write_json(run / "analysis.json", {**hand_made, "key_seed": 3})
-        d = distill_run(run, chain_only, progress=False)
-        redone = json.loads((run / "analysis.json").read_text())
-        assert redone["schema_version"] == 8 and "damping" in redone, outdated
-        assert redone["key_seed"] == 0, outdated
-        # the untrained GRU (zero readout) has no momentum or clipping: the hand-built ones go
-        assert [e["transform"] for e in d["chain"]] == ["scale_by_learning_rate"], outdated
-        assert "identify" not in d["notes"] and "retune" not in d["notes"]
+        assert saved_analysis(run)[0] is None, outdated
+    d = distill_run(run, chain_only, progress=False)  # the last: an older schema
+    redone = json.loads((run / "analysis.json").read_text())
+    assert redone["schema_version"] == 8 and "damping" in redone
+    assert redone["key_seed"] == 0
+    # the untrained GRU (zero readout) has no momentum or clipping: the hand-built ones go
+    assert [e["transform"] for e in d["chain"]] == ["scale_by_learning_rate"]
+    assert "identify" not in d["notes"] and "retune" not in d["notes"]
     # a current analysis is used as it is
     write_json(run / "analysis.json", hand_made)
     d = distill_run(run, chain_only, progress=False)
