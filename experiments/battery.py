@@ -83,6 +83,10 @@ def run_case(case: battery.Case, source: str, family=None) -> dict:
                 )
             }
         )
+        su = f.steady_update or {}
+        row["steady_update"] = _plain(
+            {k: su.get(k) for k in ("ratio_range", "worst_gradient", "worst_ratio", "within")}
+        )
     return row
 
 
@@ -118,6 +122,16 @@ def summary(rows: list[dict]) -> dict:
                 "range": [min(ratios.values()), max(ratios.values())],
                 "outside_0.8_1.25": off,
             }
+    # the chain's steady update under constant gradients over the optimizer's: 1 when faithful
+    steady = {r["case"]: r["steady_update"] for r in rows if r.get("steady_update")}
+    read = {k: v for k, v in steady.items() if v.get("ratio_range") is not None}
+    if read:
+        off = {
+            k: v["ratio_range"]
+            for k, v in read.items()
+            if not (0.8 <= v["ratio_range"][0] and v["ratio_range"][1] <= 1.25)
+        }
+        out["steady_update"] = {"read": len(read), "total": len(steady), "outside_0.8_1.25": off}
     for source in ("optax", "cell"):
         mine = [r for r in rows if r["source"] == source]
         if not mine:

@@ -32,6 +32,8 @@ from pathlib import Path
 PERIODS = (2, 3, 4, 6, 8, 12, 16, 32)
 #: Steps averaged at the end (a whole number of every period above).
 TAIL = 96
+#: Probabilities that the sign flips from one step to the next (``--flips``).
+FLIP_RATES = (0.0, 0.1, 0.25, 0.4, 0.5, 0.6, 0.75, 0.9, 1.0)
 
 
 def scalar_run(tx):
@@ -82,11 +84,59 @@ def bands(run, amplitude: float, *, bias: float = 0.0, steps: int = 400, periods
     return out
 
 
+def flips(
+    run,
+    amplitude: float,
+    *,
+    bias: float = 0.0,
+    steps: int = 400,
+    rates=FLIP_RATES,
+    sequences: int = 32,
+    seed: int = 0,
+):
+    """``{p: (kept, persistent kept)}`` under ``g₀ ± A`` whose sign flips with probability ``p``.
+
+    Each of ``sequences`` random sign sequences ``s_t`` (its first sign random too) is run as
+    ``g₀ ± A·s_t``, ``g₀ ± A·s_t/1000`` and ``g₀ + A·s_t ± A/10``. Over the last ``TAIL``
+    steps, **kept** is the least-squares factor of the large response on the small one scaled
+    up (1 for a linear optimizer; below 1 where the sequence is damped, above where it is
+    amplified) and **persistent kept** the gain for ``±A/10`` with the sequence over the gain
+    for it alone, as :func:`bands` reads them. ``p = 1`` is the probe's sign flip every step,
+    ``p = 0`` a constant ``±A``, ``p = ½`` white noise.
+    """
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    if steps < TAIL:
+        raise ValueError(f"steps ({steps}) must be at least {TAIL}")
+    rng = np.random.default_rng(seed)
+    c = amplitude / 10.0
+    out = {}
+    for p in rates:
+        flip = rng.random((sequences, steps)) < p
+        s = np.cumprod(np.where(flip, -1.0, 1.0), axis=1) * rng.choice([-1.0, 1.0], (sequences, 1))
+        seqs = [bias + k * a * s for a in (amplitude, amplitude * 1e-3) for k in (1, -1)]
+        seqs += [bias + amplitude * s + k * c for k in (1, -1)]
+        seqs += [bias + k * c + 0 * s for k in (1, -1)]
+        gs = jnp.asarray(np.concatenate(seqs), jnp.float32)
+        u = np.asarray(jax.vmap(run)(gs), np.float64).reshape(8, sequences, steps)[..., -TAIL:]
+        big = (u[0] - u[1]) / 2 / amplitude
+        small = (u[2] - u[3]) / 2 / (amplitude * 1e-3)
+        kept = float(np.sum(big * small) / np.sum(small * small))
+        persistent = float(np.mean(u[4] - u[5]) / np.mean(u[6] - u[7]))
+        out[p] = (kept, persistent)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run", help="run directory with analysis.json and distill.json")
     parser.add_argument("--amplitude", type=float, help="A (default: 3κ of the detected damping)")
     parser.add_argument("--steps", type=int, default=400)
+    parser.add_argument(
+        "--flips", action="store_true", help="also read random signs by flip probability"
+    )
     args = parser.parse_args(argv)
 
     import lopt
@@ -109,19 +159,20 @@ def main(argv: list[str] | None = None) -> int:
     bias = float(b["stall_gradient"]) if b.get("detected") and b.get("stall_gradient") else 0.0
     opt, theta, _ = lopt.load(run / "theta.npz")
     for name, tx in (("learned", opt.optimizer(theta)), ("probed chain", build_chain(chain))):
-        res = bands(scalar_run(tx), amplitude, bias=bias, steps=args.steps)
-        print(
-            json.dumps(
-                {
-                    "optimizer": name,
-                    "amplitude": amplitude,
-                    "bias": bias,
-                    "kept": {p: round(k, 3) for p, (k, _) in res.items()},
-                    "persistent_kept": {p: round(k, 3) for p, (_, k) in res.items()},
-                }
-            ),
-            flush=True,
-        )
+        run = scalar_run(tx)
+        res = bands(run, amplitude, bias=bias, steps=args.steps)
+        row = {
+            "optimizer": name,
+            "amplitude": amplitude,
+            "bias": bias,
+            "kept": {p: round(k, 3) for p, (k, _) in res.items()},
+            "persistent_kept": {p: round(k, 3) for p, (_, k) in res.items()},
+        }
+        if args.flips:
+            fl = flips(run, amplitude, bias=bias, steps=args.steps)
+            row["flips_kept"] = {p: round(k, 3) for p, (k, _) in fl.items()}
+            row["flips_persistent_kept"] = {p: round(k, 3) for p, (_, k) in fl.items()}
+        print(json.dumps(row), flush=True)
     return 0
 
 

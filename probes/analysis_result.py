@@ -20,10 +20,11 @@ from probes.values import plain
 #: update at zero gradient and the gradient where the update vanishes, :mod:`probes.bias`).
 #: 8: adds the damping's ``persistent_kept`` and ``sparing``, and the chain's gain along
 #: training (``faithfulness.memory_along.gain_ratio``,
-#: :func:`probes.memory_along.chain_gain_along`).
+#: :func:`probes.memory_along.chain_gain_along`). 9: adds ``faithfulness.steady_update`` (the
+#: chain's steady update beside the optimizer's, :mod:`probes.steady_update`).
 #: Analyses of an older version are re-computed by ``probes report`` and ``lopt distill`` rather
 #: than re-used (:func:`is_current`).
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 
 
 def is_current(analysis: dict[str, Any]) -> bool:

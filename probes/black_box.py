@@ -199,18 +199,18 @@ PROGRAM_CACHE = 16
 
 
 def _run_for(tx: optax.GradientTransformation) -> Callable[[jax.Array], jax.Array]:
-    """:func:`_scalar_updates` of ``tx``, the same function for the same ``tx`` object.
+    """:func:`scalar_updates` of ``tx``, the same function for the same ``tx`` object.
 
     The probe programs are cached on that function, so analysing one transformation twice
     compiles once. A transformation that cannot be hashed gets a fresh function (and compiles).
     """
     try:
-        return _cached_scalar_updates(tx)
+        return _cached_updates(tx)
     except TypeError:
-        return _scalar_updates(tx)
+        return scalar_updates(tx)
 
 
-def _scalar_updates(tx: optax.GradientTransformation) -> Callable[[jax.Array], jax.Array]:
+def scalar_updates(tx: optax.GradientTransformation) -> Callable[[jax.Array], jax.Array]:
     """``gs (T,) -> updates (T,)`` for one scalar parameter trained by ``tx`` (params advance)."""
 
     def run(gs):
@@ -227,7 +227,7 @@ def _scalar_updates(tx: optax.GradientTransformation) -> Callable[[jax.Array], j
     return run
 
 
-_cached_scalar_updates = functools.lru_cache(maxsize=PROGRAM_CACHE)(_scalar_updates)
+_cached_updates = functools.lru_cache(maxsize=PROGRAM_CACHE)(scalar_updates)
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE)
@@ -466,7 +466,7 @@ def with_transient_damping(
     if analysis.damping is None or analysis.damping.detected:
         return analysis
     reading = read_transient_damping(
-        run, analysis.to_json(), _scalar_updates, gradient_range, cached=cached
+        run, analysis.to_json(), scalar_updates, gradient_range, cached=cached
     )
     return dataclasses.replace(analysis, damping_transient=reading)
 

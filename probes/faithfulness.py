@@ -18,6 +18,9 @@ should behave like the optimizer itself.
   problems of :func:`lopt.heldout_key` (the evaluation's, so the optimizer's metric equals
   ``eval.json``'s); the mean normalised losses and the relative distance between the two mean
   curves, ``Σ_t |c̄_t − ℓ̄_t| / Σ_t ℓ̄_t``.
+* **steady update** (open loop): the chain's update after ``T`` steps (the horizon) of each
+  constant gradient of the bias probe's grid, over the optimizer's, within the training range
+  (:mod:`probes.steady_update`): where the two update functions part, and by how much.
 
 Shapes: P problems, T steps, C coordinates kept per problem.
 """
@@ -37,6 +40,7 @@ from lopt.evaluation import heldout_key
 from lopt.unroll import Summary, evaluate, summarize
 from probes.memory_along import chain_gain_along, memory_along
 from probes.replay import TRAJECTORY_SEED, coordinates, record, replay
+from probes.steady_update import compare_steady_update
 from probes.to_chain import chain_from_analysis
 
 __all__ = [
@@ -71,6 +75,10 @@ class Faithfulness:
             convergence point's (:func:`probes.memory_along.memory_along`), with the chain's
             steady gain on the same trajectories and its ratio to the optimizer's
             (:func:`probes.memory_along.chain_gain_along`), or ``None``.
+        steady_update: the chain's update after the horizon's steps of each constant gradient
+            of the bias probe's grid beside the optimizer's, and their ratio over the training
+            range (:func:`probes.steady_update.compare_steady_update`; ``None`` when the
+            optimizer is not coordinate-wise or the analysis has no grid).
     """
 
     chain: list[dict[str, Any]]
@@ -83,6 +91,7 @@ class Faithfulness:
     num_problems: int
     num_steps: int
     memory_along: dict[str, Any] | None = None
+    steady_update: dict[str, Any] | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (``analysis.json``'s ``faithfulness``)."""
@@ -92,7 +101,8 @@ class Faithfulness:
     def from_json(cls, d: Mapping[str, Any]) -> Faithfulness:
         """The inverse of :meth:`to_json`."""
         fields = {f.name for f in dataclasses.fields(cls)}
-        optional = {"memory_along"}  # absent from analyses written before it was read
+        # absent from analyses written before they were read
+        optional = {"memory_along", "steady_update"}
         missing = fields - set(d) - optional
         if missing:
             raise ValueError(f"faithfulness: missing field(s) {', '.join(sorted(missing))}")
@@ -145,6 +155,9 @@ def faithfulness(
     along = memory_along(tx, seqs, analysis, coordinatewise=coordinatewise)
     if along is not None:
         along.update(chain_gain_along(chain_tx, seqs, analysis, along))
+    steady = None
+    if coordinatewise:
+        steady = compare_steady_update(tx, chain_tx, analysis, family.num_steps, seqs["g"])
     u, g = np.asarray(seqs["u"], np.float64), np.asarray(seqs["g"], np.float64)
     sq_err, sq_u = (np.asarray(u_chain, np.float64) - u) ** 2, u**2
     ok = np.isfinite(sq_err).all((1, 2)) & np.isfinite(sq_u).all((1, 2)) & (sq_u.sum((1, 2)) > 0)
@@ -193,4 +206,5 @@ def faithfulness(
         num_problems=int(ok.sum()),
         num_steps=family.num_steps,
         memory_along=along,
+        steady_update=steady,
     )

@@ -34,3 +34,18 @@ def test_damp_oscillations_scales_both_alike_and_the_sign_flip_by_its_closed_for
     assert res[2][0] == pytest.approx(0.25, rel=0.02)
     np.testing.assert_allclose(persistent, kept, rtol=0.05)
     assert np.all(np.diff(kept) > 0) and kept[-1] > 0.8
+
+
+def test_random_signs_keep_a_linear_optimizer_whole_and_damp_by_the_flip_rate():
+    # under ±A flipping with probability p the mean squared half-change is p·A², so a settled
+    # damp_oscillations scales the sequence and a small persistent gradient beside it alike by
+    # about 1/(1 + √p·A/κ) (a mean of the factor over the fluctuating energy: within 3%)
+    res = db.flips(db.scalar_run(optax.sgd(0.1, momentum=0.9)), 0.5, bias=0.01)
+    assert sorted(res) == sorted(db.FLIP_RATES)
+    np.testing.assert_allclose(list(res.values()), 1.0, rtol=1e-4)
+    kappa = 0.1
+    tx = optax.chain(lopt.chain.damp_oscillations(kappa, 0.99), optax.sgd(0.5, momentum=0.5))
+    res = db.flips(db.scalar_run(tx), 3 * kappa, rates=(0.0, 0.25, 1.0))
+    for p, (kept, persistent) in res.items():
+        assert kept == pytest.approx(1 / (1 + 3 * np.sqrt(p)), rel=0.03)
+        assert persistent == pytest.approx(kept, rel=0.02)

@@ -38,6 +38,10 @@ def test_exact_mechanisms_reproduce_the_optimizer(analysis):
     np.testing.assert_allclose(ma["convergence_memory"], (1 - 0.9**40) / 0.1, rtol=1e-3)
     # and the exact chain moves as far as the optimizer along those trajectories
     assert ma["gain_ratio"] == pytest.approx(1.0, rel=1e-3)
+    # and steps as far under every constant gradient of the training range
+    su = f.steady_update
+    assert su["within"] == 1.0 and su["outside_share"] == 0.0
+    np.testing.assert_allclose(su["ratio_range"], 1.0, rtol=1e-3)
     assert Faithfulness.from_json(f.to_json()) == f
 
 
@@ -51,3 +55,8 @@ def test_a_mechanism_left_out_shows_as_error_where_it_acts(analysis):
     assert f.update_error > 0.3 and f.curve_error > 0.1
     # Momentum's missing memory builds up from the start: no third of the horizon is spared.
     assert all(v["error_share"] > 0.05 for v in f.residual["steps"].values())
+    # after the horizon's 40 constant gradients the trace has summed (1 − 0.9⁴⁰)/(1 − 0.9) of
+    # them: without it the chain steps that much less far under every one of the training range
+    expected = (1 - 0.9) / (1 - 0.9**40)
+    np.testing.assert_allclose(f.steady_update["ratio_range"], expected, rtol=1e-4)
+    assert f.steady_update["within"] == 0.0

@@ -10,9 +10,9 @@ import pytest
 
 import tasks
 from probes.faithfulness import Faithfulness
+from probes.faithfulness_words import gain_along_sentence, memory_along_sentence
 from probes.memory_along import TOLERANCE, chain_gain_along, memory_along, starts
 from probes.replay import coordinates, record
-from probes.words import gain_along_sentence, memory_along_sentence
 
 FAMILY = tasks.get("linear_regression", dim=4, num_steps=120)
 LAGS = 20
@@ -166,7 +166,9 @@ def test_a_horizon_shorter_than_the_lags_reads_nothing_and_old_analyses_still_lo
         "num_problems": 1,
         "num_steps": 10,
     }
-    assert Faithfulness.from_json(old).memory_along is None
+    # nor those written before the steady update was compared
+    loaded = Faithfulness.from_json(old)
+    assert loaded.memory_along is None and loaded.steady_update is None
 
 
 def test_the_chain_gain_along_training_is_the_ratio_of_steady_responses():

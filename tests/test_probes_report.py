@@ -130,7 +130,7 @@ def test_probes_report_cli_writes_a_white_box_report(tiny_run, capsys):
     write_json(tiny_run / "analysis.json", {**old, "schema_version": 1})
     assert main(["report", str(tiny_run)]) == 0
     assert "predates" in capsys.readouterr().err
-    assert _strict_json(tiny_run / "analysis.json")["schema_version"] == 8
+    assert _strict_json(tiny_run / "analysis.json")["schema_version"] == 9
 
 
 def test_index_html_is_self_contained_and_embeds_every_figure(tiny_run):

@@ -6,10 +6,11 @@ from collections.abc import Mapping
 
 import numpy as np
 
+from probes.faithfulness_words import memory_along_sentence
 from probes.report.impulse import FIT_TOLERANCE, fit_curve, impulse_caption, impulse_fit
 from probes.report.sections import Builder, mechanism_section, num_row, wording
 from probes.values import complex_array, finite, floats
-from probes.words import fmt, memory_along_sentence
+from probes.words import fmt
 
 
 def momentum_section(b: Builder, a: Mapping, ev: Mapping | None, res: dict | None) -> dict:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from probes.analysis_result import Analysis
+from probes.faithfulness_words import faithfulness_sentence, memory_along_sentence
 from probes.report.adaptation import adaptation_section
 from probes.report.bias import bias_section
 from probes.report.distillation import distill_section
@@ -30,9 +31,7 @@ from probes.values import plain
 from probes.words import (
     data_note,
     distill_sentence,
-    faithfulness_sentence,
     headline_sentences,
-    memory_along_sentence,
     results_sentence,
     summary_sentences,
 )

@@ -1,0 +1,139 @@
+"""Sentences on faithfulness: the memory and gain along training, and the steady update."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+from probes.memory_along import TOLERANCE as MEMORY_TOLERANCE
+from probes.steady_update import TOLERANCE as STEADY_TOLERANCE
+from probes.values import finite
+
+
+def memory_along_sentence(ma: Any) -> str | None:
+    """The memory along training trajectories against the convergence point's, or ``None``."""
+    if not isinstance(ma, Mapping):
+        return None
+    pairs = [
+        (s, finite(m)) for s, m in zip(ma.get("starts") or [], ma.get("memory") or [], strict=False)
+    ]
+    pairs = [(s, m) for s, m in pairs if m is not None]
+    if not pairs:
+        return None
+    mem = [m for _, m in pairs]
+    divided = ", the detected schedule divided out" if ma.get("schedule_divided") else ""
+    span = f"{min(mem):.2g}–{max(mem):.2g}" if len(mem) > 1 else f"{mem[0]:.2g}"
+    where = f"steps {pairs[0][0]}–{pairs[-1][0]}" if len(pairs) > 1 else f"step {pairs[0][0]}"
+    text = (
+        f"Along its own training trajectories its response to a gradient, summed over "
+        f"{ma.get('lags')} steps, is {span} times its immediate step (its memory, from {where}"
+        f"{divided})"
+    )
+    m0 = finite(ma.get("convergence_memory"))
+    if m0 is None:
+        why = ma.get("not_compared")
+        return text + (f"; not compared with the convergence point ({why})." if why else ".")
+    if ma.get("state_dependent"):
+        return text + (
+            f", against {m0:.2g} at the convergence point where momentum is read: its memory "
+            "depends on its state, which one momentum read at one state does not carry."
+        )
+    tol = finite(ma.get("tolerance")) or MEMORY_TOLERANCE
+    return text + (
+        f", within a factor {1 + tol:.3g} of the convergence point's {m0:.2g}: the momentum "
+        "read there holds along training."
+    )
+
+
+def gain_along_sentence(ma: Any) -> str | None:
+    """The chain's steady gain along training against the optimizer's, when they differ.
+
+    ``None`` when there is no ratio, or when it is within a factor ``1 + TOLERANCE`` of 1 (the
+    memory-along tolerance): the chain then steps as far as the optimizer where it trains.
+    """
+    if not isinstance(ma, Mapping):
+        return None
+    r = finite(ma.get("gain_ratio"))
+    tol = finite(ma.get("tolerance")) or MEMORY_TOLERANCE
+    if r is None or (1 / (1 + tol) <= r <= 1 + tol):
+        return None
+    pairs = [
+        (s, finite(c), finite(o))
+        for s, c, o in zip(
+            ma.get("starts") or [],
+            ma.get("chain_gain") or [],
+            ma.get("steady_gain") or [],
+            strict=False,
+        )
+    ]
+    ratios = [c / o for _, c, o in pairs if c is not None and o is not None and o > 0]
+    span = f" ({min(ratios):.2g}–{max(ratios):.2g} over the starts)" if len(ratios) > 1 else ""
+    return (
+        f"along the optimizer's training trajectories the chain moves {r:.2g}× as far as the "
+        f"optimizer per persistent change of gradient{span}"
+    )
+
+
+def steady_sentence(su: Any) -> str | None:
+    """Where the chain's steady update parts from the optimizer's, or ``None``.
+
+    ``None`` when no ratio was read or every ratio read is within a factor ``1 + TOLERANCE``
+    of 1 (:mod:`probes.steady_update`): the chain then steps as the optimizer does under any
+    persistent gradient of the training range.
+    """
+    if not isinstance(su, Mapping):
+        return None
+    span = su.get("ratio_range") or []
+    lo, hi = (finite(x) for x in span) if len(span) == 2 else (None, None)
+    worst, at = finite(su.get("worst_ratio")), finite(su.get("worst_gradient"))
+    tol = finite(su.get("tolerance")) or STEADY_TOLERANCE
+    if lo is None or hi is None or worst is None or at is None:
+        return None
+    if 1 / (1 + tol) <= lo and hi <= 1 + tol:
+        return None
+    share = finite(su.get("outside_share"))
+    where = (
+        f"; {share:.0%} of the training gradient entries fall where it is off by more than a "
+        f"factor {1 + tol:.3g}"
+        if share is not None
+        else ""
+    )
+    return (
+        f"under a constant gradient its steady step is {lo:.2g}–{hi:.2g}× the optimizer's over "
+        f"the training range ({worst:.2g}× at g = {at:.2g}{where})"
+    )
+
+
+def faithfulness_sentence(f: Mapping[str, Any]) -> str | None:
+    """How well the detected mechanisms, with their probed numbers, reproduce the optimizer."""
+    err = finite(f.get("update_error"))
+    if err is None:
+        return None
+    out = (
+        f"Faithfulness: composed with their probed numbers, the detected mechanisms reproduce "
+        f"its updates to within {err:.0%} (relative error, median over {f.get('num_problems')} "
+        "problems)"
+    )
+    lc, ll = finite(f.get("loss_chain")), finite(f.get("loss_learned"))
+    if ll is not None:
+        chain = f"{lc:.3g}" if lc is not None else "diverged"
+        out += (
+            f"; on held-out problems they reach a mean normalised loss of {chain} (itself {ll:.3g})"
+        )
+    gain = gain_along_sentence(f.get("memory_along"))
+    for part in (gain, steady_sentence(f.get("steady_update"))):
+        if part:
+            out += f"; {part}"
+    worst = [
+        (v["error_share"] - v["update_share"], name)
+        for part in (f.get("residual") or {}).values()
+        for name, v in part.items()
+    ]
+    if err > 0.1 and worst:
+        excess, where = max(worst)
+        if excess > 0.2:
+            out += (
+                f"; the unexplained part sits in the {where.replace('_', ' ')} updates "
+                f"({excess:+.0%} more of the error than of the updates)"
+            )
+    return out + "."
