@@ -14,13 +14,13 @@ import lopt
 import probes
 from probes import detectors
 from probes.analysis import _cell_run
-from probes.black_box import _scalar_updates, damping_gains, probe_damping
+from probes.black_box import damping_gains, probe_damping, scalar_updates
 
 AMPS = np.logspace(-5, 1, 49)  # a decade and more below every κ tested: R starts at 1
 
 
 def _detect(tx):
-    dc, ny = damping_gains(jax.jit(_scalar_updates(tx)), AMPS)
+    dc, ny = damping_gains(jax.jit(scalar_updates(tx)), AMPS)
     return detectors.detect_damping(AMPS, dc, ny)
 
 
@@ -43,7 +43,7 @@ def test_magnitude_only_optimizers_keep_the_ratio_at_one(name, tx):
 
 
 def test_heavy_ball_gains_are_the_closed_form():
-    dc, ny = damping_gains(jax.jit(_scalar_updates(optax.sgd(0.1, momentum=0.9))), [0.01, 1.0])
+    dc, ny = damping_gains(jax.jit(scalar_updates(optax.sgd(0.1, momentum=0.9))), [0.01, 1.0])
     np.testing.assert_allclose(dc, 0.1 / 0.1, rtol=1e-4)
     np.testing.assert_allclose(ny, 0.1 / 1.9, rtol=1e-4)
 
@@ -70,7 +70,7 @@ def test_damp_oscillations_kappa_recovered(kappa):
 @pytest.mark.parametrize("rho, beta", [(0.5, 0.0), (0.5, 0.8), (0.9, 0.8), (0.98, 0.8)])
 def test_damping_memory_recovered_through_the_momentum_filter(rho, beta):
     tx = optax.chain(lopt.chain.damp_oscillations(0.2, rho), optax.sgd(0.5, momentum=beta))
-    d = probe_damping(jax.jit(_scalar_updates(tx)), 1e-3, 10.0, "test", 25, 200)
+    d = probe_damping(jax.jit(scalar_updates(tx)), 1e-3, 10.0, "test", 25, 200)
     assert d.detected and d.buildup_amplitude == pytest.approx(3 * d.kappa)
     # the timescale 1/(1-ρ) within 5% (at ρ = 0.98 the 200 probe steps leave ρ^200 ≈ 2% of
     # the build-up unfinished, which also biases κ up by about 1%)
@@ -103,7 +103,7 @@ def test_a_damping_that_spares_persistent_gradients_reads_so():
     # the alternation keeps 1/(1 + a/κ): sparing 1 + a/κ at the build-up amplitude a = 3κ̂
     kappa = 0.2
     tx = optax.chain(_spare_persistent(kappa, 0.5), optax.sgd(0.5))
-    d = probe_damping(jax.jit(_scalar_updates(tx)), 1e-3, 10.0, "test", 25, 200)
+    d = probe_damping(jax.jit(scalar_updates(tx)), 1e-3, 10.0, "test", 25, 200)
     assert d.detected and abs(d.kappa - kappa) <= 0.02 * kappa
     assert d.persistent_kept == pytest.approx(1.0, rel=1e-4)
     assert d.sparing == pytest.approx(1 + d.buildup_amplitude / kappa, rel=0.01)
@@ -111,7 +111,7 @@ def test_a_damping_that_spares_persistent_gradients_reads_so():
     assert "it spares persistent gradients" in text and f"(sparing {d.sparing:.2g};" in text
     # a damping that scales both alike says nothing of it
     both = optax.chain(lopt.chain.damp_oscillations(kappa, 0.5), optax.sgd(0.5))
-    d = probe_damping(jax.jit(_scalar_updates(both)), 1e-3, 10.0, "test", 25, 200)
+    d = probe_damping(jax.jit(scalar_updates(both)), 1e-3, 10.0, "test", 25, 200)
     assert "spares" not in probes.words.damping_phrase(d.to_json())
 
 
@@ -127,7 +127,7 @@ def test_damped_momentum_cell_matches_its_optax_form_and_is_detected():
     cell = lopt.hand_designed.damped_momentum(0.5, 0.8, 0.2, decay=0.9)
     tx = optax.chain(lopt.chain.damp_oscillations(0.2, 0.9), optax.sgd(0.5, momentum=0.8))
     gs = jax.numpy.asarray(np.random.default_rng(0).normal(size=50), jax.numpy.float32)
-    np.testing.assert_allclose(_cell_run(cell, gs), _scalar_updates(tx)(gs), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(_cell_run(cell, gs), scalar_updates(tx)(gs), rtol=1e-5, atol=1e-6)
     d = probe_damping(lambda g: _cell_run(cell, g), 1e-3, 10.0, "test", 25, 200)
     assert d.detected and abs(d.kappa - 0.2) <= 0.02 * 0.2
     assert abs((1 - d.memory) / 0.1 - 1) <= 0.05, d.memory
@@ -168,7 +168,7 @@ def test_detect_damping_edge_cases():
 
 def test_kappa_below_the_training_range_is_recovered():
     tx = optax.chain(lopt.chain.damp_oscillations(0.005, 0.5), optax.sgd(0.5, momentum=0.8))
-    d = probe_damping(jax.jit(_scalar_updates(tx)), 0.01, 10.0, "test", 25, 200)
+    d = probe_damping(jax.jit(scalar_updates(tx)), 0.01, 10.0, "test", 25, 200)
     # grid from lo/100 = 1e-4: R normalised at its second amplitude a1 reports κ + 2·a1
     a1 = d.amplitudes[1]
     assert a1 == pytest.approx(1e-4 * 10 ** (6 / 24))
