@@ -129,33 +129,21 @@ def test_user_mistakes_are_one_line(tmp_path, capsys, args, message):
     assert err.count("\n") == 0 and message in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM], ids=["ctrl_c", "sigterm"])
-def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path, stop):
-    out = str(tmp_path / "run")
+def _stop_once_stepping(args, out, stop):
+    """Starts ``lopt ARGS``, sends ``stop`` once it wrote a new metrics line; its stderr."""
+    metrics = os.path.join(out, "metrics.jsonl")
+    before = os.path.getsize(metrics) if os.path.exists(metrics) else 0
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "lopt_cli.lopt",
-            "meta-train",
-            "--task",
-            "linear_regression",
-            "--out",
-            out,
-            "--steps",
-            "100000",
-            "--quiet",
-        ],
+        [sys.executable, "-m", "lopt_cli.lopt", *args],
         env=ENV,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
     try:
-        # Ready once the first metrics line is written (compiled and stepping), however long
+        # Ready once a metrics line is written (compiled and stepping), however long
         # compilation takes on a loaded machine.
-        metrics = os.path.join(out, "metrics.jsonl")
-        while not (os.path.exists(metrics) and os.path.getsize(metrics) > 0):
+        while not (os.path.exists(metrics) and os.path.getsize(metrics) > before):
             assert proc.poll() is None, proc.stderr.read()
             time.sleep(0.2)
         proc.send_signal(stop)
@@ -164,12 +152,31 @@ def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path, st
         proc.kill()
     assert proc.returncode == 130, err
     assert "checkpoint written" in err and "Traceback" not in err
+    return err
+
+
+def _steps(out):
+    return [json.loads(line)["step"] for line in open(os.path.join(out, "metrics.jsonl"))]
+
+
+def test_ctrl_c_or_sigterm_writes_a_checkpoint_and_resume_continues(tmp_path):
+    # One run stopped twice: Ctrl-C while meta-training, then SIGTERM while the resumed run
+    # steps; each writes a checkpoint the next process resumes from.
+    out = str(tmp_path / "run")
+    args = ["meta-train", "--task", "linear_regression", "--out", out, "--steps", "100000"]
+    _stop_once_stepping([*args, "--quiet"], out, signal.SIGINT)
     stopped = json.load(open(os.path.join(out, "config.json")))
     assert stopped["meta_train"]["num_steps"] == 100000
-    step = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))][-1]["step"]
-    done = _run("meta-train", "--out", out, "--resume", "--steps", str(step + 1), "--quiet")
+    first = _steps(out)[-1]
+    resume = ["meta-train", "--out", out, "--resume", "--steps", "100000", "--quiet"]
+    _stop_once_stepping(resume, out, signal.SIGTERM)
+    # The resumed run went on from the Ctrl-C checkpoint: its steps follow the first run's.
+    steps = _steps(out)
+    assert steps == sorted(steps) and len(set(steps)) == len(steps) and steps[-1] > first
+    second = steps[-1]
+    done = _run("meta-train", "--out", out, "--resume", "--steps", str(second + 1), "--quiet")
     assert done.returncode == 0, done.stderr
-    assert f"{step + 1} meta-steps" in done.stdout
+    assert f"{second + 1} meta-steps" in done.stdout
 
 
 @pytest.mark.parametrize(

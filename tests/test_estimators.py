@@ -27,6 +27,13 @@ def _grad(est, theta=THETA, key=KEY, state_key=KEY):
     return jax.jit(est.grad)(theta, state, key)
 
 
+@pytest.fixture(scope="module")
+def g_exact():
+    """The full-horizon gradient over 2048 problems, the reference of the ES/PES tests below."""
+    _, g, _, _ = _grad(estimators.full_bptt(OPT, FAMILY, num_problems=2048, horizon=12))
+    return g
+
+
 def test_objective_terms():
     losses = jnp.array([4.0, 2.0, 1.0, 3.0])
     np.testing.assert_allclose(
@@ -89,12 +96,10 @@ def test_truncated_windows_continue_and_reset_at_the_horizon():
 
 
 @pytest.mark.parametrize("name", ["es", "pes"])
-def test_antithetic_estimates_agree_with_the_exact_gradient(name):
+def test_antithetic_estimates_agree_with_the_exact_gradient(name, g_exact):
     # Full-horizon windows: ES and PES are both unbiased here; with 2048 pairs and a smooth
     # 3-parameter objective the sampling error is a few percent, so a cosine of 0.95 leaves
     # margin while any sign or scale error (cosine ~0 or negative) fails.
-    exact = estimators.full_bptt(OPT, FAMILY, num_problems=2048, horizon=12)
-    _, g_exact, _, _ = _grad(exact)
     kwargs = dict(num_pairs=2048, horizon=12, truncation=12, sigma=0.01)
     est = getattr(estimators, name)(OPT, FAMILY, **kwargs)
     _, g_est, _, info = _grad(est, key=jax.random.key(7))
@@ -105,11 +110,9 @@ def test_antithetic_estimates_agree_with_the_exact_gradient(name):
     )
 
 
-def test_pes_is_unbiased_under_truncation_where_es_is_not():
+def test_pes_is_unbiased_under_truncation_where_es_is_not(g_exact):
     # Over a whole episode of 3 windows, PES's accumulated perturbations recover the
     # full-horizon gradient of the same problems; truncated ES credits only the last window.
-    exact = estimators.full_bptt(OPT, FAMILY, num_problems=2048, horizon=12)
-    _, g_exact, _, _ = _grad(exact)
     results = {}
     for name in ("es", "pes"):
         est = getattr(estimators, name)(
