@@ -31,6 +31,7 @@ import probes
 import tasks
 from probes import battery
 from probes.faithfulness import faithfulness
+from probes.steady_update import TOLERANCE as STEADY_TOLERANCE
 
 
 def _plain(x):
@@ -85,7 +86,10 @@ def run_case(case: battery.Case, source: str, family=None) -> dict:
         )
         su = f.steady_update or {}
         row["steady_update"] = _plain(
-            {k: su.get(k) for k in ("ratio_range", "worst_gradient", "worst_ratio", "within")}
+            {
+                k: su.get(k)
+                for k in ("ratio_range", "worst_gradient", "worst_ratio", "within", "not_finite")
+            }
         )
     return row
 
@@ -124,14 +128,25 @@ def summary(rows: list[dict]) -> dict:
             }
     # the chain's steady update under constant gradients over the optimizer's: 1 when faithful
     steady = {r["case"]: r["steady_update"] for r in rows if r.get("steady_update")}
-    read = {k: v for k, v in steady.items() if v.get("ratio_range") is not None}
-    if read:
-        off = {
-            k: v["ratio_range"]
-            for k, v in read.items()
-            if not (0.8 <= v["ratio_range"][0] and v["ratio_range"][1] <= 1.25)
+    compared = {k: v for k, v in steady.items() if v.get("within") is not None}
+    if compared:
+        band = 1 + STEADY_TOLERANCE
+
+        def near(v, tol):  # every compared point finite and within ``tol`` of 1
+            r = v.get("ratio_range")
+            return not v.get("not_finite") and r is not None and r[0] >= 1 / tol and r[1] <= tol
+
+        out["steady_update"] = {
+            "compared": len(compared),
+            "total": len(steady),
+            "within_0.5%": sum(near(v, 1.005) for v in compared.values()),
+            f"within_{band:g}": sum(near(v, band) for v in compared.values()),
+            f"outside_{band:g}": {
+                k: {"ratio_range": v.get("ratio_range"), "not_finite": v.get("not_finite")}
+                for k, v in compared.items()
+                if not near(v, band)
+            },
         }
-        out["steady_update"] = {"read": len(read), "total": len(steady), "outside_0.8_1.25": off}
     for source in ("optax", "cell"):
         mine = [r for r in rows if r["source"] == source]
         if not mine:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
@@ -103,6 +104,20 @@ def flips(
     amplified) and **persistent kept** the gain for ``±A/10`` with the sequence over the gain
     for it alone, as :func:`bands` reads them. ``p = 1`` is the probe's sign flip every step,
     ``p = 0`` a constant ``±A``, ``p = ½`` white noise.
+
+    Args:
+        run: ``gs (T,) -> updates (T,)``, one coordinate from a fresh state.
+        amplitude: ``A``.
+        bias: ``g₀`` (the optimizer's rest gradient; 0 without a bias).
+        steps: steps per sequence (at least ``TAIL``).
+        rates: the flip probabilities.
+        sequences: random sequences per rate.
+        seed: each rate draws its sequences from its own stream (``seed`` and the rate's
+            position), so a rate's reading does not depend on which other rates are asked.
+
+    Returns:
+        ``{p: (kept, persistent kept)}``; ``nan`` where a denominator is 0 (an optimizer that
+        does not respond to the small sequence or to the persistent gradient alone).
     """
     import jax
     import jax.numpy as jnp
@@ -110,10 +125,10 @@ def flips(
 
     if steps < TAIL:
         raise ValueError(f"steps ({steps}) must be at least {TAIL}")
-    rng = np.random.default_rng(seed)
     c = amplitude / 10.0
     out = {}
     for p in rates:
+        rng = np.random.default_rng([seed, int(round(1e6 * p))])
         flip = rng.random((sequences, steps)) < p
         s = np.cumprod(np.where(flip, -1.0, 1.0), axis=1) * rng.choice([-1.0, 1.0], (sequences, 1))
         seqs = [bias + k * a * s for a in (amplitude, amplitude * 1e-3) for k in (1, -1)]
@@ -123,10 +138,16 @@ def flips(
         u = np.asarray(jax.vmap(run)(gs), np.float64).reshape(8, sequences, steps)[..., -TAIL:]
         big = (u[0] - u[1]) / 2 / amplitude
         small = (u[2] - u[3]) / 2 / (amplitude * 1e-3)
-        kept = float(np.sum(big * small) / np.sum(small * small))
-        persistent = float(np.mean(u[4] - u[5]) / np.mean(u[6] - u[7]))
+        norm, alone = np.sum(small * small), np.mean(u[6] - u[7])
+        kept = float(np.sum(big * small) / norm) if norm > 0 else float("nan")
+        persistent = float(np.mean(u[4] - u[5]) / alone) if alone != 0 else float("nan")
         out[p] = (kept, persistent)
     return out
+
+
+def _rounded(x: float) -> float | None:
+    """``x`` to 3 decimals for JSON, ``None`` where it is not finite."""
+    return round(x, 3) if math.isfinite(x) else None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -165,13 +186,13 @@ def main(argv: list[str] | None = None) -> int:
             "optimizer": name,
             "amplitude": amplitude,
             "bias": bias,
-            "kept": {p: round(k, 3) for p, (k, _) in res.items()},
-            "persistent_kept": {p: round(k, 3) for p, (_, k) in res.items()},
+            "kept": {p: _rounded(k) for p, (k, _) in res.items()},
+            "persistent_kept": {p: _rounded(k) for p, (_, k) in res.items()},
         }
         if args.flips:
             fl = flips(run, amplitude, bias=bias, steps=args.steps)
-            row["flips_kept"] = {p: round(k, 3) for p, (k, _) in fl.items()}
-            row["flips_persistent_kept"] = {p: round(k, 3) for p, (_, k) in fl.items()}
+            row["flips_kept"] = {p: _rounded(k) for p, (k, _) in fl.items()}
+            row["flips_persistent_kept"] = {p: _rounded(k) for p, (_, k) in fl.items()}
         print(json.dumps(row), flush=True)
     return 0
 

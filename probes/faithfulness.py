@@ -141,7 +141,8 @@ def faithfulness(
         coords: coordinates kept per problem (evenly spaced in the flattened parameters).
         heldout_problems: held-out problems for the loss curves.
         coordinatewise: whether ``tx`` treats every coordinate alone (a learned optimizer with
-            a cell; most optax transformations); the memory along training is read only then.
+            a cell; most optax transformations); the memory along training and the steady
+            update are read only then.
 
     Returns:
         A :class:`Faithfulness`.

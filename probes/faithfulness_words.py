@@ -74,33 +74,60 @@ def gain_along_sentence(ma: Any) -> str | None:
     )
 
 
+def _num(x: float) -> str:
+    """``x`` to three significant figures, with a true minus sign."""
+    return f"{x:.3g}".replace("-", "−")
+
+
 def steady_sentence(su: Any) -> str | None:
     """Where the chain's steady update parts from the optimizer's, or ``None``.
 
-    ``None`` when no ratio was read or every ratio read is within a factor ``1 + TOLERANCE``
-    of 1 (:mod:`probes.steady_update`): the chain then steps as the optimizer does under any
+    ``None`` when nothing was compared, or when the chain's update is finite at every point
+    compared and every ratio is within a factor ``1 + tolerance`` of 1
+    (:mod:`probes.steady_update`): the chain then steps as the optimizer does under any
     persistent gradient of the training range.
     """
     if not isinstance(su, Mapping):
         return None
     span = su.get("ratio_range") or []
     lo, hi = (finite(x) for x in span) if len(span) == 2 else (None, None)
-    worst, at = finite(su.get("worst_ratio")), finite(su.get("worst_gradient"))
-    tol = finite(su.get("tolerance")) or STEADY_TOLERANCE
-    if lo is None or hi is None or worst is None or at is None:
+    at = finite(su.get("worst_gradient"))
+    worst = finite(su.get("worst_ratio"))
+    tol = finite(su.get("tolerance"))
+    tol = STEADY_TOLERANCE if tol is None else tol
+    broken = [x for x in (su.get("not_finite") or []) if finite(x) is not None]
+    if at is None or (not broken and (lo is None or hi is None or worst is None)):
         return None
-    if 1 / (1 + tol) <= lo and hi <= 1 + tol:
+    if not broken and 1 / (1 + tol) <= lo and hi <= 1 + tol:
         return None
-    share = finite(su.get("outside_share"))
-    where = (
-        f"; {share:.0%} of the training gradient entries fall where it is off by more than a "
-        f"factor {1 + tol:.3g}"
-        if share is not None
-        else ""
+    share, seen = finite(su.get("outside_share")), finite(su.get("compared_share"))
+
+    def pct(x: float) -> str:
+        return "under 1%" if 0 < x < 0.01 else f"{x:.0%}"
+
+    where = ""
+    if share is not None:
+        of = f" compared ({pct(seen)} of those in the training range)" if seen is not None else ""
+        where = (
+            f"; {pct(share)} of the training gradient entries{of} fall where it is off by more "
+            f"than a factor {_num(1 + tol)}"
+        )
+    if broken:
+        text = (
+            f"under a constant gradient the chain's update is not finite at {len(broken)} of "
+            f"the gradients compared (first at g = {_num(broken[0])})"
+        )
+        if lo is not None and hi is not None:
+            text += f", and {_num(lo)} to {_num(hi)} times the optimizer's elsewhere"
+        return text + where.replace("; ", " (", 1) + (")" if where else "")
+    worst_text = (
+        f"it steps the other way at g = {_num(at)}"
+        if worst <= 0
+        else f"{_num(worst)}× at g = {_num(at)}"
     )
     return (
-        f"under a constant gradient its steady step is {lo:.2g}–{hi:.2g}× the optimizer's over "
-        f"the training range ({worst:.2g}× at g = {at:.2g}{where})"
+        f"under a constant gradient the chain's steady step is {_num(lo)} to {_num(hi)} times "
+        f"the optimizer's over the training range ({worst_text}{where})"
     )
 
 

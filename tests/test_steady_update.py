@@ -6,13 +6,19 @@ as far; the optimizer itself steps exactly as far as itself; under an exponentia
 are read at the horizon, where a chain with the same schedule steps as far.
 """
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
 
+import probes
+from lopt.chain import build_chain
+from probes import battery
 from probes.bias import BELOW, POINTS
 from probes.faithfulness_words import faithfulness_sentence, steady_sentence
 from probes.steady_update import TOLERANCE, compare_steady_update
+from probes.to_chain import chain_from_analysis
 
 LR, BETA, CLIP, STEPS = 0.1, 0.8, 1.0, 200
 LO, HI = 1e-2, 10.0
@@ -55,21 +61,46 @@ def test_a_chain_without_the_clip_steps_g_over_c_times_as_far_above_it(clipped):
     assert su["worst_ratio"] == pytest.approx(HI / CLIP, rel=1e-4)
     ok = np.abs(g[inside]) <= CLIP * (1 + TOLERANCE)
     assert su["within"] == pytest.approx(ok.mean())
-    # 2.0 and -3.0 sit where the chain steps 2× and 3× as far; 0.5 is matched, 1e-4 outside
-    assert su["outside_share"] == pytest.approx(2 / 3)
+    # 2.0 and -3.0 sit where the chain steps 2× and 3× as far; 0.5 is matched, 1e-4 outside the
+    # range; 1.01·LO goes to the range's first grid point (matched), not to one below it
+    assert su["outside_share"] == pytest.approx(2 / 3) and su["compared_share"] == 1.0
+    edge = compare_steady_update(TX, optax.sgd(2 * LR, momentum=BETA), clipped, STEPS, [1.01 * LO])
+    assert edge["outside_share"] == 1.0  # twice as far everywhere: off wherever it sits
     text = steady_sentence(su)
     assert text == (
-        "under a constant gradient its steady step is 1–10× the optimizer's over the training "
-        f"range (10× at g = {su['worst_gradient']:.2g}; 67% of the training gradient entries "
-        "fall where it is off by more than a factor 1.25)"
-    )
+        "under a constant gradient the chain's steady step is 1 to 10 times the optimizer's "
+        f"over the training range (10× at g = {su['worst_gradient']:.3g}; 67% of the training "
+        "gradient entries compared (100% of those in the training range) fall where it is off "
+        "by more than a factor 1.25)"
+    ).replace("= -", "= −")
 
 
-def test_a_chain_stepping_the_other_way_is_the_farthest_off(clipped):
+def test_a_chain_stepping_the_other_way_or_not_at_all_is_the_farthest_off(clipped):
     su = compare_steady_update(TX, optax.sgd(-LR, momentum=BETA), clipped, STEPS)
-    assert su["ratio_range"][0] < 0 and su["worst_ratio"] < 0 and su["within"] == 0.0
-    assert su["outside_share"] is None
-    assert "steady step is -10–-1× the optimizer's" in steady_sentence(su)
+    assert su["ratio_range"] == pytest.approx([-HI / CLIP, -1.0], rel=1e-4)
+    # among wrong-sign ratios the farthest from 1 in log: -10 at |g| = 10
+    assert su["worst_ratio"] == pytest.approx(-HI / CLIP, rel=1e-4) and su["within"] == 0.0
+    assert su["outside_share"] is None and su["not_finite"] == []
+    assert "steady step is −10 to −1 times" in steady_sentence(su)
+    assert "it steps the other way at g = " in steady_sentence(su)
+    # a chain whose update is not finite above |g| = 1 is off there, not skipped
+    wild = optax.chain(
+        optax.stateless(lambda u, p: jax.tree.map(lambda x: jnp.where(abs(x) > 1, jnp.nan, x), u)),
+        optax.sgd(LR, momentum=BETA),
+    )
+    bad = compare_steady_update(TX, wild, clipped, STEPS, [0.5, 2.0])
+    g = np.asarray(clipped["bias"]["gradients"])
+    assert bad["not_finite"] == [float(x) for x in g[np.abs(g) > 1]]
+    assert abs(bad["worst_gradient"]) > 1 and bad["worst_ratio"] is None
+    assert bad["ratio_range"] == pytest.approx([1.0, 1.0], rel=1e-5)
+    inside = g[np.abs(g) >= LO * (1 - 1e-6)]
+    assert bad["within"] == pytest.approx(np.mean(np.abs(inside) <= 1))
+    assert bad["outside_share"] == 0.5 and bad["compared_share"] == 1.0
+    n = int(np.sum(np.abs(g) > 1))
+    assert steady_sentence(bad).startswith(
+        f"under a constant gradient the chain's update is not finite at {n} of the gradients "
+        "compared"
+    )
 
 
 def test_a_schedule_is_read_where_training_leaves_it(clipped):
@@ -83,8 +114,8 @@ def test_a_schedule_is_read_where_training_leaves_it(clipped):
     np.testing.assert_allclose(same["optimizer"], expected, rtol=1e-4, atol=1e-12)
     held = compare_steady_update(tx, optax.sgd(LR), clipped, 50)
     np.testing.assert_allclose(held["ratio_range"], 0.99**-49, rtol=1e-4)
-    # a schedule read over 30 steps only is compared at its window's end, not past it
-    window = {**clipped, "schedule": {"detected": True, "effective_lr": [LR] * 30}}
+    # a schedule read over 30 steps only (the rest not finite) is compared at its end
+    window = {**clipped, "schedule": {"detected": True, "effective_lr": [LR] * 30 + [None] * 9}}
     short = compare_steady_update(tx, optax.sgd(LR), window, 50)
     assert short["steps"] == 30
     np.testing.assert_allclose(short["ratio_range"], 0.99**-29, rtol=1e-4)
@@ -103,3 +134,47 @@ def test_the_faithfulness_sentence_gives_the_mismatch(clipped):
     f = {"update_error": 0.05, "num_problems": 4, "loss_learned": 0.1, "loss_chain": 0.2}
     assert faithfulness_sentence({**f, "steady_update": su}).endswith(f"; {steady_sentence(su)}.")
     assert "constant gradient" not in faithfulness_sentence(f)
+
+
+def test_the_report_draws_both_updates_and_their_ratio(tmp_path, clipped):
+    su = compare_steady_update(TX, optax.sgd(LR, momentum=BETA), clipped, STEPS)
+    a = probes.analyze_optax(TX).to_json()
+    a["faithfulness"] = {
+        "chain": [],
+        "update_error": 0.1,
+        "update_error_range": [0.0, 0.2],
+        "residual": {},
+        "loss_learned": 0.1,
+        "loss_chain": 0.1,
+        "curve_error": 0.0,
+        "num_problems": 1,
+        "num_steps": STEPS,
+        "steady_update": su,
+    }
+    report = probes.write_report(a, tmp_path)
+    entry = [f for f in report["figures"] if f["file"] == "figures/chain_steady_update.png"]
+    assert len(entry) == 1 and f"the task's {STEPS} steps" in entry[0]["caption"]
+    assert (tmp_path / "figures" / "chain_steady_update.png").exists()
+    assert report["faithfulness"]["steady_update"]["worst_ratio"] == su["worst_ratio"]
+    assert any("steady step is 1 to 10 times" in s for s in report["summary"])
+
+
+def test_a_biased_optimizer_is_compared_around_its_rest_point():
+    # momentum on g − 0.05: U(g) ∝ (g − 0.05) vanishes at g₀ = 0.05; the chain reads the offset
+    # and steps as far at every gradient where the optimizer's update is resolved
+    case = battery.drifting("offset_momentum", lr=0.02, beta=0.95, stall=0.05, shift="gradient")
+    tx = case.optax()
+    a = probes.analyze_optax(tx).to_json()
+    chain, _ = chain_from_analysis(a)
+    su = compare_steady_update(tx, build_chain(chain), a, STEPS)
+    g, u = np.asarray(su["gradients"]), np.asarray(su["optimizer"], np.float64)
+    np.testing.assert_allclose(u, -0.02 * (g - 0.05) / (1 - 0.95), rtol=1e-3, atol=1e-6)
+    assert su["ratio_range"] == pytest.approx([1.0, 1.0], abs=1e-4) and su["within"] == 1.0
+    # the grid points within |g₀| of g₀ carry no ratio; every other one in the range does
+    near = np.abs(g - 0.05) < 0.05
+    inside = np.abs(g) >= su["training_range"][0] * (1 - 1e-6)
+    assert near.any() and all(su["ratio"][i] is None for i in np.flatnonzero(near))
+    assert all(su["ratio"][i] is not None for i in np.flatnonzero(inside & ~near))
+    # training gradients at g₀ go to a point that is not compared: left out of the share
+    shares = compare_steady_update(tx, build_chain(chain), a, STEPS, [0.05, 0.05, 5.0, -5.0])
+    assert shares["compared_share"] == 0.5 and shares["outside_share"] == 0.0

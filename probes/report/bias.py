@@ -1,7 +1,9 @@
 """The report's bias section: the update at zero gradient, the gradient where it vanishes.
 
 Reads :class:`probes.bias.Bias` (``analysis.json`` ``bias``) and draws the steady update
-``U(g)`` after ``W`` steps of each constant gradient, around ``g = 0``.
+``U(g)`` after ``W`` steps of each constant gradient, around ``g = 0``; with
+``faithfulness.steady_update`` (:mod:`probes.steady_update`), also the probed chain's update
+beside the optimizer's after the task's horizon.
 """
 
 from __future__ import annotations
@@ -58,6 +60,48 @@ def steady_updates_figure(
     return fig
 
 
+def chain_steady_figure(su: Mapping[str, Any]) -> Any:
+    """The optimizer's and the chain's update after ``T`` constant gradients, and their ratio."""
+    from probes import figures
+
+    fig, (ax, rx) = figures.figure(ncols=2, width=9.6, height=3.9)
+    g = floats(su.get("gradients"))
+    lo = (floats(su.get("training_range")).tolist() + [np.nan])[0]
+    for name, key, label, ls in (
+        ("learned", "optimizer", "optimizer", "-"),
+        ("distilled", "chain", "chain (probed numbers)", "--"),
+    ):
+        u = floats(su.get(key))
+        ok = np.isfinite(g) & np.isfinite(u) if u.shape == g.shape else np.zeros(g.shape, bool)
+        ax.plot(
+            g[ok], u[ok], color=figures.color(name), lw=2.0, ls=ls, marker="o", ms=3, label=label
+        )
+    r = floats(su.get("ratio"))
+    ok = np.isfinite(g) & np.isfinite(r) if r.shape == g.shape else np.zeros(g.shape, bool)
+    for side in (g < 0, g > 0):  # each sign on its own: no line across the unread middle
+        rx.plot(
+            g[ok & side], r[ok & side], color=figures.color("distilled"), lw=2.0, marker="o", ms=3
+        )
+    tol = finite(su.get("tolerance")) or 0.25
+    for y in (1.0, 1 + tol, 1 / (1 + tol)):
+        rx.axhline(y, color=figures.GREY, lw=0.8, ls="-" if y == 1.0 else ":")
+    small = np.abs(g[np.isfinite(g) & (g != 0)])
+    for axis in (ax, rx):
+        axis.axvline(0.0, color=figures.GREY, lw=0.8)
+        if small.size:
+            axis.set_xscale("symlog", linthresh=float(np.nanmin(small)))
+        if np.isfinite(lo) and lo > 0:  # below the training range: shaded
+            axis.axvspan(-lo, lo, color=figures.GREY, alpha=0.12, lw=0)
+        axis.set_xlabel("constant gradient g")
+    ax.axhline(0.0, color=figures.GREY, lw=0.8)
+    ax.set_ylabel(f"update after {su.get('steps')} steps")
+    ax.set_title("Under a constant gradient")
+    ax.legend(loc="best")
+    rx.set_ylabel("chain / optimizer")
+    rx.set_title("Ratio (dotted: a factor 1.25)")
+    return fig
+
+
 def bias_section(b: Builder, a: Mapping[str, Any]) -> dict | None:
     """The bias section (``None`` for analyses without a bias reading)."""
     bias = a.get("bias")
@@ -99,6 +143,22 @@ def bias_section(b: Builder, a: Mapping[str, Any]) -> dict | None:
                 "against g. A hand-designed optimizer's curve passes through 0 at g = 0; where it "
                 "crosses 0 elsewhere (dashed), training comes to rest with every gradient entry "
                 "there instead of at a minimum.",
+                "bias",
+                False,
+            )
+        )
+    su = (a.get("faithfulness") or {}).get("steady_update")
+    if isinstance(su, Mapping) and su.get("gradients") and su.get("ratio"):
+        figs.append(
+            b.add(
+                "chain_steady_update",
+                chain_steady_figure(su),
+                f"Left: the update after the task's {su.get('steps')} steps of a constant "
+                "gradient g from a fresh state, for the optimizer and for the chain of the "
+                "detected mechanisms with their probed numbers. Right: their ratio where the "
+                "optimizer's update is resolved. Where the ratio leaves the dotted band inside "
+                "the training range (unshaded), the chain leaves that part of the optimizer's "
+                "update function unexplained.",
                 "bias",
                 False,
             )
