@@ -11,6 +11,7 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import pytest
 
 import probes
@@ -298,3 +299,14 @@ def test_sample_case_draws_within_the_ranges_and_repeats():
         tx = a.optax()
         u, _ = tx.update(jnp.float32(0.5), tx.init(jnp.float32(0.0)), jnp.float32(0.0))
         assert np.isfinite(float(u))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="no detector reads Rprop's sign-agreement step size yet (docs/probes.md, Not in the "
+    "battery: Rprop); when one does, add optax.rprop to the battery",
+)
+def test_rprop_is_read():
+    a = probes.analyze_optax(optax.rprop(1e-3))
+    found = (a.momentum, a.clipping, a.schedule, a.adaptation, a.damping)
+    assert any(r.detected for r in found)
