@@ -32,33 +32,12 @@ import optax
 
 from probes.bias import BELOW, steady_update_program
 from probes.black_box import scalar_updates
+from probes.values import finite, finite_prefix, floats
 
 #: Share of the optimizer's largest update at or below which no ratio is read (float32 rounding).
 RESOLVED = 1e-6
 #: A ratio within a factor ``1 + TOLERANCE`` of 1 is a match (the memory-along tolerance).
 TOLERANCE = 0.25
-
-
-def _finite_or_zero(x: Any) -> float:
-    """``x`` as a float, 0 where it is missing or not finite."""
-    try:
-        v = float(x)
-    except (TypeError, ValueError):
-        return 0.0
-    return v if np.isfinite(v) else 0.0
-
-
-def _finite_prefix_length(values: Any) -> int:
-    """How many leading entries of ``values`` are finite numbers (what a chain is built on)."""
-    n = 0
-    for v in values or []:
-        try:
-            if not np.isfinite(float(v)):
-                break
-        except (TypeError, ValueError):
-            break
-        n += 1
-    return n
 
 
 def compare_steady_update(
@@ -103,24 +82,24 @@ def compare_steady_update(
     bias = analysis.get("bias") if isinstance(analysis, Mapping) else None
     if not isinstance(bias, Mapping) or int(steps) < 1:
         return None
-    g = np.asarray([np.nan if x is None else x for x in bias.get("gradients") or []], np.float64)
+    g = floats(bias.get("gradients"))
     mags = np.abs(g[np.isfinite(g) & (g != 0)])
     if not mags.size or not np.isfinite(g).all():
         return None
     lo, hi = float(mags.min() * 10**BELOW), float(mags.max())
     sched = analysis.get("schedule") or {}
-    window = _finite_prefix_length(sched.get("effective_lr")) if sched.get("detected") else 0
+    window = finite_prefix(sched.get("effective_lr")).size if sched.get("detected") else 0
     steps = min(int(steps), window) if window else int(steps)
     grid = jnp.asarray(g, jnp.float32)
     # the chain is built afresh per analysis: compile without keeping the programs
     program = steady_update_program.__wrapped__
     u = np.asarray(program(scalar_updates(tx), steps)(grid), np.float64)
     uc = np.asarray(program(scalar_updates(chain_tx), steps)(grid), np.float64)
-    finite = np.isfinite(u)
-    top = float(np.max(np.abs(u[finite]))) if finite.any() else 0.0
-    g0 = _finite_or_zero(bias.get("stall_gradient")) if bias.get("detected") else 0.0
+    resolved = np.isfinite(u)
+    top = float(np.max(np.abs(u[resolved]))) if resolved.any() else 0.0
+    g0 = (finite(bias.get("stall_gradient")) or 0.0) if bias.get("detected") else 0.0
     compared = (
-        finite
+        resolved
         & (np.abs(g) >= lo * (1 - 1e-6))
         & (np.abs(u) > RESOLVED * top)
         & (np.abs(g - g0) >= abs(g0))

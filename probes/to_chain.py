@@ -83,6 +83,7 @@ from probes.normaliser import (
     rms_from_probes,
     schedule_ratios,
 )
+from probes.values import finite_prefix
 
 #: Schedule knots are kept until piecewise-linear interpolation is within this relative error.
 KNOT_TOL = 2e-3
@@ -113,12 +114,6 @@ def _knots(values: np.ndarray, tol: float = KNOT_TOL) -> list[int]:
         knots.append(j)
         i = j
     return knots
-
-
-def _finite_prefix(eff: Any) -> np.ndarray:
-    """The probed curve (``None`` as ``nan``) up to its first non-finite value."""
-    e = np.asarray([np.nan if x is None else x for x in eff or []], np.float64)
-    return e if np.all(np.isfinite(e)) else e[: int(np.argmax(~np.isfinite(e)))]
 
 
 def _schedule(mult: np.ndarray) -> dict[str, Any]:
@@ -223,7 +218,7 @@ def _sign_chain(
     out.append({"transform": "scale_by_sign", "mechanism": "saturating update: sign-like"})
     pos, neg = clip.get("asymptote_pos"), clip.get("asymptote_neg")
     step = 0.5 * abs(float(neg) - float(pos)) if pos is not None and neg is not None else 0.0
-    eff = _finite_prefix(sch.get("effective_lr"))  # the same rule as every probed curve
+    eff = finite_prefix(sch.get("effective_lr"))  # the same rule as every probed curve
     scheduled = sch.get("detected") and eff.size and eff[-1] > 0
     if scheduled:  # the step settles at the schedule's last value (its tail approaches it)
         step = float(eff[-1])
@@ -348,7 +343,7 @@ def chain_from_analysis(
         ratios = (1.0, 1.0)
         if sch.get("detected") and eff:  # S (first step) referred to where A is read (W)
             one = ([float(mom["beta"])], [1.0]) if mom.get("detected") else None
-            e = _finite_prefix(eff)
+            e = finite_prefix(eff)
             at = at_probe(e, modes or one, gain_at_warmup, warmup)
             ratios = schedule_ratios(e, int(clip.get("step") or 0), modes or one, at)
         rms = rms_from_probes(ada, clip, normalisation_memory(mom), gain, warmup, ratios)
@@ -426,7 +421,7 @@ def chain_from_analysis(
         "schedule": None,
         "mechanism": "learning rate",
     }
-    e = _finite_prefix(eff)
+    e = finite_prefix(eff)
     if sch.get("detected") and alpha_star and e.size:
         if rms is None:
             mult = e / alpha_star
@@ -509,7 +504,7 @@ def _modes_from_response(response: Any) -> tuple[list[float], list[float]] | Non
     finite prefix); modes with no weight are left out. ``None`` when the response is missing,
     shorter than three lags, or not descent at lag 0.
     """
-    r = -_finite_prefix(response or [])
+    r = -finite_prefix(response or [])
     if r.size < 3 or not r[0] > 0:
         return None
     fit = real_modes(r)

@@ -53,6 +53,12 @@ def floats(values: Any) -> np.ndarray:
     return np.asarray([np.nan if v is None else v for v in values or []], float)
 
 
+def finite_prefix(values: Any) -> np.ndarray:
+    """A float array from a JSON list (``None`` as ``nan``) up to its first non-finite value."""
+    e = floats(values)
+    return e if np.all(np.isfinite(e)) else e[: int(np.argmax(~np.isfinite(e)))]
+
+
 def complex_array(pairs: Any) -> np.ndarray:
     """``[[re, im], ...]`` (or reals) to a complex array; ``None`` entries become ``nan``."""
     if pairs is None:
