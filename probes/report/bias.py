@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from probes.report.sections import Builder, mechanism_section, num_row
+from probes.steady_update import TOLERANCE
 from probes.values import finite, floats
 from probes.words import fmt
 
@@ -82,7 +83,8 @@ def chain_steady_figure(su: Mapping[str, Any]) -> Any:
         rx.plot(
             g[ok & side], r[ok & side], color=figures.color("distilled"), lw=2.0, marker="o", ms=3
         )
-    tol = finite(su.get("tolerance")) or 0.25
+    tol = finite(su.get("tolerance"))
+    tol = TOLERANCE if tol is None else tol
     for y in (1.0, 1 + tol, 1 / (1 + tol)):
         rx.axhline(y, color=figures.GREY, lw=0.8, ls="-" if y == 1.0 else ":")
     small = np.abs(g[np.isfinite(g) & (g != 0)])
@@ -98,7 +100,7 @@ def chain_steady_figure(su: Mapping[str, Any]) -> Any:
     ax.set_title("Under a constant gradient")
     ax.legend(loc="best")
     rx.set_ylabel("chain / optimizer")
-    rx.set_title("Ratio (dotted: a factor 1.25)")
+    rx.set_title(f"Ratio (dotted: a factor {1 + tol:.3g})")
     return fig
 
 
