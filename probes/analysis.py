@@ -45,18 +45,20 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.tree_util import Partial
 
 from lopt.cell import Cell
 from probes import detectors
+from probes.agreement import probe_agreement
 from probes.analysis_result import SCHEMA_VERSION, Analysis, is_current
-from probes.bias import probe_bias
+from probes.bias import probe_bias, rest_gradient
 from probes.black_box import (
     GRADIENT_PERCENTILES,
     HAIR,
     SCHEDULE_HORIZON,
     analyze_optax,
     damping_gains,
-    first_response_step,
+    first_response,
     gradient_range,
     log_grid,
     median_gradient,
@@ -153,6 +155,20 @@ def _driven_gain(cell, b, steps_like):
 
 
 @jax.jit
+def _step_then_rest(step, h, g):
+    return step(step(h, g), jnp.zeros_like(g))
+
+
+def lagged(cell: Cell) -> Cell:
+    """``cell`` whose update for a gradient is the one a step later, after a zero gradient.
+
+    ``U_1(h, g) = readout(step(step(h, g), 0))``: what the clipping probe reads where the
+    update at a gradient's own step never moves (:func:`probes.black_box.first_response`).
+    """
+    c = canonical(cell)
+    return c._replace(step=Partial(_step_then_rest, c.step))
+
+
 def _persists(cell, h, steps):
     """``‖F^steps(h, 0) - h‖₂``: how far a candidate convergence point moves when iterated."""
     end = jax.lax.fori_loop(0, steps, lambda _, x: cell.step(x, jnp.zeros([], jnp.float32)), h)
@@ -355,27 +371,31 @@ def analyze_cell(
     # schedule that starts at 0).
     mags = log_grid(scale, *clip_range, clip_points)
 
-    def updates_at(gs, t):
-        return np.asarray(update_function(cell, traj[t], jnp.asarray(gs, jnp.float32)))
+    late = lagged(cell)
 
-    t0 = first_response_step(updates_at, [-mags[-1], -scale, scale, mags[-1]], schedule_steps)
-    h_t0 = traj[t0]
+    def updates_at(gs, t, lag=0):
+        c = late if lag else cell
+        return np.asarray(update_function(c, traj[t], jnp.asarray(gs, jnp.float32)))
+
+    probe = [-mags[-1], -scale, scale, mags[-1]]
+    t0, lag = first_response(updates_at, probe, schedule_steps)
+    h_t0, read = traj[t0], late if lag else cell
 
     def slope_fn(gs):
-        return _padded(lambda x: update_slope(cell, h_t0, x), gs)
+        return _padded(lambda x: update_slope(read, h_t0, x), gs)
 
     def update_fn(gs):
-        return _padded(lambda x: update_function(cell, h_t0, x), gs)
+        return _padded(lambda x: update_function(read, h_t0, x), gs)
 
     clipping = probe_clipping(
-        slope_fn, update_fn, mags, gradient_samples, detectors.SLOPE_FRACTION, t0
+        slope_fn, update_fn, mags, gradient_samples, detectors.SLOPE_FRACTION, t0, lag
     )
 
     # Schedule: the gain along the autonomous dynamics from h0 and along a constant gradient
     # (a sign-like update, whose gain is 0: its step sizes).
     if clipping.sign_like:
         # uncached: this run function is new per analysis (cf. momentum_from_response)
-        steps = step_size_program.__wrapped__(run, schedule_steps)
+        steps = step_size_program.__wrapped__(run, schedule_steps, lag)
         alpha_t, driven = (np.asarray(x) for x in steps(jnp.float32(scale)))
     else:
         alpha_t = np.asarray(effective_lr(cell, traj, hair=hair))
@@ -415,7 +435,9 @@ def analyze_cell(
         "fixed_points_at_zero": int(np.sum(np.asarray(fp.mask[0]) & (np.asarray(fp.kind[0]) == 0))),
     }
     bias = probe_bias(run, lo, hi, steady_steps, gradient_samples, cached=False)
-    result = Analysis(momentum, clipping, schedule, adaptation, "cell", meta, damping, bias=bias)
+    agreement = probe_agreement(run, lo, hi, rest_gradient(bias), cached=False)
+    mechanisms = (momentum, clipping, schedule, adaptation)
+    result = Analysis(*mechanisms, "cell", meta, damping, bias=bias, agreement=agreement)
     return with_transient_damping(result, run, (lo, hi), cached=False)
 
 

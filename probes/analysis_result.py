@@ -7,6 +7,7 @@ import json
 from collections.abc import Mapping
 from typing import Any
 
+from probes.agreement import Agreement
 from probes.bias import Bias
 from probes.detectors import Adaptation, Clipping, Damping, Momentum, Schedule
 from probes.transient import TransientDamping
@@ -21,10 +22,11 @@ from probes.values import plain
 #: 8: adds the damping's ``persistent_kept`` and ``sparing``, and the chain's gain along
 #: training (``faithfulness.memory_along.gain_ratio``,
 #: :func:`probes.memory_along.chain_gain_along`). 9: adds ``faithfulness.steady_update`` (the
-#: chain's steady update beside the optimizer's, :mod:`probes.steady_update`).
+#: chain's steady update beside the optimizer's, :mod:`probes.steady_update`). 10: adds
+#: ``agreement`` (the step size's dependence on sign agreement, :mod:`probes.agreement`).
 #: Analyses of an older version are re-computed by ``probes report`` and ``lopt distill`` rather
 #: than re-used (:func:`is_current`).
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 
 
 def is_current(analysis: dict[str, Any]) -> bool:
@@ -114,6 +116,8 @@ class Analysis:
             ``None`` otherwise and for analyses written before it existed.
         bias: the update at zero gradient and the gradient where it vanishes
             (:class:`probes.bias.Bias`); ``None`` for analyses written before it existed.
+        agreement: the step size after histories of agreeing and flipping gradient signs
+            (:class:`probes.agreement.Agreement`); ``None`` for analyses written before it.
     """
 
     momentum: Momentum
@@ -125,6 +129,7 @@ class Analysis:
     damping: Damping | None = None
     damping_transient: TransientDamping | None = None
     bias: Bias | None = None
+    agreement: Agreement | None = None
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict with ``schema_version``; every number finite or ``None``."""
@@ -143,6 +148,8 @@ class Analysis:
             out["damping_transient"] = self.damping_transient.to_json()
         if self.bias is not None:
             out["bias"] = self.bias.to_json()
+        if self.agreement is not None:
+            out["agreement"] = self.agreement.to_json()
         json.dumps(out, allow_nan=False)  # fails loudly if anything non-finite slipped through
         return out
 
@@ -183,4 +190,5 @@ class Analysis:
             None if damping is None else Damping.from_json(damping),
             None if transient is None else TransientDamping.from_json(transient),
             None if d.get("bias") is None else Bias.from_json(d["bias"]),
+            None if d.get("agreement") is None else Agreement.from_json(d["agreement"]),
         )

@@ -56,11 +56,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.flatten_util import ravel_pytree
 
 from lopt import hand_designed as cells
-from lopt.cell import Cell, cell_optimizer, make_cell
+from lopt.cell import cell_optimizer
+from probes.battery_optimizers import delta_bar_delta, ringing_cell, two_momentum_cell
+from probes.battery_optimizers import optax_cell as optax_cell
 from probes.detectors import SIGN_CHANGE_LEVEL
+from probes.expected import Case as Case
+from probes.expected import ExpectAdaptation as ExpectAdaptation
+from probes.expected import ExpectAgreement as ExpectAgreement
+from probes.expected import ExpectClipping as ExpectClipping
+from probes.expected import Expected as Expected
+from probes.expected import ExpectMomentum as ExpectMomentum
+from probes.expected import ExpectSchedule as ExpectSchedule
 from probes.scoring import OUTCOMES as OUTCOMES
 from probes.scoring import Verdict as Verdict
 from probes.scoring import check as check
@@ -72,141 +80,7 @@ W = 2000  # steady-state steps of the black-box probes (analyze_optax(warmup=...
 EPS8 = 1e-8
 C23 = 2.0 ** (2.0 / 3.0) - 1.0  # slope of x/√(x²+e) halves where x² = (2^{2/3}-1)e
 SQRT2M1 = np.sqrt(2.0) - 1.0  # slope of x/(|x|+e) halves where |x| = (√2-1)e
-MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping", "bias")
-
-
-# ----------------------------------------------------------------------------- expectations
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpectMomentum:
-    """Expected momentum: ``detected``, ``β ± beta_tol`` and ``α`` within ``alpha_rtol``."""
-
-    detected: bool
-    beta: float | None = None
-    alpha: float | None = None
-    beta_tol: float = 0.01
-    alpha_rtol: float = 0.05
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpectClipping:
-    """Expected clipping: ``detected`` and the threshold within ``rtol`` (below grid: any ≤)."""
-
-    detected: bool
-    threshold: float | None = None
-    rtol: float = 0.05
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpectSchedule:
-    """Expected schedule over ``HORIZON``: shape (``None``: any non-constant) and ``α_eff(t)``."""
-
-    shape: str | None = "constant"
-    lr: Callable[[np.ndarray], np.ndarray] | None = None
-    rtol: float = 1e-3
-
-
-@dataclasses.dataclass(frozen=True)
-class ExpectAdaptation:
-    """Expected adaptation: ``detected`` and the log-log slope of ``α_eff`` vs ``|g*|``."""
-
-    detected: bool
-    slope: float | None = None
-    slope_tol: float = 0.1
-
-
-@dataclasses.dataclass(frozen=True)
-class Expected:
-    """The answer for one optimizer; ``damping=None`` leaves damping unchecked.
-
-    ``bias`` is the gradient ``g₀`` where the steady update vanishes (``0``: no bias), checked
-    within :data:`probes.scoring.BIAS_RTOL`.
-    """
-
-    momentum: ExpectMomentum = ExpectMomentum(False)
-    clipping: ExpectClipping = ExpectClipping(False)
-    schedule: ExpectSchedule = ExpectSchedule()
-    adaptation: ExpectAdaptation = ExpectAdaptation(False, 0.0)
-    damping: bool | None = False
-    bias: float = 0.0
-
-
-@dataclasses.dataclass(frozen=True)
-class Case:
-    """One optimizer of the battery.
-
-    Attributes:
-        name: unique name.
-        family: the builder in :data:`FAMILIES` that made it.
-        optax: ``() -> GradientTransformation``.
-        cell: ``() -> Cell`` (white box) or ``None``.
-        hparams: the hyperparameters (JSON-able).
-        expected: the black-box answer.
-        white: the white-box answer where it differs (``None``: the same).
-    """
-
-    name: str
-    family: str
-    optax: Callable[[], optax.GradientTransformation]
-    cell: Callable[[], Cell] | None
-    hparams: dict[str, Any]
-    expected: Expected
-    white: Expected | None = None
-
-    def expected_for(self, source: str) -> Expected:
-        """The expected answer for ``"optax"`` (black box) or ``"cell"`` (white box)."""
-        return self.white if source == "cell" and self.white is not None else self.expected
-
-
-# ----------------------------------------------------------------------------- white boxes
-
-
-def optax_cell(tx: optax.GradientTransformation) -> Cell:
-    """A coordinate-wise optax transformation as a Cell: ``h = (u, flat optax state)``.
-
-    ``step`` runs ``tx.update`` on one scalar with the parameter held at 0 (weight decay and
-    AGC see ``p = 0``) and stores the update in ``h[0]``; ``readout`` returns it. Integer
-    counters travel as float32 (exact below 2^24).
-    """
-    p0 = jnp.zeros([], jnp.float32)
-    flat0, unravel = ravel_pytree(tx.init(p0))
-
-    def step(h, g):
-        u, state = tx.update(jnp.asarray(g, jnp.float32), unravel(h[1:].astype(flat0.dtype)), p0)
-        return jnp.concatenate([jnp.reshape(u, (1,)), ravel_pytree(state)[0]]).astype(jnp.float32)
-
-    h0 = jnp.concatenate([jnp.zeros(1), flat0]).astype(jnp.float32)
-    return Cell(lambda: h0, step, lambda h: h[0])
-
-
-def _two_step(p, h, g):
-    return jnp.stack([p["b1"] * h[0] + g, p["b2"] * h[1] + g])
-
-
-def _two_readout(p, h):
-    return -(p["a1"] * h[0] + p["a2"] * h[1])
-
-
-def two_momentum_cell(a1: float, b1: float, a2: float, b2: float) -> Cell:
-    """Two heavy-ball modes in parallel: ``m_i' = b_i m_i + g``, ``Δx = -(a1 m1' + a2 m2')``."""
-    p = {k: jnp.float32(v) for k, v in dict(a1=a1, b1=b1, a2=a2, b2=b2).items()}
-    return make_cell(p, lambda p: jnp.zeros(2, jnp.float32), _two_step, _two_readout)
-
-
-def _ring_step(p, h, g):
-    c, s = jnp.cos(p["theta"]), jnp.sin(p["theta"])
-    return p["rho"] * jnp.stack([c * h[0] - s * h[1], s * h[0] + c * h[1]]) + jnp.stack([g, 0.0])
-
-
-def _ring_readout(p, h):
-    return -p["a"] * h[0]
-
-
-def ringing_cell(a: float, rho: float, theta: float) -> Cell:
-    """A momentum that rings: ``m' = ρR(θ)m + (g, 0)``, ``Δx = -a m'_0``; ``r_k = -aρ^k cos kθ``."""
-    p = {k: jnp.float32(v) for k, v in dict(a=a, rho=rho, theta=theta).items()}
-    return make_cell(p, lambda p: jnp.zeros(2, jnp.float32), _ring_step, _ring_readout)
+MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping", "bias", "agreement")
 
 
 # ----------------------------------------------------------------------------- families
@@ -454,7 +328,10 @@ def rmsprop(name="rmsprop", *, lr=0.01, rho=0.9, centered=False, beta=0.0, sched
     ``ν' = (1-ρ)g²`` (centred: ``ν' - μ'² = ρ(1-ρ)g²``), clipping where the slope of
     ``g/√(v g² + ε)`` halves, ``v g² = (2^{2/3}-1)ε``. After a constant ``g*`` and
     ``g_W = 0``: ``α_eff = lr/√(ρg*² + ε)`` (centred ``ρ(1-ρ)g*²``): slope ``-1``. Centred
-    divides by a spread that a constant gradient drives to 0: damping.
+    divides by a spread that a constant gradient drives to 0: damping, and sign agreement
+    (:mod:`probes.agreement`): after a constant ``±A`` the gain grows towards ``lr/√ε``, after
+    an alternating one it is ``lr/A`` against the fresh ``lr/(A√(ρ(1-ρ)))``, so
+    ``R(1) = √(ρ(1-ρ)) ≤ ½``; its switch rate (near 0) is unchecked.
     """
     a0 = lr / np.sqrt(EPS8)
     var = rho * (1 - rho) if centered else 1 - rho
@@ -467,6 +344,7 @@ def rmsprop(name="rmsprop", *, lr=0.01, rho=0.9, centered=False, beta=0.0, sched
         sch,
         ExpectAdaptation(True, -1.0),
         damping=centered,
+        agreement=ExpectAgreement(centered),
     )
     tx = lambda: optax.rmsprop(_rate(lr, schedule), rho, centered=centered, momentum=beta or None)  # noqa: E731
     plain = not centered and not beta and schedule is None
@@ -524,10 +402,19 @@ def adabelief(name="adabelief", *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-16) -> Case
     Background 0: ``s`` is quadratic in an impulse, so ``r_k ∝ -(1-b1)b1^k``: momentum ``b1``
     (α depends on ``eps_root`` at rest: unchecked). First update ``-lr g/(√(b1²g² + ·) + ε)``:
     sign-like. After ``g*`` then ``g_W = 0``: ``s' ∝ b1²g*²``, ``α_eff ∝ 1/|g*|``: slope ``-1``.
-    Damping (``κ = (1+b1)ε/(2b1)``) settles within the probe only for ``b2 ≤ 0.9``.
+    Damping (``κ = (1+b1)ε/(2b1)``) settles within the probe only for ``b2 ≤ 0.9``, and so
+    does sign agreement: under a constant gradient ``g - m → 0`` and the gain grows towards
+    ``lr/ε``, under an alternating one ``s`` stays of order ``g²`` (as centred RMSProp).
     """
     damp = True if b2 <= 0.9 else None
-    e = Expected(ExpectMomentum(True, b1), _SIGN, _NORMED, ExpectAdaptation(True, -1.0), damp)
+    e = Expected(
+        ExpectMomentum(True, b1),
+        _SIGN,
+        _NORMED,
+        ExpectAdaptation(True, -1.0),
+        damp,
+        agreement=ExpectAgreement(damp),
+    )
     tx = lambda: optax.adabelief(lr, b1, b2, eps)  # noqa: E731
     return _case(name, "adabelief", tx, dict(lr=lr, b1=b1, b2=b2, eps=eps), e)
 
@@ -549,6 +436,48 @@ def sign_based(name="sign_sgd", *, kind="sign_sgd", lr=0.01, beta=0.9, schedule=
         "lion": lambda: optax.lion(r, b1=0.9, b2=beta, weight_decay=0.0),
     }
     return _case(name, "sign", txs[kind], dict(kind=kind, lr=lr, beta=beta, schedule=schedule), e)
+
+
+def rprop(name="rprop", *, lr=1e-3, eta_minus=0.5, eta_plus=1.2) -> Case:
+    """optax.rprop: each step size ``×η₊`` after a sign agreement, ``×η₋`` after a flip.
+
+    Its update is the previous step's ``η·sign g`` (zero after a flip): one step late, so the
+    first update is 0 and the probes read the next (``Clipping.lag = 1``): sign-like, clipping at
+    0, step size ``lr`` after zero gradients (no schedule); no linear memory, no adaptation.
+    Under signs that flip with probability ``p`` a flip is followed by a step without a
+    comparison, so ``(1-p)/(1+p)`` of the steps agree and ``p/(1+p)`` flip: the log step drifts
+    by ``((1-p) ln η₊ + p ln η₋)/(1+p)``, zero at ``p* = ln η₊/(ln η₊ - ln η₋)``. Its cut of
+    alternating gradients does not depend on their size, which the damping probe's rule (a
+    half-point ``κ``) does not describe: damping unchecked.
+    """
+    p_star = float(np.log(eta_plus) / (np.log(eta_plus) - np.log(eta_minus)))
+    e = Expected(
+        ExpectMomentum(False),
+        _SIGN,
+        _flat(lr),
+        damping=None,
+        agreement=ExpectAgreement(True, p_star),
+    )
+    tx = lambda: optax.rprop(lr, eta_minus=eta_minus, eta_plus=eta_plus)  # noqa: E731
+    return _case(name, "rprop", tx, dict(lr=lr, eta_minus=eta_minus, eta_plus=eta_plus), e)
+
+
+def sign_agreement(name="delta_bar_delta", *, lr=0.05, up=0.05, down=0.1) -> Case:
+    """:func:`delta_bar_delta` (step in ``[0.01, 100]·lr``): agreement at ``p* = up/(up + down)``.
+
+    The log step drifts by ``(1-p)·up - p·down`` per step. The first update is ``-lr·g``
+    (linear: no clipping), and so is the update after zero gradients (no schedule, no linear
+    memory: SGD's single mode ``α = lr``); after ``W`` steps of any constant ``g* ≠ 0`` the step
+    is ``100·lr`` whatever ``|g*|`` (no adaptation). Damping unchecked, as :func:`rprop`.
+    """
+    e = Expected(
+        ExpectMomentum(False, alpha=lr),
+        schedule=_flat(lr),
+        damping=None,
+        agreement=ExpectAgreement(True, up / (up + down)),
+    )
+    tx = lambda: delta_bar_delta(lr, up, down, 1e-2, 1e2)  # noqa: E731
+    return _case(name, "sign_agreement", tx, dict(lr=lr, up=up, down=down), e)
 
 
 def damped(name="damped_momentum", *, lr=0.05, beta=0.9, kappa=0.3) -> Case:
@@ -605,6 +534,14 @@ FAMILIES: dict[str, tuple[Callable[..., Case], dict[str, Any]]] = {
             "stall": (1e-3, 1.0, LOG),
             "shift": ("update", "gradient"),
         },
+    ),
+    "rprop": (
+        rprop,
+        {"lr": (1e-4, 0.1, LOG), "eta_minus": (0.2, 0.8, LIN), "eta_plus": (1.05, 1.5, LIN)},
+    ),
+    "sign_agreement": (
+        sign_agreement,
+        {"lr": (1e-3, 0.1, LOG), "up": (0.02, 0.2, LOG), "down": (0.02, 0.2, LOG)},
     ),
     "sign": (
         sign_based,
@@ -681,6 +618,10 @@ def cases() -> list[Case]:
         sign_based("sign_sgd_cosine", schedule="cosine_decay"),
         sign_based("lion_warmup_cosine", kind="lion", lr=1e-4, beta=0.95, schedule="warmup_cosine"),
         damped(),
+        rprop(),
+        rprop("rprop_sharp", lr=1e-2, eta_minus=0.3, eta_plus=1.5),
+        sign_agreement(),
+        sign_agreement("delta_bar_delta_patient", lr=0.01, up=0.1, down=0.05),
         drifting(),
         drifting("drift_sgd", lr=0.5, beta=0.0, stall=-0.003),
         drifting("drift_clip_momentum", lr=0.05, beta=0.8, stall=-0.2, clip=1.0),

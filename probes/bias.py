@@ -192,3 +192,10 @@ def probe_bias(
         last = last[np.isfinite(last)]
         final = float(np.median(last)) if last.size else final
     return Bias(detected, u0, ref, g0, percentile, final, int(steps), g, u)
+
+
+def rest_gradient(bias: Bias | None) -> float:
+    """The gradient the optimizer rests at: ``g₀`` where a bias is detected and finite, else 0."""
+    if bias is None or not bias.detected or not np.isfinite(bias.stall_gradient):
+        return 0.0
+    return float(bias.stall_gradient)

@@ -42,8 +42,9 @@ import numpy as np
 import optax
 
 from probes import detectors
+from probes.agreement import probe_agreement
 from probes.analysis_result import Analysis
-from probes.bias import probe_bias
+from probes.bias import probe_bias, rest_gradient
 from probes.damping_probe import (  # noqa: F401 (re-exported)
     RESOLUTION,
     SPARING_TAIL,
@@ -88,6 +89,24 @@ def first_response_step(update_fn: Callable[[np.ndarray, int], np.ndarray], prob
     return 0
 
 
+def first_response(
+    update_fn: Callable[[np.ndarray, int, int], np.ndarray], probe, steps
+) -> tuple[int, int]:
+    """``(t, lag)``: the first step and delay at which a gradient at step ``t`` moves the update.
+
+    ``update_fn(gs, t, lag)`` is the update at step ``t + lag`` for a gradient ``g`` at step
+    ``t`` after ``t`` zero gradients (zero gradients after it). The first ``t`` with an update
+    at the same step (``lag = 0``) is taken; where none of the ``steps`` has one, the first with
+    an update one step later (``lag = 1``: Rprop's, which moves by the previous step's sign);
+    ``(0, 0)`` where neither does.
+    """
+    for lag in (0, 1):
+        t = first_response_step(lambda g, t, lag=lag: update_fn(g, t, lag), probe, steps)
+        if t or np.any(update_fn(np.asarray(probe), 0, lag) != 0):
+            return t, lag
+    return 0, 0
+
+
 def probe_clipping(
     slope_fn: Callable[[np.ndarray], np.ndarray],
     update_fn: Callable[[np.ndarray], np.ndarray],
@@ -95,6 +114,7 @@ def probe_clipping(
     gradient_samples: np.ndarray | None,
     fraction: float,
     step: int = 0,
+    lag: int = 0,
 ) -> Clipping:
     """Clipping evidence and threshold from vectorised ``∂U/∂g`` and ``U`` (see module doc).
 
@@ -154,6 +174,7 @@ def probe_clipping(
         edges,
         sign_like,
         int(step),
+        int(lag),
     )
 
 
@@ -232,25 +253,27 @@ _cached_updates = functools.lru_cache(maxsize=PROGRAM_CACHE)(scalar_updates)
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE)
 def _first_update_program(run: Callable, steps: int) -> Callable:
-    """``(gs (G,), t) -> u_t (G,)``: the update at step ``t`` after ``t`` zero gradients."""
+    """``(gs (G,), t, lag) -> u_{t+lag} (G,)``, ``g`` at step ``t`` after ``t`` zero gradients."""
 
     @jax.jit
-    def first_update(gs, t):
-        return jax.vmap(lambda g: run(jnp.zeros(steps, jnp.float32).at[t].set(g))[t])(gs)
+    def first_update(gs, t, lag):
+        zeros = jnp.zeros(steps + 1, jnp.float32)
+        return jax.vmap(lambda g: run(zeros.at[t].set(g))[t + lag])(gs)
 
     return first_update
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE)
 def _first_slope_program(run: Callable) -> Callable:
-    """``(gs (G,), t) -> ∂u_t/∂g_t (G,)`` after ``t`` zero gradients (``t`` static)."""
+    """``(gs (G,), t, lag) -> ∂u_{t+lag}/∂g_t (G,)`` after ``t`` zero gradients (static ints)."""
 
-    @functools.partial(jax.jit, static_argnums=1)
-    def first_slope(gs, t):
-        # Exactly t + 1 steps: reverse mode through later zero-gradient steps would multiply 0
-        # by the infinite slope of a √ν they drive to 0, and forward mode multiplies the zero
-        # tangent of a parameter norm at p = 0 (AGC) by its infinite slope.
-        one = jax.grad(lambda g: run(jnp.zeros(t + 1, jnp.float32).at[t].set(g))[t])
+    @functools.partial(jax.jit, static_argnums=(1, 2))
+    def first_slope(gs, t, lag=0):
+        # Exactly t + 1 + lag steps: reverse mode through later zero-gradient steps would
+        # multiply 0 by the infinite slope of a √ν they drive to 0, and forward mode multiplies
+        # the zero tangent of a parameter norm at p = 0 (AGC) by its infinite slope.
+        n = t + 1 + lag
+        one = jax.grad(lambda g: run(jnp.zeros(n, jnp.float32).at[t].set(g))[t + lag])
         return jax.vmap(one)(gs)
 
     return first_slope
@@ -432,18 +455,20 @@ def gain_at_program(run: Callable, step: int) -> Callable:
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE)
-def step_size_program(run: Callable, steps: int) -> Callable:
+def step_size_program(run: Callable, steps: int, lag: int = 0) -> Callable:
     """``b -> (A (T,), C (T,))``: a sign-like update's step sizes, its schedule's two curves.
 
-    ``A_t = |u_t|`` for a gradient ``b`` at step ``t`` after ``t`` zero gradients; ``C_t = |u_t|``
-    after ``t`` steps of the constant gradient ``b``. A sign-like update's slopes are 0, so
-    :func:`schedule_program` reads nothing; its step is ``lr_t`` whatever the gradient.
+    ``A_t = |u_{t+lag}|`` for a gradient ``b`` at step ``t`` after ``t`` zero gradients (zero
+    after it; ``lag`` as :func:`first_response`); ``C_t = |u_t|`` after ``t`` steps of the
+    constant gradient ``b``. A sign-like update's slopes are 0, so :func:`schedule_program`
+    reads nothing; its step is ``lr_t`` whatever the gradient.
     """
 
     @jax.jit
     def program(b):
         def at(t):
-            return jnp.abs(run(jnp.where(jnp.arange(steps) == t, b, 0.0).astype(jnp.float32))[t])
+            gs = jnp.where(jnp.arange(steps + lag) == t, b, 0.0).astype(jnp.float32)
+            return jnp.abs(run(gs)[t + lag])
 
         return jax.vmap(at)(jnp.arange(steps)), jnp.abs(run(jnp.full(steps, b, jnp.float32)))
 
@@ -523,22 +548,23 @@ def analyze_optax(
 
     mags = log_grid(scale, *clip_range, clip_points)
 
-    def updates_at(g, t):
-        return np.asarray(first_update(jnp.asarray(g, jnp.float32), t))
+    def updates_at(g, t, lag=0):
+        return np.asarray(first_update(jnp.asarray(g, jnp.float32), t, lag))
 
-    t0 = first_response_step(updates_at, [-mags[-1], -scale, scale, mags[-1]], T)
+    t0, lag = first_response(updates_at, [-mags[-1], -scale, scale, mags[-1]], T)
     clipping = probe_clipping(
-        lambda g: np.asarray(first_slope(jnp.asarray(g, jnp.float32), t0)),
-        lambda g: updates_at(g, t0),
+        lambda g: np.asarray(first_slope(jnp.asarray(g, jnp.float32), t0, lag)),
+        lambda g: updates_at(g, t0, lag),
         mags,
         gradient_samples,
         detectors.SLOPE_FRACTION,
         t0,
+        lag,
     )
 
     gain_at_warmup = None
     if clipping.sign_like:
-        a_t, b_t = step_size_program(run, T)(jnp.float32(scale))
+        a_t, b_t = step_size_program(run, T, lag)(jnp.float32(scale))
     else:
         hair = jnp.float32(HAIR * mags[0])
         a_t, b_t = schedule_program(run, T)(hair, jnp.float32(scale))
@@ -597,5 +623,7 @@ def analyze_optax(
         damping_steps,
     )
     bias = probe_bias(run, float(m[0]), float(m[-1]), int(warmup), gradient_samples)
-    result = Analysis(momentum, clipping, schedule, adaptation, "optax", meta, damping, bias=bias)
+    agreement = probe_agreement(run, float(m[0]), float(m[-1]), rest_gradient(bias))
+    mechanisms = (momentum, clipping, schedule, adaptation)
+    result = Analysis(*mechanisms, "optax", meta, damping, bias=bias, agreement=agreement)
     return with_transient_damping(result, _jitted(run), (float(m[0]), float(m[-1])))

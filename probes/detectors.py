@@ -218,6 +218,9 @@ class Clipping(Result):
             clipping at threshold 0 (``sign g = lim_{c→0} clip(g, ±c)/c``).
         step: the update probed, ``U(h_t, g)`` after ``t`` zero gradients: the first with a
             non-zero response (0 unless a schedule starts at 0).
+        lag: 0 where that update is the one at step ``t``; 1 where no step's own update moves
+            and the update one step later is read instead (Rprop moves by the previous step's
+            sign, so its update at the step of a gradient is always 0).
     """
 
     detected: bool
@@ -234,6 +237,7 @@ class Clipping(Result):
     histogram_edges: np.ndarray
     sign_like: bool = False
     step: int = 0
+    lag: int = 0
 
 
 def one_sided_threshold(

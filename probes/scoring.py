@@ -114,12 +114,29 @@ def _bias(expected: float, rtol: float, b: Any) -> Verdict:
     return _right("bias", want)
 
 
+def _agreement(e: Any, a: Any) -> Verdict | None:
+    """The sign-agreement verdict, ``None`` where it is unchecked."""
+    if e is None or e.detected is None:
+        return None
+    if a is None:  # an analysis written before agreement was read
+        return Verdict("agreement", "false negative", "not read") if e.detected else None
+    v = _detection("agreement", e.detected, bool(a.detected))
+    if v is not None:
+        up, down = float(a.agreeing), float(a.disagreeing)
+        return v._replace(detail=f"{v.detail} (agreeing ×{up:.3g}, flipping ×{down:.3g})")
+    p = float(a.switch_rate)
+    if e.detected and e.switch is not None and not abs(p - e.switch) <= e.switch_tol:
+        return Verdict("agreement", "value error", "switch rate", p, e.switch)
+    return _right("agreement", e.detected)
+
+
 def check(case: Any, analysis: Any, bias_rtol: float = BIAS_RTOL) -> list[Verdict]:
     """Scores an analysis of ``case.optax()`` (source ``optax``) or ``case.cell()`` (``cell``).
 
     Returns verdicts for momentum, clipping, schedule, adaptation, (unless expected ``None``)
-    damping (read in steady state or from the first steps) and bias (the stall gradient
-    ``g₀`` within ``bias_rtol``). Detection is judged first (false
+    damping (read in steady state or from the first steps), bias (the stall gradient
+    ``g₀`` within ``bias_rtol``) and (unless expected ``None``) sign agreement (the switch rate
+    within its tolerance). Detection is judged first (false
     positive / false negative), then the numbers (value error, with the measured and expected
     values).
     """
@@ -136,4 +153,7 @@ def check(case: Any, analysis: Any, bias_rtol: float = BIAS_RTOL) -> list[Verdic
         v = _detection("damping", e.damping, measured)
         out.append(v or _right("damping", e.damping))
     out.append(_bias(float(getattr(e, "bias", 0.0)), bias_rtol, getattr(analysis, "bias", None)))
+    agreement = _agreement(getattr(e, "agreement", None), getattr(analysis, "agreement", None))
+    if agreement is not None:
+        out.append(agreement)
     return out

@@ -156,7 +156,40 @@ def describe(result: dict[str, Any]) -> list[str]:
             f"{num(abs(u0) if u0 == 0 else u0)} after {b.get('steps')} steps of g = 0, largest "
             f"steady update {num(b.get('reference'))}; {where})"
         )
+    g = result.get("agreement")
+    if g:
+        switch = finite(g.get("switch_rate"))
+        at = f"; switch at flip rate {switch:.2f}" if switch is not None else ""
+        lines.append(
+            f"sign agreement: {'detected' if g['detected'] else 'not detected'} (step after "
+            f"agreeing signs ×{num(g.get('agreeing'))}, after flipping ones "
+            f"×{num(g.get('disagreeing'))} of a fresh step{at}; |g| = {num(g.get('amplitude'))})"
+        )
     return lines
+
+
+def agreement_phrase(g: Mapping[str, Any]) -> str:
+    """The summary sentence of an ``agreement`` result dict (:mod:`probes.agreement`)."""
+    up, down = finite(g.get("agreeing")), finite(g.get("disagreeing"))
+    amp, switch = finite(g.get("amplitude")), finite(g.get("switch_rate"))
+    if not g.get("detected") or up is None or down is None:
+        hi = max((x for x in map(finite, g.get("agreeing_by_amplitude") or []) if x), default=None)
+        most = (
+            f" (after agreeing gradients its step is at most ×{hi:.2g} a fresh one)" if hi else ""
+        )
+        return f"Sign agreement: not detected{most}."
+    where = f" at |g| ≈ {amp:.2g}" if amp is not None else ""
+    cross = (
+        f"; it grows below a flip rate of about {switch:.2f} and shrinks above it"
+        if switch is not None
+        else ""
+    )
+    return (
+        f"Sign agreement: after gradients that keep their sign its step is ×{up:.2g} a fresh "
+        f"one, after gradients that flip ×{down:.2g}{where}{cross} (a step size that follows "
+        "the agreement of successive gradients, as in Rprop). No chain entry writes it yet: the "
+        "distilled chain leaves this part of the behaviour unexplained."
+    )
 
 
 def bias_phrase(b: Mapping[str, Any]) -> str | None:
@@ -408,6 +441,8 @@ def summary_sentences(a: Mapping[str, Any]) -> list[str]:
     bias = bias_phrase(a.get("bias") or {})
     if bias:
         out.append(bias)
+    if (a.get("agreement") or {}).get("detected"):
+        out.append(agreement_phrase(a["agreement"]))
     return [x.replace("-0", "−0").replace(" -", " −") for x in out]
 
 

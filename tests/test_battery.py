@@ -11,7 +11,6 @@ import types
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 import probes
@@ -49,6 +48,8 @@ def _params(pairs, slow=False):
         if CASES[name].expected_for(source).damping is not None:
             mechanisms += ("damping",)
         mechanisms += ("bias",)
+        if CASES[name].expected_for(source).agreement.detected is not None:
+            mechanisms += ("agreement",)
         for m in mechanisms:
             marks = [pytest.mark.slow] if slow else []
             if (name, source, m) in KNOWN:
@@ -81,6 +82,9 @@ FAST = [
             "lion_warmup_cosine",  # a sign-like update's schedule, read from its step size
             "drift_clip_momentum",  # a bias added to the update, behind a clip
             "offset_momentum",  # a bias in front (the gradient shifted)
+            "rprop",  # sign agreement, and an update one step late
+            "delta_bar_delta",  # sign agreement on a gradient step
+            "rmsprop_centered",  # a spread in the denominator: agreement near p = 0
         )
     ],
     *[(n, "cell") for n in ("sgd", "momentum", "clip", "rmsprop", "adam", "drift_momentum")],
@@ -134,7 +138,7 @@ def test_battery_covers_the_optax_library():
     families = {c.family for c in CASES.values()}
     assert {"sgd", "momentum", "nesterov", "clipped", "agc", "scheduled", "rmsprop"} <= families
     assert {"adam", "adagrad", "adabelief", "sign", "two_modes", "cascade", "damped"} <= families
-    assert "drifting" in families
+    assert {"drifting", "rprop", "sign_agreement"} <= families
     assert set(battery.SCHEDULES) <= {c.hparams.get("schedule") for c in CASES.values()}
     for case in CASES.values():
         tx = case.optax()
@@ -299,14 +303,3 @@ def test_sample_case_draws_within_the_ranges_and_repeats():
         tx = a.optax()
         u, _ = tx.update(jnp.float32(0.5), tx.init(jnp.float32(0.0)), jnp.float32(0.0))
         assert np.isfinite(float(u))
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="no detector reads Rprop's sign-agreement step size yet (docs/probes.md, Not in the "
-    "battery: Rprop); when one does, add optax.rprop to the battery",
-)
-def test_rprop_is_read():
-    a = probes.analyze_optax(optax.rprop(1e-3))
-    found = (a.momentum, a.clipping, a.schedule, a.adaptation, a.damping)
-    assert any(r.detected for r in found)

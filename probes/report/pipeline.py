@@ -13,6 +13,7 @@ from typing import Any
 from probes.analysis_result import Analysis
 from probes.faithfulness_words import faithfulness_sentence, memory_along_sentence
 from probes.report.adaptation import adaptation_section
+from probes.report.agreement import agreement_section
 from probes.report.bias import bias_section
 from probes.report.distillation import distill_section
 from probes.report.evidence import as_dict, progress_lines, white_box_evidence
@@ -91,7 +92,7 @@ def write_report(
         rates,
         adaptation_section(b, a, ev),
     ]
-    for extra in (damping_section(b, a), bias_section(b, a)):
+    for extra in (damping_section(b, a), bias_section(b, a), agreement_section(b, a)):
         if extra:
             sections.append(extra)
     dsec = distill_section(distill)
