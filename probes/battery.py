@@ -396,6 +396,42 @@ def adam(name="adam", *, lr=1e-3, b1=0.9, b2=0.999, kind="adam", schedule=None) 
     return _case(name, "adam", tx, hp, e, cell, white)
 
 
+def adamax(name="adamax", *, lr=1e-3, b1=0.9, b2=0.999) -> Case:
+    """Adamax ``u = -lr m̂/(u_max + ε)``, ``u_max ← max(b2·u_max, |g|)``.
+
+    Background 0 is finite (``|g|``'s derivative at 0 is 0): ``r_k = -lr(1-b1)b1^k/ε``, one mode
+    ``(b1, lr(1-b1)/ε)``. First update ``-lr g/(|g| + ε)``: sign-like. After a constant ``g*``:
+    ``u_max = |g*|``, then ``b2|g*|`` at ``g = 0``: ``α_eff = lr(1-b1)/(b2|g*| + ε)``, slope
+    ``-1``. Alternating and constant gains both ``∝ 1/a``: no damping; the history's size sets
+    ``u_max``, not its signs: no sign agreement. White box: ``u_max = 0`` at the convergence
+    point, where ``α`` is singular.
+    """
+    mom = ExpectMomentum(True, b1, lr * (1 - b1) / EPS8)
+    e = Expected(mom, ExpectClipping(True, SQRT2M1 * EPS8), _NORMED, ExpectAdaptation(True, -1.0))
+    white = dataclasses.replace(e, momentum=ExpectMomentum(True, b1))
+    tx = lambda: optax.adamax(lr, b1, b2)  # noqa: E731
+    return _case(name, "adamax", tx, dict(lr=lr, b1=b1, b2=b2), e, white=white)
+
+
+def novograd(name="novograd", *, lr=1e-3, b1=0.9, b2=0.25) -> Case:
+    """NovoGrad on a scalar: ``m ← b1 m + g/(√ν + ε)``, ``ν`` the EMA (``b2``) of ``g²``.
+
+    The normaliser is inside the momentum, so on background ``b`` a perturbation ``δ`` gives
+    ``δm_k = A b1^k + B b2^k`` with ``B = (1-b2)b2/(b1-b2)·δ/|b|`` and ``A = b2δ/|b| - B``:
+    for ``b1 > b2`` the ``b1`` mode has ``α < 0`` (a correction: the normaliser cancels it) and
+    the momentum read is ``(b2, lr(1-b2)b2/((b1-b2)|b|))``. Background 0 has a norm at 0 (no
+    derivative): ``b = 1``. First update ``-lr g/(|g| + ε)``: sign-like. After a constant
+    ``g*``: ``ν = g*²``, then ``b2 g*²`` at ``g = 0``: ``α_eff = lr/(√b2 |g*|)``, slope ``-1``
+    (read at ``±hair`` where the norm's slope at 0 is not finite). No damping, no sign agreement
+    (as :func:`adamax`).
+    """
+    alpha = lr * (1 - b2) * b2 / ((b1 - b2) * BACKGROUND)
+    mom = ExpectMomentum(True, b2, alpha)
+    e = Expected(mom, ExpectClipping(True, SQRT2M1 * 1e-6), _NORMED, ExpectAdaptation(True, -1.0))
+    tx = lambda: optax.novograd(lr, b1, b2)  # noqa: E731
+    return _case(name, "novograd", tx, dict(lr=lr, b1=b1, b2=b2), e, cell=None)
+
+
 def adabelief(name="adabelief", *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-16) -> Case:
     """AdaBelief ``u = -lr m̂/(√ŝ + ε)``, ``s`` the EMA of ``(g - m)²``.
 
@@ -535,6 +571,8 @@ FAMILIES: dict[str, tuple[Callable[..., Case], dict[str, Any]]] = {
             "shift": ("update", "gradient"),
         },
     ),
+    "adamax": (adamax, {"lr": (1e-4, 0.1, LOG), "b1": (0.5, 0.95, LIN), "b2": (0.9, 0.9999, LIN)}),
+    "novograd": (novograd, {"lr": (1e-4, 0.1, LOG), "b1": (0.8, 0.95, LIN), "b2": (0.1, 0.6, LIN)}),
     "rprop": (
         rprop,
         {"lr": (1e-4, 0.1, LOG), "eta_minus": (0.2, 0.8, LIN), "eta_plus": (1.05, 1.5, LIN)},
@@ -609,6 +647,8 @@ def cases() -> list[Case]:
         adam("adamw", kind="adamw"),
         adam("nadam", kind="nadam"),
         adam("adam_warmup_cosine", schedule="warmup_cosine"),
+        adamax(),
+        novograd(),
         adabelief(),
         adabelief("adabelief_fast", b2=0.9, eps=1e-8),
         sign_based(),

@@ -281,14 +281,23 @@ def _first_slope_program(run: Callable) -> Callable:
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE)
 def _steady_lr_program(run: Callable, warmup: int) -> Callable:
-    """``g* (M,) -> α_eff (M,)``: the gain after ``warmup`` steps of a constant ``g*``."""
+    """``(g* (M,), hair) -> α_eff (M,)``: the gain after ``warmup`` steps of a constant ``g*``.
+
+    ``-∂u/∂g`` at ``g = 0`` after the steady steps; where that is not finite (a norm or a root
+    of a square at exactly 0, as NovoGrad's), the mean of the slopes at ``±hair``.
+    """
 
     @jax.jit
-    def steady_lr(gstar):
+    def steady_lr(gstar, hair):
         def one(g):
             gs = jnp.concatenate([jnp.full(warmup, g, jnp.float32), jnp.zeros(1, jnp.float32)])
             tangent = jnp.zeros_like(gs).at[-1].set(1.0)
-            return -jax.jvp(run, (gs,), (tangent,))[1][-1]
+
+            def slope(x):
+                return -jax.jvp(run, (gs.at[-1].set(x),), (tangent,))[1][-1]
+
+            d = slope(0.0)
+            return jnp.where(jnp.isfinite(d), d, 0.5 * (slope(hair) + slope(-hair)))
 
         return jax.vmap(one)(gstar)
 
@@ -583,7 +592,8 @@ def analyze_optax(
     m = log_grid(scale, *magnitude_range, num_magnitudes)
 
     steady_lr = _steady_lr_program(run, int(warmup))
-    a_both = np.asarray(steady_lr(jnp.asarray(np.concatenate([m, -m]), jnp.float32)))
+    hair = jnp.float32(HAIR * m[0])
+    a_both = np.asarray(steady_lr(jnp.asarray(np.concatenate([m, -m]), jnp.float32), hair))
     M = len(m)
     a_pos, a_neg = a_both[:M], a_both[M:]
     adaptation = detectors.detect_adaptation(
