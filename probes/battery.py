@@ -413,6 +413,27 @@ def adamax(name="adamax", *, lr=1e-3, b1=0.9, b2=0.999) -> Case:
     return _case(name, "adamax", tx, dict(lr=lr, b1=b1, b2=b2), e, white=white)
 
 
+def amsgrad(name="amsgrad", *, lr=1e-3, b1=0.9, b2=0.999) -> Case:
+    """AMSGrad: Adam with ``ν_max ← max(ν_max, ν̂)`` in the denominator.
+
+    On background ``b`` a perturbation that lowers ``ν̂`` leaves ``ν_max`` where it is, so the
+    probes' derivative takes the frozen branch: one mode ``(b1, lr(1-b1)/|b|)`` (``b = 1``).
+    First update ``-lr g/(|g| + ε)``: sign-like. After a constant ``g*``, ``ν_max = g*²``
+    holds at ``g = 0``: ``α_eff = lr(1-b1)/|g*|``, slope ``-1``. Along a constant gradient its
+    step is ``lr`` at every step, and after zero gradients its gain has Adam's shape: no
+    schedule. No damping, no sign agreement (as Adam). White box: ``α`` singular at ``ν = 0``.
+    """
+    e = Expected(
+        ExpectMomentum(True, b1, lr * (1 - b1) / BACKGROUND),
+        ExpectClipping(True, SQRT2M1 * EPS8),
+        _NORMED,
+        ExpectAdaptation(True, -1.0),
+    )
+    white = dataclasses.replace(e, momentum=ExpectMomentum(True, b1))
+    tx = lambda: optax.amsgrad(lr, b1, b2)  # noqa: E731
+    return _case(name, "amsgrad", tx, dict(lr=lr, b1=b1, b2=b2), e, white=white)
+
+
 def novograd(name="novograd", *, lr=1e-3, b1=0.9, b2=0.25) -> Case:
     """NovoGrad on a scalar: ``m ← b1 m + g/(√ν + ε)``, ``ν`` the EMA (``b2``) of ``g²``.
 
@@ -648,6 +669,7 @@ def cases() -> list[Case]:
         adam("nadam", kind="nadam"),
         adam("adam_warmup_cosine", schedule="warmup_cosine"),
         adamax(),
+        amsgrad(),
         novograd(),
         adabelief(),
         adabelief("adabelief_fast", b2=0.9, eps=1e-8),

@@ -27,8 +27,14 @@ _NOVOGRAD = (
     "cancels, so the momentum read is the normaliser's b2 mode; the first-steps damping reading "
     "then fits a damping with memory b1 to what that chain leaves out (docs/probes.md)"
 )
+_AMSGRAD = (
+    "AMSGrad's max(nu_max, nu_hat) ties along a constant gradient, the derivative takes the "
+    "frozen branch, and the schedule rule's gain there follows m's bias correction (a decay), "
+    "though the step along a constant gradient is constant (docs/probes.md)"
+)
 _KNOWN: list[tuple[str, tuple[str, ...], str, str]] = [
     ("novograd", _BOTH, "damping", _NOVOGRAD),
+    ("amsgrad", _BOTH, "schedule", _AMSGRAD),
 ]
 KNOWN = {(n, s, m): r for n, sources, m, r in _KNOWN for s in sources}
 
