@@ -111,8 +111,9 @@ def updates_program(run: Callable) -> Callable:
 def sign_sequences(rate: float, count: int, steps: int, seed: int) -> np.ndarray:
     """``(count, steps)`` signs ``±1`` that flip with probability ``rate`` at each step.
 
-    Half the rows are drawn (starting at ``+1``), the other half are their negations, so that
-    both first signs are equally represented (``count`` even); ``seed`` seeds the stream.
+    Half the rows are drawn (each sign the previous one flipped with probability ``rate``, from
+    ``+1`` before the first step), the other half are their negations, so that both signs are
+    equally represented at every step (``count`` even); ``seed`` seeds the stream.
     """
     rng = np.random.default_rng(seed)
     half = np.cumprod(np.where(rng.random((count // 2, steps)) < rate, -1.0, 1.0), axis=1)

@@ -1,6 +1,7 @@
 """The sign-agreement reading (probes.agreement) against closed forms."""
 
 import math
+import warnings
 
 import numpy as np
 import optax
@@ -10,7 +11,7 @@ from lopt.chain import damp_oscillations
 from probes import agreement, words
 from probes.analysis_result import Analysis
 from probes.battery_optimizers import delta_bar_delta
-from probes.black_box import scalar_updates
+from probes.black_box import first_response, scalar_updates
 
 
 def _read(tx, lo=0.1, hi=10.0, g0=0.0):
@@ -42,8 +43,10 @@ def test_delta_bar_delta_switches_at_up_over_up_plus_down():
         optax.sgd(0.1, momentum=0.9),
         optax.sgd(optax.cosine_decay_schedule(0.1, 150)),  # the schedule is divided out
         optax.chain(optax.clip(0.5), optax.sgd(0.1)),
+        # a fresh step of 0: the reference is the step after the rest history instead
+        optax.sgd(optax.linear_schedule(0.0, 0.1, 50)),
     ],
-    ids=["momentum", "cosine", "clip"],
+    ids=["momentum", "cosine", "clip", "warmup_from_zero"],
 )
 def test_linear_and_memoryless_optimizers_read_one(tx):
     a = _read(tx)
@@ -114,3 +117,25 @@ def test_reading_survives_json():
     assert "about 0.2" in phrase and "unexplained" in phrase
     quiet = probes.analyze_optax(optax.sgd(0.1)).to_json()
     assert words.agreement_phrase(quiet["agreement"]).startswith("Sign agreement: not detected")
+
+
+def test_a_step_that_blows_up_is_not_read_as_agreement():
+    # the log step grows by 10 per agreeing step without a ceiling: inf within 10 steps
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        a = _read(delta_bar_delta(0.1, 10.0, 10.0, 1e-30, np.inf))
+    assert not a.detected and np.all(np.isnan(a.agreeing_by_amplitude))
+
+
+def test_first_response_takes_a_later_step_before_a_later_lag():
+    def fn(respond):
+        return lambda g, t, lag: np.asarray(g, float) * ((t, lag) in respond)
+
+    probe = [-1.0, 1.0]
+    assert first_response(fn({(0, 0)}), probe, 5) == (0, 0)
+    # a warm-up from 0 (momentum carries step 0's gradient into step 1): step 1, same step
+    assert first_response(fn({(1, 0), (0, 1), (1, 1)}), probe, 5) == (1, 0)
+    # Rprop: no step's own update moves; the next one does
+    assert first_response(fn({(0, 1), (1, 1)}), probe, 5) == (0, 1)
+    assert first_response(fn({(3, 1)}), probe, 5) == (3, 1)
+    assert first_response(fn(set()), probe, 5) == (0, 0)

@@ -18,7 +18,7 @@ from probes.values import finite, floats
 
 
 def agreement_figure(g: Mapping[str, Any]) -> Any:
-    """``R(p)`` against the flip rate (log axis), the band ``[1/FACTOR, FACTOR]`` and ``p*``."""
+    """``R(p)`` against the flip rate (log ``R`` axis for a wide range), the rule's band, ``p*``."""
     from probes import figures
 
     fig, (ax,) = figures.figure(width=5.6, height=3.9)
