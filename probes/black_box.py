@@ -80,30 +80,22 @@ def slope_at_zero(slope_fn: Callable[[np.ndarray], np.ndarray], hair: float) -> 
     return slope0
 
 
-def first_response_step(update_fn: Callable[[np.ndarray, int], np.ndarray], probe, steps):
-    """The first ``t < steps`` whose update ``U_t(g)`` is not zero at every ``g`` of ``probe``."""
-    for t in range(int(steps)):
-        u = update_fn(np.asarray(probe), t)
-        if np.any(np.isfinite(u) & (u != 0)):
-            return t
-    return 0
-
-
 def first_response(
     update_fn: Callable[[np.ndarray, int, int], np.ndarray], probe, steps
 ) -> tuple[int, int]:
     """``(t, lag)``: the first step and delay at which a gradient at step ``t`` moves the update.
 
     ``update_fn(gs, t, lag)`` is the update at step ``t + lag`` for a gradient ``g`` at step
-    ``t`` after ``t`` zero gradients (zero gradients after it). The first ``t`` with an update
-    at the same step (``lag = 0``) is taken; where none of the ``steps`` has one, the first with
-    an update one step later (``lag = 1``: Rprop's, which moves by the previous step's sign);
-    ``(0, 0)`` where neither does.
+    ``t`` after ``t`` zero gradients (zero gradients after it). The first ``t < steps`` whose
+    update at the same step (``lag = 0``) is not zero at every ``g`` of ``probe`` is taken;
+    where none has one, the first with an update one step later (``lag = 1``: Rprop's, which
+    moves by the previous step's sign); ``(0, 0)`` where neither does.
     """
     for lag in (0, 1):
-        t = first_response_step(lambda g, t, lag=lag: update_fn(g, t, lag), probe, steps)
-        if t or np.any(update_fn(np.asarray(probe), 0, lag) != 0):
-            return t, lag
+        for t in range(int(steps)):
+            u = update_fn(np.asarray(probe), t, lag)
+            if np.any(np.isfinite(u) & (u != 0)):
+                return t, lag
     return 0, 0
 
 
