@@ -10,7 +10,8 @@ module knows nothing of probes.
 Besides optax's own (``clip``, ``trace``, ``scale_by_rms``, ``scale_by_learning_rate``),
 these live here: :func:`offset_gradient` (a constant shift of the gradient, where a learned
 optimizer's update vanishes), :func:`soft_clip` (a smooth gradient clip), :func:`damp_oscillations`
-(damping of gradients that keep changing sign), :func:`momentum_modes` (a weighted sum of
+(damping of gradients that keep changing sign), :func:`scale_by_agreement` (a gain that follows
+whether successive gradients agree in sign), :func:`momentum_modes` (a weighted sum of
 traces) and :func:`interpolated_schedule` (a
 piecewise-linear learning-rate multiplier with a geometric tail).
 
@@ -35,6 +36,8 @@ import optax
 META_KEYS = ("mechanism", "note")
 #: :func:`soft_clip`'s slope ``1/(1+|g|/c)²`` halves at ``|g| = HALF_SLOPE · c = (√2 − 1)c``.
 HALF_SLOPE = math.sqrt(2.0) - 1.0
+#: :func:`scale_by_agreement`'s gains are taken within ``[1/AGREEMENT_BOUND, AGREEMENT_BOUND]``.
+AGREEMENT_BOUND = 1e4
 
 
 # ----------------------------------------------------------------------------- transformations
@@ -138,6 +141,78 @@ def damp_oscillations(scale: float | jax.Array, decay: float = 0.8) -> optax.Gra
         out = jax.tree.map(damped, updates, e)
         previous = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), updates)
         return out, DampOscillationsState(optax.safe_increment(state.count), previous, e)
+
+    return optax.GradientTransformation(init_fn, update_fn)
+
+
+class AgreementState(NamedTuple):
+    """State of :func:`scale_by_agreement`: the previous input and each entry's log-gain."""
+
+    previous: Any
+    log_gain: Any
+
+
+def scale_by_agreement(
+    scale: float | jax.Array,
+    agreeing: float | jax.Array,
+    disagreeing: float | jax.Array,
+    rise: float | jax.Array,
+    fall: float | jax.Array,
+) -> optax.GradientTransformation:
+    """A gain per entry that follows the sign agreement of successive inputs: ``g ↦ e^a·g``.
+
+    Each step measures the agreement ``c = tanh(g·g_prev/κ²)`` (``κ = scale``; ``g_prev = 0``
+    at the first step, so ``c = 0``) and moves the log-gain ``a`` (0 at the start) toward
+    ``ln agreeing`` by the share ``rise·c`` when ``c > 0``, toward ``ln disagreeing`` by
+    ``fall·|c|`` when ``c < 0``; the new gain scales this step's input. The two gains are taken
+    within ``[10⁻⁴, 10⁴]`` (:data:`AGREEMENT_BOUND`), so ``a`` stays finite, between the two
+    logarithms (and 0); an input of constant sign well above ``κ`` has the gain
+    ``agreeing^(1 − (1 − rise)^(t−1))`` at step ``t`` (counted from 1), and one that
+    alternates sign has ``disagreeing^(1 − (1 − fall)^(t−1))``. Under signs that flip with
+    probability ``p`` the gain drifts toward ``agreeing`` when ``rise·(1 − p)·ln agreeing``
+    outweighs ``fall·p·|ln disagreeing|`` and toward ``disagreeing`` otherwise. This is the
+    mechanism :mod:`probes.agreement` measures (Rprop and delta-bar-delta's step sizes move
+    the same way, multiplicatively and by sign); inputs well below ``κ`` barely move ``a``.
+
+    Args:
+        scale: ``κ > 0``, the input magnitude at which agreement counts.
+        agreeing: the gain approached while signs agree (``> 0``).
+        disagreeing: the gain approached while they flip (``> 0``).
+        rise: the share of the way to ``ln agreeing`` moved per fully agreeing step, in
+            ``[0, 1]``.
+        fall: the same toward ``ln disagreeing`` per fully flipping step.
+
+    Returns:
+        The transformation.
+
+    Example:
+        >>> import optax, lopt
+        >>> tx = optax.chain(lopt.chain.scale_by_agreement(0.1, 2.0, 0.5, 0.2, 0.2),
+        ...                  optax.sgd(0.1))
+    """
+
+    def init_fn(params):
+        zeros = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), params)
+        return AgreementState(zeros, zeros)
+
+    def update_fn(updates, state, params=None):
+        del params
+        # the targets within [1/AGREEMENT_BOUND, AGREEMENT_BOUND]: a gain of 0 (or inf) would
+        # make ln a target no rate reaches, and a fit would trade a vanishing rate for it
+        bound = math.log(AGREEMENT_BOUND)
+        up = jnp.clip(jnp.log(jnp.maximum(agreeing, 1e-30)), -bound, bound)
+        down = jnp.clip(jnp.log(jnp.maximum(disagreeing, 1e-30)), -bound, bound)
+
+        def log_gain(g, prev, a):
+            c = jnp.tanh(jnp.asarray(g, jnp.float32) * prev / scale**2)
+            return (
+                a + rise * jnp.maximum(c, 0.0) * (up - a) + fall * jnp.maximum(-c, 0.0) * (down - a)
+            )
+
+        a = jax.tree.map(log_gain, updates, state.previous, state.log_gain)
+        out = jax.tree.map(lambda g, a: (jnp.exp(a) * g).astype(jnp.asarray(g).dtype), updates, a)
+        previous = jax.tree.map(lambda g: jnp.asarray(g, jnp.float32), updates)
+        return out, AgreementState(previous, a)
 
     return optax.GradientTransformation(init_fn, update_fn)
 
@@ -301,6 +376,12 @@ TRANSFORMS: dict[str, Transform] = {
         positional=("scale",),
         keywords=("decay",),
     ),
+    "scale_by_agreement": Transform(
+        scale_by_agreement,
+        "lopt.chain.scale_by_agreement",
+        positional=("scale",),
+        keywords=("agreeing", "disagreeing", "rise", "fall"),
+    ),
     "trace": Transform(optax.trace, "optax.trace", keywords=("decay",)),
     "scale_by_sign": Transform(optax.scale_by_sign, "optax.scale_by_sign"),
     "momentum_modes": Transform(
@@ -364,7 +445,9 @@ def build_chain(chain: Sequence[Mapping[str, Any]]) -> optax.GradientTransformat
             ``offset_gradient`` (``offset``: :func:`offset_gradient`), ``clip`` (``max_delta``:
             ``optax.clip``), ``soft_clip`` (``scale``:
             :func:`soft_clip`), ``damp_oscillations`` (``scale``, ``decay``:
-            :func:`damp_oscillations`), ``trace`` (``decay``: ``optax.trace``),
+            :func:`damp_oscillations`), ``scale_by_agreement`` (``scale``, ``agreeing``,
+            ``disagreeing``, ``rise``, ``fall``: :func:`scale_by_agreement`), ``trace``
+            (``decay``: ``optax.trace``),
             ``scale_by_sign`` (no parameters: ``optax.scale_by_sign``), ``momentum_modes``
             (``decays``, ``weights``, optional ``debias``), ``scale_by_rms`` (``decay``, ``eps``,
             optional ``bias_correction``), ``scale_by_learning_rate`` (``learning_rate`` and

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from lopt.chain import AGREEMENT_BOUND
 from probes.detectors import SPARING_TOLERANCE, damping_reference
 from probes.transient import FLOOR as TRANSIENT_FLOOR
 from probes.transient import GAIN as TRANSIENT_GAIN
@@ -449,13 +450,13 @@ def summary_sentences(a: Mapping[str, Any]) -> list[str]:
 def distill_sentence(distill: Mapping[str, Any]) -> str | None:
     """One summary line: how much of the gain the distilled chains recover (``distill.json``)."""
     parts = []
-    added = ((distill.get("notes") or {}).get("identify") or {}).get("damping_added")
+    added = identified_addition(distill)
+    added = {"damping": "oscillation damping"}.get(added, added)
     for key, how in (
         ("fraction", "with the probed numbers"),
         (
             "fraction_identified",
-            "with numbers fitted to its updates"
-            + (" (and oscillation damping added)" if added else ""),
+            "with numbers fitted to its updates" + (f" (and {added} added)" if added else ""),
         ),
         ("fraction_retuned", "with numbers tuned on training problems"),
     ):
@@ -481,10 +482,29 @@ def distill_sentence(distill: Mapping[str, Any]) -> str | None:
     )
 
 
-def identified_damping_sentence(distill: Mapping[str, Any]) -> str | None:
-    """Says so when identification added damping the probes did not detect (``distill.json``)."""
+#: A sign-agreement side whose rate times its target's log-gain (at most ``ln 10⁴``) is below
+#: this moves the gain by less than 1% per step from 1: the words call that side idle rather
+#: than quote a target the gain never approaches.
+AGREEMENT_IDLE = 0.01
+
+
+def identified_addition(distill: Mapping[str, Any]) -> str | None:
+    """What identification added to the chain: ``"damping"``, ``"sign agreement"`` or ``None``.
+
+    Read from ``distill.json``'s notes; files written before agreement could be added say
+    only ``damping_added``.
+    """
     ident = (distill.get("notes") or {}).get("identify") or {}
-    entry = next(  # the added damping: first, or behind a bias's offset
+    if "added" in ident:
+        return ident["added"] if ident["added"] in ("damping", "sign agreement") else None
+    return "damping" if ident.get("damping_added") else None
+
+
+def identified_added_sentence(distill: Mapping[str, Any]) -> str | None:
+    """Says so when identification added a mechanism the probes did not put in the chain."""
+    ident = (distill.get("notes") or {}).get("identify") or {}
+    added = identified_addition(distill)
+    entry = next(  # the added entry: first, or behind a bias's offset
         (
             e
             for e in distill.get("chain_identified") or []
@@ -492,24 +512,48 @@ def identified_damping_sentence(distill: Mapping[str, Any]) -> str | None:
         ),
         None,
     )
-    if not (
-        ident.get("damping_added")
-        and isinstance(entry, Mapping)
-        and entry.get("transform") == "damp_oscillations"
-    ):
+    want = {"damping": "damp_oscillations", "sign agreement": "scale_by_agreement"}.get(added)
+    if want is None or not isinstance(entry, Mapping) or entry.get("transform") != want:
         return None
     errors: dict[str, float] = {}
     for c in ident.get("candidates") or []:
         v = finite(c.get("validation_error"))
         if v is not None:
             errors[c["structure"]] = min(v, errors.get(c["structure"], math.inf))
-    plain, damped = errors.get("detected"), errors.get("detected + damping")
-    than = f" ({fmt(damped)} against {fmt(plain)})" if plain and damped else ""
+    plain, extended = errors.get("detected"), errors.get(f"detected + {added}")
+    than = f" ({fmt(extended)} against {fmt(plain)})" if plain and extended else ""
+    if added == "damping":
+        what = (
+            "oscillation damping in front of the chain (κ = "
+            f"{fmt(entry.get('scale'))}, memory ρ = {fmt(entry.get('decay'))})"
+        )
+    else:
+        sides = []
+        for gain, rate, when in (
+            ("agreeing", "rise", "agree in sign"),
+            ("disagreeing", "fall", "flip"),
+        ):
+            r, target = finite(entry.get(rate)), finite(entry.get(gain))
+            pull = (
+                r * min(abs(math.log(target)), math.log(AGREEMENT_BOUND))
+                if r is not None and target is not None and target > 0
+                else None
+            )
+            if pull is not None and pull < AGREEMENT_IDLE:  # the target is then irrelevant
+                sides.append(f"barely moved while they {when} (rate {fmt(r)} per step)")
+            else:
+                sides.append(
+                    f"toward ×{fmt(entry.get(gain))} while they {when} (a share {fmt(r)} of the "
+                    "way per step)"
+                )
+        what = (
+            "a gain that follows the signs of successive gradients in front of the chain ("
+            + "; ".join(sides)
+            + f"; κ = {fmt(entry.get('scale'))})"
+        )
     return (
-        "Identification added oscillation damping in front of the chain (κ = "
-        f"{fmt(entry.get('scale'))}, memory ρ = {fmt(entry.get('decay'))}), which the detected "
-        "chain lacks: with it the chain's imitation error on validation problems is lower"
-        f"{than}."
+        f"Identification added {what}, which the detected chain lacks: with it the chain's "
+        f"imitation error on validation problems is lower{than}."
     )
 
 
@@ -517,6 +561,7 @@ def identified_damping_sentence(distill: Mapping[str, Any]) -> str | None:
 TRANSFORM_NAMES = {
     "offset_gradient": "bias",
     "damp_oscillations": "damping",
+    "scale_by_agreement": "sign agreement",
     "soft_clip": "clipping",
     "clip": "clipping",
     "trace": "momentum",

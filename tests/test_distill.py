@@ -466,7 +466,10 @@ def test_identify_chain_recovers_the_numbers_of_a_chain_teacher():
     ]
     family = tasks.get("linear_regression", dim=3, num_steps=30)
     chain, notes = identify_chain(
-        start, build_chain(truth), family, IdentifyConfig(rounds=2, num_problems=16)
+        start,
+        build_chain(truth),
+        family,
+        IdentifyConfig(rounds=2, num_problems=16, try_agreement=False),
     )
     assert [e["transform"] for e in chain] == [e["transform"] for e in truth]
     got = [chain[0]["scale"], chain[0]["decay"], chain[1]["scale"], chain[2]["decay"]]
@@ -508,7 +511,10 @@ def test_identify_chain_starting_from_a_diverging_chain():
     # the teacher lies in the detected structure: the damping tried in front does not describe
     # it better (both fits reach the float32 floor), so the simpler structure is kept
     assert notes["damping_start"] > 0 and not notes["damping_added"]
-    assert [c["structure"] for c in notes["candidates"]].count("detected + damping") == 1
+    assert notes["agreement_start"] > 0 and notes["added"] is None
+    structures = [c["structure"] for c in notes["candidates"]]
+    assert structures.count("detected + damping") == structures.count("detected + sign agreement")
+    assert structures.count("detected + damping") == 1
     assert notes["structure"] == "detected" and len(chain) == 2
     chosen = notes["candidates"][notes["selected"]]
     assert chosen["structure"] == "detected" and chosen["round"] == notes["selected_round"]
@@ -529,9 +535,13 @@ def test_identify_chain_adds_damping_the_probes_did_not_detect():
     ]
     family = tasks.get("linear_regression", dim=3, num_steps=30)
     chain, notes = identify_chain(
-        start, build_chain(truth), family, IdentifyConfig(rounds=2, num_problems=16)
+        start,
+        build_chain(truth),
+        family,
+        IdentifyConfig(rounds=2, num_problems=16, try_agreement=False),
     )
     assert notes["damping_added"] and notes["structure"] == "detected + damping"
+    assert notes["added"] == "damping" and notes["agreement_start"] is None
     assert [e["transform"] for e in chain] == [e["transform"] for e in truth]
     got = [chain[0]["scale"], chain[0]["decay"], chain[1]["decay"], chain[2]["learning_rate"]]
     np.testing.assert_allclose(got, [0.3, 0.9, 0.8, 0.2], rtol=1e-3)
@@ -550,7 +560,10 @@ def test_identify_chain_can_flip_the_sign_of_the_learning_rate():
     start = [{"transform": "scale_by_learning_rate", "learning_rate": -0.1}]
     family = tasks.get("linear_regression", dim=3, num_steps=30)
     chain, _ = identify_chain(
-        start, build_chain(truth), family, IdentifyConfig(rounds=1, num_problems=8)
+        start,
+        build_chain(truth),
+        family,
+        IdentifyConfig(rounds=1, num_problems=8, try_agreement=False),
     )
     np.testing.assert_allclose(chain[0]["learning_rate"], 0.3, rtol=1e-3)
 
@@ -569,7 +582,8 @@ def test_distill_reports_the_identified_variant_of_a_moving_gru(tiny_run, tmp_pa
     # the hand-made analysis stands for one of these weights: written after them
     analysis = json.loads((run / "analysis.json").read_text())
     config = DistillConfig(
-        identify=IdentifyConfig(rounds=2, num_problems=8, try_damping=False), retune=None
+        identify=IdentifyConfig(rounds=2, num_problems=8, try_damping=False, try_agreement=False),
+        retune=None,
     )
     d = distill_analysis(analysis, run, config, progress=False)
     assert d.chain_identified is not None and d.tx_identified is not None
@@ -741,7 +755,7 @@ def test_momentum_modes_numbers_are_free_except_a_direct_term():
 def test_the_report_says_when_identification_added_damping():
     from probes.distill import format_report
     from probes.report.distillation import distill_section
-    from probes.words import distill_sentence, identified_damping_sentence
+    from probes.words import distill_sentence, identified_added_sentence
 
     cands = [
         {"structure": "detected", "round": 0, "validation_error": 0.19},
@@ -755,7 +769,7 @@ def test_the_report_says_when_identification_added_damping():
         "notes": {"identify": {"damping_added": True, "candidates": cands}},
         "results": {},
     }
-    text = identified_damping_sentence(distill)
+    text = identified_added_sentence(distill)
     assert "κ = 0.77" in text and "ρ = 0.74" in text and "0.118 against 0.127" in text
     assert text in distill_section(distill)["notes"]
     row = {"metric": 0.05, "sem": 0.001}
@@ -770,10 +784,10 @@ def test_the_report_says_when_identification_added_damping():
     summary = distill_sentence({**distill, "fraction": frac, "fraction_identified": frac})
     assert "fitted to its updates (and oscillation damping added) 67%" in summary
     distill["notes"]["identify"]["damping_added"] = False
-    assert identified_damping_sentence(distill) is None
+    assert identified_added_sentence(distill) is None
     assert not any("added oscillation damping" in n for n in distill_section(distill)["notes"])
     assert "damping added" not in distill_sentence({**distill, "fraction_identified": frac})
     # a damping entry that is not first (or a chain without one) is not reported as added
     distill["notes"]["identify"]["damping_added"] = True
     distill["chain_identified"] = distill["chain_identified"][::-1]
-    assert identified_damping_sentence(distill) is None
+    assert identified_added_sentence(distill) is None

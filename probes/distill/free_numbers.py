@@ -1,14 +1,14 @@
 """The numbers of a chain that identification and re-tuning fit, and their coordinates.
 
-Every positive number of a chain entry is fitted in log space, every decay in ``(0, 1)``
-through a logistic, the learning rate linearly in units of its detected magnitude (its sign may
-flip: a probed α can have the wrong sign, e.g. at g = 0 for the ``log1p_sign`` input, where the
-input's derivative vanishes), and a schedule's multipliers through an exponent ``γ``
-(``m(t)^γ``: ``γ = 1`` is the detected schedule, ``γ = 0`` none); the modes of
-``momentum_modes`` each have a free decay (logistic) and weight (linear). :func:`encode` maps
-a chain to these coordinates (the starting chain sits at ``γ = 1``, ``log``/``logit`` of its
-numbers and ±1 for the learning rate), :func:`decode` maps coordinates (possibly traced) back
-to a chain.
+Every positive number of a chain entry is fitted in log space, every decay (and sign-agreement
+rate) in ``(0, 1)`` through a logistic, the learning rate linearly in units of its detected
+magnitude (its sign may flip: a probed α can have the wrong sign, e.g. at g = 0 for the
+``log1p_sign`` input, where the input's derivative vanishes), and a schedule's multipliers
+through an exponent ``γ`` (``m(t)^γ``: ``γ = 1`` is the detected schedule, ``γ = 0`` none); the
+modes of ``momentum_modes`` each have a free decay (logistic) and weight (linear).
+:func:`encode` maps a chain to these coordinates (the starting chain sits at ``γ = 1``,
+``log``/``logit`` of its numbers and ±1 for the learning rate), :func:`decode` maps coordinates
+(possibly traced) back to a chain.
 """
 
 from __future__ import annotations
@@ -31,6 +31,10 @@ FREE_FIELDS = {
     "eps": "log",
     "decay": "logit",
     "offset": "signed",
+    "agreeing": "log",
+    "disagreeing": "log",
+    "rise": "logit",
+    "fall": "logit",
 }
 #: The same for list-valued numbers (``momentum_modes``): each element is a free number,
 #: ``(index, "<field>.<element>")``; a mode's decay of exactly 0 (a direct term) stays fixed.

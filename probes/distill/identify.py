@@ -7,11 +7,16 @@ numbers fitted to the optimizer's behaviour describe it, where the probed number
 (:mod:`probes.to_chain`) may not.
 
 When the detected chain has no oscillation damping, the identification also fits it with a
-damping transform in front (:func:`lopt.chain.damp_oscillations`, started nearly inactive) and
-keeps that structure when it describes the updates clearly better. The damping probe reads
-steady gains after 200 steps of a fixed-amplitude periodic gradient from a fresh state; the
-gradients a learned optimizer meets in training flip sign without ever settling like that, so
-the probe's silence does not rule the mechanism out on the trajectories that matter.
+damping transform in front (:func:`lopt.chain.damp_oscillations`, started nearly inactive), and
+when it has no sign-agreement gain, with one of those in front
+(:func:`lopt.chain.scale_by_agreement`); it keeps the structure that describes the updates
+clearly best. The damping probe reads steady gains after 200 steps of a fixed-amplitude
+periodic gradient from a fresh state, and the agreement probe the step after 100 random signs;
+the gradients a learned optimizer meets in training change sign and size without ever settling
+like that, so the probes' readings (or silence) do not settle how the mechanisms act on the
+trajectories that matter. The probed chain has no agreement entry: no probe reads the rate at
+which the gain follows the signs in a way that holds in closed loop (``CHANGELOG.md``,
+2026-12-07).
 """
 
 from __future__ import annotations
@@ -52,6 +57,8 @@ class IdentifyConfig:
         try_damping: also fit the chain with oscillation damping in front when it has none,
             and keep it if it lowers the best validation error by more than
             :data:`EXTENSION_GAIN` (relative).
+        try_agreement: the same with a sign-agreement gain in front when it has none
+            (:func:`lopt.chain.scale_by_agreement`, started at :data:`AGREEMENT_START`).
     """
 
     rounds: int = 6
@@ -61,6 +68,7 @@ class IdentifyConfig:
     validation: int = 64
     key: int = 2
     try_damping: bool = True
+    try_agreement: bool = True
 
 
 #: A structure with one more mechanism is kept only if its best validation imitation error is
@@ -75,6 +83,15 @@ EXTENSION_FLOOR = 1e-6
 DAMPING_START = 10.0
 #: The label of the added damping entry (its numbers' tag is appended by the fit).
 ADDED_DAMPING = "oscillation damping, added by identification: not in the detected chain"
+#: The added sign-agreement gain starts at ``κ`` = the 90th percentile of the recorded ``|g|``
+#: (agreement counts for the larger gradients), gains ×1.5 for agreeing and ×0.5 for flipping
+#: signs, reached at a tenth of the way per step: a mild version of the mechanism, from which
+#: the fit can move either way (at ×1 and ×1 its rates would have no effect to fit).
+AGREEMENT_START = {"agreeing": 1.5, "disagreeing": 0.5, "rise": 0.1, "fall": 0.1}
+#: The label of the added sign-agreement entry.
+ADDED_AGREEMENT = "sign agreement, added by identification: not in the detected chain"
+#: The structures identification may add, by the name its notes give them.
+EXTENSIONS = {"damping": "damp_oscillations", "sign agreement": "scale_by_agreement"}
 
 
 def _imitation_error(chain_tx, teacher_u: jax.Array, seqs: Mapping[str, jax.Array]) -> jax.Array:
@@ -95,8 +112,9 @@ def identify_chain(
 ) -> tuple[list[dict[str, Any]] | None, dict[str, Any]]:
     """Fits the chain's numbers to the learned optimizer's *updates* (system identification).
 
-    The structure is the one the probes detected (or it with damping in front, step 4); its
-    numbers are refitted: clip and damping scales (positive), decays (inside (0, 1)), the
+    The structure is the one the probes detected (or it with damping or a sign-agreement gain
+    in front, step 4); its numbers are refitted: clip and damping scales (positive), decays
+    (inside (0, 1)), the sign-agreement gains (positive) and rates (inside (0, 1)), the
     learning rate (non-zero; its sign may flip), and an exponent ``γ`` on the detected
     schedule's multipliers when they are all positive (``m(t)^γ``: ``γ = 1`` is the probed
     schedule, ``γ = 0`` none). No loss enters: the target
@@ -118,13 +136,16 @@ def identify_chain(
     4. If the chain has no oscillation damping and ``config.try_damping`` is set, do 2-3 again
        for the chain with :func:`lopt.chain.damp_oscillations` in front (``κ`` starting at
        :data:`DAMPING_START` times the 90th percentile of the recorded ``|g|``, memory
-       :data:`probes.to_chain.DAMP_DECAY`).
+       :data:`probes.to_chain.DAMP_DECAY`); if it has no sign-agreement gain and
+       ``config.try_agreement`` is set, the same with :func:`lopt.chain.scale_by_agreement`
+       in front (started at :data:`AGREEMENT_START`, ``κ`` the 90th percentile of ``|g|``).
 
     Each candidate (the detected numbers, each round's fit of each structure) is scored by its
-    imitation error on its own trajectories on ``config.validation`` other problems. The
-    structure with damping added is kept only if its best score is below ``1 −``
-    :data:`EXTENSION_GAIN` times the detected structure's, less :data:`EXTENSION_FLOOR`; the
-    returned chain is the best-scoring candidate of the kept structure.
+    imitation error on its own trajectories on ``config.validation`` other problems. A
+    structure with a mechanism added is kept only if its best score is below ``1 −``
+    :data:`EXTENSION_GAIN` times the detected structure's, less :data:`EXTENSION_FLOOR` (of two
+    that are, the lower); the returned chain is the best-scoring candidate of the kept
+    structure.
 
     Args:
         chain: the detected chain (:func:`probes.distill.chain_from_analysis`).
@@ -137,11 +158,12 @@ def identify_chain(
 
     Returns:
         ``(chain, notes)``: the identified chain (plain floats; the detected structure, or it
-        with damping in front, labelled as added by identification; the detected chain itself
-        if no fit does better) and a record (every candidate's structure, round and errors, the
-        selected one, the schedule exponent, settings); ``(None, {"note": why})`` when there is
-        nothing to identify (no number in the chain to fit, or a learned optimizer that makes no
-        finite, non-zero update).
+        with damping or a sign-agreement gain in front, labelled as added by identification;
+        the detected chain itself if no fit does better) and a record (every candidate's
+        structure, round and errors, the selected one, what was added (``added``: ``None``,
+        ``"damping"`` or ``"sign agreement"``), the schedule exponent, settings);
+        ``(None, {"note": why})`` when there is nothing to identify (no number in the chain to
+        fit, or a learned optimizer that makes no finite, non-zero update).
     """
     num_steps = family.num_steps if num_steps is None else num_steps
     rounds, num_problems, fit_steps = config.rounds, config.num_problems, config.fit_steps
@@ -223,22 +245,37 @@ def identify_chain(
         return candidates, free, unravel
 
     structures = [("detected", chain, True)]
-    start_kappa = None
-    has_damping = any(e.get("transform") == "damp_oscillations" for e in chain)
-    if config.try_damping and rounds >= 1 and not has_damping:
-        g = np.abs(np.asarray(own[0]["g"], np.float64))
-        kappa = DAMPING_START * float(np.percentile(g, 90))
-        if math.isfinite(kappa) and kappa > 0:  # recorded only when the structure is fitted
-            start_kappa = kappa
-            damp = {"transform": "damp_oscillations", "scale": kappa, "decay": DAMP_DECAY}
-            # in front of the other mechanisms, behind a bias's offset (which stays first)
-            at = 1 if chain and chain[0].get("transform") == "offset_gradient" else 0
-            added = [*chain[:at], {**damp, "mechanism": ADDED_DAMPING}, *chain[at:]]
-            structures.append(("detected + damping", added, False))
+    starts: dict[str, float | None] = {"damping": None, "sign agreement": None}
+    g90 = float(np.percentile(np.abs(np.asarray(own[0]["g"], np.float64)), 90))
+    present = {e.get("transform") for e in chain}
+    entries = {
+        "damping": (
+            config.try_damping,
+            DAMPING_START * g90,
+            {"transform": "damp_oscillations", "decay": DAMP_DECAY, "mechanism": ADDED_DAMPING},
+        ),
+        "sign agreement": (
+            config.try_agreement,
+            g90,
+            {"transform": "scale_by_agreement", **AGREEMENT_START, "mechanism": ADDED_AGREEMENT},
+        ),
+    }
+    for name, (wanted, kappa, entry) in entries.items():
+        if wanted and rounds >= 1 and EXTENSIONS[name] not in present:
+            if math.isfinite(kappa) and kappa > 0:  # recorded only when the structure is fitted
+                starts[name] = kappa
+                # in front of the other mechanisms, behind a bias's offset (which stays first)
+                at = 1 if chain and chain[0].get("transform") == "offset_gradient" else 0
+                added = [*chain[:at], {**entry, "scale": kappa}, *chain[at:]]
+                structures.append((f"detected + {name}", added, False))
     fitted_structures = [fit_structure(c, name, start) for name, c, start in structures]
     best = [min(c[2] for c in f[0]) for f in fitted_structures]
-    better = len(best) > 1 and best[1] < (1.0 - EXTENSION_GAIN) * best[0] - EXTENSION_FLOOR
-    kept = 1 if better else 0
+    bar = (1.0 - EXTENSION_GAIN) * best[0] - EXTENSION_FLOOR
+    kept = 0  # the detected structure, unless an extension beats it clearly (the best one)
+    for i in range(1, len(best)):
+        if best[i] < bar and (kept == 0 or best[i] < best[kept]):
+            kept = i
+    added_name = structures[kept][0].removeprefix("detected + ") if kept else None
     candidates, free, unravel = fitted_structures[kept]
     first_round = 0 if structures[kept][2] else 1
     pick = int(np.argmin([c[2] for c in candidates]))
@@ -264,8 +301,10 @@ def identify_chain(
             for i, c in enumerate(f[0])
         ],
         "structure": structures[kept][0],
-        "damping_added": kept == 1,
-        "damping_start": start_kappa,
+        "added": added_name,
+        "damping_added": added_name == "damping",
+        "damping_start": starts["damping"],
+        "agreement_start": starts["sign agreement"],
         "selected_round": selected_round,
         "selected": sum(len(f[0]) for f in fitted_structures[:kept]) + pick,
         "rounds": rounds,

@@ -47,7 +47,7 @@ from probes.distill.retune import RetuneConfig, retune_chain, retune_cost, valid
 from probes.distill.stats import BootstrapConfig, fraction_report, mean_sem
 from probes.runs import analyze_run, check_analysis, coordinatewise, saved_analysis
 from probes.to_chain import DistillError, chain_from_analysis
-from probes.words import attribution_sentence, identified_damping_sentence
+from probes.words import attribution_sentence, identified_added_sentence
 
 #: ``distill.json`` schema. 2: the re-tuned variant tunes every number (``notes.retune`` holds
 #: its validation curve, not a grid; ``results.distilled_retuned`` has no factors).
@@ -372,7 +372,9 @@ def distill_analysis(
             f"{notes['retune']['start']} numbers"
         )
     if tx_id is not None:
-        added = ", oscillation damping added" if notes["identify"].get("damping_added") else ""
+        added = {"damping": "oscillation damping"}.get(notes["identify"].get("added"))
+        added = added or notes["identify"].get("added")
+        added = f", {added} added" if added else ""
         results["distilled_identified"]["label"] = (
             f"numbers fitted to the learned optimizer's updates{added}; no loss used"
         )
@@ -515,7 +517,7 @@ def format_report(result: Mapping[str, Any]) -> str:
     said = attribution_sentence(result, listing=False)
     if said:
         lines.append(said)
-    added = identified_damping_sentence(result)
+    added = identified_added_sentence(result)
     if added:
         lines.append(added)
     return "\n".join(lines)

@@ -7,7 +7,7 @@ from typing import Any
 
 from probes.report.sections import num_row
 from probes.values import finite, plain
-from probes.words import attribution_sentence, fmt, identified_damping_sentence, pm
+from probes.words import attribution_sentence, fmt, identified_added_sentence, pm
 from probes.words import label as display_name
 
 
@@ -120,7 +120,7 @@ def distill_section(distill: Mapping | None) -> dict | None:
     )
     if frac_r:
         nums.append(frac_r)
-    added = identified_damping_sentence(distill)
+    added = identified_added_sentence(distill)
     if added:
         notes.append(added)
     exchanged = attribution_sentence(distill)
