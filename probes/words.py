@@ -188,8 +188,10 @@ def agreement_phrase(g: Mapping[str, Any]) -> str:
     return (
         f"Sign agreement: after gradients that keep their sign its step is ×{up:.2g} a fresh "
         f"one, after gradients that flip ×{down:.2g}{where}{cross} (a step size that follows "
-        "the agreement of successive gradients, as in Rprop). No chain entry writes it yet: the "
-        "distilled chain leaves this part of the behaviour unexplained."
+        "the agreement of successive gradients, as in Rprop). The chain from the probed numbers "
+        "has no entry for it (no probe reads how fast the step follows the signs), so it leaves "
+        "this part of the behaviour unexplained; identification (lopt distill) can add one, "
+        "lopt.chain.scale_by_agreement, with numbers fitted to the updates."
     )
 
 
