@@ -161,18 +161,21 @@ def scale_by_agreement(
 ) -> optax.GradientTransformation:
     """A gain per entry that follows the sign agreement of successive inputs: ``g ↦ e^a·g``.
 
-    Each step measures the agreement ``c = tanh(g·g_prev/κ²)`` (``κ = scale``; ``g_prev = 0``
-    at the first step, so ``c = 0``) and moves the log-gain ``a`` (0 at the start) toward
-    ``ln agreeing`` by the share ``rise·c`` when ``c > 0``, toward ``ln disagreeing`` by
-    ``fall·|c|`` when ``c < 0``; the new gain scales this step's input. The two gains are taken
-    within ``[10⁻⁴, 10⁴]`` (:data:`AGREEMENT_BOUND`), so ``a`` stays finite, between the two
-    logarithms (and 0); an input of constant sign well above ``κ`` has the gain
-    ``agreeing^(1 − (1 − rise)^(t−1))`` at step ``t`` (counted from 1), and one that
-    alternates sign has ``disagreeing^(1 − (1 − fall)^(t−1))``. Under signs that flip with
-    probability ``p`` the gain drifts toward ``agreeing`` when ``rise·(1 − p)·ln agreeing``
-    outweighs ``fall·p·|ln disagreeing|`` and toward ``disagreeing`` otherwise. This is the
-    mechanism :mod:`probes.agreement` measures (Rprop and delta-bar-delta's step sizes move
-    the same way, multiplicatively and by sign); inputs well below ``κ`` barely move ``a``.
+    Each step measures the agreement ``c = tanh((g/κ)·(g_prev/κ))`` (``κ = scale``;
+    ``g_prev = 0`` at the first step, so ``c = 0``) and moves the log-gain ``a`` (0 at the
+    start) toward ``ln agreeing`` by the share ``rise·c`` when ``c > 0``, toward
+    ``ln disagreeing`` by ``fall·|c|`` when ``c < 0``; the new gain scales this step's input.
+    The two gains are taken within ``[10⁻⁴, 10⁴]`` (:data:`AGREEMENT_BOUND`; the closed forms
+    below hold within it), so ``a`` stays finite, between the two logarithms (and 0). An input
+    of constant sign well above ``κ`` has the gain ``agreeing^(1 − (1 − rise)^(t−1))`` at step
+    ``t`` (counted from 1), and one that alternates sign has
+    ``disagreeing^(1 − (1 − fall)^(t−1))``. Under signs that flip with probability ``p`` (well
+    above ``κ``) the mean drift of ``a`` vanishes at
+    ``a* = (rise(1−p)·ln agreeing + fall·p·ln disagreeing) / (rise(1−p) + fall·p)``, so the gain
+    settles near ``e^{a*}`` when the rates are small, and ``a*`` changes sign where
+    ``rise(1 − p)·ln agreeing = −fall·p·ln disagreeing``. This is the mechanism
+    :mod:`probes.agreement` measures (Rprop and delta-bar-delta's step sizes move by sign too,
+    multiplicatively); inputs well below ``κ`` barely move ``a``.
 
     Args:
         scale: ``κ > 0``, the input magnitude at which agreement counts.
@@ -185,11 +188,18 @@ def scale_by_agreement(
     Returns:
         The transformation.
 
+    Raises:
+        ValueError: for a (concrete) rate outside ``[0, 1]``, where ``a`` would overshoot its
+            target and can diverge.
+
     Example:
         >>> import optax, lopt
         >>> tx = optax.chain(lopt.chain.scale_by_agreement(0.1, 2.0, 0.5, 0.2, 0.2),
         ...                  optax.sgd(0.1))
     """
+    for name, rate in (("rise", rise), ("fall", fall)):
+        if not isinstance(rate, jax.core.Tracer) and not 0.0 <= float(rate) <= 1.0:
+            raise ValueError(f"scale_by_agreement: {name} must lie in [0, 1], got {float(rate)}")
 
     def init_fn(params):
         zeros = jax.tree.map(lambda x: jnp.zeros(jnp.shape(x), jnp.float32), params)
@@ -204,7 +214,7 @@ def scale_by_agreement(
         down = jnp.clip(jnp.log(jnp.maximum(disagreeing, 1e-30)), -bound, bound)
 
         def log_gain(g, prev, a):
-            c = jnp.tanh(jnp.asarray(g, jnp.float32) * prev / scale**2)
+            c = jnp.tanh((jnp.asarray(g, jnp.float32) / scale) * (prev / scale))
             return (
                 a + rise * jnp.maximum(c, 0.0) * (up - a) + fall * jnp.maximum(-c, 0.0) * (down - a)
             )

@@ -452,8 +452,7 @@ def summary_sentences(a: Mapping[str, Any]) -> list[str]:
 def distill_sentence(distill: Mapping[str, Any]) -> str | None:
     """One summary line: how much of the gain the distilled chains recover (``distill.json``)."""
     parts = []
-    added = identified_addition(distill)
-    added = {"damping": "oscillation damping"}.get(added, added)
+    added = addition_name(identified_addition(distill))
     for key, how in (
         ("fraction", "with the probed numbers"),
         (
@@ -484,10 +483,18 @@ def distill_sentence(distill: Mapping[str, Any]) -> str | None:
     )
 
 
-#: A sign-agreement side whose rate times its target's log-gain (at most ``ln 10⁴``) is below
-#: this moves the gain by less than 1% per step from 1: the words call that side idle rather
-#: than quote a target the gain never approaches.
+#: A sign-agreement side whose rate times the farthest the log-gain can be from its target
+#: (from 0 or from the other side's target, each within ``±ln 10⁴``) is below this moves the
+#: gain by less than 1% per step: the words call that side idle rather than quote a target
+#: the gain never approaches.
 AGREEMENT_IDLE = 0.01
+
+
+def addition_name(added: str | None) -> str | None:
+    """How sentences name what identification added (``notes.identify.added``)."""
+    return {"damping": "oscillation damping", "sign agreement": "a sign-agreement gain"}.get(
+        added or ""
+    )
 
 
 def identified_addition(distill: Mapping[str, Any]) -> str | None:
@@ -506,16 +513,16 @@ def identified_added_sentence(distill: Mapping[str, Any]) -> str | None:
     """Says so when identification added a mechanism the probes did not put in the chain."""
     ident = (distill.get("notes") or {}).get("identify") or {}
     added = identified_addition(distill)
-    entry = next(  # the added entry: first, or behind a bias's offset
-        (
-            e
-            for e in distill.get("chain_identified") or []
-            if isinstance(e, Mapping) and e.get("transform") != "offset_gradient"
-        ),
-        None,
-    )
-    want = {"damping": "damp_oscillations", "sign agreement": "scale_by_agreement"}.get(added)
-    if want is None or not isinstance(entry, Mapping) or entry.get("transform") != want:
+    entries = [e for e in distill.get("chain_identified") or [] if isinstance(e, Mapping)]
+    if added == "damping":  # the added damping: first, or behind a bias's offset
+        entry = next((e for e in entries if e.get("transform") != "offset_gradient"), None)
+        if entry is None or entry.get("transform") != "damp_oscillations":
+            return None
+    elif added == "sign agreement":  # the detected chain never has one
+        entry = next((e for e in entries if e.get("transform") == "scale_by_agreement"), None)
+        if entry is None:
+            return None
+    else:
         return None
     errors: dict[str, float] = {}
     for c in ident.get("candidates") or []:
@@ -530,15 +537,23 @@ def identified_added_sentence(distill: Mapping[str, Any]) -> str | None:
             f"{fmt(entry.get('scale'))}, memory ρ = {fmt(entry.get('decay'))})"
         )
     else:
-        sides = []
+        sides, bound = [], math.log(AGREEMENT_BOUND)
         for gain, rate, when in (
             ("agreeing", "rise", "agree in sign"),
             ("disagreeing", "fall", "flip"),
         ):
-            r, target = finite(entry.get(rate)), finite(entry.get(gain))
+            r = finite(entry.get(rate))
+            logs = [finite(entry.get(k)) for k in ("agreeing", "disagreeing")]
+            logs = [
+                max(-bound, min(bound, math.log(v))) if v is not None and v > 0 else None
+                for v in logs
+            ]
+            # the log-gain lies between 0 and the two targets: the farthest it can be from
+            # this side's target bounds the pull of this side's rate
+            own = logs[0] if gain == "agreeing" else logs[1]
             pull = (
-                r * min(abs(math.log(target)), math.log(AGREEMENT_BOUND))
-                if r is not None and target is not None and target > 0
+                r * max(abs(own), *(abs(own - x) for x in logs))
+                if r is not None and None not in logs
                 else None
             )
             if pull is not None and pull < AGREEMENT_IDLE:  # the target is then irrelevant
@@ -549,9 +564,8 @@ def identified_added_sentence(distill: Mapping[str, Any]) -> str | None:
                     "way per step)"
                 )
         what = (
-            "a gain that follows the signs of successive gradients in front of the chain ("
-            + "; ".join(sides)
-            + f"; κ = {fmt(entry.get('scale'))})"
+            "a gain that follows the signs of successive gradients, in front of the chain's "
+            "linear stage (" + "; ".join(sides) + f"; κ = {fmt(entry.get('scale'))})"
         )
     return (
         f"Identification added {what}, which the detected chain lacks: with it the chain's "

@@ -4,13 +4,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import lopt
 import tasks
 from lopt.chain import build_chain, chain_code, scale_by_agreement
 from probes.distill import IdentifyConfig, identify_chain
 from probes.distill.free_numbers import decode, encode, free_numbers
-from probes.words import distill_sentence, identified_added_sentence, identified_addition
+from probes.words import (
+    addition_name,
+    distill_sentence,
+    identified_added_sentence,
+    identified_addition,
+)
 
 
 def _outputs(tx, grads):
@@ -71,6 +77,45 @@ def test_scale_by_agreement_maps_trees_and_keeps_dtypes():
     assert u16.dtype == jnp.float16 and s16.log_gain.dtype == jnp.float32
 
 
+def test_scale_by_agreement_bounds_its_gains_and_rejects_rates_outside_0_1():
+    # gains of 0 and 1e8 act as 1e-4 and 1e4 (no 0·(−inf)); a κ whose square underflows is fine
+    tx = scale_by_agreement(1e-20, 1e8, 0.0, 1.0, 1.0)
+    out = _outputs(tx, [[1.0, 1.0], [1.0, -1.0], [1.0, 1.0]])
+    assert np.all(np.isfinite(out))
+    np.testing.assert_allclose(out[:, 0], [1.0, 1e4, 1e4], rtol=1e-4)  # rise 1: all the way
+    np.testing.assert_allclose(out[:, 1], [1.0, -1e-4, 1e-4], rtol=1e-4)
+    for bad in ({"rise": 1.5}, {"fall": -0.1}):
+        args = {"rise": 0.1, "fall": 0.1, **bad}
+        with pytest.raises(ValueError, match="must lie in"):
+            scale_by_agreement(1.0, 2.0, 0.5, **args)
+
+
+def test_agreement_gains_are_fitted_within_their_bounds():
+    # the fit's coordinate for a gain is squashed: any coordinate decodes inside the bounds,
+    # with a gradient that never vanishes, and the written number is the one that acts
+    entry = {
+        "transform": "scale_by_agreement",
+        "scale": 1.0,
+        "agreeing": 3.0,
+        "disagreeing": 1e-3,
+        "rise": 0.5,
+        "fall": 0.5,
+    }
+    free = free_numbers([entry])
+    z = encode([entry], free)
+    np.testing.assert_allclose(float(decode([entry], free, z)[0]["disagreeing"]), 1e-3, rtol=1e-5)
+    for x in (-1e3, -30.0, 30.0, 1e3):
+        v = float(decode([entry], free, {**z, "0.agreeing": jnp.float32(x)})[0]["agreeing"])
+        assert 1e-4 * (1 - 1e-5) <= v <= 1e4 * (1 + 1e-5)  # float32 at the bounds
+
+    def log_gain(x):
+        return jnp.log(decode([entry], free, {**z, "0.agreeing": x})[0]["agreeing"])
+
+    assert float(jax.grad(log_gain)(jnp.float32(20.0))) > 0.05
+    # a gain at or beyond a bound is not a number the coordinates can hold: it stays fixed
+    assert (0, "agreeing") not in free_numbers([{**entry, "agreeing": 1e5}])
+
+
 def test_an_agreement_entry_builds_writes_and_has_free_numbers():
     entry = {
         "transform": "scale_by_agreement",
@@ -127,21 +172,31 @@ def test_identification_adds_a_sign_agreement_gain_the_chain_lacks():
     got += [chain[1]["decay"], chain[2]["learning_rate"]]
     np.testing.assert_allclose(got, [0.3, 2.0, 0.4, 0.3, 0.5, 0.5, 0.1], rtol=1e-2)
     assert "added by identification" in chain[0]["mechanism"]
+    chosen = notes["candidates"][notes["selected"]]
+    assert chosen["structure"] == "detected + sign agreement"
+    assert chosen["round"] == notes["selected_round"] >= 1
     errors = {}
     for c in notes["candidates"]:
         errors[c["structure"]] = min(c["validation_error"], errors.get(c["structure"], np.inf))
     assert errors["detected + sign agreement"] < 1e-4 < errors["detected + damping"]
-    # the words say what was added
-    distill = {"chain_identified": chain, "notes": {"identify": notes}}
+    # the words say what was added (with the teacher's numbers, which the fit found to 1%)
+    exact = [{**e, "mechanism": c.get("mechanism")} for e, c in zip(truth, chain, strict=True)]
+    distill = {"chain_identified": exact, "notes": {"identify": notes}}
     assert identified_addition(distill) == "sign agreement"
     text = identified_added_sentence(distill)
     assert "follows the signs" in text and "toward ×2 while" in text and "×0.4 while" in text
-    idle = [{**chain[0], "fall": 1e-9, "disagreeing": 1e4}, *chain[1:]]
+    idle = [{**exact[0], "fall": 1e-9, "disagreeing": 1e4}, *exact[1:]]
     text = identified_added_sentence({**distill, "chain_identified": idle})
     assert "barely moved while they flip" in text and "1e+04" not in text
+    # a flip that pulls the gain back to ×1 is not idle, though ln 1 = 0
+    back = [{**exact[0], "agreeing": 3.6, "rise": 0.125, "disagreeing": 1.0, "fall": 0.5}]
+    text = identified_added_sentence({**distill, "chain_identified": back + exact[1:]})
+    assert "toward ×1 while they flip" in text and "barely" not in text
+    assert addition_name("sign agreement") == "a sign-agreement gain"
+    assert addition_name("damping") == "oscillation damping" and addition_name(None) is None
     frac = {"mean": 0.8, "ci": [0.7, 0.9]}
     summary = distill_sentence({**distill, "fraction_identified": frac})
-    assert "(and sign agreement added) 80%" in summary
+    assert "(and a sign-agreement gain added) 80%" in summary
 
 
 def test_files_from_before_agreement_could_be_added_still_read():

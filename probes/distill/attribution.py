@@ -13,9 +13,9 @@ mechanisms, in two directions:
   otherwise push over).
 
 Mechanisms are matched by transform (:mod:`lopt.chain`). A mechanism the identification added
-(damping in front, :func:`probes.distill.identify_chain`) has no probed numbers: it appears in
-the first direction only, inserted where the identified chain has it. The exchange uses no
-loss to choose anything; the held-out scores only measure.
+(damping or a sign-agreement gain, :func:`probes.distill.identify_chain`) has no probed
+numbers: it appears in the first direction only, inserted where the identified chain has it.
+The exchange uses no loss to choose anything; the held-out scores only measure.
 
 Examples:
     >>> from probes.distill.attribution import exchanges

@@ -1,14 +1,14 @@
 """The numbers of a chain that identification and re-tuning fit, and their coordinates.
 
-Every positive number of a chain entry is fitted in log space, every decay (and sign-agreement
-rate) in ``(0, 1)`` through a logistic, the learning rate linearly in units of its detected
-magnitude (its sign may flip: a probed α can have the wrong sign, e.g. at g = 0 for the
-``log1p_sign`` input, where the input's derivative vanishes), and a schedule's multipliers
-through an exponent ``γ`` (``m(t)^γ``: ``γ = 1`` is the detected schedule, ``γ = 0`` none); the
-modes of ``momentum_modes`` each have a free decay (logistic) and weight (linear).
-:func:`encode` maps a chain to these coordinates (the starting chain sits at ``γ = 1``,
-``log``/``logit`` of its numbers and ±1 for the learning rate), :func:`decode` maps coordinates
-(possibly traced) back to a chain.
+Every positive number of a chain entry is fitted in log space (a sign-agreement gain squashed
+within its bounds), every decay (and sign-agreement rate) in ``(0, 1)`` through a logistic, the
+learning rate linearly in units of its detected magnitude (its sign may flip: a probed α can
+have the wrong sign, e.g. at g = 0 for the ``log1p_sign`` input, where the input's derivative
+vanishes), and a schedule's multipliers through an exponent ``γ`` (``m(t)^γ``: ``γ = 1`` is the
+detected schedule, ``γ = 0`` none); the modes of ``momentum_modes`` each have a free decay
+(logistic) and weight (linear). :func:`encode` maps a chain to these coordinates (the starting
+chain sits at ``γ = 1``, ``log``/``logit`` of its numbers and ±1 for the learning rate),
+:func:`decode` maps coordinates (possibly traced) back to a chain.
 """
 
 from __future__ import annotations
@@ -22,8 +22,16 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-#: How each number of a chain entry is fitted: in log space (positive numbers), through a
-#: logistic (decays in (0, 1)), or linearly in units of the detected magnitude.
+from lopt.chain import AGREEMENT_BOUND
+
+#: ``B = ln AGREEMENT_BOUND``: the sign-agreement gains' log-bound.
+_BOUND = math.log(AGREEMENT_BOUND)
+
+#: How each number of a chain entry is fitted: in log space (positive numbers), in log space
+#: squashed into ``±ln AGREEMENT_BOUND`` (``ln v = B·tanh(x/B)``: the sign-agreement gains,
+#: which :func:`lopt.chain.scale_by_agreement` takes within those bounds, so the fitted number
+#: is the one that acts and never sits where it has no gradient), through a logistic (decays
+#: and rates in (0, 1)), or linearly in units of the detected magnitude.
 FREE_FIELDS = {
     "scale": "log",
     "max_delta": "log",
@@ -31,8 +39,8 @@ FREE_FIELDS = {
     "eps": "log",
     "decay": "logit",
     "offset": "signed",
-    "agreeing": "log",
-    "disagreeing": "log",
+    "agreeing": "bounded_log",
+    "disagreeing": "bounded_log",
     "rise": "logit",
     "fall": "logit",
 }
@@ -55,7 +63,11 @@ def _value(entry: Mapping[str, Any], field: str) -> float:
 def _representable(v: Any, kind: str) -> bool:
     if not isinstance(v, int | float) or isinstance(v, bool):
         return False
-    return (v != 0) if kind == "signed" else (v > 0 and (kind == "log" or v < 1))
+    if kind == "signed":
+        return v != 0
+    if kind == "bounded_log":
+        return 0 < v and abs(math.log(v)) < _BOUND
+    return v > 0 and (kind == "log" or v < 1)
 
 
 _POWER = ", multipliers raised to the power "
@@ -86,6 +98,8 @@ def encode(chain: Sequence[Mapping[str, Any]], free: list[tuple[int, str]]) -> d
             z[f"{i}.{k}"] = jnp.float32(1.0)
         elif _kind(k) == "log":
             z[f"{i}.{k}"] = jnp.float32(math.log(_value(chain[i], k)))
+        elif _kind(k) == "bounded_log":
+            z[f"{i}.{k}"] = jnp.float32(_BOUND * math.atanh(math.log(_value(chain[i], k)) / _BOUND))
         elif _kind(k) == "signed":
             z[f"{i}.{k}"] = jnp.float32(math.copysign(1.0, _value(chain[i], k)))
         else:
@@ -107,6 +121,8 @@ def decode(chain: Sequence[Mapping[str, Any]], free: list[tuple[int, str]], z: M
             kind = _kind(k)
             if kind == "log":
                 v = jnp.exp(x)
+            elif kind == "bounded_log":
+                v = jnp.exp(_BOUND * jnp.tanh(x / _BOUND))
             elif kind == "signed":
                 v = abs(_value(chain[i], k)) * x
             else:

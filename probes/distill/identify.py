@@ -8,9 +8,9 @@ numbers fitted to the optimizer's behaviour describe it, where the probed number
 
 When the detected chain has no oscillation damping, the identification also fits it with a
 damping transform in front (:func:`lopt.chain.damp_oscillations`, started nearly inactive), and
-when it has no sign-agreement gain, with one of those in front
-(:func:`lopt.chain.scale_by_agreement`); it keeps the structure that describes the updates
-clearly best. The damping probe reads steady gains after 200 steps of a fixed-amplitude
+when it has no sign-agreement gain, with one of those in front of its linear stage
+(:func:`lopt.chain.scale_by_agreement`, behind the clip); it keeps the structure that describes
+the updates clearly best. The damping probe reads steady gains after 200 steps of a fixed-amplitude
 periodic gradient from a fresh state, and the agreement probe the step after 100 random signs;
 the gradients a learned optimizer meets in training change sign and size without ever settling
 like that, so the probes' readings (or silence) do not settle how the mechanisms act on the
@@ -54,11 +54,12 @@ class IdentifyConfig:
             ``split(fold_in(base, 10_000))`` (also Adam's tuning key in
             :func:`lopt.evaluation.tune_baselines`, whose problems are ``split(base)``; never the
             held-out key).
-        try_damping: also fit the chain with oscillation damping in front when it has none,
-            and keep it if it lowers the best validation error by more than
-            :data:`EXTENSION_GAIN` (relative).
-        try_agreement: the same with a sign-agreement gain in front when it has none
-            (:func:`lopt.chain.scale_by_agreement`, started at :data:`AGREEMENT_START`).
+        try_damping: also fit the chain with oscillation damping in front when it has none;
+            kept if it lowers the best validation error by more than :data:`EXTENSION_GAIN`
+            (relative) and, when the agreement structure does too, more than it does.
+        try_agreement: the same with a sign-agreement gain in front of the linear stage when
+            it has none (:func:`lopt.chain.scale_by_agreement`, started at
+            :data:`AGREEMENT_START`).
     """
 
     rounds: int = 6
@@ -94,6 +95,36 @@ ADDED_AGREEMENT = "sign agreement, added by identification: not in the detected 
 EXTENSIONS = {"damping": "damp_oscillations", "sign agreement": "scale_by_agreement"}
 
 
+#: The transforms of a chain's linear stage (momentum, normaliser, sign, learning rate): an
+#: added sign-agreement gain goes in front of the first of them.
+LINEAR_STAGE = (
+    "trace",
+    "momentum_modes",
+    "scale_by_rms",
+    "scale_by_sign",
+    "scale_by_learning_rate",
+)
+
+
+def _insert(chain: Sequence[Mapping[str, Any]], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """``chain`` with an added entry where identification puts it.
+
+    Damping goes in front of the other mechanisms, behind a bias's offset (which stays first);
+    a sign-agreement gain goes behind the input stage (offset, damping, clip), in front of the
+    linear stage (:data:`LINEAR_STAGE`), where it scales the step's sensitivity to the gradient
+    as the agreement probe measures it (relative to a fresh step, so a clip's saturation is
+    divided out).
+    """
+    chain = [dict(e) for e in chain]
+    if entry["transform"] == "scale_by_agreement":
+        at = next(
+            (i for i, e in enumerate(chain) if e.get("transform") in LINEAR_STAGE), len(chain)
+        )
+    else:
+        at = 1 if chain and chain[0].get("transform") == "offset_gradient" else 0
+    return [*chain[:at], entry, *chain[at:]]
+
+
 def _imitation_error(chain_tx, teacher_u: jax.Array, seqs: Mapping[str, jax.Array]) -> jax.Array:
     """Per problem: ``Σ(u_chain − u_learned)² / Σ u_learned²`` over steps and coordinates."""
     u = jax.vmap(lambda s: replay(chain_tx, s))(seqs)
@@ -113,7 +144,7 @@ def identify_chain(
     """Fits the chain's numbers to the learned optimizer's *updates* (system identification).
 
     The structure is the one the probes detected (or it with damping or a sign-agreement gain
-    in front, step 4); its numbers are refitted: clip and damping scales (positive), decays
+    added, step 4); its numbers are refitted: clip and damping scales (positive), decays
     (inside (0, 1)), the sign-agreement gains (positive) and rates (inside (0, 1)), the
     learning rate (non-zero; its sign may flip), and an exponent ``γ`` on the detected
     schedule's multipliers when they are all positive (``m(t)^γ``: ``γ = 1`` is the probed
@@ -138,7 +169,8 @@ def identify_chain(
        :data:`DAMPING_START` times the 90th percentile of the recorded ``|g|``, memory
        :data:`probes.to_chain.DAMP_DECAY`); if it has no sign-agreement gain and
        ``config.try_agreement`` is set, the same with :func:`lopt.chain.scale_by_agreement`
-       in front (started at :data:`AGREEMENT_START`, ``κ`` the 90th percentile of ``|g|``).
+       behind the clip, in front of the linear stage (:data:`LINEAR_STAGE`; started at
+       :data:`AGREEMENT_START`, ``κ`` the 90th percentile of ``|g|``).
 
     Each candidate (the detected numbers, each round's fit of each structure) is scored by its
     imitation error on its own trajectories on ``config.validation`` other problems. A
@@ -158,7 +190,7 @@ def identify_chain(
 
     Returns:
         ``(chain, notes)``: the identified chain (plain floats; the detected structure, or it
-        with damping or a sign-agreement gain in front, labelled as added by identification;
+        with damping or a sign-agreement gain added, labelled as added by identification;
         the detected chain itself if no fit does better) and a record (every candidate's
         structure, round and errors, the selected one, what was added (``added``: ``None``,
         ``"damping"`` or ``"sign agreement"``), the schedule exponent, settings);
@@ -264,9 +296,7 @@ def identify_chain(
         if wanted and rounds >= 1 and EXTENSIONS[name] not in present:
             if math.isfinite(kappa) and kappa > 0:  # recorded only when the structure is fitted
                 starts[name] = kappa
-                # in front of the other mechanisms, behind a bias's offset (which stays first)
-                at = 1 if chain and chain[0].get("transform") == "offset_gradient" else 0
-                added = [*chain[:at], {**entry, "scale": kappa}, *chain[at:]]
+                added = _insert(chain, {**entry, "scale": kappa})
                 structures.append((f"detected + {name}", added, False))
     fitted_structures = [fit_structure(c, name, start) for name, c, start in structures]
     best = [min(c[2] for c in f[0]) for f in fitted_structures]

@@ -9,7 +9,8 @@ learned)``, with a 95% paired bootstrap interval over problems (fixed seed,
 :mod:`probes.distill.stats`). Two variants are reported next to it,
 clearly labelled: *identified* (:func:`~probes.distill.identify_chain`: every number fitted to
 the learned optimizer's own updates, no loss used; its structure is the detected one, or it
-with oscillation damping in front when that describes the updates better) and *re-tuned*
+with oscillation damping or a sign-agreement gain added when that describes the updates
+better) and *re-tuned*
 (:func:`~probes.distill.retune_chain`: every number tuned on the loss of training problems,
 never the held-out ones, starting from the detected or the identified chain, whichever
 scores better on the re-tuning's validation problems). The three
@@ -47,7 +48,7 @@ from probes.distill.retune import RetuneConfig, retune_chain, retune_cost, valid
 from probes.distill.stats import BootstrapConfig, fraction_report, mean_sem
 from probes.runs import analyze_run, check_analysis, coordinatewise, saved_analysis
 from probes.to_chain import DistillError, chain_from_analysis
-from probes.words import attribution_sentence, identified_added_sentence
+from probes.words import addition_name, attribution_sentence, identified_added_sentence
 
 #: ``distill.json`` schema. 2: the re-tuned variant tunes every number (``notes.retune`` holds
 #: its validation curve, not a grid; ``results.distilled_retuned`` has no factors).
@@ -90,7 +91,7 @@ class Distillation:
         tx_retuned: its transformation or ``None``.
         chain_identified: the chain with its numbers identified from the learned optimizer's
             updates (:func:`~probes.distill.identify_chain`; the detected structure, or it with
-            damping added) or ``None``.
+            damping or a sign-agreement gain added) or ``None``.
         tx_identified: its transformation or ``None``.
         results: ``learned``, ``best_baseline``, ``distilled``, ``distilled_retuned``,
             ``distilled_identified``.
@@ -372,8 +373,7 @@ def distill_analysis(
             f"{notes['retune']['start']} numbers"
         )
     if tx_id is not None:
-        added = {"damping": "oscillation damping"}.get(notes["identify"].get("added"))
-        added = added or notes["identify"].get("added")
+        added = addition_name(notes["identify"].get("added"))
         added = f", {added} added" if added else ""
         results["distilled_identified"]["label"] = (
             f"numbers fitted to the learned optimizer's updates{added}; no loss used"

@@ -157,19 +157,19 @@ def retune_chain(
     """Tunes every number of the chain on the loss, on training problems (never held-out ones).
 
     The structure stays; the numbers :func:`probes.distill.identify_chain` fits (clip and
-    damping scales, decays, the learning rate, an exponent ``γ`` on the schedule's multipliers,
-    relative to the starting chain's) are tuned, in the same log / logit / linear coordinates,
-    to minimise the paper's meta-objective, the mean normalised loss ``mean_t f_t/f_0``, by Adam
-    (cosine-decayed learning rate) on its exact gradient through the whole inner run (full
-    BPTT). Every step trains the same ``num_problems`` problems, ``split(fold_in(key, 0))``,
-    ``chunk`` at a time (memory): with a fixed sample, as :func:`lopt.tune` uses, the objective
-    is deterministic and Adam settles instead of wandering with the sample (a handful of
-    numbers does not overfit a few hundred problems; the validation below checks). Gradients
-    are taken problem by problem: a problem whose loss or gradient is not finite is left out of
-    that step (counted in ``notes["masked"]``); the others' mean is clipped to norm 1, formed so
-    that gradients near the float32 limit (a problem that blows up without overflowing) cannot
-    overflow it; a step with no usable problem, or whose update is not finite, leaves the
-    numbers and Adam's state unchanged.
+    damping scales, decays, sign-agreement gains and rates, the learning rate, an exponent ``γ``
+    on the schedule's multipliers, relative to the starting chain's) are tuned, in the same log
+    / logit / linear coordinates, to minimise the paper's meta-objective, the mean normalised
+    loss ``mean_t f_t/f_0``, by Adam (cosine-decayed learning rate) on its exact gradient
+    through the whole inner run (full BPTT). Every step trains the same ``num_problems``
+    problems, ``split(fold_in(key, 0))``, ``chunk`` at a time (memory): with a fixed sample, as
+    :func:`lopt.tune` uses, the objective is deterministic and Adam settles instead of wandering
+    with the sample (a handful of numbers does not overfit a few hundred problems; the
+    validation below checks). Gradients are taken problem by problem: a problem whose loss or
+    gradient is not finite is left out of that step (counted in ``notes["masked"]``); the
+    others' mean is clipped to norm 1, formed so that gradients near the float32 limit (a
+    problem that blows up without overflowing) cannot overflow it; a step with no usable
+    problem, or whose update is not finite, leaves the numbers and Adam's state unchanged.
 
     Every ``every`` steps, and at the start, the chain is scored on ``validation`` other
     training problems, ``split(fold_in(key, 1_000_000))``, by the mean normalised loss
