@@ -509,6 +509,33 @@ def identified_addition(distill: Mapping[str, Any]) -> str | None:
     return "damping" if ident.get("damping_added") else None
 
 
+def _agreement_sides(entry: Mapping[str, Any]) -> list[str]:
+    """How a ``scale_by_agreement`` entry moves its gain while signs agree and while they flip."""
+    bound = math.log(AGREEMENT_BOUND)
+    logs = [finite(entry.get(k)) for k in ("agreeing", "disagreeing")]
+    logs = [max(-bound, min(bound, math.log(v))) if v is not None and v > 0 else None for v in logs]
+    sides = []
+    for j, (gain, rate, when) in enumerate(
+        (("agreeing", "rise", "agree in sign"), ("disagreeing", "fall", "flip"))
+    ):
+        r = finite(entry.get(rate))
+        # the log-gain lies between 0 and the two targets: the farthest it can be from this
+        # side's target bounds the pull of this side's rate
+        pull = (
+            r * max(abs(logs[j]), abs(logs[j] - logs[1 - j]))
+            if r is not None and None not in logs
+            else None
+        )
+        if pull is not None and pull < AGREEMENT_IDLE:  # the target is then irrelevant
+            sides.append(f"barely moved while they {when} (rate {fmt(r)} per step)")
+        else:
+            sides.append(
+                f"toward ×{fmt(entry.get(gain))} while they {when} (a share {fmt(r)} of the "
+                "way per step)"
+            )
+    return sides
+
+
 def identified_added_sentence(distill: Mapping[str, Any]) -> str | None:
     """Says so when identification added a mechanism the probes did not put in the chain."""
     ident = (distill.get("notes") or {}).get("identify") or {}
@@ -518,10 +545,20 @@ def identified_added_sentence(distill: Mapping[str, Any]) -> str | None:
         entry = next((e for e in entries if e.get("transform") != "offset_gradient"), None)
         if entry is None or entry.get("transform") != "damp_oscillations":
             return None
+        what = (
+            "oscillation damping in front of the chain (κ = "
+            f"{fmt(entry.get('scale'))}, memory ρ = {fmt(entry.get('decay'))})"
+        )
     elif added == "sign agreement":  # the detected chain never has one
         entry = next((e for e in entries if e.get("transform") == "scale_by_agreement"), None)
         if entry is None:
             return None
+        what = (
+            "a gain that follows the signs of successive gradients, in front of the chain's "
+            "linear stage ("
+            + "; ".join(_agreement_sides(entry))
+            + f"; κ = {fmt(entry.get('scale'))})"
+        )
     else:
         return None
     errors: dict[str, float] = {}
@@ -531,42 +568,6 @@ def identified_added_sentence(distill: Mapping[str, Any]) -> str | None:
             errors[c["structure"]] = min(v, errors.get(c["structure"], math.inf))
     plain, extended = errors.get("detected"), errors.get(f"detected + {added}")
     than = f" ({fmt(extended)} against {fmt(plain)})" if plain and extended else ""
-    if added == "damping":
-        what = (
-            "oscillation damping in front of the chain (κ = "
-            f"{fmt(entry.get('scale'))}, memory ρ = {fmt(entry.get('decay'))})"
-        )
-    else:
-        sides, bound = [], math.log(AGREEMENT_BOUND)
-        for gain, rate, when in (
-            ("agreeing", "rise", "agree in sign"),
-            ("disagreeing", "fall", "flip"),
-        ):
-            r = finite(entry.get(rate))
-            logs = [finite(entry.get(k)) for k in ("agreeing", "disagreeing")]
-            logs = [
-                max(-bound, min(bound, math.log(v))) if v is not None and v > 0 else None
-                for v in logs
-            ]
-            # the log-gain lies between 0 and the two targets: the farthest it can be from
-            # this side's target bounds the pull of this side's rate
-            own = logs[0] if gain == "agreeing" else logs[1]
-            pull = (
-                r * max(abs(own), *(abs(own - x) for x in logs))
-                if r is not None and None not in logs
-                else None
-            )
-            if pull is not None and pull < AGREEMENT_IDLE:  # the target is then irrelevant
-                sides.append(f"barely moved while they {when} (rate {fmt(r)} per step)")
-            else:
-                sides.append(
-                    f"toward ×{fmt(entry.get(gain))} while they {when} (a share {fmt(r)} of the "
-                    "way per step)"
-                )
-        what = (
-            "a gain that follows the signs of successive gradients, in front of the chain's "
-            "linear stage (" + "; ".join(sides) + f"; κ = {fmt(entry.get('scale'))})"
-        )
     return (
         f"Identification added {what}, which the detected chain lacks: with it the chain's "
         f"imitation error on validation problems is lower{than}."

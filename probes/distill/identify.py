@@ -91,8 +91,6 @@ ADDED_DAMPING = "oscillation damping, added by identification: not in the detect
 AGREEMENT_START = {"agreeing": 1.5, "disagreeing": 0.5, "rise": 0.1, "fall": 0.1}
 #: The label of the added sign-agreement entry.
 ADDED_AGREEMENT = "sign agreement, added by identification: not in the detected chain"
-#: The structures identification may add, by the name its notes give them.
-EXTENSIONS = {"damping": "damp_oscillations", "sign agreement": "scale_by_agreement"}
 
 
 #: The transforms of a chain's linear stage (momentum, normaliser, sign, learning rate): an
@@ -293,7 +291,7 @@ def identify_chain(
         ),
     }
     for name, (wanted, kappa, entry) in entries.items():
-        if wanted and rounds >= 1 and EXTENSIONS[name] not in present:
+        if wanted and rounds >= 1 and entry["transform"] not in present:
             if math.isfinite(kappa) and kappa > 0:  # recorded only when the structure is fitted
                 starts[name] = kappa
                 added = _insert(chain, {**entry, "scale": kappa})
