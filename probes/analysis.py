@@ -55,6 +55,7 @@ from probes.bias import probe_bias, rest_gradient
 from probes.black_box import (
     GRADIENT_PERCENTILES,
     HAIR,
+    KINK,
     SCHEDULE_HORIZON,
     analyze_optax,
     damping_gains,
@@ -144,10 +145,10 @@ def _driven(cell, inputs, steps):
 
 @jax.jit
 def _driven_gain(cell, b, steps_like):
-    """``-∂U(h_t, g)/∂g`` at ``g = b`` along ``t`` steps of a constant gradient ``b``, ``(T,)``."""
+    """``-∂U(h_t, g)/∂g`` at ``g = b·(1 + KINK)`` after ``t`` steps of a constant ``b``, (T,)."""
 
     def body(h, _):
-        gain = -jax.grad(lambda g: cell.readout(cell.step(h, g)))(b)
+        gain = -jax.grad(lambda g: cell.readout(cell.step(h, g)))(b * (1.0 + KINK))
         return cell.step(h, b), gain
 
     h0 = jnp.asarray(cell.init_state(), jnp.float32)

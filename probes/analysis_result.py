@@ -24,9 +24,11 @@ from probes.values import plain
 #: :func:`probes.memory_along.chain_gain_along`). 9: adds ``faithfulness.steady_update`` (the
 #: chain's steady update beside the optimizer's, :mod:`probes.steady_update`). 10: adds
 #: ``agreement`` (the step size's dependence on sign agreement, :mod:`probes.agreement`).
+#: 11: the schedule's gain along a constant gradient is read on a growing gradient's branch
+#: (:data:`probes.black_box.KINK`).
 #: Analyses of an older version are re-computed by ``probes report`` and ``lopt distill`` rather
 #: than re-used (:func:`is_current`).
-SCHEMA_VERSION = 10
+SCHEMA_VERSION = 11
 
 
 def is_current(analysis: dict[str, Any]) -> bool:

@@ -68,6 +68,10 @@ def log_grid(scale: float, lo: float, hi: float, num: int) -> np.ndarray:
 #: Where a slope at ``g = 0`` is not finite (a norm or ``√ν`` at 0) it is read at ``±hair``,
 #: ``hair = HAIR × the smallest probed magnitude``: far below any threshold the grid resolves.
 HAIR = 1e-6
+#: The schedule probe's gain along a constant gradient ``b`` is the slope at ``b·(1 + KINK)``
+#: at the step read: where the update has a kink at ``b`` (AMSGrad's running maximum of ``ν̂``
+#: ties with ``ν̂`` at every step of a constant gradient), the branch a growing gradient takes.
+KINK = 1e-2
 #: Default schedule horizon without a task family (the paper's 200 updates).
 SCHEDULE_HORIZON = 200
 
@@ -428,7 +432,8 @@ def schedule_program(run: Callable, steps: int) -> Callable:
     """``(hair, b) -> (A (T,), C (T,))``: the two curves of the schedule probe.
 
     ``A_t = -∂u_t/∂g_t`` after ``t`` zero gradients (the mean of the slopes at ``±hair`` where
-    that is not finite); ``C_t = -∂u_t/∂g_t`` after ``t`` steps of a constant gradient ``b``.
+    that is not finite); ``C_t = -∂u_t/∂g_t`` after ``t`` steps of a constant gradient ``b``,
+    at ``g_t = b·(1 + KINK)`` (:data:`KINK`).
     """
 
     @jax.jit
@@ -438,7 +443,8 @@ def schedule_program(run: Callable, steps: int) -> Callable:
 
         def along(t):
             onehot = (jnp.arange(steps) == t).astype(jnp.float32)
-            return -jax.jvp(run, (jnp.full(steps, b, jnp.float32),), (onehot,))[1][t]
+            gs = jnp.full(steps, b, jnp.float32).at[t].multiply(1.0 + KINK)
+            return -jax.jvp(run, (gs,), (onehot,))[1][t]
 
         return jax.vmap(at)(jnp.arange(steps)), jax.vmap(along)(jnp.arange(steps))
 

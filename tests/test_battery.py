@@ -27,14 +27,8 @@ _NOVOGRAD = (
     "cancels, so the momentum read is the normaliser's b2 mode; the first-steps damping reading "
     "then fits a damping with memory b1 to what that chain leaves out (docs/probes.md)"
 )
-_AMSGRAD = (
-    "AMSGrad's max(nu_max, nu_hat) ties along a constant gradient, the derivative takes the "
-    "frozen branch, and the schedule rule's gain there follows m's bias correction (a decay), "
-    "though the step along a constant gradient is constant (docs/probes.md)"
-)
 _KNOWN: list[tuple[str, tuple[str, ...], str, str]] = [
     ("novograd", _BOTH, "damping", _NOVOGRAD),
-    ("amsgrad", _BOTH, "schedule", _AMSGRAD),
 ]
 KNOWN = {(n, s, m): r for n, sources, m, r in _KNOWN for s in sources}
 
@@ -99,6 +93,7 @@ FAST = [
             "delta_bar_delta",  # sign agreement on a gradient step
             "rmsprop_centered",  # a spread in the denominator: agreement near p = 0
             "novograd",  # a norm at g = 0: adaptation read at a hair
+            "amsgrad",  # a running maximum: the gain along a constant gradient falls, the step not
         )
     ],
     *[(n, "cell") for n in ("sgd", "momentum", "clip", "rmsprop", "adam", "drift_momentum")],

@@ -34,7 +34,7 @@ def test_plain_sgd_only_has_a_learning_rate():
     assert not a.adaptation.detected
     assert abs(a.momentum.alpha - 0.3) <= 1e-6 and a.momentum.beta == 0.0
     np.testing.assert_allclose(a.schedule.effective_lr, 0.3, rtol=1e-6)
-    assert a.to_json()["schema_version"] == 10
+    assert a.to_json()["schema_version"] == 11
 
 
 @pytest.mark.parametrize("threshold", [0.05, 0.7, 3.0])
@@ -199,3 +199,25 @@ def test_every_detector_result_reads_back_from_json(kind):
     np.testing.assert_allclose(c.updates, a.clipping.updates)
     with pytest.raises(ValueError, match="schedule: missing 'shape'"):
         detectors.Schedule.from_json({"detected": False})
+
+
+def test_the_gain_along_a_constant_gradient_is_read_on_the_growing_branch():
+    from probes.black_box import scalar_updates, schedule_program
+
+    def curves(tx):
+        a, c = schedule_program(scalar_updates(tx), 40)(jnp.float32(1e-8), jnp.float32(0.5))
+        return np.asarray(a), np.asarray(c)
+
+    # AMSGrad's max(ν_max, ν̂) ties at every step of a constant gradient; a growing gradient
+    # sets the normaliser as Adam's does, so the two gains along it agree (rising with the
+    # bias corrections), where the frozen branch would fall with m's correction alone
+    _, amsgrad = curves(optax.amsgrad(0.01))
+    _, adam = curves(optax.adam(0.01))
+    np.testing.assert_allclose(amsgrad, adam, rtol=1e-4)
+    assert np.all(np.diff(amsgrad[1:]) > 0) and amsgrad[-1] > 3 * amsgrad[1] > 0
+    # a linear optimizer's gain is the same on either side of b: the learning rate
+    sched = optax.piecewise_constant_schedule(0.1, {2: 0.8})
+    a, c = curves(optax.sgd(sched, momentum=0.9))
+    np.testing.assert_allclose(c[:4], [0.1, 0.1, 0.08, 0.08], rtol=1e-5)
+    np.testing.assert_allclose(a, c, rtol=1e-5)
+    assert probes.detectors.detect_schedule(a, c).shape == "decay"
