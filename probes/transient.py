@@ -12,9 +12,15 @@ front. ``κ`` (a log grid a decade either side of the range) and the memory ``ρ
 minimise the relative squared error averaged over amplitudes.
 
 **Rule.** Damping is detected here when the fitted damping removes at least ``GAIN`` of the
-chain's error on these sequences and that error is at least ``FLOOR`` (an error the chain
-already explains to a percent leaves nothing to find). On the battery's optimizers without
-damping it detects nothing; the rule uses no loss and no training trajectory.
+chain's error on these sequences, that error is at least ``FLOOR`` (an error the chain
+already explains to a percent leaves nothing to find), and the optimizer's own share of an
+alternating gradient kept, beside a persistent one of the same amplitude over the same steps
+(the ratio of their updates' norms), falls by at least ``GATE`` from some amplitude to a larger
+one. A damping is a gate on the gradient's size; an optimizer that keeps the same share at every
+amplitude (a linear filter, an elementwise clip or sign in front of one, or a scale-free
+normaliser such as NovoGrad's) has nothing for it to explain, whatever error the chain of the
+other readings leaves. On the battery's optimizers without damping it detects nothing; the rule
+uses no loss and no training trajectory.
 
 Shapes: ``K`` steps, ``A`` amplitudes, ``G`` grid points.
 """
@@ -45,6 +51,8 @@ KAPPAS = 31
 #: Share of the chain's error the damping must remove, and the least error worth explaining.
 GAIN = 0.25
 FLOOR = 0.01
+#: How far the kept share of an alternating gradient must fall as the amplitude grows.
+GATE = 0.1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,13 +61,16 @@ class TransientDamping:
 
     Attributes:
         detected: the fitted damping removes at least ``GAIN`` of the chain's error, which is at
-            least ``FLOOR``.
+            least ``FLOOR``, and ``gate`` is at least ``GATE``.
         kappa: the fitted ``κ`` of :func:`lopt.chain.damp_oscillations`.
         memory: the fitted ``ρ``.
         error_without: the chain's relative squared error on the sequences (mean over amplitudes).
         error_with: the same with the fitted damping in front.
         steps: ``K``.
         amplitudes: the smallest and largest ``a``.
+        gate: the largest relative fall, from one amplitude to a larger one, of the share of an
+            alternating gradient the optimizer keeps beside a persistent one (``nan`` in files
+            written before it was read).
     """
 
     detected: bool
@@ -69,6 +80,7 @@ class TransientDamping:
     error_with: float
     steps: int
     amplitudes: tuple[float, float]
+    gate: float = float("nan")
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (non-finite numbers as ``None``)."""
@@ -90,6 +102,7 @@ class TransientDamping:
                 float(d["error_with"] if d["error_with"] is not None else np.nan),
                 int(d["steps"]),
                 (float(d["amplitudes"][0]), float(d["amplitudes"][1])),
+                float(d["gate"] if d.get("gate") is not None else np.nan),
             )
         except (KeyError, TypeError, IndexError, ValueError) as e:
             raise ValueError(f"analysis.damping_transient: malformed ({e})") from None
@@ -109,9 +122,38 @@ PROGRAM_CACHE = 16
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE)
 def _target_program(run: Callable, steps: int, amps: tuple[float, ...]) -> Callable:
-    """``() -> (K, A)``: ``run``'s flip updates, compiled once per ``run``."""
+    """``() -> ((K, A), (K, A))``: ``run``'s flip updates and those for a persistent ``a``.
+
+    Both less its updates for ``g = 0``; compiled once per ``run``.
+    """
     a = jnp.asarray(amps, jnp.float32)
-    return jax.jit(lambda: _flips(run, a, steps))
+
+    def both():
+        persistent = jax.vmap(run, in_axes=1, out_axes=1)(jnp.ones((steps, a.size)) * a)
+        rest = jax.vmap(run, in_axes=1, out_axes=1)(jnp.zeros((steps, a.size)))
+        return _flips(run, a, steps), persistent - rest
+
+    return jax.jit(both)
+
+
+def gate(flips: np.ndarray, persistent: np.ndarray) -> float:
+    """The largest relative fall of ``‖flips‖/‖persistent‖`` from one amplitude to a larger one.
+
+    Args:
+        flips: ``(K, A)`` updates for ``±a`` alternating (less those for ``g = 0``), the
+            amplitudes in increasing order.
+        persistent: the same for a constant ``a``.
+
+    Returns:
+        ``max_{i<j} (k_i − k_j)/k_i`` over the amplitudes where the share ``k`` is finite and
+        positive; 0 where fewer than two are.
+    """
+    with np.errstate(divide="ignore", invalid="ignore"):
+        kept = np.linalg.norm(flips, axis=0) / np.linalg.norm(persistent, axis=0)
+    kept = kept[np.isfinite(kept) & (kept > 0)]
+    if kept.size < 2:
+        return 0.0
+    return float(np.max(1.0 - kept / np.maximum.accumulate(kept)))
 
 
 @functools.lru_cache(maxsize=PROGRAM_CACHE)
@@ -164,7 +206,8 @@ def read_transient_damping(
     chain, _ = chain_from_analysis(plain)
     chain_json = json.dumps(chain, sort_keys=True)
     target_program = _target_program if cached else _target_program.__wrapped__
-    target = np.asarray(target_program(run, steps, amps)(), np.float64)
+    target, persistent = (np.asarray(x, np.float64) for x in target_program(run, steps, amps)())
+    fall = gate(target, persistent)
     norm = np.sum(target**2, 0)
 
     def error(u):
@@ -181,13 +224,14 @@ def read_transient_damping(
     errors = [error(u) for u in np.asarray(chain_fit(jnp.asarray(grid)))]
     best = int(np.nanargmin(errors)) if np.any(np.isfinite(errors)) else 0
     with_ = errors[best]
-    detected = bool(np.isfinite(without) and without >= FLOOR and with_ <= (1.0 - GAIN) * without)
+    fits = bool(np.isfinite(without) and without >= FLOOR and with_ <= (1.0 - GAIN) * without)
     return TransientDamping(
-        detected,
+        fits and fall >= GATE,
         float(grid[best, 0]),
         float(grid[best, 1]),
         without,
         float(with_),
         int(steps),
         (lo, hi),
+        fall,
     )

@@ -22,14 +22,7 @@ CASES = {c.name: c for c in battery.cases()}
 _BOTH = ("optax", "cell")
 #: (case, sources, mechanism) -> reason, for every fixed case that fails today: a rule found
 #: wanting is recorded as a strict xfail with its reason.
-_NOVOGRAD = (
-    "NovoGrad's momentum of normalised gradients (b1) has a linear response its normaliser "
-    "cancels, so the momentum read is the normaliser's b2 mode; the first-steps damping reading "
-    "then fits a damping with memory b1 to what that chain leaves out (docs/probes.md)"
-)
-_KNOWN: list[tuple[str, tuple[str, ...], str, str]] = [
-    ("novograd", _BOTH, "damping", _NOVOGRAD),
-]
+_KNOWN: list[tuple[str, tuple[str, ...], str, str]] = []
 KNOWN = {(n, s, m): r for n, sources, m, r in _KNOWN for s in sources}
 
 

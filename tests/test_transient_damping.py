@@ -4,6 +4,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 import pytest
 
@@ -13,6 +14,7 @@ from lopt.chain import damp_oscillations
 from probes.analysis_result import Analysis
 from probes.faithfulness import faithfulness
 from probes.to_chain import chain_from_analysis
+from probes.transient import GATE, gate
 from probes.words import describe, summary_sentences, transient_damping_phrase
 
 KAPPA, RHO, UNTIL = 0.3, 0.8, 40
@@ -49,6 +51,7 @@ OPTIMIZERS = {
     "clip_momentum": lambda: optax.chain(optax.clip(0.4), optax.sgd(0.1, momentum=0.9)),
     "rmsprop": lambda: optax.rmsprop(0.01),
     "adam": lambda: optax.adam(1e-3),
+    "novograd": lambda: optax.novograd(0.01),
 }
 
 
@@ -98,3 +101,28 @@ def test_the_reading_is_put_in_words():
     assert "no damping to find" not in " ".join(summary_sentences(quiet))
     assert any("in the first 20 steps: not detected" in line for line in describe(quiet))
     assert "no damping to find" in transient_damping_phrase(quiet["damping_transient"])
+
+
+def test_the_gate_is_the_largest_fall_of_the_kept_share_as_the_amplitude_grows():
+    amps = np.geomspace(0.01, 10.0, 4)
+    persistent = np.ones((5, 4)) * amps
+    # the same share at every amplitude (linear, or scale-free): no gate
+    assert gate(0.3 * persistent, persistent) == pytest.approx(0.0, abs=1e-12)
+    # 0.5, 0.4, 0.45, 0.1 of the persistent update: from 0.5 down to 0.1
+    shares = np.array([0.5, 0.4, 0.45, 0.1])
+    assert gate(shares * persistent, persistent) == pytest.approx(0.8)
+    # a share that grows (a clip behind a momentum) is no damping; zero or undefined shares
+    # (a persistent update of 0) are left out
+    assert gate(np.array([0.1, 0.2, 0.0, 0.4]) * persistent, persistent) == 0.0
+    assert gate(persistent[:, :1], persistent[:, :1] * 0) == 0.0
+
+
+def test_a_scale_free_optimizer_has_no_gate_for_a_damping_to_explain():
+    # NovoGrad's normaliser makes the other readings' chain miss its first steps (a damping in
+    # front removes most of that error) but it keeps the same share of an alternating gradient
+    # at every amplitude; the early damping keeps less of a large one than of a small one
+    t = _analysis("novograd").damping_transient
+    assert t.error_with <= 0.75 * t.error_without and t.error_without >= 0.01
+    assert t.gate < 1e-3 and not t.detected
+    assert _analysis("early_damping").damping_transient.gate >= GATE
+    assert "same share of an alternating gradient" in transient_damping_phrase(t.to_json())
