@@ -25,10 +25,11 @@ from probes.values import plain
 #: chain's steady update beside the optimizer's, :mod:`probes.steady_update`). 10: adds
 #: ``agreement`` (the step size's dependence on sign agreement, :mod:`probes.agreement`).
 #: 11: the schedule's gain along a constant gradient is read on a growing gradient's branch
-#: (:data:`probes.black_box.KINK`).
+#: (:data:`probes.black_box.KINK`). 12: the first-steps damping reading has a ``gate``
+#: (:func:`probes.transient.gate`) and detects damping only where it is at least ``GATE``.
 #: Analyses of an older version are re-computed by ``probes report`` and ``lopt distill`` rather
 #: than re-used (:func:`is_current`).
-SCHEMA_VERSION = 11
+SCHEMA_VERSION = 12
 
 
 def is_current(analysis: dict[str, Any]) -> bool:

@@ -266,7 +266,8 @@ class Schedule(Result):
             (the smaller of the two curves' values); fall: the same after the peak;
             peak_step: the first step where ``|α_eff|`` is largest.
         constant_gradient_lr: ``-∂u_t/∂g_t`` after ``t`` steps of a constant gradient ``b``
-            from a fresh state, ``(T,)`` (empty if not probed).
+            from a fresh state, at ``g_t = b·(1 + KINK)`` (:data:`probes.black_box.KINK`: a
+            kink's growing branch), ``(T,)`` (empty if not probed).
         horizon_source: where ``T`` came from (the task family or the default).
         measure: what the curves are: ``"gain"`` (``α_eff``, the slope ``-∂u/∂g`` at ``g = 0``)
             or ``"step size"`` (``|u_t|`` at a gradient of the typical scale: a sign-like

@@ -141,7 +141,8 @@ def describe(result: dict[str, Any]) -> list[str]:
             f"  in the first {t.get('steps')} steps: {verdict}"
             f" (a damping with κ ≈ {num(t.get('kappa'), '.2g')}, ρ ≈ {num(t.get('memory'), '.2g')}"
             f" in front of the other mechanisms removes {max(removed, 0.0):.0%} of their error on"
-            f" alternating gradients, error {num(without, '.2g')} without it)"
+            f" alternating gradients, error {num(without, '.2g')} without it; the share kept of an"
+            f" alternating gradient falls by {num(t.get('gate'), '.0%')} as it grows)"
         )
     b = result.get("bias")
     if b:

@@ -86,10 +86,13 @@ FAST = [
             "delta_bar_delta",  # sign agreement on a gradient step
             "rmsprop_centered",  # a spread in the denominator: agreement near p = 0
             "novograd",  # a norm at g = 0: adaptation read at a hair
-            "amsgrad",  # a running maximum: the gain along a constant gradient falls, the step not
+            "amsgrad",  # a running maximum that ties with ν̂: the gain read on the growing branch
         )
     ],
-    *[(n, "cell") for n in ("sgd", "momentum", "clip", "rmsprop", "adam", "drift_momentum")],
+    *[
+        (n, "cell")
+        for n in ("sgd", "momentum", "clip", "rmsprop", "adam", "drift_momentum", "amsgrad")
+    ],
 ]
 
 

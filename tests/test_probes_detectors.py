@@ -34,7 +34,7 @@ def test_plain_sgd_only_has_a_learning_rate():
     assert not a.adaptation.detected
     assert abs(a.momentum.alpha - 0.3) <= 1e-6 and a.momentum.beta == 0.0
     np.testing.assert_allclose(a.schedule.effective_lr, 0.3, rtol=1e-6)
-    assert a.to_json()["schema_version"] == 11
+    assert a.to_json()["schema_version"] == 12
 
 
 @pytest.mark.parametrize("threshold", [0.05, 0.7, 3.0])

@@ -114,7 +114,12 @@ def test_the_gate_is_the_largest_fall_of_the_kept_share_as_the_amplitude_grows()
     # a share that grows (a clip behind a momentum) is no damping; zero or undefined shares
     # (a persistent update of 0) are left out
     assert gate(np.array([0.1, 0.2, 0.0, 0.4]) * persistent, persistent) == 0.0
-    assert gate(persistent[:, :1], persistent[:, :1] * 0) == 0.0
+    # the fall is from the largest share so far, not from the smallest amplitude's
+    assert gate(np.array([0.1, 0.5, 0.25, 0.3]) * persistent, persistent) == pytest.approx(0.5)
+    silent = persistent * np.array([1.0, 0.0, 1.0, 1.0])  # no persistent update at 0.1
+    shares = np.array([0.4, 0.1, 0.2, 0.3]) * persistent
+    assert gate(shares, silent) == pytest.approx(0.5)  # 0.4 → 0.2, the 0.1 left out
+    assert gate(shares[:, :1], persistent[:, :1]) == 0.0  # one amplitude: nothing to compare
 
 
 def test_a_scale_free_optimizer_has_no_gate_for_a_damping_to_explain():
@@ -126,3 +131,6 @@ def test_a_scale_free_optimizer_has_no_gate_for_a_damping_to_explain():
     assert t.gate < 1e-3 and not t.detected
     assert _analysis("early_damping").damping_transient.gate >= GATE
     assert "same share of an alternating gradient" in transient_damping_phrase(t.to_json())
+    assert any(
+        "falls by 0% as it grows" in line for line in describe(_analysis("novograd").to_json())
+    )
