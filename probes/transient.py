@@ -108,12 +108,21 @@ class TransientDamping:
             raise ValueError(f"analysis.damping_transient: malformed ({e})") from None
 
 
+def _less_rest(run: Callable, seqs: jax.Array) -> jax.Array:
+    """``(K, N)``: ``run``'s updates for each column of ``seqs`` less its updates for ``g = 0``."""
+    n = seqs.shape[1]
+    both = jax.vmap(run, in_axes=1, out_axes=1)(jnp.concatenate([seqs, jnp.zeros_like(seqs)], 1))
+    return both[:, :n] - both[:, n:]
+
+
+def _alternating(amps: jax.Array, steps: int) -> jax.Array:
+    """``(K, A)``: ``g_t = (−1)ᵗ a`` for each amplitude."""
+    return ((-1.0) ** jnp.arange(steps, dtype=jnp.float32))[:, None] * amps
+
+
 def _flips(run: Callable, amps: jax.Array, steps: int) -> jax.Array:
     """``(K, A)``: ``run``'s updates for ``(−1)ᵗ a`` less its updates for ``g = 0``."""
-    sign = ((-1.0) ** jnp.arange(steps, dtype=jnp.float32))[:, None]
-    seqs = jnp.concatenate([sign * amps, jnp.zeros((steps, amps.size), jnp.float32)], 1)
-    both = jax.vmap(run, in_axes=1, out_axes=1)(seqs)
-    return both[:, : amps.size] - both[:, amps.size :]
+    return _less_rest(run, _alternating(amps, steps))
 
 
 #: Compiled programs kept for repeated analyses of the same optimizer (``analyze_optax``).
@@ -129,9 +138,8 @@ def _target_program(run: Callable, steps: int, amps: tuple[float, ...]) -> Calla
     a = jnp.asarray(amps, jnp.float32)
 
     def both():
-        persistent = jax.vmap(run, in_axes=1, out_axes=1)(jnp.ones((steps, a.size)) * a)
-        rest = jax.vmap(run, in_axes=1, out_axes=1)(jnp.zeros((steps, a.size)))
-        return _flips(run, a, steps), persistent - rest
+        u = _less_rest(run, jnp.concatenate([_alternating(a, steps), jnp.ones((steps, 1)) * a], 1))
+        return u[:, : a.size], u[:, a.size :]
 
     return jax.jit(both)
 
