@@ -392,22 +392,6 @@ def analyze_cell(
         slope_fn, update_fn, mags, gradient_samples, detectors.SLOPE_FRACTION, t0, lag
     )
 
-    # Schedule: the gain along the autonomous dynamics from h0 and along a constant gradient
-    # (a sign-like update, whose gain is 0: its step sizes).
-    if clipping.sign_like:
-        # uncached: this run function is new per analysis (cf. momentum_from_response)
-        steps = step_size_program.__wrapped__(run, schedule_steps, lag)
-        alpha_t, driven = (np.asarray(x) for x in steps(jnp.float32(scale)))
-    else:
-        alpha_t = np.asarray(effective_lr(cell, traj, hair=hair))
-        driven = np.asarray(_driven_gain(cell, jnp.float32(scale), jnp.zeros(schedule_steps)))
-    schedule = detectors.detect_schedule(
-        alpha_t,
-        driven,
-        horizon_source=horizon_source,
-        measure="step size" if clipping.sign_like else "gain",
-    )
-
     # Adaptation: α_eff along the fixed-point branches traced from the convergence point.
     lo, hi, range_source = gradient_range(gradient_samples, scale, magnitude_range)
     m = np.logspace(np.log10(lo), np.log10(hi), num_magnitudes)
@@ -425,6 +409,29 @@ def analyze_cell(
         range_source=range_source,
         options=dict(continuation_options or {}),
     )
+    # Schedule: the gain along the autonomous dynamics from h0 and along a constant gradient
+    # (a sign-like update, whose gain is 0: its step sizes).
+    if clipping.sign_like:
+        # uncached: this run function is new per analysis (cf. momentum_from_response)
+        steps = step_size_program.__wrapped__(run, schedule_steps, lag)
+        alpha_t, driven = (np.asarray(x) for x in steps(jnp.float32(scale)))
+    else:
+        alpha_t = np.asarray(effective_lr(cell, traj, hair=hair))
+        driven = np.asarray(_driven_gain(cell, jnp.float32(scale), jnp.zeros(schedule_steps)))
+    constant_measure = None
+    if detectors.normalised_schedule_curve(adaptation, clipping.sign_like):
+        # a normaliser: the step along the constant gradient, not its gain (detect_schedule)
+        steps = step_size_program.__wrapped__(run, schedule_steps, lag)
+        driven = np.asarray(steps(jnp.float32(scale))[1])
+        constant_measure = "step size"
+    schedule = detectors.detect_schedule(
+        alpha_t,
+        driven,
+        horizon_source=horizon_source,
+        measure="step size" if clipping.sign_like else "gain",
+        constant_measure=constant_measure,
+    )
+
     damping = probe_damping(run, lo, hi, range_source, damping_points, damping_steps)
     meta = {
         "hidden_size": int(H),

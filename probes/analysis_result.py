@@ -27,9 +27,11 @@ from probes.values import plain
 #: 11: the schedule's gain along a constant gradient is read on a growing gradient's branch
 #: (:data:`probes.black_box.KINK`). 12: the first-steps damping reading has a ``gate``
 #: (:func:`probes.transient.gate`) and detects damping only where it is at least ``GATE``.
+#: 13: where adaptation is detected, the schedule's second curve is the step along the constant
+#: gradient (``schedule.constant_gradient_measure``, :func:`probes.detectors.detect_schedule`).
 #: Analyses of an older version are re-computed by ``probes report`` and ``lopt distill`` rather
 #: than re-used (:func:`is_current`).
-SCHEMA_VERSION = 12
+SCHEMA_VERSION = 13
 
 
 def is_current(analysis: dict[str, Any]) -> bool:

@@ -53,12 +53,25 @@ from functools import partial
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import optax
 
 from lopt import hand_designed as cells
 from lopt.cell import cell_optimizer
+from probes.battery_common import (
+    BACKGROUND,
+    C23,
+    EPS8,
+    NORMED,
+    SIGN,
+    SQRT2M1,
+    flat_schedule,
+    make_case,
+    scheduled_lr,
+)
+from probes.battery_common import HORIZON as HORIZON
+from probes.battery_common import W as W
+from probes.battery_normalised import adabelief, adamax, adan, amsgrad, novograd, yogi
 from probes.battery_optimizers import delta_bar_delta, ringing_cell, two_momentum_cell
 from probes.battery_optimizers import optax_cell as optax_cell
 from probes.detectors import SIGN_CHANGE_LEVEL
@@ -73,47 +86,21 @@ from probes.scoring import OUTCOMES as OUTCOMES
 from probes.scoring import Verdict as Verdict
 from probes.scoring import check as check
 
-#: Task horizon the schedule shape refers to (the paper's 200 updates).
-HORIZON = 200
-BACKGROUND = 1.0  # the black-box impulse background where b = 0 is not finite
-W = 2000  # steady-state steps of the black-box probes (analyze_optax(warmup=...))
-EPS8 = 1e-8
-C23 = 2.0 ** (2.0 / 3.0) - 1.0  # slope of x/√(x²+e) halves where x² = (2^{2/3}-1)e
-SQRT2M1 = np.sqrt(2.0) - 1.0  # slope of x/(|x|+e) halves where |x| = (√2-1)e
+#: The mechanisms :func:`check` scores, in order.
 MECHANISMS = ("momentum", "clipping", "schedule", "adaptation", "damping", "bias", "agreement")
-
-
-# ----------------------------------------------------------------------------- families
-
-_SIGN = ExpectClipping(True, 0.0)  # sign-like: threshold 0, resolved to the grid's first point
-_NORMED = ExpectSchedule("constant")  # normalised update: shape only (gain 1/ε at ν = 0)
-
-
-def _sched_lr(sched: Callable, factor: float = 1.0) -> Callable[[np.ndarray], np.ndarray]:
-    return lambda t: factor * np.asarray(jax.vmap(sched)(jnp.asarray(t, jnp.int32)), np.float64)
-
-
-def _flat(value: float) -> ExpectSchedule:
-    """A constant schedule with ``α_eff(t) = value``."""
-    return ExpectSchedule("constant", lambda t: np.full(np.shape(t), value, np.float64))
-
-
-def _case(name, family, tx, hparams, expected, cell=None, white=None) -> Case:
-    """A case whose white box is ``cell`` or, by default, :func:`optax_cell` of ``tx()``."""
-    return Case(name, family, tx, cell or (lambda: optax_cell(tx())), hparams, expected, white)
 
 
 def sgd(name: str = "sgd", *, lr: float = 0.1) -> Case:
     """Plain SGD: ``r_k = -α δ_k``: one ``λ = 0`` mode ``α = lr``; nothing else."""
-    e = Expected(ExpectMomentum(False, alpha=lr), schedule=_flat(lr))
-    return _case(name, "sgd", lambda: optax.sgd(lr), {"lr": lr}, e, lambda: cells.sgd(lr))
+    e = Expected(ExpectMomentum(False, alpha=lr), schedule=flat_schedule(lr))
+    return make_case(name, "sgd", lambda: optax.sgd(lr), {"lr": lr}, e, lambda: cells.sgd(lr))
 
 
 def momentum(name: str = "momentum", *, lr: float = 0.1, beta: float = 0.9) -> Case:
     """Heavy ball ``m' = βm + g``, ``Δx = -lr m'``: ``r_k = -lr β^k``, one mode ``(β, lr)``."""
-    e = Expected(ExpectMomentum(True, beta, lr), schedule=_flat(lr))
+    e = Expected(ExpectMomentum(True, beta, lr), schedule=flat_schedule(lr))
     tx, hp = lambda: optax.sgd(lr, momentum=beta), {"lr": lr, "beta": beta}
-    return _case(name, "momentum", tx, hp, e, lambda: cells.momentum(lr, beta))
+    return make_case(name, "momentum", tx, hp, e, lambda: cells.momentum(lr, beta))
 
 
 def nesterov(name: str = "nesterov", *, lr: float = 0.1, beta: float = 0.9) -> Case:
@@ -121,17 +108,17 @@ def nesterov(name: str = "nesterov", *, lr: float = 0.1, beta: float = 0.9) -> C
 
     At rest (``m = 0``) ``u = -lr(1+β)g``: ``α_eff = lr(1+β)``.
     """
-    e = Expected(ExpectMomentum(True, beta, lr * beta), schedule=_flat(lr * (1 + beta)))
+    e = Expected(ExpectMomentum(True, beta, lr * beta), schedule=flat_schedule(lr * (1 + beta)))
     tx = lambda: optax.sgd(lr, momentum=beta, nesterov=True)  # noqa: E731
-    return _case(name, "nesterov", tx, {"lr": lr, "beta": beta}, e)
+    return make_case(name, "nesterov", tx, {"lr": lr, "beta": beta}, e)
 
 
 def two_modes(name="two_modes", *, a1=0.05, b1=0.9, a2=0.01, b2=0.5) -> Case:
     """Two modes ``r_k = -(a1 b1^k + a2 b2^k)``; ``(b1, a1)`` dominates ``|α|`` and ``α/(1-β)``."""
-    e = Expected(ExpectMomentum(True, b1, a1), schedule=_flat(a1 + a2))
+    e = Expected(ExpectMomentum(True, b1, a1), schedule=flat_schedule(a1 + a2))
     cell = lambda: two_momentum_cell(a1, b1, a2, b2)  # noqa: E731
     hp = dict(a1=a1, b1=b1, a2=a2, b2=b2)
-    return _case(name, "two_modes", lambda: cell_optimizer(cell()), hp, e, cell)
+    return make_case(name, "two_modes", lambda: cell_optimizer(cell()), hp, e, cell)
 
 
 def ringing(
@@ -145,25 +132,27 @@ def ringing(
     (the rule's numbers for a pair), and ``α_eff = a`` at rest (lag 0).
     """
     theta = phase * np.pi * np.log(rho) / (2.0 * np.log(SIGN_CHANGE_LEVEL))
-    e = Expected(ExpectMomentum(True, rho, a), schedule=_flat(a))
+    e = Expected(ExpectMomentum(True, rho, a), schedule=flat_schedule(a))
     cell = lambda: ringing_cell(a, rho, theta)  # noqa: E731
     hp = dict(a=a, rho=rho, phase=phase)
-    return _case(name, "ringing", lambda: cell_optimizer(cell()), hp, e, cell)
+    return make_case(name, "ringing", lambda: cell_optimizer(cell()), hp, e, cell)
 
 
 def cascade(name: str = "cascade", *, lr: float = 0.1, b1: float = 0.9, b2: float = 0.5) -> Case:
     """trace(b1)∘trace(b2): ``r_k = -lr(b1^{k+1} - b2^{k+1})/(b1-b2)``: ``α1 = lr b1/(b1-b2)``."""
     # The b2 mode has α = -lr b2/(b1-b2) < 0: a correction, not momentum.
-    e = Expected(ExpectMomentum(True, b1, lr * b1 / (b1 - b2)), schedule=_flat(lr))
+    e = Expected(ExpectMomentum(True, b1, lr * b1 / (b1 - b2)), schedule=flat_schedule(lr))
     tx = lambda: optax.chain(optax.trace(b1), optax.trace(b2), optax.scale(-lr))  # noqa: E731
-    return _case(name, "cascade", tx, dict(lr=lr, b1=b1, b2=b2), e)
+    return make_case(name, "cascade", tx, dict(lr=lr, b1=b1, b2=b2), e)
 
 
 def ema_momentum(name: str = "ema_momentum", *, lr: float = 0.5, beta: float = 0.8) -> Case:
     """ema(β, no debias) then ×lr: ``m' = βm + (1-β)g``: mode ``(β, lr(1-β))``."""
-    e = Expected(ExpectMomentum(True, beta, lr * (1 - beta)), schedule=_flat(lr * (1 - beta)))
+    e = Expected(
+        ExpectMomentum(True, beta, lr * (1 - beta)), schedule=flat_schedule(lr * (1 - beta))
+    )
     tx = lambda: optax.chain(optax.ema(beta, debias=False), optax.scale(-lr))  # noqa: E731
-    return _case(name, "ema_momentum", tx, {"lr": lr, "beta": beta}, e)
+    return make_case(name, "ema_momentum", tx, {"lr": lr, "beta": beta}, e)
 
 
 #: On one scalar each of these is ``clip(g, ±c)``: ``‖g‖ = block rms = |g|``.
@@ -177,10 +166,10 @@ _CLIPS = {
 def clipped(name="clip", *, kind="clip", c=0.5, lr=0.1, beta=0.0) -> Case:
     """``kind(c)`` then sgd(lr, β): ``u_0 = -lr clip(g, ±c)``: threshold ``c``; momentum if β."""
     mom = ExpectMomentum(beta > 0, beta if beta > 0 else None, lr)
-    e = Expected(mom, ExpectClipping(True, c), _flat(lr))
+    e = Expected(mom, ExpectClipping(True, c), flat_schedule(lr))
     tx = lambda: optax.chain(_CLIPS[kind](c), optax.sgd(lr, momentum=beta or None))  # noqa: E731
     cell = (lambda: cells.clipped_sgd(lr, c)) if kind == "clip" and beta == 0 else None
-    return _case(name, "clipped", tx, dict(kind=kind, c=c, lr=lr, beta=beta), e, cell)
+    return make_case(name, "clipped", tx, dict(kind=kind, c=c, lr=lr, beta=beta), e, cell)
 
 
 def drifting(
@@ -202,7 +191,7 @@ def drifting(
     """
     d = stall * lr * (1.0 - beta**W) / (1.0 - beta)
     mom = ExpectMomentum(beta > 0, beta if beta > 0 else None, lr)
-    e = Expected(mom, ExpectClipping(clip > 0, clip or None), _flat(lr), bias=stall)
+    e = Expected(mom, ExpectClipping(clip > 0, clip or None), flat_schedule(lr), bias=stall)
 
     def tx():
         def add(x):
@@ -215,17 +204,20 @@ def drifting(
         return optax.chain(*base, optax.stateless(add(d)))
 
     hp = dict(lr=lr, beta=beta, stall=stall, clip=clip, shift=shift)
-    return _case(name, "drifting", tx, hp, e)
+    return make_case(name, "drifting", tx, hp, e)
 
 
 def agc(name: str = "adaptive_grad_clip", *, c: float = 1.0, eps: float = 1e-2, lr=0.1) -> Case:
     """AGC on a scalar at ``p = 0``: clip at ``c·max(|p|, eps) = c·eps``; damping unchecked."""
     # Damping unchecked: p grows under a constant gradient and loosens the clip (feedback).
     e = Expected(
-        ExpectMomentum(False, alpha=lr), ExpectClipping(True, c * eps), _flat(lr), damping=None
+        ExpectMomentum(False, alpha=lr),
+        ExpectClipping(True, c * eps),
+        flat_schedule(lr),
+        damping=None,
     )
     tx = lambda: optax.chain(optax.adaptive_grad_clip(c, eps), optax.sgd(lr))  # noqa: E731
-    return _case(name, "agc", tx, dict(c=c, eps=eps, lr=lr), e)
+    return make_case(name, "agc", tx, dict(c=c, eps=eps, lr=lr), e)
 
 
 _o = optax.schedules
@@ -301,7 +293,7 @@ def scheduled(name=None, *, schedule="cosine_decay", beta=0.0, clip=0.0) -> Case
     e = Expected(
         ExpectMomentum(beta > 0, beta or None),
         ExpectClipping(clip > 0, clip or None),
-        ExpectSchedule(shape, _sched_lr(make())),
+        ExpectSchedule(shape, scheduled_lr(make())),
     )
 
     def tx():
@@ -309,7 +301,7 @@ def scheduled(name=None, *, schedule="cosine_decay", beta=0.0, clip=0.0) -> Case
         return optax.chain(optax.clip(clip), sgd) if clip else sgd
 
     hp = dict(schedule=schedule, beta=beta, clip=clip)
-    return _case(name or f"sgd_{schedule}", "scheduled", tx, hp, e)
+    return make_case(name or f"sgd_{schedule}", "scheduled", tx, hp, e)
 
 
 def _rate(lr: float, schedule: str | None) -> Any:
@@ -336,9 +328,11 @@ def rmsprop(name="rmsprop", *, lr=0.01, rho=0.9, centered=False, beta=0.0, sched
     """
     a0 = lr / np.sqrt(EPS8)
     var = rho * (1 - rho) if centered else 1 - rho
-    sch = _flat(a0)
+    sch = flat_schedule(a0)
     if schedule is not None:
-        sch = ExpectSchedule(SCHEDULES[schedule][1], _sched_lr(SCHEDULES[schedule][0](), a0 / 0.1))
+        sch = ExpectSchedule(
+            SCHEDULES[schedule][1], scheduled_lr(SCHEDULES[schedule][0](), a0 / 0.1)
+        )
     e = Expected(
         ExpectMomentum(beta > 0, beta or None, None if schedule else a0),
         ExpectClipping(True, float(np.sqrt(C23 * EPS8 / var))),
@@ -350,7 +344,9 @@ def rmsprop(name="rmsprop", *, lr=0.01, rho=0.9, centered=False, beta=0.0, sched
     tx = lambda: optax.rmsprop(_rate(lr, schedule), rho, centered=centered, momentum=beta or None)  # noqa: E731
     plain = not centered and not beta and schedule is None
     hp = dict(lr=lr, rho=rho, centered=centered, beta=beta, schedule=schedule)
-    return _case(name, "rmsprop", tx, hp, e, (lambda: cells.rmsprop(lr, rho)) if plain else None)
+    return make_case(
+        name, "rmsprop", tx, hp, e, (lambda: cells.rmsprop(lr, rho)) if plain else None
+    )
 
 
 def adagrad(name: str = "adagrad", *, lr: float = 0.1, a0: float = 0.1) -> Case:
@@ -366,10 +362,10 @@ def adagrad(name: str = "adagrad", *, lr: float = 0.1, a0: float = 0.1) -> Case:
     e = Expected(
         ExpectMomentum(False, alpha=alpha),
         ExpectClipping(True, float(np.sqrt(C23 * a0))),
-        _flat(alpha),
+        flat_schedule(alpha),
         ExpectAdaptation(True, slope),
     )
-    return _case(name, "adagrad", lambda: optax.adagrad(lr, a0), {"lr": lr, "a0": a0}, e)
+    return make_case(name, "adagrad", lambda: optax.adagrad(lr, a0), {"lr": lr, "a0": a0}, e)
 
 
 def adam(name="adam", *, lr=1e-3, b1=0.9, b2=0.999, kind="adam", schedule=None) -> Case:
@@ -385,7 +381,7 @@ def adam(name="adam", *, lr=1e-3, b1=0.9, b2=0.999, kind="adam", schedule=None) 
     constant ``g`` fall from ``lr(1+2b1)/(1+b1)`` to ``lr`` over ``~1/(1-b1)`` steps: a decay.
     """
     alpha = lr * (1 - b1) / BACKGROUND * (b1 if kind == "nadam" else 1.0)
-    sch = _NORMED if schedule is None else ExpectSchedule(SCHEDULES[schedule][1])
+    sch = NORMED if schedule is None else ExpectSchedule(SCHEDULES[schedule][1])
     sch = ExpectSchedule("decay") if kind == "nadam" and schedule is None else sch
     mom = ExpectMomentum(True, b1, None if schedule else alpha)
     e = Expected(mom, ExpectClipping(True, SQRT2M1 * EPS8), sch, ExpectAdaptation(True, -1.0))
@@ -394,86 +390,7 @@ def adam(name="adam", *, lr=1e-3, b1=0.9, b2=0.999, kind="adam", schedule=None) 
     tx = lambda: txs[kind](_rate(lr, schedule), b1, b2)  # noqa: E731
     cell = (lambda: cells.adam(lr, b1, b2)) if kind == "adam" and schedule is None else None
     hp = dict(lr=lr, b1=b1, b2=b2, kind=kind, schedule=schedule)
-    return _case(name, "adam", tx, hp, e, cell, white)
-
-
-def adamax(name="adamax", *, lr=1e-3, b1=0.9, b2=0.999) -> Case:
-    """Adamax ``u = -lr m̂/ν``, ``ν ← max(b2·ν, |g| + ε)`` (optax's form).
-
-    Background 0 is finite (``|g|``'s derivative at 0 is 0; ``ν`` settles at ``ε``):
-    ``r_k = -lr(1-b1)b1^k/ε``, one mode ``(b1, lr(1-b1)/ε)``, white box too (``ν = ε`` at the
-    convergence point). First update ``-lr g/(|g| + ε)``: sign-like. After a constant ``g*``:
-    ``ν = |g*| + ε``, then ``b2(|g*| + ε)`` at ``g = 0``: ``α_eff = lr(1-b1)/(b2(|g*| + ε))``,
-    slope ``-1``. Alternating and constant gains both ``∝ 1/a``: no damping; the history's size
-    sets ``ν``, not its signs: no sign agreement.
-    """
-    mom = ExpectMomentum(True, b1, lr * (1 - b1) / EPS8)
-    e = Expected(mom, ExpectClipping(True, SQRT2M1 * EPS8), _NORMED, ExpectAdaptation(True, -1.0))
-    tx = lambda: optax.adamax(lr, b1, b2)  # noqa: E731
-    return _case(name, "adamax", tx, dict(lr=lr, b1=b1, b2=b2), e)
-
-
-def amsgrad(name="amsgrad", *, lr=1e-3, b1=0.9, b2=0.999) -> Case:
-    """AMSGrad: Adam with ``ν_max ← max(ν_max, ν̂)`` in the denominator.
-
-    On background ``b`` a perturbation that lowers ``ν̂`` leaves ``ν_max`` where it is, so the
-    probes' derivative takes the frozen branch: one mode ``(b1, lr(1-b1)/|b|)`` (``b = 1``).
-    First update ``-lr g/(|g| + ε)``: sign-like. After a constant ``g*``, ``ν_max = g*²``
-    holds at ``g = 0``: ``α_eff = lr(1-b1)/|g*|``, slope ``-1``. Along a constant gradient its
-    step is ``lr`` at every step, and after zero gradients its gain has Adam's shape: no
-    schedule. No damping, no sign agreement (as Adam). White box: ``α`` singular at ``ν = 0``.
-    """
-    e = Expected(
-        ExpectMomentum(True, b1, lr * (1 - b1) / BACKGROUND),
-        ExpectClipping(True, SQRT2M1 * EPS8),
-        _NORMED,
-        ExpectAdaptation(True, -1.0),
-    )
-    white = dataclasses.replace(e, momentum=ExpectMomentum(True, b1))
-    tx = lambda: optax.amsgrad(lr, b1, b2)  # noqa: E731
-    return _case(name, "amsgrad", tx, dict(lr=lr, b1=b1, b2=b2), e, white=white)
-
-
-def novograd(name="novograd", *, lr=1e-3, b1=0.9, b2=0.25) -> Case:
-    """NovoGrad on a scalar: ``m ← b1 m + g/(√ν + ε)``, ``ν`` the EMA (``b2``) of ``g²``.
-
-    The normaliser is inside the momentum, so on background ``b`` a perturbation ``δ`` gives
-    ``δm_k = A b1^k + B b2^k`` with ``B = (1-b2)b2/(b1-b2)·δ/|b|`` and ``A = b2δ/|b| - B``:
-    for ``b1 > b2`` the ``b1`` mode has ``α < 0`` (a correction: the normaliser cancels it) and
-    the momentum read is ``(b2, lr(1-b2)b2/((b1-b2)|b|))``. Background 0 has a norm at 0 (no
-    derivative): ``b = 1``. First update ``-lr g/(|g| + ε)``: sign-like. After a constant
-    ``g*``: ``ν = g*²``, then ``b2 g*²`` at ``g = 0``: ``α_eff = lr/(√b2 |g*|)``, slope ``-1``
-    (read at ``±hair`` where the norm's slope at 0 is not finite). No damping, no sign agreement
-    (as :func:`adamax`).
-    """
-    alpha = lr * (1 - b2) * b2 / ((b1 - b2) * BACKGROUND)
-    mom = ExpectMomentum(True, b2, alpha)
-    e = Expected(mom, ExpectClipping(True, SQRT2M1 * 1e-6), _NORMED, ExpectAdaptation(True, -1.0))
-    tx = lambda: optax.novograd(lr, b1, b2)  # noqa: E731
-    return _case(name, "novograd", tx, dict(lr=lr, b1=b1, b2=b2), e, cell=None)
-
-
-def adabelief(name="adabelief", *, lr=1e-3, b1=0.9, b2=0.999, eps=1e-16) -> Case:
-    """AdaBelief ``u = -lr m̂/(√ŝ + ε)``, ``s`` the EMA of ``(g - m)²``.
-
-    Background 0: ``s`` is quadratic in an impulse, so ``r_k ∝ -(1-b1)b1^k``: momentum ``b1``
-    (α depends on ``eps_root`` at rest: unchecked). First update ``-lr g/(√(b1²g² + ·) + ε)``:
-    sign-like. After ``g*`` then ``g_W = 0``: ``s' ∝ b1²g*²``, ``α_eff ∝ 1/|g*|``: slope ``-1``.
-    Damping (``κ = (1+b1)ε/(2b1)``) settles within the probe only for ``b2 ≤ 0.9``, and so
-    does sign agreement: under a constant gradient ``g - m → 0`` and the gain grows towards
-    ``lr/ε``, under an alternating one ``s`` stays of order ``g²`` (as centred RMSProp).
-    """
-    damp = True if b2 <= 0.9 else None
-    e = Expected(
-        ExpectMomentum(True, b1),
-        _SIGN,
-        _NORMED,
-        ExpectAdaptation(True, -1.0),
-        damp,
-        agreement=ExpectAgreement(damp),
-    )
-    tx = lambda: optax.adabelief(lr, b1, b2, eps)  # noqa: E731
-    return _case(name, "adabelief", tx, dict(lr=lr, b1=b1, b2=b2, eps=eps), e)
+    return make_case(name, "adam", tx, hp, e, cell, white)
 
 
 def sign_based(name="sign_sgd", *, kind="sign_sgd", lr=0.01, beta=0.9, schedule=None) -> Case:
@@ -484,15 +401,21 @@ def sign_based(name="sign_sgd", *, kind="sign_sgd", lr=0.01, beta=0.9, schedule=
     the weight (``b1``) is on the memory: β. The step ``|u_t|`` is ``lr_t`` for any ``g ≠ 0``.
     """
     memory, r = kind in ("signum", "lion"), _rate(lr, schedule)
-    sch = _flat(lr) if schedule is None else ExpectSchedule(SCHEDULES[schedule][1], _sched_lr(r))
-    e = Expected(ExpectMomentum(memory, beta if memory else None), _SIGN, sch)
+    sch = (
+        flat_schedule(lr)
+        if schedule is None
+        else ExpectSchedule(SCHEDULES[schedule][1], scheduled_lr(r))
+    )
+    e = Expected(ExpectMomentum(memory, beta if memory else None), SIGN, sch)
     txs = {
         "sign_sgd": lambda: optax.sign_sgd(r),
         "chain_sign": lambda: optax.chain(optax.scale_by_sign(), optax.sgd(r)),
         "signum": lambda: optax.signum(r, beta),
         "lion": lambda: optax.lion(r, b1=0.9, b2=beta, weight_decay=0.0),
     }
-    return _case(name, "sign", txs[kind], dict(kind=kind, lr=lr, beta=beta, schedule=schedule), e)
+    return make_case(
+        name, "sign", txs[kind], dict(kind=kind, lr=lr, beta=beta, schedule=schedule), e
+    )
 
 
 def rprop(name="rprop", *, lr=1e-3, eta_minus=0.5, eta_plus=1.2) -> Case:
@@ -510,13 +433,13 @@ def rprop(name="rprop", *, lr=1e-3, eta_minus=0.5, eta_plus=1.2) -> Case:
     p_star = float(np.log(eta_plus) / (np.log(eta_plus) - np.log(eta_minus)))
     e = Expected(
         ExpectMomentum(False),
-        _SIGN,
-        _flat(lr),
+        SIGN,
+        flat_schedule(lr),
         damping=None,
         agreement=ExpectAgreement(True, p_star),
     )
     tx = lambda: optax.rprop(lr, eta_minus=eta_minus, eta_plus=eta_plus)  # noqa: E731
-    return _case(name, "rprop", tx, dict(lr=lr, eta_minus=eta_minus, eta_plus=eta_plus), e)
+    return make_case(name, "rprop", tx, dict(lr=lr, eta_minus=eta_minus, eta_plus=eta_plus), e)
 
 
 def sign_agreement(name="delta_bar_delta", *, lr=0.05, up=0.05, down=0.1) -> Case:
@@ -529,12 +452,12 @@ def sign_agreement(name="delta_bar_delta", *, lr=0.05, up=0.05, down=0.1) -> Cas
     """
     e = Expected(
         ExpectMomentum(False, alpha=lr),
-        schedule=_flat(lr),
+        schedule=flat_schedule(lr),
         damping=None,
         agreement=ExpectAgreement(True, up / (up + down)),
     )
     tx = lambda: delta_bar_delta(lr, up, down, 1e-2, 1e2)  # noqa: E731
-    return _case(name, "sign_agreement", tx, dict(lr=lr, up=up, down=down), e)
+    return make_case(name, "sign_agreement", tx, dict(lr=lr, up=up, down=down), e)
 
 
 def damped(name="damped_momentum", *, lr=0.05, beta=0.9, kappa=0.3) -> Case:
@@ -548,10 +471,12 @@ def damped(name="damped_momentum", *, lr=0.05, beta=0.9, kappa=0.3) -> Case:
     m = np.logspace(-2, 1, 48)
     slope = float(np.polyfit(np.log(m), -np.log1p(np.sqrt(0.2) * m / (2 * kappa)), 1)[0])
     adapt = ExpectAdaptation(True, slope)
-    e = Expected(ExpectMomentum(True, beta, lr), ExpectClipping(False), _flat(lr), adapt, True)
+    e = Expected(
+        ExpectMomentum(True, beta, lr), ExpectClipping(False), flat_schedule(lr), adapt, True
+    )
     cell = lambda: cells.damped_momentum(lr, beta, kappa)  # noqa: E731
     hp = dict(lr=lr, beta=beta, kappa=kappa)
-    return _case(name, "damped", lambda: cell_optimizer(cell()), hp, e, cell)
+    return make_case(name, "damped", lambda: cell_optimizer(cell()), hp, e, cell)
 
 
 # ----------------------------------------------------------------------------- the battery
@@ -594,6 +519,28 @@ FAMILIES: dict[str, tuple[Callable[..., Case], dict[str, Any]]] = {
     ),
     "adamax": (adamax, {"lr": (1e-4, 0.1, LOG), "b1": (0.5, 0.95, LIN), "b2": (0.9, 0.9999, LIN)}),
     "novograd": (novograd, {"lr": (1e-4, 0.1, LOG), "b1": (0.8, 0.95, LIN), "b2": (0.1, 0.6, LIN)}),
+    # b2 ≤ 0.999: ν climbs to g*² within W steps; eps ≥ 1e-4: the first update's half slope
+    # lies where g² > v0 (its formula's branch)
+    "yogi": (
+        yogi,
+        {
+            "lr": (1e-4, 0.1, LOG),
+            "b1": (0.5, 0.95, LIN),
+            "b2": (0.99, 0.999, LIN),
+            "eps": (1e-4, 1e-2, LOG),
+        },
+    ),
+    # the b1 mode carries the steady response: its α/(1-b1) = lr/D against the direct term's
+    # (1-b2)² and the b2 correction's (1-b2)³/(b2(1-b2))
+    "adan": (
+        adan,
+        {
+            "lr": (1e-4, 0.1, LOG),
+            "b1": (0.9, 0.99, LIN),
+            "b2": (0.8, 0.95, LIN),
+            "b3": (0.9, 0.999, LIN),
+        },
+    ),
     "rprop": (
         rprop,
         {"lr": (1e-4, 0.1, LOG), "eta_minus": (0.2, 0.8, LIN), "eta_plus": (1.05, 1.5, LIN)},
@@ -673,6 +620,8 @@ def cases() -> list[Case]:
         novograd(),
         adabelief(),
         adabelief("adabelief_fast", b2=0.9, eps=1e-8),
+        yogi(),
+        adan(),
         sign_based(),
         sign_based("chain_sign_sgd", kind="chain_sign"),
         sign_based("signum", kind="signum"),

@@ -468,7 +468,8 @@ def step_size_program(run: Callable, steps: int, lag: int = 0) -> Callable:
     ``A_t = |u_{t+lag}|`` for a gradient ``b`` at step ``t`` after ``t`` zero gradients (zero
     after it; ``lag`` as :func:`first_response`); ``C_t = |u_t|`` after ``t`` steps of the
     constant gradient ``b``. A sign-like update's slopes are 0, so :func:`schedule_program`
-    reads nothing; its step is ``lr_t`` whatever the gradient.
+    reads nothing; its step is ``lr_t`` whatever the gradient. ``C`` is also the second curve of
+    a normalising update's schedule (:func:`probes.detectors.detect_schedule`).
     """
 
     @jax.jit
@@ -569,24 +570,6 @@ def analyze_optax(
         lag,
     )
 
-    gain_at_warmup = None
-    if clipping.sign_like:
-        a_t, b_t = step_size_program(run, T, lag)(jnp.float32(scale))
-    else:
-        hair = jnp.float32(HAIR * mags[0])
-        a_t, b_t = schedule_program(run, T)(hair, jnp.float32(scale))
-        # the gain where the adaptation probe reads (step W): past the horizon a schedule may
-        # still move there; within it, the curve's own value
-        w = int(warmup)
-        at_w = a_t[w] if w < T else gain_at_program(run, w)(hair)
-        gain_at_warmup = float(at_w)
-    schedule = detectors.detect_schedule(
-        np.asarray(a_t),
-        np.asarray(b_t),
-        horizon_source=horizon_source,
-        measure="step size" if clipping.sign_like else "gain",
-    )
-
     m = log_grid(scale, *magnitude_range, num_magnitudes)
 
     steady_lr = _steady_lr_program(run, int(warmup))
@@ -607,6 +590,30 @@ def analyze_optax(
         gradient_range=(float(m[0]), float(m[-1])),
         gradient_range_source="gradient scale x magnitude_range",
     )
+    gain_at_warmup = None
+    if clipping.sign_like:
+        a_t, b_t = step_size_program(run, T, lag)(jnp.float32(scale))
+    else:
+        hair = jnp.float32(HAIR * mags[0])
+        a_t, b_t = schedule_program(run, T)(hair, jnp.float32(scale))
+        # the gain where the adaptation probe reads (step W): past the horizon a schedule may
+        # still move there; within it, the curve's own value
+        w = int(warmup)
+        at_w = a_t[w] if w < T else gain_at_program(run, w)(hair)
+        gain_at_warmup = float(at_w)
+    constant_measure = None
+    if detectors.normalised_schedule_curve(adaptation, clipping.sign_like):
+        # a normaliser: the step along the constant gradient, not its gain (detect_schedule)
+        b_t = step_size_program(run, T, lag)(jnp.float32(scale))[1]
+        constant_measure = "step size"
+    schedule = detectors.detect_schedule(
+        np.asarray(a_t),
+        np.asarray(b_t),
+        horizon_source=horizon_source,
+        measure="step size" if clipping.sign_like else "gain",
+        constant_measure=constant_measure,
+    )
+
     lams, alphas = momentum.fit_eigenvalues, momentum.fit_alphas
     with np.errstate(divide="ignore", invalid="ignore"):
         steady = float(-np.real(np.sum(alphas / (1.0 - lams)))) if response.size else np.nan

@@ -272,6 +272,12 @@ class Schedule(Result):
         measure: what the curves are: ``"gain"`` (``α_eff``, the slope ``-∂u/∂g`` at ``g = 0``)
             or ``"step size"`` (``|u_t|`` at a gradient of the typical scale: a sign-like
             update, whose slopes are 0, carries its schedule in the size of its steps).
+        constant_gradient_measure: what ``constant_gradient_lr`` is: ``measure``, or
+            ``"step size"`` (``|u_t|`` after ``t`` steps of the constant gradient) where the
+            update normalises the gradient's size (adaptation detected). A normaliser's gain
+            along a constant gradient rises as its reaction to the newest gradient fades (its
+            bias correction, or its accumulator catching up: Adam, Yogi) while its step stays
+            or falls; a multiplier applied whatever the gradients moves the step too.
     """
 
     detected: bool
@@ -283,6 +289,7 @@ class Schedule(Result):
     constant_gradient_lr: np.ndarray = dataclasses.field(default_factory=lambda: np.zeros(0))
     horizon_source: str = ""
     measure: str = "gain"
+    constant_gradient_measure: str = "gain"
 
 
 def _rise_fall(curve: np.ndarray) -> tuple[float, float, int] | None:
@@ -305,6 +312,7 @@ def detect_schedule(
     tol: float = SCHEDULE_TOL,
     horizon_source: str = "",
     measure: str = "gain",
+    constant_measure: str | None = None,
 ) -> Schedule:
     """Classifies the schedule as constant, warm-up, decay or warm-up-then-decay.
 
@@ -314,13 +322,19 @@ def detect_schedule(
     (fall) of at least ``tol`` on both curves: the gain after ``t`` zero gradients and, where
     given and not zero, the gain after ``t`` steps of a constant gradient. The moments' bias
     corrections of a normalised update (Adam, AdaBelief) lower the first with ``t`` and raise
-    the second. ``measure`` names what the curves are (:class:`Schedule`); the rule is the same.
+    the second; for a normalised update the second curve is therefore the step along the
+    constant gradient (``constant_measure="step size"``, :func:`normalised_schedule_curve`).
+    ``measure`` names what the curves are (``constant_measure`` the second, when it differs;
+    :class:`Schedule`); the rule is the same.
     """
+    constant_measure = measure if constant_measure is None else constant_measure
     a = np.asarray(effective_lr, np.float64)
     b = np.zeros(0) if constant_lr is None else np.asarray(constant_lr, np.float64)
     ra = _rise_fall(a)
     if ra is None:
-        return Schedule(False, "constant", a, 0.0, 0.0, 0, b, horizon_source, measure)
+        return Schedule(
+            False, "constant", a, 0.0, 0.0, 0, b, horizon_source, measure, constant_measure
+        )
     rb = _rise_fall(b) if b.size else None
     rise, fall = (ra[0], ra[1]) if rb is None else (min(ra[0], rb[0]), min(ra[1], rb[1]))
     shape = {
@@ -329,7 +343,19 @@ def detect_schedule(
         (False, True): "decay",
         (True, True): "warm-up-then-decay",
     }[(rise >= tol, fall >= tol)]
-    return Schedule(shape != "constant", shape, a, rise, fall, ra[2], b, horizon_source, measure)
+    detected = shape != "constant"
+    return Schedule(
+        detected, shape, a, rise, fall, ra[2], b, horizon_source, measure, constant_measure
+    )
+
+
+def normalised_schedule_curve(adaptation: Adaptation, sign_like: bool) -> bool:
+    """Whether the schedule's second curve is the step along a constant gradient.
+
+    It is where the update normalises the gradient's size (``adaptation.detected``) and is not
+    sign-like (whose two curves are step sizes already): see :func:`detect_schedule`.
+    """
+    return bool(adaptation.detected) and not sign_like
 
 
 # ----------------------------------------------------------------------------- adaptation

@@ -87,6 +87,7 @@ FAST = [
             "rmsprop_centered",  # a spread in the denominator: agreement near p = 0
             "novograd",  # a norm at g = 0: adaptation read at a hair
             "amsgrad",  # a running maximum that ties with ν̂: the gain read on the growing branch
+            "yogi",  # a second moment that moves additively, by the sign of ν − g²
         )
     ],
     *[

@@ -48,7 +48,7 @@ def _analysis(beta=0.9, alpha=0.1, *, clip=None, schedule=None, adaptation=False
     resp = [-alpha * (beta or 0.0) ** k for k in range(200)]
     eff = schedule if schedule is not None else [alpha] * 100
     return {
-        "schema_version": 12,
+        "schema_version": 13,
         "source": "cell",
         "momentum": {
             "detected": beta is not None,
@@ -417,7 +417,7 @@ def test_distill_redoes_an_outdated_analysis(tiny_run, tmp_path):
         assert saved_analysis(run)[0] is None, outdated
     d = distill_run(run, chain_only, progress=False)  # the last: an older schema
     redone = json.loads((run / "analysis.json").read_text())
-    assert redone["schema_version"] == 12 and "damping" in redone
+    assert redone["schema_version"] == 13 and "damping" in redone
     assert redone["key_seed"] == 0
     # the untrained GRU (zero readout) has no momentum or clipping: the hand-built ones go
     assert [e["transform"] for e in d["chain"]] == ["scale_by_learning_rate"]

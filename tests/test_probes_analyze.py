@@ -38,7 +38,7 @@ def test_analyze_rnn_optimizer_with_trajectories():
     for b in a.adaptation.branches.values():
         assert len(b["alpha_eff"]) == len(a.adaptation.magnitudes) + 1
     out = json.dumps(a.to_json(), allow_nan=False)
-    assert '"schema_version": 12' in out
+    assert '"schema_version": 13' in out
     # analysis.json reads back into the same Analysis (arrays, complex modes, branches)
     back = probes.Analysis.from_json(json.loads(out))
     assert back.to_json() == a.to_json()

@@ -26,7 +26,7 @@ def test_probes_analyze_writes_analysis_json(tmp_path, capsys):
         "adaptation",
     ]
     result = json.loads((tmp_path / "analysis.json").read_text())
-    assert result["schema_version"] == 12 and result["source"] == "cell"
+    assert result["schema_version"] == 13 and result["source"] == "cell"
     assert set(result) >= {"momentum", "clipping", "schedule", "adaptation", "damping", "bias"}
     assert any(line.startswith("bias: ") for line in out)  # read and printed, white box
     assert result["task"] == {"name": "linear_regression", "data_source": "synthetic"}
@@ -48,13 +48,13 @@ def test_a_saved_analysis_is_reused_only_while_it_describes_the_run(tmp_path):
     from probes.runs import saved_analysis
 
     assert saved_analysis(tmp_path) == (None, "no analysis.json")
-    write_json(tmp_path / "analysis.json", {"schema_version": 12, "key_seed": 0})
-    assert saved_analysis(tmp_path)[0] == {"schema_version": 12, "key_seed": 0}
+    write_json(tmp_path / "analysis.json", {"schema_version": 13, "key_seed": 0})
+    assert saved_analysis(tmp_path)[0] == {"schema_version": 13, "key_seed": 0}
     # another trajectory seed (compare takes any); an analysis without one was drawn with 0
     analysis, why = saved_analysis(tmp_path, key_seed=3)
     assert analysis is None and "seed 0, not 3" in why
     assert saved_analysis(tmp_path, key_seed=None)[0] is not None
-    write_json(tmp_path / "analysis.json", {"schema_version": 12})
+    write_json(tmp_path / "analysis.json", {"schema_version": 13})
     assert saved_analysis(tmp_path)[0] is not None
     analysis, why = saved_analysis(tmp_path, key_seed=3)
     assert analysis is None and "seed 0, not 3" in why
@@ -64,14 +64,14 @@ def test_a_saved_analysis_is_reused_only_while_it_describes_the_run(tmp_path):
         write_json(tmp_path / "analysis.json", {"schema_version": old})
         assert saved_analysis(tmp_path)[0] is None
     # older than the weights it describes
-    write_json(tmp_path / "analysis.json", {"schema_version": 12})
+    write_json(tmp_path / "analysis.json", {"schema_version": 13})
     (tmp_path / "theta.npz").write_bytes(b"")
     t = os.stat(tmp_path / "analysis.json").st_mtime
     os.utime(tmp_path / "theta.npz", (t + 10, t + 10))
     analysis, why = saved_analysis(tmp_path)
     assert analysis is None and "older than theta.npz" in why
     os.utime(tmp_path / "theta.npz", (t - 10, t - 10))  # the weights older: reused
-    assert saved_analysis(tmp_path)[0] == {"schema_version": 12}
+    assert saved_analysis(tmp_path)[0] == {"schema_version": 13}
 
 
 def test_a_run_reads_its_files_once_and_knows_what_is_current(tmp_path):

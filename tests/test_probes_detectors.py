@@ -34,7 +34,7 @@ def test_plain_sgd_only_has_a_learning_rate():
     assert not a.adaptation.detected
     assert abs(a.momentum.alpha - 0.3) <= 1e-6 and a.momentum.beta == 0.0
     np.testing.assert_allclose(a.schedule.effective_lr, 0.3, rtol=1e-6)
-    assert a.to_json()["schema_version"] == 12
+    assert a.to_json()["schema_version"] == 13
 
 
 @pytest.mark.parametrize("threshold", [0.05, 0.7, 3.0])
@@ -221,3 +221,39 @@ def test_the_gain_along_a_constant_gradient_is_read_on_the_growing_branch():
     np.testing.assert_allclose(c[:4], [0.1, 0.1, 0.08, 0.08], rtol=1e-5)
     np.testing.assert_allclose(a, c, rtol=1e-5)
     assert probes.detectors.detect_schedule(a, c).shape == "decay"
+
+
+def test_a_normalisers_schedule_is_read_from_its_step_along_a_constant_gradient():
+    from probes.black_box import scalar_updates, schedule_program, step_size_program
+
+    # Yogi (b1 0.82, b2 0.9936, eps 0.0013) has no multiplier: its gain after zero gradients
+    # rises with ν̂'s bias correction of a ν that stays at v0, and its gain along a constant
+    # gradient rises as the normaliser's reaction to the newest gradient fades; both rise, so
+    # the gains alone read a warm-up. Its step along the gradient dips by a fifth and recovers
+    # (ν̂ overshoots b² while ν climbs): no shared rise, constant.
+    tx = optax.yogi(3e-4, 0.8162, 0.9936, 0.0013)
+    run = scalar_updates(tx)
+    a, c = (np.asarray(x) for x in schedule_program(run, 200)(jnp.float32(1e-8), jnp.float32(1)))
+    step = np.asarray(step_size_program(run, 200)(jnp.float32(1.0))[1])
+    assert probes.detectors.detect_schedule(a, c).shape == "warm-up"
+    assert 0.75 < step.min() / step[0] < 0.85 and step[-1] > step.min()
+    s = probes.analyze_optax(tx).schedule
+    assert (s.shape, s.constant_gradient_measure) == ("constant", "step size")
+    np.testing.assert_allclose(s.constant_gradient_lr, step, rtol=1e-5)
+    # the rule on the step: a multiplier moves it (Adam under a decay reads decay), a linear
+    # optimizer keeps its gain curve
+    decayed = probes.analyze_optax(optax.adam(optax.exponential_decay(1e-3, 50, 0.5)))
+    assert decayed.schedule.shape == "decay"
+    assert decayed.schedule.constant_gradient_measure == "step size"
+    plain = probes.analyze_optax(optax.sgd(0.1, momentum=0.9)).schedule
+    assert (plain.shape, plain.constant_gradient_measure) == ("constant", "gain")
+
+
+def test_half_slope_has_its_closed_forms_at_the_ends():
+    from probes.battery_common import C23, SQRT2M1, half_slope
+
+    np.testing.assert_allclose(half_slope(0.0, 1e-3), SQRT2M1 * 1e-3, rtol=1e-9)
+    np.testing.assert_allclose(half_slope(1e-4, 0.0), np.sqrt(C23 * 1e-4), rtol=1e-9)
+    e, c = 1e-3, 1e-3  # f' = (e + c s)/(s (s + c)²) at s = √(g² + e) is half of 1/(√e + c)
+    s = np.sqrt(half_slope(e, c) ** 2 + e)
+    np.testing.assert_allclose((e + c * s) / (s * (s + c) ** 2), 0.5 / (np.sqrt(e) + c), rtol=1e-9)

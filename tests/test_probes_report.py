@@ -123,7 +123,7 @@ def test_probes_report_cli_writes_a_white_box_report(tiny_run, capsys):
     # The numbers shown are the analysis numbers, of the analysis computed on the way (as
     # `probes analyze` does).
     analysis = _strict_json(tiny_run / "analysis.json")
-    assert analysis["schema_version"] == 12 and "damping" in analysis
+    assert analysis["schema_version"] == 13 and "damping" in analysis
     m = report["mechanisms"]["momentum"]["numbers"]
     assert m["beta"]["value"] == analysis["momentum"]["beta"]
     assert report["mechanisms"]["clipping"]["detected"] == analysis["clipping"]["detected"]

@@ -269,6 +269,16 @@ def schedule_section(b: Builder, a: Mapping) -> dict:
         num_row("rise", "rise before the peak", s.get("rise"), fmt(s.get("rise"), ".0%")),
         num_row("fall", "fall after the peak", s.get("fall"), fmt(s.get("fall"), ".0%")),
     ]
+    if s.get("constant_gradient_measure") == "step size" and s.get("measure") != "step size":
+        nums.append(
+            num_row(
+                "constant_gradient_measure",
+                "second curve",
+                s.get("constant_gradient_measure"),
+                "the step along a constant gradient (a normalising update's gain there rises "
+                "as its bias correction fades)",
+            )
+        )
     steps = s.get("measure") == "step size"
     what = "step size |u|" if steps else "α_eff"
     if lr.size and np.isfinite(lr).any():
