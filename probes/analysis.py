@@ -410,20 +410,20 @@ def analyze_cell(
         options=dict(continuation_options or {}),
     )
     # Schedule: the gain along the autonomous dynamics from h0 and along a constant gradient
-    # (a sign-like update, whose gain is 0: its step sizes).
+    # (a sign-like update, whose gain is 0: its step sizes; a normaliser: its step along the
+    # constant gradient, detect_schedule).
+    constant_measure = None
     if clipping.sign_like:
         # uncached: this run function is new per analysis (cf. momentum_from_response)
         steps = step_size_program.__wrapped__(run, schedule_steps, lag)
         alpha_t, driven = (np.asarray(x) for x in steps(jnp.float32(scale)))
     else:
         alpha_t = np.asarray(effective_lr(cell, traj, hair=hair))
-        driven = np.asarray(_driven_gain(cell, jnp.float32(scale), jnp.zeros(schedule_steps)))
-    constant_measure = None
-    if detectors.normalised_schedule_curve(adaptation, clipping.sign_like):
-        # a normaliser: the step along the constant gradient, not its gain (detect_schedule)
-        steps = step_size_program.__wrapped__(run, schedule_steps, lag)
-        driven = np.asarray(steps(jnp.float32(scale))[1])
-        constant_measure = "step size"
+        if detectors.normalised_schedule_curve(adaptation, clipping.sign_like):
+            driven = np.abs(np.asarray(jax.jit(run)(jnp.full(schedule_steps, scale, jnp.float32))))
+            constant_measure = "step size"
+        else:
+            driven = np.asarray(_driven_gain(cell, jnp.float32(scale), jnp.zeros(schedule_steps)))
     schedule = detectors.detect_schedule(
         alpha_t,
         driven,

@@ -35,7 +35,12 @@ Decisions on the ambiguous definitions:
   Adagrad); a sign-like update's gain is 0, so its step size ``|u_t| = lr_t`` is checked.
   Adam's ``1/ε`` gain at ``ν = 0`` is checked for shape only: its gain after ``t`` zero
   gradients follows the bias corrections, not a schedule unless the step along a constant
-  gradient changes too (NAdam's decay, :func:`adam`).
+  gradient changes too (NAdam's decay, :func:`adam`). Such a correction, moving the step along
+  a constant gradient by at least ``SCHEDULE_TOL`` and the gain after zero gradients with it,
+  *is* called a schedule, and its shape is the rule's on the two closed-form curves (Yogi,
+  whose step dips while its ``ν̂`` overshoots ``g²``:
+  :func:`probes.battery_normalised.yogi_schedule_shape`); a
+  correction that moves only one of them is not.
 * **Clipping** is saturation of the first update; adaptive methods saturate too (RMSProp at
   ``√((2^{2/3}-1)ε/(1-ρ))``, Adagrad at ``√((2^{2/3}-1)a0)``): expected, as the maths says.
 * **Damping**: AdaBelief and centred RMSProp (both divide by a spread that a constant gradient
@@ -519,8 +524,8 @@ FAMILIES: dict[str, tuple[Callable[..., Case], dict[str, Any]]] = {
     ),
     "adamax": (adamax, {"lr": (1e-4, 0.1, LOG), "b1": (0.5, 0.95, LIN), "b2": (0.9, 0.9999, LIN)}),
     "novograd": (novograd, {"lr": (1e-4, 0.1, LOG), "b1": (0.8, 0.95, LIN), "b2": (0.1, 0.6, LIN)}),
-    # b2 ≤ 0.999: ν climbs to g*² within W steps; eps ≥ 1e-4: the first update's half slope
-    # lies where g² > v0 (its formula's branch)
+    # b2 ≤ 0.999: ν climbs to g*² within W steps; b2 ≥ 0.99: v0/(1-b2) ≤ 1e-4, the first
+    # update's saturation scale, puts its half slope where g² > v0 (its formula's branch)
     "yogi": (
         yogi,
         {

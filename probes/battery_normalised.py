@@ -154,9 +154,11 @@ def yogi(name="yogi", *, lr=1e-2, b1=0.9, b2=0.999, eps=1e-3) -> Case:
     ε)``, a slope near ``-1``. The update normalises, so the schedule's second curve is the
     step along a constant gradient (``b = 1``): ``ν`` climbs by ``(1-b2)b²`` a step to ``b²``,
     and over that climb ``ν̂ = ν/(1-b2^t)`` overshoots ``b²`` (by up to ``1/(1 - 1/e)`` at
-    ``t = 1/(1-b2)``) before the correction fades: the step dips and recovers. The gain after
-    ``t`` zero gradients is ``lr(1-b1)/(1-b1^{t+1})/(√(v0/(1-b2^{t+1})) + ε)``: it falls with
-    ``m̂``'s correction and rises with ``ν̂``'s. The shape is the rule's on these two curves
+    ``t = 1/(1-b2)``) before the correction fades: the step dips, lowest at ``t ≈ 1/(1-b2)``
+    (inside the horizon for ``b2 ≲ 0.995``; at ``b2 = 0.999`` it falls by 4.7% over 200
+    steps). The gain after ``t`` zero gradients is
+    ``lr(1-b1)/(1-b1^{t+1})/(√(v0/(1-b2^{t+1})) + ε)``: it falls with ``m̂``'s correction and
+    rises with ``ν̂``'s. The shape is the rule's on these two curves
     (:func:`yogi_schedule_shape`): a bias correction that moves the step is a schedule (the
     battery's decision, as NAdam's). ``ν`` follows ``g²``, not its signs or its changes: no
     damping, no sign agreement.

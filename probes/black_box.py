@@ -69,8 +69,10 @@ def log_grid(scale: float, lo: float, hi: float, num: int) -> np.ndarray:
 #: ``hair = HAIR × the smallest probed magnitude``: far below any threshold the grid resolves.
 HAIR = 1e-6
 #: The schedule probe's gain along a constant gradient ``b`` is the slope at ``b·(1 + KINK)``
-#: at the step read: where the update has a kink at ``b`` (AMSGrad's running maximum of ``ν̂``
-#: ties with ``ν̂`` at every step of a constant gradient), the branch a growing gradient takes.
+#: at the step read: where the update has a kink at ``b`` (a running maximum that ties with
+#: its input at every step of a constant gradient, as AMSGrad's), the branch a growing gradient
+#: takes. A normalising update's second curve is its step there instead (AMSGrad's now), so
+#: this serves the updates without detected adaptation.
 KINK = 1e-2
 #: Default schedule horizon without a task family (the paper's 200 updates).
 SCHEDULE_HORIZON = 200
@@ -604,7 +606,7 @@ def analyze_optax(
     constant_measure = None
     if detectors.normalised_schedule_curve(adaptation, clipping.sign_like):
         # a normaliser: the step along the constant gradient, not its gain (detect_schedule)
-        b_t = step_size_program(run, T, lag)(jnp.float32(scale))[1]
+        b_t = jnp.abs(_jitted(run)(jnp.full(T, scale, jnp.float32)))
         constant_measure = "step size"
     schedule = detectors.detect_schedule(
         np.asarray(a_t),

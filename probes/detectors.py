@@ -267,7 +267,8 @@ class Schedule(Result):
             peak_step: the first step where ``|α_eff|`` is largest.
         constant_gradient_lr: ``-∂u_t/∂g_t`` after ``t`` steps of a constant gradient ``b``
             from a fresh state, at ``g_t = b·(1 + KINK)`` (:data:`probes.black_box.KINK`: a
-            kink's growing branch), ``(T,)`` (empty if not probed).
+            kink's growing branch), ``(T,)`` (empty if not probed); the step ``|u_t|`` there
+            instead where ``constant_gradient_measure`` says ``"step size"``.
         horizon_source: where ``T`` came from (the task family or the default).
         measure: what the curves are: ``"gain"`` (``α_eff``, the slope ``-∂u/∂g`` at ``g = 0``)
             or ``"step size"`` (``|u_t|`` at a gradient of the typical scale: a sign-like
@@ -276,8 +277,8 @@ class Schedule(Result):
             ``"step size"`` (``|u_t|`` after ``t`` steps of the constant gradient) where the
             update normalises the gradient's size (adaptation detected). A normaliser's gain
             along a constant gradient rises as its reaction to the newest gradient fades (its
-            bias correction, or its accumulator catching up: Adam, Yogi) while its step stays
-            or falls; a multiplier applied whatever the gradients moves the step too.
+            bias correction, or its accumulator catching up: Adam, Yogi) whether or not its
+            step moves; a multiplier applied whatever the gradients moves the step too.
     """
 
     detected: bool

@@ -259,14 +259,16 @@ def schedule_phrase(s: Mapping[str, Any]) -> str:
     n = len(s.get("effective_lr") or [])
     fall = finite(s.get("fall"))
     what = "its step size" if s.get("measure") == "step size" else "α_eff"
-    falls = f" ({what} falls by {fall:.0%} over {n} steps)" if fall is not None and n else ""
+    if s.get("constant_gradient_measure", s.get("measure")) != s.get("measure"):
+        what = "α_eff and its step along a constant gradient"  # the smaller of their changes
+    falls = f" ({what}: falls by {fall:.0%} over {n} steps)" if fall is not None and n else ""
     if shape == "warm-up-then-decay":
         return f"warms up over {peak} steps then decays{falls}"
     if shape == "warm-up":
         return f"warms up over {peak} steps (no decay within {n} steps)"
     if shape == "decay":
         return f"decays its learning rate from the first step{falls}"
-    return f"learning-rate schedule not detected ({what} stays within 5% of its peak)"
+    return f"learning-rate schedule not detected ({what}: no shared rise or fall of 5%)"
 
 
 def range_name(d: Mapping[str, Any]) -> str:
@@ -286,9 +288,7 @@ def buildup_steps(memory: Any, horizon: Any) -> tuple[float | None, bool]:
     if rho is None or not 0 <= rho < 1:
         return None, False
     steps = 1.0 / (1.0 - rho)
-    if T is not None and T > 0 and steps > T:
-        return float(T), True
-    return steps, False
+    return (float(T), True) if T is not None and T > 0 and steps > T else (steps, False)
 
 
 def buildup_text(memory: Any, horizon: Any) -> str:

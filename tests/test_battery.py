@@ -86,7 +86,7 @@ FAST = [
             "delta_bar_delta",  # sign agreement on a gradient step
             "rmsprop_centered",  # a spread in the denominator: agreement near p = 0
             "novograd",  # a norm at g = 0: adaptation read at a hair
-            "amsgrad",  # a running maximum that ties with ν̂: the gain read on the growing branch
+            "amsgrad",  # a running maximum that ties with ν̂: its schedule read from its step
             "yogi",  # a second moment that moves additively, by the sign of ν − g²
         )
     ],

@@ -237,9 +237,12 @@ def test_a_normalisers_schedule_is_read_from_its_step_along_a_constant_gradient(
     step = np.asarray(step_size_program(run, 200)(jnp.float32(1.0))[1])
     assert probes.detectors.detect_schedule(a, c).shape == "warm-up"
     assert 0.75 < step.min() / step[0] < 0.85 and step[-1] > step.min()
-    s = probes.analyze_optax(tx).schedule
+    analysis = probes.analyze_optax(tx)
+    s = analysis.schedule
     assert (s.shape, s.constant_gradient_measure) == ("constant", "step size")
     np.testing.assert_allclose(s.constant_gradient_lr, step, rtol=1e-5)
+    words = probes.words.schedule_phrase(analysis.to_json()["schedule"])
+    assert "α_eff and its step along a constant gradient: no shared rise or fall" in words
     # the rule on the step: a multiplier moves it (Adam under a decay reads decay), a linear
     # optimizer keeps its gain curve
     decayed = probes.analyze_optax(optax.adam(optax.exponential_decay(1e-3, 50, 0.5)))

@@ -275,8 +275,7 @@ def schedule_section(b: Builder, a: Mapping) -> dict:
                 "constant_gradient_measure",
                 "second curve",
                 s.get("constant_gradient_measure"),
-                "the step along a constant gradient (a normalising update's gain there rises "
-                "as its bias correction fades)",
+                "step along a constant gradient",
             )
         )
     steps = s.get("measure") == "step size"
