@@ -29,7 +29,9 @@ transformations (:mod:`lopt.chain`), each one a mechanism of the paper (Maheswar
    autonomous dynamics, divided by its value at the convergence point, so that the multiplier
    tends to 1 and the steady-state learning rate is the mode's ``α``. It is interpolated
    piecewise-linearly between knots (:func:`lopt.chain.interpolated_schedule`) and, after the
-   last probed step, approaches 1 geometrically at the rate of the probed tail.
+   last probed step, approaches 1 geometrically at the rate of the probed tail. Under a
+   normaliser whose schedule was read on its step along a constant gradient, the multiplier's
+   shape is that step over the chain's own step there without a schedule.
 4. **adaptation** (only if detected, and not if the detected damping alone accounts for it: the
    adaptation probe's step from ``g*`` to 0 is a gradient change the damping reacts to) →
    ``optax.scale_by_rms`` before the momentum, with every number read where its probe reads it
@@ -71,9 +73,11 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 
-from lopt.chain import HALF_SLOPE
+from lopt.chain import HALF_SLOPE, build_chain
 from probes.detectors import SPARING_TOLERANCE
 from probes.modes import IMAG_TOL, real_modes
 from probes.normaliser import (
@@ -428,10 +432,48 @@ def chain_from_analysis(
         else:
             at = at_probe(e, debias_weights, gain_at_warmup, warmup)
             mult = normalised_schedule(e, debias_weights, at[1])
+            shape = _step_shape(sch, chain, lr, meta.get("gradient_scale"))
+            if shape is not None:  # the shape from the step, the level at the end as before
+                mult = shape / shape[-1] * mult[-1]
+                notes["schedule_shape_from"] = "step along a constant gradient"
         entry["schedule"] = _schedule(mult)
-        entry["mechanism"] = f"learning rate with a {sch.get('shape')} schedule"
+        entry["mechanism"] = f"learning rate with a {sch.get('shape')} schedule" + (
+            " (its shape from the step along a constant gradient)"
+            if notes.get("schedule_shape_from")
+            else ""
+        )
     chain.append(entry)
     return _with_bias(analysis, chain, notes)
+
+
+def _step_shape(
+    sch: Mapping[str, Any], chain: list[dict[str, Any]], lr: float, scale: Any
+) -> np.ndarray | None:
+    """A normaliser chain's schedule shape read on the step along a constant gradient.
+
+    Where the schedule's second curve is the optimizer's step ``|u_t|`` after ``t`` steps of
+    the constant gradient ``b`` (``meta.gradient_scale``; a normaliser,
+    :func:`probes.detectors.detect_schedule`), the multiplier that makes the chain take that
+    step is the curve over the chain's own step there without a schedule (its normaliser's
+    and debiased momentum's build-up): ``|u_t|/|u_t^chain|``, over the curves' common finite
+    prefix. ``None`` where the curve is the gain, or the ratio is not finite and positive.
+    """
+    if sch.get("constant_gradient_measure") != "step size":
+        return None
+    step = finite_prefix(sch.get("constant_gradient_lr"))
+    if not step.size or scale is None or not float(scale) > 0:
+        return None
+    tx = build_chain([*chain, {"transform": "scale_by_learning_rate", "learning_rate": lr}])
+
+    def body(state, g):
+        u, state = tx.update(g, state, jnp.zeros(()))
+        return state, u
+
+    gs = jnp.full(step.size, float(scale), jnp.float32)
+    own = np.abs(np.asarray(jax.lax.scan(body, tx.init(jnp.zeros(())), gs)[1], np.float64))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.abs(step) / own
+    return ratio if np.all(np.isfinite(ratio)) and np.all(ratio > 0) else None
 
 
 def _with_bias(

@@ -44,6 +44,9 @@ OPTIMIZERS = {
     # schedules still moving past the 200-step horizon, where the adaptation probe reads (W)
     "rmsprop_unsettled": lambda: optax.rmsprop(optax.exponential_decay(0.02, 100, 0.9)),
     "adam_unsettled": lambda: optax.adam(optax.exponential_decay(3e-3, 60, 0.8)),
+    # Nesterov's lag-0 term is bias-corrected by 1 − b1^(t+1): along a constant gradient the
+    # step falls from (1 + b1)·lr toward lr, read as a decay
+    "nadam": lambda: optax.nadam(0.01),
     "sign_sgd": lambda: optax.sign_sgd(0.03),
     "signum": lambda: optax.signum(0.02, 0.85),
 }
@@ -173,6 +176,33 @@ def test_a_sign_like_schedule_keeps_its_finite_prefix():
     assert step["schedule"]["values"][0] == pytest.approx(3.0)
 
 
+def _steps_along(tx, b, steps):
+    """``|u_t|`` of ``tx`` (scalar parameter) after ``t`` steps of the constant gradient ``b``."""
+    state, out = tx.init(jnp.zeros(())), []
+    for _ in range(steps):
+        u, state = tx.update(jnp.float32(b), state, jnp.zeros(()))
+        out.append(abs(float(u)))
+    return np.asarray(out)
+
+
+def test_a_normalisers_schedule_multiplier_is_shaped_by_its_step_along_a_constant_gradient():
+    # NAdam's step along a constant gradient b is lr·(b1 + (1 − b1)/(1 − b1^(t+1)))·b/(|b| + ε):
+    # 1.9·lr at the first step, falling to lr, and the schedule is read on that step. The
+    # chain's multiplier is that step over the chain's own (debiased, so constant), so the
+    # chain takes the optimizer's steps there; built from the gain after zero gradients
+    # instead, it was up to 34% off (2026-12-08).
+    analysis, chain, notes = _chain("nadam")
+    assert analysis["schedule"]["constant_gradient_measure"] == "step size"
+    assert notes["schedule_shape_from"] == "step along a constant gradient"
+    assert "constant gradient" in chain[-1]["mechanism"]
+    b = analysis["meta"]["gradient_scale"]
+    steps = len(analysis["schedule"]["constant_gradient_lr"])
+    ratio = _steps_along(build_chain(chain), b, steps) / _steps_along(
+        OPTIMIZERS["nadam"](), b, steps
+    )
+    np.testing.assert_allclose(ratio, 1.0, atol=0.01)
+
+
 #: Relative RMS error of the chain's updates on the optimizer's own gradients, about three
 #: times what was measured on 2026-12-06 on this family (rmsprop(s), adagrad, sign_sgd, signum
 #: ~1e-5 or below; adam 0.003, the momentum's debiasing matched only in form; the schedules
@@ -186,6 +216,7 @@ BOUNDS = {
     "rmsprop_unsettled": 0.005,
     "adam_unsettled": 0.03,
     "adagrad": 1e-3,
+    "nadam": 0.05,  # 0.018 on 2026-12-08; 0.12 with the multiplier shaped by the gain
     "sign_sgd": 1e-4,
     "signum": 1e-3,
 }
