@@ -164,3 +164,43 @@ def faithfulness_sentence(f: Mapping[str, Any]) -> str | None:
                 f"({excess:+.0%} more of the error than of the updates)"
             )
     return out + "."
+
+
+def identified_rest_sentence(distill: Mapping[str, Any]) -> str | None:
+    """What identification's rest rule did (``notes.identify``), or ``None`` if nothing rang.
+
+    A fitted candidate *rings* when it keeps stepping where the learned optimizer comes to rest
+    (:func:`probes.distill.identify.rings`); settling candidates rank first.
+    """
+    ident = (distill.get("notes") or {}).get("identify") or {}
+    cands = [c for c in ident.get("candidates") or [] if isinstance(c, Mapping)]
+    ringing = [finite(c.get("late_rms")) for c in cands if c.get("rings")]
+    rest = finite(ident.get("rest_rms"))
+    if not ringing or rest is None:
+        return None
+    lates = [v for v in ringing if v is not None]
+    span = (
+        "not finite"
+        if not lates
+        else f"{min(lates):.3g}"
+        if min(lates) == max(lates)
+        else f"{min(lates):.3g}–{max(lates):.3g}"
+    )
+    stepping = (
+        f"keep stepping where the learned optimizer comes to rest (RMS update over the last "
+        f"quarter of the horizon on the median problem {span}, against its {rest:.3g})"
+    )
+    selected = ident.get("selected")
+    if isinstance(selected, int) and 0 <= selected < len(cands) and cands[selected].get("rings"):
+        return (
+            f"Identification: all {len(cands)} candidates {stepping}; the identified chain is "
+            "the one that replays the updates best."
+        )
+    where = f"{len(ringing)} of {len(cands)} candidates {stepping}"
+    fits_ring = all(c.get("rings") for c in cands if c.get("round"))
+    if ident.get("selected_round") == 0 and fits_ring:
+        return (
+            f"Identification: {where}; no fit settles, so the identified chain keeps the "
+            "probed numbers."
+        )
+    return f"Identification: {where}; it keeps the best of those that settle."

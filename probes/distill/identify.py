@@ -17,6 +17,10 @@ like that, so the probes' readings (or silence) do not settle how the mechanisms
 trajectories that matter. The probed chain has no agreement entry: no probe reads the rate at
 which the gain follows the signs in a way that holds in closed loop (``CHANGELOG.md``,
 2026-12-07).
+
+A fitted candidate that keeps stepping where the learned optimizer comes to rest (it rings
+around the minimum) ranks after every candidate that settles (:func:`rings`, :func:`choose`),
+the probed numbers included: when no fit settles, the identified chain is the probed one.
 """
 
 from __future__ import annotations
@@ -91,6 +95,14 @@ ADDED_DAMPING = "oscillation damping, added by identification: not in the detect
 AGREEMENT_START = {"agreeing": 1.5, "disagreeing": 0.5, "rise": 0.1, "fall": 0.1}
 #: The label of the added sign-agreement entry.
 ADDED_AGREEMENT = "sign agreement, added by identification: not in the detected chain"
+#: A candidate *rings* when the RMS of its updates over the last :data:`REST_SHARE` of its own
+#: validation trajectories (on the median problem, :func:`late_rms`) is more than
+#: ``RING_RATIO`` times the learned optimizer's over the same stretch of its own trajectories
+#: on those problems: it keeps stepping where the optimizer comes to rest. Ringing candidates
+#: rank after every settling one.
+RING_RATIO = 10.0
+#: The stretch at the end of the horizon where candidates must come to rest (a share of it).
+REST_SHARE = 0.25
 
 
 #: The transforms of a chain's linear stage (momentum, normaliser, sign, learning rate): an
@@ -121,6 +133,55 @@ def _insert(chain: Sequence[Mapping[str, Any]], entry: dict[str, Any]) -> list[d
     else:
         at = 1 if chain and chain[0].get("transform") == "offset_gradient" else 0
     return [*chain[:at], entry, *chain[at:]]
+
+
+def late_rms(updates: jax.Array, share: float = REST_SHARE) -> jax.Array:
+    """How far the typical problem still steps at the end of ``updates`` ``[P, T, C]``.
+
+    The median over problems of the RMS over the last ``share`` of the steps (at least one);
+    the median, so that a chain ringing or diverging on a few problems out of many does not
+    count as ringing (those problems weigh in the imitation error).
+    """
+    steps = updates.shape[1]
+    late = updates[:, steps - max(1, int(round(share * steps))) :]
+    return jnp.median(jnp.sqrt(jnp.mean(late**2, axis=(1, 2))))
+
+
+def rings(late: float, rest: float) -> bool:
+    """Whether a candidate stepping ``late`` at the end keeps stepping where the optimizer rests.
+
+    ``late`` and ``rest`` are :func:`late_rms` of the candidate's and the learned optimizer's
+    updates on their own trajectories; a non-finite ``late`` rings, and without a positive,
+    finite ``rest`` nothing does.
+    """
+    return bool(math.isfinite(rest) and rest > 0 and not late <= RING_RATIO * rest)
+
+
+def choose(scores: Sequence[Sequence[tuple[float, float]]], rest: float) -> tuple[int, int]:
+    """The structure and the candidate identification keeps.
+
+    Args:
+        scores: per structure (the detected one first, then those with a mechanism added), per
+            candidate, ``(validation imitation error, late RMS update)``.
+        rest: the learned optimizer's late RMS update on the same problems (:func:`late_rms`).
+
+    Returns:
+        ``(structure, candidate)`` indices. Candidates rank by whether they ring
+        (:func:`rings`; settling ones first), then by error. A structure with a mechanism
+        added is kept only if its best candidate settles where the detected structure's best
+        rings, or if both settle (or both ring) and its error is below ``1 −``
+        :data:`EXTENSION_GAIN` times the detected structure's, less :data:`EXTENSION_FLOOR`;
+        of several, the best.
+    """
+    ranks = [[(rings(late, rest), err) for err, late in s] for s in scores]
+    best = [min(r) for r in ranks]
+    bar = (1.0 - EXTENSION_GAIN) * best[0][1] - EXTENSION_FLOOR
+    kept = 0
+    for i in range(1, len(best)):
+        clearly = best[i][0] < best[0][0] or (best[i][0] == best[0][0] and best[i][1] < bar)
+        if clearly and (kept == 0 or best[i] < best[kept]):
+            kept = i
+    return kept, min(range(len(ranks[kept])), key=lambda j: ranks[kept][j])
 
 
 def _imitation_error(chain_tx, teacher_u: jax.Array, seqs: Mapping[str, jax.Array]) -> jax.Array:
@@ -171,10 +232,14 @@ def identify_chain(
        :data:`AGREEMENT_START`, ``κ`` the 90th percentile of ``|g|``).
 
     Each candidate (the detected numbers, each round's fit of each structure) is scored by its
-    imitation error on its own trajectories on ``config.validation`` other problems. A
-    structure with a mechanism added is kept only if its best score is below ``1 −``
-    :data:`EXTENSION_GAIN` times the detected structure's, less :data:`EXTENSION_FLOOR` (of two
-    that are, the lower); the returned chain is the best-scoring candidate of the kept
+    imitation error on its own trajectories on ``config.validation`` other problems, and by
+    whether it comes to rest there: a candidate whose RMS update over the last quarter of the
+    horizon (on the median problem) is more than :data:`RING_RATIO` times the learned
+    optimizer's on its own trajectories *rings* (the fit weighs each problem's updates by their
+    total size, which the first steps dominate, so a fit can replay them closely and still keep
+    stepping where the optimizer has settled). Settling candidates rank first, then by error;
+    a structure with a mechanism added is kept only if it ranks clearly better
+    (:func:`choose`), and the returned chain is the best-ranked candidate of the kept
     structure.
 
     Args:
@@ -204,18 +269,21 @@ def identify_chain(
     idx = coordinates(family.num_params(), config.coords)
 
     def record_replayed(tx, keys):
-        seqs = record(tx, family, keys, idx, num_steps)
-        seqs = {k: seqs[k] for k in ("g", "p", "f")}  # the learned optimizer's own updates below
+        rec = record(tx, family, keys, idx, num_steps)
+        seqs = {k: rec[k] for k in ("g", "p", "f")}  # the learned optimizer's own updates below
         teacher = jax.vmap(lambda s: replay(learned, s))(seqs)
         finite = jnp.all(jnp.isfinite(seqs["g"]), (1, 2)) & jnp.all(jnp.isfinite(teacher), (1, 2))
         finite &= jnp.all(jnp.isfinite(seqs["p"]), (1, 2)) & jnp.isfinite(seqs["f"]).all(1)
-        # a problem on which the learned optimizer makes no update has nothing to imitate
-        return seqs, teacher, finite & (jnp.sum(teacher**2, (1, 2)) > 0)
+        # a problem on which the learned optimizer makes no update has nothing to imitate;
+        # late_rms: how far tx still steps at the end of its own trajectories
+        return seqs, teacher, finite & (jnp.sum(teacher**2, (1, 2)) > 0), late_rms(rec["u"])
 
     def keys(i, count=num_problems):
         return jax.random.split(jax.random.fold_in(key, i), count)
 
     val_keys = keys(10_000, config.validation)
+    # where the learned optimizer comes to rest on the validation problems (its own trajectories)
+    rest = float(jax.jit(lambda k: record_replayed(learned, k)[3])(val_keys))
 
     def score(finite, err):
         # mean imitation error on the validation problems; inf if the chain diverged on any
@@ -226,7 +294,7 @@ def identify_chain(
         # problems whose gradients and learned updates are finite and not all zero; the others
         # (a chain diverging in a DAgger round, an optimizer that never moves) are dropped, so
         # no inf or NaN reaches the fit (a zero weight would not mask it in the Jacobian)
-        seqs, teacher, ok = recorded
+        seqs, teacher, ok, _ = recorded
         ok = np.asarray(ok)
         return jax.tree.map(lambda x: x[ok], seqs), teacher[ok]
 
@@ -251,17 +319,17 @@ def identify_chain(
             return _imitation_error(build_chain(decode(chain, free, unravel(z))), teacher, seqs)
 
         def validate(z):
-            seqs, teacher, finite = record_chain(z, val_keys)
-            return score(finite, chain_error(z, teacher, seqs))
+            seqs, teacher, finite, late = record_chain(z, val_keys)
+            return score(finite, chain_error(z, teacher, seqs)), float(late)
 
         fit = _fitter(chain, free, unravel, fit_steps)
-        candidates = [(z, math.nan, validate(z))] if with_start else []
+        candidates = [(z, math.nan, *validate(z))] if with_start else []
         data = [own]
         for r in range(rounds):
             seqs = jax.tree.map(lambda *x: jnp.concatenate(x), *[d[0] for d in data])
             teacher = jnp.concatenate([d[1] for d in data])
             z, train_err = fit(z, seqs, teacher)  # finite: the fit only accepts finite steps
-            candidates.append((z, float(train_err), validate(z)))
+            candidates.append((z, float(train_err), *validate(z)))
             if say:
                 say(
                     f"identification ({name}) round {r + 1}/{rounds}: imitation error "
@@ -297,16 +365,10 @@ def identify_chain(
                 added = _insert(chain, {**entry, "scale": kappa})
                 structures.append((f"detected + {name}", added, False))
     fitted_structures = [fit_structure(c, name, start) for name, c, start in structures]
-    best = [min(c[2] for c in f[0]) for f in fitted_structures]
-    bar = (1.0 - EXTENSION_GAIN) * best[0] - EXTENSION_FLOOR
-    kept = 0  # the detected structure, unless an extension beats it clearly (the best one)
-    for i in range(1, len(best)):
-        if best[i] < bar and (kept == 0 or best[i] < best[kept]):
-            kept = i
+    kept, pick = choose([[(c[2], c[3]) for c in f[0]] for f in fitted_structures], rest)
     added_name = structures[kept][0].removeprefix("detected + ") if kept else None
     candidates, free, unravel = fitted_structures[kept]
     first_round = 0 if structures[kept][2] else 1
-    pick = int(np.argmin([c[2] for c in candidates]))
     selected_round = pick + first_round
     if selected_round == 0:
         fitted, gamma = [dict(e) for e in chain], {}
@@ -324,6 +386,8 @@ def identify_chain(
                 "round": i + (0 if start else 1),
                 "fit_error": c[1],
                 "validation_error": c[2],
+                "late_rms": c[3],
+                "rings": rings(c[3], rest),
             }
             for (name, _, start), f in zip(structures, fitted_structures, strict=True)
             for i, c in enumerate(f[0])
@@ -335,6 +399,8 @@ def identify_chain(
         "agreement_start": starts["sign agreement"],
         "selected_round": selected_round,
         "selected": sum(len(f[0]) for f in fitted_structures[:kept]) + pick,
+        "rest_rms": rest,
+        "ring_ratio": RING_RATIO,
         "rounds": rounds,
         "num_problems": num_problems,
         "validation_problems": config.validation,

@@ -46,6 +46,7 @@ from probes.distill.attribution import attribute
 from probes.distill.identify import IdentifyConfig, identify_chain
 from probes.distill.retune import RetuneConfig, retune_chain, retune_cost, validation_scores
 from probes.distill.stats import BootstrapConfig, fraction_report, mean_sem
+from probes.faithfulness_words import identified_rest_sentence
 from probes.runs import analyze_run, check_analysis, coordinatewise, saved_analysis
 from probes.to_chain import DistillError, chain_from_analysis
 from probes.words import addition_name, attribution_sentence, identified_added_sentence
@@ -65,9 +66,10 @@ class DistillConfig:
             skipped (and ``notes["retune"]`` says why) when :func:`~probes.distill.retune_cost`
             exceeds ``retune.budget``, as for the classifier families' nets at the defaults.
         bootstrap: the bootstrap of the recovered fractions' intervals.
-        attribute: with an identified chain, also evaluate the one-mechanism exchanges
-            between it and the probed chain (:mod:`probes.distill.attribution`; two held-out
-            evaluations per mechanism) and report them as ``attribution``.
+        attribute: with an identified chain whose numbers differ from the probed ones (a
+            fitted round was selected), also evaluate the one-mechanism exchanges between it
+            and the probed chain (:mod:`probes.distill.attribution`; two held-out evaluations
+            per mechanism) and report them as ``attribution``.
 
     Example:
         >>> quick = DistillConfig(identify=IdentifyConfig(rounds=2), retune=None)
@@ -326,7 +328,8 @@ def distill_analysis(
         config.bootstrap,
     )
     attribution = None
-    if config.attribute and chain_id is not None:
+    # nothing to exchange when identification kept the probed numbers (selected round 0)
+    if config.attribute and chain_id is not None and notes["identify"].get("selected_round"):
         attribution = attribute(
             chain,
             chain_id,
@@ -517,9 +520,9 @@ def format_report(result: Mapping[str, Any]) -> str:
     said = attribution_sentence(result, listing=False)
     if said:
         lines.append(said)
-    added = identified_added_sentence(result)
-    if added:
-        lines.append(added)
+    for sentence in (identified_added_sentence(result), identified_rest_sentence(result)):
+        if sentence:
+            lines.append(sentence)
     return "\n".join(lines)
 
 

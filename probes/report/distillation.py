@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from probes.faithfulness_words import identified_rest_sentence
 from probes.report.sections import num_row
 from probes.values import finite, plain
 from probes.words import attribution_sentence, fmt, identified_added_sentence, pm
@@ -120,9 +121,9 @@ def distill_section(distill: Mapping | None) -> dict | None:
     )
     if frac_r:
         nums.append(frac_r)
-    added = identified_added_sentence(distill)
-    if added:
-        notes.append(added)
+    for sentence in (identified_added_sentence(distill), identified_rest_sentence(distill)):
+        if sentence:
+            notes.append(sentence)
     exchanged = attribution_sentence(distill)
     if exchanged:
         notes.append(exchanged)
