@@ -1,4 +1,4 @@
-"""Sentences on faithfulness: the memory and gain along training, and the steady update."""
+"""Sentences on faithfulness: memory and gain along training, steady update, coming to rest."""
 
 from __future__ import annotations
 

@@ -432,7 +432,9 @@ def chain_from_analysis(
         else:
             at = at_probe(e, debias_weights, gain_at_warmup, warmup)
             mult = normalised_schedule(e, debias_weights, at[1])
-            shape = _step_shape(sch, chain, lr, meta.get("gradient_scale"))
+            # the probed step includes a detected bias's drift, so the chain run does too
+            biased = _with_bias(analysis, list(chain), {"detected": {}})[0]
+            shape = _step_shape(sch, biased, lr, meta.get("gradient_scale"))
             if shape is not None:  # the shape from the step, the level at the end as before
                 mult = shape / shape[-1] * mult[-1]
                 notes["schedule_shape_from"] = "step along a constant gradient"

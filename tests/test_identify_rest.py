@@ -16,11 +16,16 @@ def test_late_rms_is_the_median_problem_s_rms_over_the_last_quarter():
     # per problem, then the median: one problem ringing at 100 among two at 1 and 2 reads 2
     many = jnp.asarray([[[1.0]] * 4, [[2.0]] * 4, [[100.0], [-100.0]] * 2])
     assert float(late_rms(many)) == pytest.approx(2.0)
+    # a problem whose updates are not finite counts as infinite, not as NaN for the median
+    nan = many.at[2, 3, 0].set(jnp.nan)
+    assert float(late_rms(nan)) == pytest.approx(2.0)
+    assert math.isinf(float(late_rms(nan[2:])))
 
 
 def test_a_candidate_rings_above_the_ratio_and_non_finite_ones_always():
-    assert not rings(RING_RATIO * 0.01, 0.01)  # at the ratio: settles
-    assert rings(RING_RATIO * 0.0101, 0.01)
+    assert RING_RATIO == 10.0
+    assert not rings(0.1, 0.01) and not rings(0.0999, 0.01)  # up to ten times: settles
+    assert rings(0.1001, 0.01)
     assert rings(math.nan, 0.01) and rings(math.inf, 0.01)
     assert not rings(5.0, 0.0) and not rings(5.0, math.nan)  # no reference, no verdict
 
@@ -34,6 +39,9 @@ def test_choose_ranks_settling_candidates_first_then_by_error():
     assert choose([[(0.154, calm), (0.125, ring), (0.110, ring)]], rest) == (0, 0)
     # everything rings: back to the lowest error
     assert choose([[(0.15, ring), (0.11, ring)]], rest) == (0, 1)
+    # a diverged candidate (error inf) ranks last, even if its median problem settles
+    assert choose([[(0.5, ring), (math.inf, calm)]], rest) == (0, 0)
+    assert choose([[(0.5, ring)], [(math.inf, calm)]], rest) == (0, 0)
 
 
 def test_an_added_mechanism_is_kept_when_it_settles_or_is_clearly_better():

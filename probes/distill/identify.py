@@ -20,7 +20,8 @@ which the gain follows the signs in a way that holds in closed loop (``CHANGELOG
 
 A fitted candidate that keeps stepping where the learned optimizer comes to rest (it rings
 around the minimum) ranks after every candidate that settles (:func:`rings`, :func:`choose`),
-the probed numbers included: when no fit settles, the identified chain is the probed one.
+the probed numbers included: when no fit settles and the probed numbers do, the identified
+chain is the probed one.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ class IdentifyConfig:
             :func:`lopt.evaluation.tune_baselines`, whose problems are ``split(base)``; never the
             held-out key).
         try_damping: also fit the chain with oscillation damping in front when it has none;
-            kept if it lowers the best validation error by more than :data:`EXTENSION_GAIN`
-            (relative) and, when the agreement structure does too, more than it does.
+            kept if it ranks clearly better than the detected structure (:func:`choose`: it
+            settles where that one rings, or lowers the best validation error by more than
+            :data:`EXTENSION_GAIN`, relative) and better than the agreement structure.
         try_agreement: the same with a sign-agreement gain in front of the linear stage when
             it has none (:func:`lopt.chain.scale_by_agreement`, started at
             :data:`AGREEMENT_START`).
@@ -138,13 +140,15 @@ def _insert(chain: Sequence[Mapping[str, Any]], entry: dict[str, Any]) -> list[d
 def late_rms(updates: jax.Array, share: float = REST_SHARE) -> jax.Array:
     """How far the typical problem still steps at the end of ``updates`` ``[P, T, C]``.
 
-    The median over problems of the RMS over the last ``share`` of the steps (at least one);
-    the median, so that a chain ringing or diverging on a few problems out of many does not
-    count as ringing (those problems weigh in the imitation error).
+    The median over problems of the RMS over the last ``share`` of the steps (at least one; a
+    problem whose RMS is not finite counts as infinite); the median, so that a chain ringing or
+    diverging on a few problems out of many does not count as ringing (those problems weigh in
+    the imitation error).
     """
     steps = updates.shape[1]
     late = updates[:, steps - max(1, int(round(share * steps))) :]
-    return jnp.median(jnp.sqrt(jnp.mean(late**2, axis=(1, 2))))
+    per_problem = jnp.sqrt(jnp.mean(late**2, axis=(1, 2)))
+    return jnp.median(jnp.where(jnp.isfinite(per_problem), per_problem, jnp.inf))
 
 
 def rings(late: float, rest: float) -> bool:
@@ -166,19 +170,20 @@ def choose(scores: Sequence[Sequence[tuple[float, float]]], rest: float) -> tupl
         rest: the learned optimizer's late RMS update on the same problems (:func:`late_rms`).
 
     Returns:
-        ``(structure, candidate)`` indices. Candidates rank by whether they ring
-        (:func:`rings`; settling ones first), then by error. A structure with a mechanism
+        ``(structure, candidate)`` indices. Candidates rank by whether their error is finite
+        (a chain that diverged on a validation problem scores ``inf``), then by whether they
+        ring (:func:`rings`; settling ones first), then by error. A structure with a mechanism
         added is kept only if its best candidate settles where the detected structure's best
         rings, or if both settle (or both ring) and its error is below ``1 −``
         :data:`EXTENSION_GAIN` times the detected structure's, less :data:`EXTENSION_FLOOR`;
         of several, the best.
     """
-    ranks = [[(rings(late, rest), err) for err, late in s] for s in scores]
+    ranks = [[(not math.isfinite(err), rings(late, rest), err) for err, late in s] for s in scores]
     best = [min(r) for r in ranks]
-    bar = (1.0 - EXTENSION_GAIN) * best[0][1] - EXTENSION_FLOOR
+    bar = (1.0 - EXTENSION_GAIN) * best[0][2] - EXTENSION_FLOOR
     kept = 0
     for i in range(1, len(best)):
-        clearly = best[i][0] < best[0][0] or (best[i][0] == best[0][0] and best[i][1] < bar)
+        clearly = best[i][:2] < best[0][:2] or (best[i][:2] == best[0][:2] and best[i][2] < bar)
         if clearly and (kept == 0 or best[i] < best[kept]):
             kept = i
     return kept, min(range(len(ranks[kept])), key=lambda j: ranks[kept][j])
@@ -254,7 +259,7 @@ def identify_chain(
     Returns:
         ``(chain, notes)``: the identified chain (plain floats; the detected structure, or it
         with damping or a sign-agreement gain added, labelled as added by identification;
-        the detected chain itself if no fit does better) and a record (every candidate's
+        the detected chain itself if no fit ranks better) and a record (every candidate's
         structure, round and errors, the selected one, what was added (``added``: ``None``,
         ``"damping"`` or ``"sign agreement"``), the schedule exponent, settings);
         ``(None, {"note": why})`` when there is nothing to identify (no number in the chain to
@@ -306,7 +311,7 @@ def identify_chain(
         }
 
     def fit_structure(chain, name, with_start):
-        """Candidates ``(z, fit error, validation error)`` of one structure, and its coding."""
+        """Candidates ``(z, fit error, validation error, late RMS)`` of a structure; its coding."""
         free = free_numbers(chain)
         z, unravel = ravel_pytree(encode(chain, free))
 
