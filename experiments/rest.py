@@ -74,21 +74,25 @@ def main(argv: list[str] | None = None) -> int:
     from lopt.run import Run
     from probes.replay import coordinates, record
 
-    run = Run(args.run)
     path = Path(args.run) / "distill.json"
     if not path.exists():
         print(f"{path}: not found (run lopt distill {args.run} first)", file=sys.stderr)
         return 2
-    distill = rundir.read_json(path)
-    opt, theta, _ = run.checkpoint()
-    family = run.family
-    ev = Path(args.run) / "eval.json"
-    horizon = int(rundir.read_json(ev).get("horizon") or 0) if ev.exists() else 0
+    try:
+        run = Run(args.run)
+        distill = rundir.read_json(path)
+        opt, theta, _ = run.checkpoint()
+        family = run.family
+        ev = Path(args.run) / "eval.json"
+        horizon = int(rundir.read_json(ev).get("horizon") or 0) if ev.exists() else 0
+        optimizers = {"learned": opt.optimizer(theta)}
+        for name in ("chain", "chain_identified", "chain_retuned"):
+            if distill.get(name):
+                optimizers[name] = build_chain(distill[name])
+    except (OSError, ValueError) as e:  # a missing or corrupted run file, a malformed chain
+        print(f"{args.run}: {e}", file=sys.stderr)
+        return 2
     horizon = horizon or family.num_steps
-    optimizers = {"learned": opt.optimizer(theta)}
-    for name in ("chain", "chain_identified", "chain_retuned"):
-        if distill.get(name):
-            optimizers[name] = build_chain(distill[name])
     idx = coordinates(family.num_params(), None)
     keys = jax.random.split(jax.random.key(args.seed), args.problems)
     for name, tx in optimizers.items():

@@ -31,3 +31,10 @@ def test_a_ringing_and_a_settling_sequence_are_told_apart():
 def test_a_run_without_distill_json_is_one_line(tmp_path, capsys):
     assert rest.main([str(tmp_path)]) == 2
     assert "lopt distill" in capsys.readouterr().err
+
+
+def test_a_corrupted_distill_json_is_one_line(tmp_path, capsys):
+    (tmp_path / "distill.json").write_text("{not json")
+    assert rest.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "distill.json" in err

@@ -288,7 +288,9 @@ def identify_chain(
 
     val_keys = keys(10_000, config.validation)
     # where the learned optimizer comes to rest on the validation problems (its own trajectories)
-    rest = float(jax.jit(lambda k: record_replayed(learned, k)[3])(val_keys))
+    rest = float(
+        jax.jit(lambda k: late_rms(record(learned, family, k, idx, num_steps)["u"]))(val_keys)
+    )
 
     def score(finite, err):
         # mean imitation error on the validation problems; inf if the chain diverged on any
